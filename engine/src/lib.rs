@@ -1,0 +1,1 @@
+//! Wuwei's engine.
