@@ -1,1 +1,3 @@
-//! Wuwei's engine.
+//! Wuwei's engine: models on MLX, the scheduler, and the HTTP APIs that serve them.
+
+pub mod core;
