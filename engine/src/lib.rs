@@ -1,3 +1,6 @@
 //! Wuwei's engine: models on MLX, the scheduler, and the HTTP APIs that serve them.
 
 pub mod core;
+pub mod kv_cache;
+pub mod mlx_ext;
+pub mod model;

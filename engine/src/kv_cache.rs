@@ -1,0 +1,98 @@
+//! Per-sequence KV storage behind the interface the attention layers use. `DenseKvCache` keeps
+//! each layer's keys and values in one growing buffer (as mlx-lm's `KVCache` does); the paged
+//! cache plugs in behind the same trait.
+
+use mlx_rs::error::Exception;
+use mlx_rs::ops::{concatenate, zeros_dtype};
+use mlx_rs::Array;
+
+use crate::mlx_ext::{slice_axis, slice_update_axis};
+
+/// Keys and values of one sequence, for every layer.
+pub trait KvCache: Send {
+    /// Positions already stored: the position of the next token.
+    fn offset(&self) -> usize;
+    /// Stores `keys`/`values` (`[1, kv_heads, new, head_dim]`) of `layer` at `offset()` and
+    /// returns everything stored for that layer, the new entries included.
+    fn update_and_fetch(
+        &mut self,
+        layer: usize,
+        keys: Array,
+        values: Array,
+    ) -> Result<(Array, Array), Exception>;
+    /// Called once after every layer stored `n` new positions.
+    fn advance(&mut self, n: usize);
+}
+
+/// Buffers grow in steps of this many positions, so that decoding does not reallocate per token.
+const STEP: i32 = 256;
+
+#[derive(Default)]
+pub struct DenseKvCache {
+    layers: Vec<Option<(Array, Array)>>,
+    offset: usize,
+}
+
+impl DenseKvCache {
+    pub fn new(num_layers: usize) -> Self {
+        Self {
+            layers: (0..num_layers).map(|_| None).collect(),
+            offset: 0,
+        }
+    }
+
+    /// Bytes held by the buffers (capacity, not just the used part).
+    pub fn nbytes(&self) -> usize {
+        self.layers
+            .iter()
+            .flatten()
+            .map(|(k, v)| k.nbytes() + v.nbytes())
+            .sum()
+    }
+}
+
+fn grow(buffer: Option<Array>, like: &Array, used: i32, needed: i32) -> Result<Array, Exception> {
+    let shape = like.shape();
+    let capacity = buffer.as_ref().map_or(0, |b| b.shape()[2]);
+    if needed <= capacity {
+        return Ok(buffer.expect("capacity > 0 implies a buffer"));
+    }
+    let steps = (needed - used + STEP - 1) / STEP;
+    let fresh = zeros_dtype(&[shape[0], shape[1], steps * STEP, shape[3]], like.dtype())?;
+    Ok(match buffer {
+        Some(old) => concatenate(&[slice_axis(&old, 2, 0, used)?, fresh], 2)?,
+        None => fresh,
+    })
+}
+
+impl KvCache for DenseKvCache {
+    fn offset(&self) -> usize {
+        self.offset
+    }
+
+    fn update_and_fetch(
+        &mut self,
+        layer: usize,
+        keys: Array,
+        values: Array,
+    ) -> Result<(Array, Array), Exception> {
+        let used = self.offset as i32;
+        let end = used + keys.shape()[2];
+        let (k_buf, v_buf) = match self.layers[layer].take() {
+            Some((k, v)) => (Some(k), Some(v)),
+            None => (None, None),
+        };
+        let k_buf = slice_update_axis(&grow(k_buf, &keys, used, end)?, &keys, 2, used)?;
+        let v_buf = slice_update_axis(&grow(v_buf, &values, used, end)?, &values, 2, used)?;
+        let fetched = (
+            slice_axis(&k_buf, 2, 0, end)?,
+            slice_axis(&v_buf, 2, 0, end)?,
+        );
+        self.layers[layer] = Some((k_buf, v_buf));
+        Ok(fetched)
+    }
+
+    fn advance(&mut self, n: usize) {
+        self.offset += n;
+    }
+}

@@ -1,0 +1,419 @@
+//! Model architectures and loading. One file per architecture, each readable beside mlx-lm's
+//! file of the same name; the shared pieces live in `layers`.
+
+pub mod batch;
+pub mod decoder;
+pub mod layers;
+pub mod llama;
+pub mod qwen2;
+pub mod qwen3;
+pub mod weights;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use mlx_rs::error::Exception;
+use mlx_rs::{Array, Dtype};
+use serde::Deserialize;
+use serde_json::Value;
+
+pub use batch::{BatchSeq, Logits};
+use layers::{Linear, Matrix, RmsNorm, Rope};
+
+/// Why a model could not be loaded. Every variant names the file at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error("{}: {reason}", path.display())]
+    MissingFile { path: PathBuf, reason: String },
+    #[error("{}: {reason}", path.display())]
+    Invalid { path: PathBuf, reason: String },
+    #[error("{}: unsupported model_type '{model_type}' (supported: llama, mistral, qwen2, qwen3)", path.display())]
+    UnsupportedArchitecture { path: PathBuf, model_type: String },
+    #[error("{}: tensor '{name}' is missing", path.display())]
+    MissingTensor { path: PathBuf, name: String },
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("MLX error: {0}")]
+    Mlx(String),
+}
+
+impl ModelError {
+    pub fn io(path: &Path, source: std::io::Error) -> Self {
+        if source.kind() == std::io::ErrorKind::NotFound {
+            return ModelError::MissingFile {
+                path: path.into(),
+                reason: "not found".into(),
+            };
+        }
+        ModelError::Io {
+            path: path.into(),
+            source,
+        }
+    }
+    pub fn parse(path: &Path, e: impl std::fmt::Display) -> Self {
+        ModelError::Invalid {
+            path: path.into(),
+            reason: format!("malformed JSON: {e}"),
+        }
+    }
+    pub fn mlx(e: Exception) -> Self {
+        ModelError::Mlx(e.what().to_string())
+    }
+}
+
+impl From<Exception> for ModelError {
+    fn from(e: Exception) -> Self {
+        ModelError::mlx(e)
+    }
+}
+
+/// A decoder-only language model.
+pub trait LanguageModel: Send {
+    /// Runs `tokens` (`[1, N]` int32, the sequences of `batch` end to end) through the model,
+    /// storing their keys/values in each sequence's cache and advancing it.
+    fn forward(
+        &self,
+        tokens: &Array,
+        batch: &mut [BatchSeq<'_>],
+        logits: Logits,
+    ) -> Result<Array, Exception>;
+    fn num_layers(&self) -> usize;
+}
+
+/// The fields of `config.json` the supported architectures read (mlx-lm's `ModelArgs`).
+#[derive(Debug, Clone, Deserialize)]
+pub struct ModelArgs {
+    pub model_type: String,
+    pub hidden_size: i32,
+    pub num_hidden_layers: usize,
+    pub intermediate_size: i32,
+    pub num_attention_heads: i32,
+    pub rms_norm_eps: f32,
+    pub vocab_size: i32,
+    pub head_dim: Option<i32>,
+    pub max_position_embeddings: Option<usize>,
+    pub num_key_value_heads: Option<i32>,
+    #[serde(default)]
+    pub attention_bias: bool,
+    #[serde(default)]
+    pub mlp_bias: bool,
+    pub rope_theta: Option<f32>,
+    #[serde(default)]
+    pub rope_traditional: bool,
+    pub rope_scaling: Option<serde_json::Map<String, Value>>,
+    /// transformers >= 5 nests rope_theta/rope_scaling here.
+    pub rope_parameters: Option<serde_json::Map<String, Value>>,
+    pub tie_word_embeddings: Option<bool>,
+}
+
+impl ModelArgs {
+    pub fn head_dim(&self) -> i32 {
+        self.head_dim
+            .unwrap_or(self.hidden_size / self.num_attention_heads)
+    }
+    pub fn kv_heads(&self) -> i32 {
+        self.num_key_value_heads.unwrap_or(self.num_attention_heads)
+    }
+    pub fn rope_theta_or(&self, default: f32) -> f32 {
+        self.rope_theta
+            .or_else(|| {
+                self.rope_parameters
+                    .as_ref()
+                    .and_then(|p| p.get("rope_theta"))
+                    .and_then(Value::as_f64)
+                    .map(|v| v as f32)
+            })
+            .unwrap_or(default)
+    }
+    fn rope_scaling(&self) -> Option<&serde_json::Map<String, Value>> {
+        self.rope_scaling.as_ref().or(self.rope_parameters.as_ref())
+    }
+}
+
+/// mlx-lm's `initialize_rope` for the rope types these architectures use.
+pub fn make_rope(
+    args: &ModelArgs,
+    traditional: bool,
+    base: f32,
+    source: &Path,
+) -> Result<Rope, ModelError> {
+    let dims = args.head_dim();
+    let mut rope = Rope {
+        dims,
+        traditional,
+        base,
+        scale: 1.0,
+        freqs: None,
+    };
+    let Some(scaling) = args.rope_scaling() else {
+        return Ok(rope);
+    };
+    let kind = scaling
+        .get("type")
+        .or_else(|| scaling.get("rope_type"))
+        .and_then(Value::as_str)
+        .unwrap_or("default");
+    let num = |k: &str, d: f64| scaling.get(k).and_then(Value::as_f64).unwrap_or(d);
+    match kind {
+        "default" => {}
+        "linear" => rope.scale = 1.0 / num("factor", 1.0) as f32,
+        "llama3" => {
+            let factor = num("factor", 1.0);
+            let low = num("low_freq_factor", 1.0);
+            let high = num("high_freq_factor", 4.0);
+            let old_ctx = num("original_max_position_embeddings", 8192.0);
+            let (low_wavelen, high_wavelen) = (old_ctx / low, old_ctx / high);
+            let freqs: Vec<f32> = (0..dims / 2)
+                .map(|i| {
+                    let freq = (base as f64).powf(2.0 * i as f64 / dims as f64);
+                    let wavelen = 2.0 * std::f64::consts::PI * freq;
+                    let scaled = if wavelen > low_wavelen {
+                        freq * factor
+                    } else {
+                        freq
+                    };
+                    if wavelen > high_wavelen && wavelen < low_wavelen {
+                        let smooth = (old_ctx / wavelen - low) / (high - low);
+                        (scaled / ((1.0 - smooth) / factor + smooth)) as f32
+                    } else {
+                        scaled as f32
+                    }
+                })
+                .collect();
+            rope.freqs = Some(Array::from_slice(&freqs, &[dims / 2]));
+        }
+        other => {
+            return Err(ModelError::Invalid {
+                path: source.join("config.json"),
+                reason: format!("unsupported rope_scaling type '{other}'"),
+            })
+        }
+    }
+    Ok(rope)
+}
+
+/// `config.quantization`: the default `(group_size, bits)` and per-layer overrides.
+#[derive(Debug, Clone, Default)]
+pub struct Quantization {
+    default: Option<(i32, i32)>,
+    per_layer: HashMap<String, Option<(i32, i32)>>,
+}
+
+impl Quantization {
+    pub fn from_config(config: &Value) -> Self {
+        let Some(q) = config
+            .get("quantization")
+            .or_else(|| config.get("quantization_config"))
+            .and_then(Value::as_object)
+        else {
+            return Self::default();
+        };
+        let pair = |v: &Value| -> Option<(i32, i32)> {
+            let gs = v.get("group_size")?.as_i64()? as i32;
+            let bits = v.get("bits")?.as_i64()? as i32;
+            Some((gs, bits))
+        };
+        let default = pair(&Value::Object(q.clone()));
+        let per_layer = q
+            .iter()
+            .filter(|(_, v)| v.is_object() || v.is_boolean())
+            .map(|(k, v)| (k.clone(), pair(v)))
+            .collect();
+        Self { default, per_layer }
+    }
+
+    fn for_layer(&self, prefix: &str) -> Option<(i32, i32)> {
+        match self.per_layer.get(prefix) {
+            Some(setting) => *setting,
+            None => self.default,
+        }
+    }
+}
+
+/// The loaded tensors, handed out by name to the layers that own them.
+pub struct Tensors {
+    map: HashMap<String, Array>,
+    quantization: Quantization,
+    source: PathBuf,
+}
+
+impl Tensors {
+    pub fn new(map: HashMap<String, Array>, quantization: Quantization, source: PathBuf) -> Self {
+        Self {
+            map,
+            quantization,
+            source,
+        }
+    }
+
+    pub fn take(&mut self, name: &str) -> Result<Array, ModelError> {
+        self.map
+            .remove(name)
+            .ok_or_else(|| ModelError::MissingTensor {
+                path: self.source.clone(),
+                name: name.into(),
+            })
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.map.contains_key(name)
+    }
+
+    /// The `[out, in]` matrix at `prefix`, quantized when `prefix.scales` exists.
+    pub fn matrix(&mut self, prefix: &str) -> Result<Matrix, ModelError> {
+        let weight = self.take(&format!("{prefix}.weight"))?;
+        if !self.contains(&format!("{prefix}.scales")) {
+            return Ok(Matrix::Dense(weight));
+        }
+        let scales = self.take(&format!("{prefix}.scales"))?;
+        let biases = self.map.remove(&format!("{prefix}.biases"));
+        let (group_size, bits) = match self.quantization.for_layer(prefix) {
+            Some(q) => q,
+            None => {
+                // No config entry: infer from shapes (in = scales_cols * group; bits from packing).
+                let group_size = 64;
+                let inputs = scales.shape()[1] * group_size;
+                (group_size, weight.shape()[1] * 32 / inputs)
+            }
+        };
+        Ok(Matrix::Quantized {
+            weight,
+            scales,
+            biases,
+            group_size,
+            bits,
+        })
+    }
+
+    pub fn linear(&mut self, prefix: &str, bias: bool) -> Result<Linear, ModelError> {
+        let matrix = self.matrix(prefix)?;
+        let bias = if bias {
+            Some(self.take(&format!("{prefix}.bias"))?)
+        } else {
+            None
+        };
+        Ok(Linear { matrix, bias })
+    }
+
+    pub fn norm(&mut self, prefix: &str, eps: f32) -> Result<RmsNorm, ModelError> {
+        Ok(RmsNorm {
+            weight: self.take(&format!("{prefix}.weight"))?,
+            eps,
+        })
+    }
+
+    pub fn source(&self) -> &Path {
+        &self.source
+    }
+}
+
+/// How weights are held in memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WeightsMode {
+    /// As stored (quantized stays quantized): exact parity with mlx-lm.
+    #[default]
+    Native,
+    /// Quantized matrices dequantized to float32 at load: ~4-8x the memory of 4-bit weights,
+    /// but batched CPU matmuls go through BLAS.
+    Dequantized,
+}
+
+/// The float dtype activations and weights use on this backend.
+pub fn compute_dtype() -> Option<Dtype> {
+    if cfg!(feature = "metal") || std::env::var_os("WUWEI_KEEP_DTYPE").is_some() {
+        None
+    } else {
+        Some(Dtype::Float32)
+    }
+}
+
+/// Builds the architecture named by `config["model_type"]` from `tensors`.
+pub fn build_model(
+    config: &Value,
+    tensors: Tensors,
+    mode: WeightsMode,
+) -> Result<Box<dyn LanguageModel>, ModelError> {
+    let config_path = tensors.source().join("config.json");
+    let args: ModelArgs =
+        serde_json::from_value(config.clone()).map_err(|e| ModelError::Invalid {
+            path: config_path.clone(),
+            reason: format!("bad config: {e}"),
+        })?;
+    let model: Box<dyn LanguageModel> = match args.model_type.as_str() {
+        "llama" | "mistral" => Box::new(llama::Model::load(
+            &args,
+            tensors,
+            mode,
+            llama::TIE_DEFAULT,
+        )?),
+        "qwen2" => Box::new(qwen2::Model::load(
+            &args,
+            tensors,
+            mode,
+            qwen2::TIE_DEFAULT,
+        )?),
+        "qwen3" => Box::new(qwen3::Model::load(
+            &args,
+            tensors,
+            mode,
+            qwen3::TIE_DEFAULT,
+        )?),
+        other => {
+            return Err(ModelError::UnsupportedArchitecture {
+                path: config_path,
+                model_type: other.into(),
+            })
+        }
+    };
+    Ok(model)
+}
+
+/// Applies the weights mode to one matrix.
+pub fn prepare(matrix: Matrix, mode: WeightsMode) -> Result<Matrix, ModelError> {
+    match mode {
+        WeightsMode::Native => Ok(matrix),
+        WeightsMode::Dequantized => Ok(matrix.dequantized(Dtype::Float32)?),
+    }
+}
+
+/// Reads and parses `dir/config.json`.
+pub fn read_config(dir: &Path) -> Result<Value, ModelError> {
+    let path = dir.join("config.json");
+    let text = std::fs::read_to_string(&path).map_err(|e| ModelError::io(&path, e))?;
+    let config: Value = serde_json::from_str(&text).map_err(|e| ModelError::parse(&path, e))?;
+    if !config.is_object() {
+        return Err(ModelError::Invalid {
+            path,
+            reason: "not a JSON object".into(),
+        });
+    }
+    Ok(config)
+}
+
+/// Loads the weights of an MLX-format model folder into its architecture.
+pub fn load_model_dir(
+    dir: &Path,
+    mode: WeightsMode,
+) -> Result<(Value, Box<dyn LanguageModel>), ModelError> {
+    let config = read_config(dir)?;
+    // Reject an unknown architecture before reading gigabytes of weights.
+    let model_type = config
+        .get("model_type")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    if !matches!(model_type, "llama" | "mistral" | "qwen2" | "qwen3") {
+        return Err(ModelError::UnsupportedArchitecture {
+            path: dir.join("config.json"),
+            model_type: model_type.into(),
+        });
+    }
+    let tensors = weights::load_safetensors_dir(dir, compute_dtype())?;
+    let tensors = Tensors::new(tensors, Quantization::from_config(&config), dir.into());
+    let model = build_model(&config, tensors, mode)?;
+    Ok((config, model))
+}

@@ -1,0 +1,75 @@
+//! Qwen3 (dense): mlx-lm's `models/qwen3.py`. Llama's block with an RMSNorm on each query and
+//! key head before RoPE, and an explicit head_dim.
+
+use mlx_rs::error::Exception;
+use mlx_rs::Array;
+
+use super::decoder::{linear, Decoder, SelfAttention};
+use super::layers::{attend, Linear, RmsNorm, Rope};
+use super::{make_rope, BatchSeq, ModelArgs, ModelError, Tensors, WeightsMode};
+
+pub type Model = Decoder<Attention>;
+
+pub const TIE_DEFAULT: bool = false;
+
+pub struct Attention {
+    q_proj: Linear,
+    k_proj: Linear,
+    v_proj: Linear,
+    o_proj: Linear,
+    q_norm: RmsNorm,
+    k_norm: RmsNorm,
+    n_heads: i32,
+    n_kv_heads: i32,
+    head_dim: i32,
+    scale: f32,
+    rope: Rope,
+}
+
+impl SelfAttention for Attention {
+    fn load(
+        args: &ModelArgs,
+        t: &mut Tensors,
+        p: &str,
+        mode: WeightsMode,
+    ) -> Result<Self, ModelError> {
+        let head_dim = args.head_dim();
+        Ok(Self {
+            q_proj: linear(t, &format!("{p}.q_proj"), false, mode)?,
+            k_proj: linear(t, &format!("{p}.k_proj"), false, mode)?,
+            v_proj: linear(t, &format!("{p}.v_proj"), false, mode)?,
+            o_proj: linear(t, &format!("{p}.o_proj"), false, mode)?,
+            q_norm: t.norm(&format!("{p}.q_norm"), args.rms_norm_eps)?,
+            k_norm: t.norm(&format!("{p}.k_norm"), args.rms_norm_eps)?,
+            n_heads: args.num_attention_heads,
+            n_kv_heads: args.kv_heads(),
+            head_dim,
+            scale: (head_dim as f32).powf(-0.5),
+            rope: make_rope(args, false, args.rope_theta_or(1_000_000.0), t.source())?,
+        })
+    }
+
+    fn forward(
+        &self,
+        x: &Array,
+        batch: &mut [BatchSeq<'_>],
+        layer: usize,
+    ) -> Result<Array, Exception> {
+        let n = x.shape()[1];
+        let q = self
+            .q_proj
+            .forward(x)?
+            .reshape(&[1, n, self.n_heads, self.head_dim])?;
+        let k = self
+            .k_proj
+            .forward(x)?
+            .reshape(&[1, n, self.n_kv_heads, self.head_dim])?;
+        let v = self
+            .v_proj
+            .forward(x)?
+            .reshape(&[1, n, self.n_kv_heads, self.head_dim])?;
+        let (q, k) = (self.q_norm.forward(&q)?, self.k_norm.forward(&k)?);
+        let out = attend(&q, &k, &v, batch, layer, &self.rope, self.scale)?;
+        self.o_proj.forward(&out)
+    }
+}
