@@ -4,3 +4,4 @@ pub mod core;
 pub mod kv_cache;
 pub mod mlx_ext;
 pub mod model;
+pub mod sampler;

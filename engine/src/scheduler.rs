@@ -1,0 +1,455 @@
+//! Continuous batching. One engine thread per loaded model owns MLX for that model: requests
+//! arrive by channel, join the running batch between steps, and leave it when they finish or
+//! their client goes away. Each step is one forward pass over every running sequence: one new
+//! token for each decoding sequence, and a chunk of prompt for sequences still reading theirs,
+//! so that long prompts never stall the streams already producing.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc as std_mpsc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mlx_rs::Array;
+use tokio::sync::mpsc;
+
+use crate::core::{Event, FinishReason, SamplingParams, TokenLogprob, Usage};
+use crate::detokenizer::IncrementalDetokenizer;
+use crate::kv_cache::{DenseKvCache, KvCache};
+use crate::model::{BatchSeq, LanguageModel, Logits};
+use crate::output_parser::{OutputParser, ParserConfig};
+use crate::sampler::{top_logprobs, Sampler};
+use crate::stop::{StopMatcher, StopOutcome};
+use crate::tokenizer::Tokenizer;
+
+/// A tokenized request, ready for the engine thread.
+pub struct SeqRequest {
+    pub id: String,
+    pub prompt: Vec<u32>,
+    pub sampling: SamplingParams,
+    /// Already clamped to the room left in the context.
+    pub max_tokens: usize,
+    /// Whether `max_tokens` is the context's limit rather than the client's.
+    pub limited_by_context: bool,
+    pub stop: Vec<String>,
+    pub logprobs: Option<usize>,
+    pub parser: ParserConfig,
+    pub events: mpsc::Sender<Event>,
+    pub received: Instant,
+}
+
+/// Scheduler limits.
+#[derive(Debug, Clone)]
+pub struct SchedulerConfig {
+    pub max_running: usize,
+    /// Prompt tokens read per step, across all sequences still prefilling.
+    pub prefill_chunk: usize,
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        Self {
+            max_running: 8,
+            prefill_chunk: 512,
+        }
+    }
+}
+
+/// Live counters of one engine, shared with the HTTP side.
+#[derive(Debug, Default)]
+pub struct EngineStats {
+    pub waiting: AtomicUsize,
+    pub running: AtomicUsize,
+    pub kv_bytes: AtomicUsize,
+    pub cancelled: AtomicUsize,
+    pub completed: AtomicUsize,
+}
+
+/// One sequence in the running batch.
+struct Sequence {
+    req: SeqRequest,
+    cache: DenseKvCache,
+    /// Prompt tokens already in the cache.
+    prefilled: usize,
+    /// Prompt followed by generated tokens.
+    tokens: Vec<u32>,
+    generated: usize,
+    sampler: Sampler,
+    detok: IncrementalDetokenizer,
+    stop: StopMatcher,
+    parser: OutputParser,
+    pending_logprobs: Vec<TokenLogprob>,
+    first_token_at: Option<Instant>,
+    last_token_at: Option<Instant>,
+}
+
+impl Sequence {
+    fn prefilling(&self) -> bool {
+        self.prefilled < self.req.prompt.len()
+    }
+}
+
+/// What a step did for one sequence.
+enum Outcome {
+    Continue,
+    Finished(FinishReason),
+}
+
+pub struct Engine {
+    model: Box<dyn LanguageModel>,
+    tokenizer: Arc<Tokenizer>,
+    eos: Vec<u32>,
+    config: SchedulerConfig,
+    stats: Arc<EngineStats>,
+    model_id: String,
+}
+
+impl Engine {
+    pub fn new(
+        model_id: String,
+        model: Box<dyn LanguageModel>,
+        tokenizer: Arc<Tokenizer>,
+        config: SchedulerConfig,
+        stats: Arc<EngineStats>,
+    ) -> Self {
+        let eos = tokenizer.eos_token_ids().to_vec();
+        Self {
+            model,
+            tokenizer,
+            eos,
+            config,
+            stats,
+            model_id,
+        }
+    }
+
+    /// Runs until every sender of `requests` is gone and no sequence is left.
+    pub fn run(mut self, requests: std_mpsc::Receiver<SeqRequest>) {
+        let mut waiting: VecDeque<SeqRequest> = VecDeque::new();
+        let mut running: Vec<Sequence> = Vec::new();
+        let mut open = true;
+        loop {
+            // Idle: block for work. Busy: take whatever arrived since the last step.
+            if running.is_empty() && waiting.is_empty() {
+                if !open {
+                    return;
+                }
+                match requests.recv() {
+                    Ok(r) => waiting.push_back(r),
+                    Err(_) => return,
+                }
+            }
+            loop {
+                match requests.try_recv() {
+                    Ok(r) => waiting.push_back(r),
+                    Err(std_mpsc::TryRecvError::Empty) => break,
+                    Err(std_mpsc::TryRecvError::Disconnected) => {
+                        open = false;
+                        break;
+                    }
+                }
+            }
+            // Clients that left while queued never start.
+            waiting.retain(|r| {
+                let gone = r.events.is_closed();
+                if gone {
+                    self.stats.waiting.fetch_sub(1, Ordering::Relaxed);
+                    self.stats.cancelled.fetch_add(1, Ordering::Relaxed);
+                    metrics::counter!(crate::metrics_names::CANCELLED).increment(1);
+                }
+                !gone
+            });
+            while running.len() < self.config.max_running {
+                let Some(req) = waiting.pop_front() else { break };
+                self.stats.waiting.fetch_sub(1, Ordering::Relaxed);
+                running.push(self.start(req));
+            }
+            self.publish_gauges(&running, waiting.len());
+            if running.is_empty() {
+                continue;
+            }
+            if let Err(e) = self.step(&mut running) {
+                tracing::error!(model = %self.model_id, error = %e, "engine step failed");
+                for seq in running.drain(..) {
+                    let _ = seq.req.events.try_send(Event::Error(format!("inference failed: {e}")));
+                }
+                self.stats.running.store(0, Ordering::Relaxed);
+            }
+        }
+    }
+
+    fn start(&self, req: SeqRequest) -> Sequence {
+        let sampler = Sampler::new(req.sampling.clone());
+        let stop = StopMatcher::new(&req.stop);
+        let parser = OutputParser::new(req.parser.clone());
+        Sequence {
+            cache: DenseKvCache::new(self.model.num_layers()),
+            prefilled: 0,
+            tokens: req.prompt.clone(),
+            generated: 0,
+            sampler,
+            detok: self.tokenizer.detokenizer(),
+            stop,
+            parser,
+            pending_logprobs: Vec::new(),
+            first_token_at: None,
+            last_token_at: None,
+            req,
+        }
+    }
+
+    fn publish_gauges(&self, running: &[Sequence], waiting: usize) {
+        let kv: usize = running.iter().map(|s| s.cache.nbytes()).sum();
+        self.stats.running.store(running.len(), Ordering::Relaxed);
+        self.stats.kv_bytes.store(kv, Ordering::Relaxed);
+        metrics::gauge!(crate::metrics_names::RUNNING, "model" => self.model_id.clone())
+            .set(running.len() as f64);
+        metrics::gauge!(crate::metrics_names::WAITING, "model" => self.model_id.clone())
+            .set(waiting as f64);
+        metrics::gauge!(crate::metrics_names::KV_BYTES, "model" => self.model_id.clone())
+            .set(kv as f64);
+    }
+
+    /// One forward pass over the running batch, then sampling and output for each sequence
+    /// that reached the end of its input.
+    fn step(&mut self, running: &mut Vec<Sequence>) -> Result<(), mlx_rs::error::Exception> {
+        // Drop sequences whose client went away (or stopped reading): their KV goes with them.
+        running.retain(|s| {
+            let gone = s.req.events.is_closed() || s.req.events.capacity() == 0;
+            if gone {
+                self.stats.cancelled.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!(crate::metrics_names::CANCELLED).increment(1);
+                tracing::info!(id = %s.req.id, model = %self.model_id, generated = s.generated, "cancelled: client went away");
+            }
+            !gone
+        });
+        if running.is_empty() {
+            return Ok(());
+        }
+
+        // Decide each sequence's input for this step.
+        let mut budget = self.config.prefill_chunk;
+        let mut inputs: Vec<(usize, usize, usize)> = Vec::new(); // (seq index, start, len) in seq.tokens
+        for (i, seq) in running.iter().enumerate() {
+            if seq.prefilling() {
+                if budget == 0 {
+                    continue;
+                }
+                let len = (seq.req.prompt.len() - seq.prefilled).min(budget);
+                budget -= len;
+                inputs.push((i, seq.prefilled, len));
+            } else {
+                inputs.push((i, seq.tokens.len() - 1, 1));
+            }
+        }
+        if inputs.is_empty() {
+            return Ok(());
+        }
+        let flat: Vec<i32> = inputs
+            .iter()
+            .flat_map(|&(i, start, len)| running[i].tokens[start..start + len].iter().map(|&t| t as i32))
+            .collect();
+        let token_array = Array::from_slice(&flat, &[1, flat.len() as i32]);
+        metrics::histogram!(crate::metrics_names::BATCH_SIZE).record(inputs.len() as f64);
+
+        // Split the running list into disjoint &mut caches in input order.
+        let logits = {
+            let mut chosen: Vec<Option<&mut Sequence>> = running.iter_mut().map(Some).collect();
+            let mut batch: Vec<BatchSeq<'_>> = Vec::with_capacity(inputs.len());
+            for &(i, _, len) in &inputs {
+                let seq = chosen[i].take().expect("each sequence appears once");
+                batch.push(BatchSeq {
+                    len,
+                    cache: &mut seq.cache as &mut dyn KvCache,
+                });
+            }
+            let logits = self.model.forward(&token_array, &mut batch, Logits::Last)?;
+            logits.eval()?;
+            logits
+        };
+        let vocab = logits.shape()[1] as usize;
+        let all = logits.as_slice::<f32>();
+
+        let now = Instant::now();
+        let mut finished: Vec<(usize, FinishReason)> = Vec::new();
+        for (row, &(i, start, len)) in inputs.iter().enumerate() {
+            let seq = &mut running[i];
+            if seq.prefilling() {
+                seq.prefilled = start + len;
+                metrics::counter!(crate::metrics_names::PROMPT_TOKENS).increment(len as u64);
+                if seq.prefilling() {
+                    // Still reading the prompt: let the adapter keep the connection alive.
+                    let _ = seq.req.events.try_send(Event::KeepAlive);
+                    continue;
+                }
+            }
+            let row_logits = &all[row * vocab..(row + 1) * vocab];
+            match self.emit_next(seq, row_logits, now) {
+                Outcome::Continue => {}
+                Outcome::Finished(reason) => finished.push((i, reason)),
+            }
+        }
+        // Remove finished sequences (highest index first so indices stay valid).
+        finished.sort_by_key(|(i, _)| std::cmp::Reverse(*i));
+        for (i, reason) in finished {
+            let seq = running.swap_remove(i);
+            self.finish(seq, reason);
+        }
+        Ok(())
+    }
+
+    /// Samples the next token of `seq`, streams its text, and says whether it is done.
+    fn emit_next(&self, seq: &mut Sequence, logits: &[f32], now: Instant) -> Outcome {
+        let mut owned;
+        let logits = if seq.sampler.is_greedy() {
+            logits
+        } else {
+            owned = logits.to_vec();
+            seq.sampler.apply_penalties(&mut owned, &seq.tokens, seq.generated);
+            &owned[..]
+        };
+        let token = seq.sampler.sample(logits);
+        if let Some(k) = seq.req.logprobs {
+            let (lp, top) = top_logprobs(logits, token, k);
+            let piece = |t: u32| {
+                let text = self.tokenizer.decode(&[t], false).unwrap_or_default();
+                let bytes = text.as_bytes().to_vec();
+                (text, bytes)
+            };
+            let (token_text, bytes) = piece(token);
+            seq.pending_logprobs.push(TokenLogprob {
+                token: token_text,
+                bytes,
+                logprob: lp,
+                top: top
+                    .into_iter()
+                    .map(|(t, l)| {
+                        let (s, b) = piece(t);
+                        (s, b, l)
+                    })
+                    .collect(),
+            });
+        }
+        seq.tokens.push(token);
+        seq.generated += 1;
+        metrics::counter!(crate::metrics_names::GENERATION_TOKENS).increment(1);
+        match seq.first_token_at {
+            None => {
+                seq.first_token_at = Some(now);
+                metrics::histogram!(crate::metrics_names::TTFT_SECONDS)
+                    .record(now.duration_since(seq.req.received).as_secs_f64());
+            }
+            Some(_) => {
+                if let Some(last) = seq.last_token_at {
+                    metrics::histogram!(crate::metrics_names::ITL_SECONDS)
+                        .record(now.duration_since(last).as_secs_f64());
+                }
+            }
+        }
+        seq.last_token_at = Some(now);
+
+        if self.eos.contains(&token) {
+            return Outcome::Finished(FinishReason::Eos);
+        }
+        let text = seq.detok.push(token);
+        if let Some(stop) = self.send_text(seq, &text) {
+            return Outcome::Finished(FinishReason::StopSequence(stop));
+        }
+        if seq.generated >= seq.req.max_tokens {
+            return Outcome::Finished(if seq.req.limited_by_context {
+                FinishReason::ContextWindow
+            } else {
+                FinishReason::MaxTokens
+            });
+        }
+        Outcome::Continue
+    }
+
+    /// Passes new text through the stop matcher and the output parser to the client. Returns
+    /// the stop string that matched, if one did.
+    fn send_text(&self, seq: &mut Sequence, text: &str) -> Option<String> {
+        let (emit, stop) = match seq.stop.push(text) {
+            StopOutcome::Continue { emit } => (emit, None),
+            StopOutcome::Stopped { emit, stop } => (emit, Some(stop)),
+        };
+        let events = seq.parser.push(&emit);
+        self.send(seq, events);
+        stop
+    }
+
+    /// Sends events, preceded by the logprobs of the tokens behind them.
+    fn send(&self, seq: &mut Sequence, events: Vec<Event>) {
+        if !seq.pending_logprobs.is_empty() {
+            let lps = std::mem::take(&mut seq.pending_logprobs);
+            deliver(&seq.req, Event::Logprobs(lps));
+        }
+        for e in events {
+            deliver(&seq.req, e);
+        }
+    }
+
+    fn finish(&self, mut seq: Sequence, mut reason: FinishReason) {
+        // Text held back (partial UTF-8, a possible stop-string prefix) is released unless a
+        // stop string ended the sequence: what follows a stop is never shown.
+        let mut events = Vec::new();
+        if !matches!(reason, FinishReason::StopSequence(_)) {
+            let tail = seq.detok.flush();
+            if let Some(stop) = self.send_text(&mut seq, &tail) {
+                reason = FinishReason::StopSequence(stop);
+            } else {
+                let rest = seq.stop.flush();
+                events.extend(seq.parser.push(&rest));
+            }
+        }
+        events.extend(seq.parser.finish());
+        if seq.parser.saw_tool_calls() && matches!(reason, FinishReason::Eos) {
+            reason = FinishReason::ToolCalls;
+        }
+        let usage = Usage {
+            prompt_tokens: seq.req.prompt.len(),
+            completion_tokens: seq.generated,
+            cached_tokens: 0,
+        };
+        events.push(Event::Finished {
+            reason: reason.clone(),
+            usage,
+        });
+        self.send(&mut seq, events);
+        self.stats.completed.fetch_add(1, Ordering::Relaxed);
+
+        let ttft = seq
+            .first_token_at
+            .map(|t| t.duration_since(seq.req.received))
+            .unwrap_or_default();
+        let decode = match (seq.first_token_at, seq.last_token_at) {
+            (Some(a), Some(b)) if seq.generated > 1 => b.duration_since(a),
+            _ => Duration::ZERO,
+        };
+        let tok_s = if decode.is_zero() {
+            0.0
+        } else {
+            (seq.generated - 1) as f64 / decode.as_secs_f64()
+        };
+        tracing::info!(
+            id = %seq.req.id,
+            model = %self.model_id,
+            prompt_tokens = usage.prompt_tokens,
+            completion_tokens = usage.completion_tokens,
+            ttft_ms = ttft.as_millis() as u64,
+            tok_s = format!("{tok_s:.1}"),
+            finish = ?reason,
+            "request finished"
+        );
+    }
+}
+
+/// Queues an event for the client. The channel is bounded so that a client that stops
+/// reading cannot grow memory without limit; such a client is treated as gone.
+fn deliver(req: &SeqRequest, event: Event) {
+    if let Err(mpsc::error::TrySendError::Full(_)) = req.events.try_send(event) {
+        tracing::warn!(id = %req.id, "client is not reading its stream; dropping events");
+    }
+}
+
+/// Capacity of a generation's event channel (events, roughly tokens, the client may lag).
+pub const EVENT_CHANNEL_CAPACITY: usize = 4096;
