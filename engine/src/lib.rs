@@ -1,1 +1,2 @@
 //! Wuwei's engine.
+pub mod gguf;
