@@ -1,6 +1,7 @@
 //! Wuwei's engine: models on MLX, the scheduler, and the HTTP APIs that serve them.
 
 pub mod core;
+pub mod gguf;
 pub mod kv_cache;
 pub mod mlx_ext;
 pub mod model;
