@@ -1,0 +1,540 @@
+//! The daemon's settings: built-in defaults, overridden by a TOML file, then by `WUWEI_*`
+//! environment variables, then by `wuwei serve` flags (each later source wins).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// The port the daemon listens on unless told otherwise (chosen to stay clear of the ports
+/// other local servers use: 8000, 8080, 1234, 11434).
+pub const DEFAULT_PORT: u16 = 8686;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid value {value:?} for environment variable {var}: {message}")]
+    Env {
+        var: String,
+        value: String,
+        message: String,
+    },
+    #[error("invalid setting `{field}`: {message}")]
+    Invalid {
+        field: &'static str,
+        message: String,
+    },
+}
+
+/// Everything the daemon can be told. Every field has a default, so no file is needed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub host: String,
+    pub port: u16,
+    /// Folders searched for models. Setting it (file, env or flag) replaces the default list.
+    pub models_dirs: Vec<PathBuf>,
+    /// When set, `/v1/*` requires `Authorization: Bearer <key>` or `x-api-key: <key>`.
+    pub api_key: Option<String>,
+    /// Sequences decoded together per model.
+    pub max_running: usize,
+    /// Requests waiting for a slot before new ones are refused with 503.
+    pub max_queue: usize,
+    /// Prompt tokens read per scheduler step for one sequence.
+    pub prefill_chunk: usize,
+    /// Largest accepted request body.
+    pub max_body_bytes: usize,
+    /// After SIGTERM/SIGINT, how long running streams may go on before they are cut.
+    pub shutdown_grace_secs: u64,
+    /// Model served when a request names none (or an alias points nowhere).
+    pub default_model: Option<String>,
+    /// Requested model name pattern (`*` matches any run of characters) → model id, e.g.
+    /// `"claude-*" = "qwen3-4b"`.
+    pub aliases: BTreeMap<String, String>,
+    /// `tracing` filter, e.g. `info` or `wuwei=debug`.
+    pub log_level: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            host: "127.0.0.1".to_string(),
+            port: DEFAULT_PORT,
+            models_dirs: default_models_dirs(),
+            api_key: None,
+            max_running: 8,
+            max_queue: 64,
+            prefill_chunk: 512,
+            max_body_bytes: 32 * 1024 * 1024,
+            shutdown_grace_secs: 10,
+            default_model: None,
+            aliases: BTreeMap::new(),
+            log_level: "info".to_string(),
+        }
+    }
+}
+
+/// Flags of `wuwei serve`.
+#[derive(Debug, Clone, Default, PartialEq, clap::Args)]
+pub struct ServeArgs {
+    /// Address to listen on [default: 127.0.0.1]
+    #[arg(long)]
+    pub host: Option<String>,
+    /// Port to listen on [default: 8686]
+    #[arg(long)]
+    pub port: Option<u16>,
+    /// Folder(s) with models (repeatable; replaces the default list)
+    #[arg(long = "models", value_name = "DIR", num_args = 1..)]
+    pub models: Vec<PathBuf>,
+    /// Config file [default: ~/.config/wuwei/config.toml when it exists]
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Require this key from clients
+    #[arg(long)]
+    pub api_key: Option<String>,
+    /// Model used when a request names none
+    #[arg(long)]
+    pub default_model: Option<String>,
+    /// Log filter, e.g. `info` or `wuwei=debug`
+    #[arg(long)]
+    pub log_level: Option<String>,
+}
+
+/// The folder where Wuwei keeps the model it downloads or ships with:
+/// `$XDG_DATA_HOME/wuwei/models` (or `~/.local/share/wuwei/models`) on Linux,
+/// `~/Library/Application Support/Wuwei/models` on macOS.
+pub fn default_model_store() -> Option<PathBuf> {
+    let app = if cfg!(target_os = "macos") {
+        "Wuwei"
+    } else {
+        "wuwei"
+    };
+    dirs::data_dir().map(|d| d.join(app).join("models"))
+}
+
+/// `~/models` and the model store.
+pub fn default_models_dirs() -> Vec<PathBuf> {
+    let mut dirs_list = Vec::new();
+    if let Some(home) = dirs::home_dir() {
+        dirs_list.push(home.join("models"));
+    }
+    if let Some(store) = default_model_store() {
+        dirs_list.push(store);
+    }
+    dirs_list
+}
+
+/// `~/.config/wuwei/config.toml` (the XDG config dir on Linux, `~/.config` on macOS too,
+/// where command-line tools' users look for it).
+pub fn default_config_path() -> Option<PathBuf> {
+    let base = if cfg!(target_os = "macos") {
+        dirs::home_dir().map(|h| h.join(".config"))
+    } else {
+        dirs::config_dir()
+    };
+    base.map(|b| b.join("wuwei").join("config.toml"))
+}
+
+/// Replaces a leading `~` with the home folder, so files and env vars may use it.
+fn expand_tilde(path: &Path) -> PathBuf {
+    let Ok(rest) = path.strip_prefix("~") else {
+        return path.to_path_buf();
+    };
+    match dirs::home_dir() {
+        Some(home) => home.join(rest),
+        None => path.to_path_buf(),
+    }
+}
+
+impl Config {
+    /// Resolves the configuration from the process environment, the config file and `args`.
+    pub fn load(args: &ServeArgs) -> Result<Config, ConfigError> {
+        Self::resolve(args, |name| std::env::var(name).ok(), default_config_path())
+    }
+
+    /// [`Config::load`] with the environment and default file location given, for tests.
+    pub fn resolve(
+        args: &ServeArgs,
+        env: impl Fn(&str) -> Option<String>,
+        default_file: Option<PathBuf>,
+    ) -> Result<Config, ConfigError> {
+        // The file: flag, then WUWEI_CONFIG, then the default location when it exists.
+        let explicit_file = args.config.clone().or_else(|| {
+            env("WUWEI_CONFIG")
+                .filter(|s| !s.is_empty())
+                .map(PathBuf::from)
+        });
+        let mut config = match explicit_file {
+            Some(path) => Self::from_file(&expand_tilde(&path))?,
+            None => match default_file.filter(|p| p.is_file()) {
+                Some(path) => Self::from_file(&path)?,
+                None => Config::default(),
+            },
+        };
+        config.apply_env(&env)?;
+        config.apply_args(args);
+        config.models_dirs = config.models_dirs.iter().map(|p| expand_tilde(p)).collect();
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_toml(&text).map_err(|message| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message,
+        })
+    }
+
+    pub fn from_toml(text: &str) -> Result<Config, String> {
+        toml::from_str(text).map_err(|e| e.to_string())
+    }
+
+    fn apply_env(&mut self, env: &impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        fn parse<T: std::str::FromStr>(var: &str, value: String) -> Result<T, ConfigError>
+        where
+            T::Err: std::fmt::Display,
+        {
+            value.trim().parse().map_err(|e: T::Err| ConfigError::Env {
+                var: var.to_string(),
+                value: value.clone(),
+                message: e.to_string(),
+            })
+        }
+        let get = |name: &str| env(name).filter(|v| !v.is_empty());
+
+        if let Some(v) = get("WUWEI_HOST") {
+            self.host = v;
+        }
+        if let Some(v) = get("WUWEI_PORT") {
+            self.port = parse("WUWEI_PORT", v)?;
+        }
+        if let Some(v) = get("WUWEI_MODELS") {
+            self.models_dirs = std::env::split_paths(&v)
+                .filter(|p| !p.as_os_str().is_empty())
+                .collect();
+        }
+        if let Some(v) = get("WUWEI_API_KEY") {
+            self.api_key = Some(v);
+        }
+        if let Some(v) = get("WUWEI_DEFAULT_MODEL") {
+            self.default_model = Some(v);
+        }
+        if let Some(v) = get("WUWEI_MAX_RUNNING") {
+            self.max_running = parse("WUWEI_MAX_RUNNING", v)?;
+        }
+        if let Some(v) = get("WUWEI_MAX_QUEUE") {
+            self.max_queue = parse("WUWEI_MAX_QUEUE", v)?;
+        }
+        if let Some(v) = get("WUWEI_MAX_BODY_BYTES") {
+            self.max_body_bytes = parse("WUWEI_MAX_BODY_BYTES", v)?;
+        }
+        if let Some(v) = get("WUWEI_LOG") {
+            self.log_level = v;
+        }
+        Ok(())
+    }
+
+    fn apply_args(&mut self, args: &ServeArgs) {
+        if let Some(host) = &args.host {
+            self.host = host.clone();
+        }
+        if let Some(port) = args.port {
+            self.port = port;
+        }
+        if !args.models.is_empty() {
+            self.models_dirs = args.models.clone();
+        }
+        if let Some(key) = &args.api_key {
+            self.api_key = Some(key.clone());
+        }
+        if let Some(model) = &args.default_model {
+            self.default_model = Some(model.clone());
+        }
+        if let Some(level) = &args.log_level {
+            self.log_level = level.clone();
+        }
+    }
+
+    fn validate(&mut self) -> Result<(), ConfigError> {
+        let positive = [
+            ("max_running", self.max_running),
+            ("prefill_chunk", self.prefill_chunk),
+            ("max_body_bytes", self.max_body_bytes),
+        ];
+        for (field, value) in positive {
+            if value == 0 {
+                return Err(ConfigError::Invalid {
+                    field,
+                    message: "must be at least 1".to_string(),
+                });
+            }
+        }
+        if self.host.trim().is_empty() {
+            return Err(ConfigError::Invalid {
+                field: "host",
+                message: "must not be empty".to_string(),
+            });
+        }
+        // An empty key would make every client "authorized" by sending nothing; treat it as unset.
+        if self.api_key.as_deref().is_some_and(|k| k.is_empty()) {
+            self.api_key = None;
+        }
+        Ok(())
+    }
+
+    /// The model an alias pattern maps `requested` to, if any. Exact keys win over patterns;
+    /// among patterns, the longest (most specific) wins.
+    pub fn resolve_alias(&self, requested: &str) -> Option<&str> {
+        if let Some(target) = self.aliases.get(requested) {
+            return Some(target);
+        }
+        self.aliases
+            .iter()
+            .filter(|(pattern, _)| pattern.contains('*') && glob_match(pattern, requested))
+            .max_by_key(|(pattern, _)| pattern.len())
+            .map(|(_, target)| target.as_str())
+    }
+}
+
+/// `*`-only glob matching (`*` = any run of characters, including none).
+fn glob_match(pattern: &str, text: &str) -> bool {
+    let parts: Vec<&str> = pattern.split('*').collect();
+    if parts.len() == 1 {
+        return pattern == text;
+    }
+    let (first, last) = (parts[0], parts[parts.len() - 1]);
+    if !text.starts_with(first) || text.len() < first.len() + last.len() || !text.ends_with(last) {
+        return false;
+    }
+    let mut rest = &text[first.len()..text.len() - last.len()];
+    for middle in &parts[1..parts.len() - 1] {
+        match rest.find(middle) {
+            Some(at) => rest = &rest[at + middle.len()..],
+            None => return false,
+        }
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn env_of(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |name| map.get(name).cloned()
+    }
+
+    fn write_file(dir: &Path, text: &str) -> PathBuf {
+        std::fs::create_dir_all(dir).unwrap();
+        let path = dir.join("config.toml");
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    fn temp_dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("wuwei-config-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir
+    }
+
+    #[test]
+    fn defaults_need_no_file() {
+        let cfg = Config::resolve(&ServeArgs::default(), env_of(&[]), None).unwrap();
+        assert_eq!(cfg.host, "127.0.0.1");
+        assert_eq!(cfg.port, 8686);
+        assert_eq!(cfg.max_running, 8);
+        assert_eq!(cfg.max_queue, 64);
+        assert_eq!(cfg.prefill_chunk, 512);
+        assert_eq!(cfg.max_body_bytes, 32 * 1024 * 1024);
+        assert_eq!(cfg.shutdown_grace_secs, 10);
+        assert_eq!(cfg.api_key, None);
+        let store = default_model_store().unwrap();
+        assert!(cfg.models_dirs.contains(&store), "{:?}", cfg.models_dirs);
+        assert!(cfg.models_dirs[0].ends_with("models"));
+        // A missing default file is not an error.
+        let missing = temp_dir("missing").join("config.toml");
+        let cfg2 = Config::resolve(&ServeArgs::default(), env_of(&[]), Some(missing)).unwrap();
+        assert_eq!(cfg, cfg2);
+    }
+
+    #[test]
+    fn precedence_flags_over_env_over_file_over_defaults() {
+        let dir = temp_dir("precedence");
+        let file = write_file(
+            &dir,
+            r#"
+host = "0.0.0.0"
+port = 9001
+api_key = "from-file"
+max_queue = 5
+models_dirs = ["/file/models"]
+[aliases]
+"claude-*" = "smollm2"
+"#,
+        );
+        // File only (found at the default location).
+        let cfg = Config::resolve(&ServeArgs::default(), env_of(&[]), Some(file.clone())).unwrap();
+        assert_eq!(cfg.host, "0.0.0.0");
+        assert_eq!(cfg.port, 9001);
+        assert_eq!(cfg.api_key.as_deref(), Some("from-file"));
+        assert_eq!(cfg.max_queue, 5);
+        assert_eq!(cfg.max_running, 8, "unset fields keep their default");
+        assert_eq!(cfg.models_dirs, vec![PathBuf::from("/file/models")]);
+
+        // Env over file.
+        let env = env_of(&[
+            ("WUWEI_PORT", "9002"),
+            ("WUWEI_API_KEY", "from-env"),
+            ("WUWEI_MODELS", "/env/a:/env/b"),
+        ]);
+        let cfg = Config::resolve(&ServeArgs::default(), &env, Some(file.clone())).unwrap();
+        assert_eq!(cfg.host, "0.0.0.0");
+        assert_eq!(cfg.port, 9002);
+        assert_eq!(cfg.api_key.as_deref(), Some("from-env"));
+        assert_eq!(
+            cfg.models_dirs,
+            vec![PathBuf::from("/env/a"), PathBuf::from("/env/b")]
+        );
+
+        // Flags over env.
+        let args = ServeArgs {
+            port: Some(9003),
+            models: vec![PathBuf::from("/flag/models")],
+            ..ServeArgs::default()
+        };
+        let cfg = Config::resolve(&args, &env, Some(file.clone())).unwrap();
+        assert_eq!(cfg.port, 9003);
+        assert_eq!(cfg.api_key.as_deref(), Some("from-env"));
+        assert_eq!(cfg.models_dirs, vec![PathBuf::from("/flag/models")]);
+        assert_eq!(cfg.resolve_alias("claude-sonnet-4-5"), Some("smollm2"));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn explicit_config_file_from_flag_or_env() {
+        let dir = temp_dir("explicit");
+        let file = write_file(&dir, "port = 7777\n");
+        let from_env = Config::resolve(
+            &ServeArgs::default(),
+            env_of(&[("WUWEI_CONFIG", file.to_str().unwrap())]),
+            None,
+        )
+        .unwrap();
+        assert_eq!(from_env.port, 7777);
+        let args = ServeArgs {
+            config: Some(file.clone()),
+            ..ServeArgs::default()
+        };
+        assert_eq!(
+            Config::resolve(&args, env_of(&[]), None).unwrap().port,
+            7777
+        );
+        // An explicit file that does not exist is an error naming it.
+        let args = ServeArgs {
+            config: Some(dir.join("nope.toml")),
+            ..ServeArgs::default()
+        };
+        let err = Config::resolve(&args, env_of(&[]), None).unwrap_err();
+        assert!(err.to_string().contains("nope.toml"), "{err}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn bad_values_are_errors_naming_the_source() {
+        let err = Config::resolve(
+            &ServeArgs::default(),
+            env_of(&[("WUWEI_PORT", "eighty")]),
+            None,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("WUWEI_PORT"), "{err}");
+
+        let dir = temp_dir("bad");
+        let file = write_file(&dir, "prot = 1\n");
+        let err = Config::resolve(&ServeArgs::default(), env_of(&[]), Some(file)).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("config.toml") && msg.contains("prot"), "{msg}");
+
+        let file = write_file(&dir, "port = \"x\"\n");
+        let err = Config::resolve(&ServeArgs::default(), env_of(&[]), Some(file)).unwrap_err();
+        assert!(err.to_string().contains("port"), "{err}");
+
+        let file = write_file(&dir, "max_running = 0\n");
+        let err = Config::resolve(&ServeArgs::default(), env_of(&[]), Some(file)).unwrap_err();
+        assert!(err.to_string().contains("max_running"), "{err}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn flags_parse_with_clap() {
+        use clap::Parser;
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            serve: ServeArgs,
+        }
+        let cli = Cli::try_parse_from([
+            "wuwei",
+            "--port",
+            "9999",
+            "--models",
+            "/a",
+            "/b",
+            "--api-key",
+            "k",
+        ])
+        .unwrap();
+        assert_eq!(cli.serve.port, Some(9999));
+        assert_eq!(
+            cli.serve.models,
+            vec![PathBuf::from("/a"), PathBuf::from("/b")]
+        );
+        assert_eq!(cli.serve.api_key.as_deref(), Some("k"));
+        assert!(Cli::try_parse_from(["wuwei", "--port", "70000"]).is_err());
+    }
+
+    #[test]
+    fn tilde_and_empty_key() {
+        let env = env_of(&[("WUWEI_MODELS", "~/m1")]);
+        let cfg = Config::resolve(&ServeArgs::default(), env, None).unwrap();
+        assert_eq!(cfg.models_dirs, vec![dirs::home_dir().unwrap().join("m1")]);
+        let dir = temp_dir("emptykey");
+        let file = write_file(&dir, "api_key = \"\"\n");
+        let cfg = Config::resolve(&ServeArgs::default(), env_of(&[]), Some(file)).unwrap();
+        assert_eq!(cfg.api_key, None);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn alias_patterns() {
+        let mut cfg = Config::default();
+        cfg.aliases.insert("claude-*".into(), "a".into());
+        cfg.aliases.insert("claude-opus-*".into(), "b".into());
+        cfg.aliases.insert("gpt-4o".into(), "c".into());
+        cfg.aliases.insert("*-mini".into(), "d".into());
+        assert_eq!(cfg.resolve_alias("claude-sonnet-4"), Some("a"));
+        assert_eq!(cfg.resolve_alias("claude-opus-4-1"), Some("b"));
+        assert_eq!(cfg.resolve_alias("gpt-4o"), Some("c"));
+        assert_eq!(cfg.resolve_alias("gpt-4o-mini"), Some("d"));
+        assert_eq!(cfg.resolve_alias("llama"), None);
+        assert!(glob_match("a*b*c", "aXbYc"));
+        assert!(glob_match("a*", "a"));
+        assert!(!glob_match("ab*ba", "aba"));
+        assert!(!glob_match("a*b*c", "acb"));
+    }
+}
