@@ -198,10 +198,7 @@ pub enum Event {
     /// connection alive (Anthropic `ping`).
     KeepAlive,
     /// Last event of a successful generation.
-    Finished {
-        reason: FinishReason,
-        usage: Usage,
-    },
+    Finished { reason: FinishReason, usage: Usage },
     /// Last event of a generation that failed after it started.
     Error(String),
 }
