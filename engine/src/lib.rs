@@ -2,9 +2,19 @@
 
 pub mod config;
 pub mod core;
+pub mod detokenizer;
+pub mod generate;
 pub mod gguf;
 pub mod kv_cache;
+pub mod loader;
+pub mod metrics;
 pub mod mlx_ext;
 pub mod model;
 pub mod output_parser;
+pub mod prompt;
+pub mod registry;
 pub mod sampler;
+pub mod scheduler;
+pub mod server;
+pub mod stop;
+pub mod tokenizer;

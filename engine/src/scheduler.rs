@@ -16,6 +16,7 @@ use tokio::sync::mpsc;
 use crate::core::{Event, FinishReason, SamplingParams, TokenLogprob, Usage};
 use crate::detokenizer::IncrementalDetokenizer;
 use crate::kv_cache::{DenseKvCache, KvCache};
+use crate::metrics;
 use crate::model::{BatchSeq, LanguageModel, Logits};
 use crate::output_parser::{OutputParser, ParserConfig};
 use crate::sampler::{top_logprobs, Sampler};
@@ -155,7 +156,7 @@ impl Engine {
                 if gone {
                     self.stats.waiting.fetch_sub(1, Ordering::Relaxed);
                     self.stats.cancelled.fetch_add(1, Ordering::Relaxed);
-                    metrics::counter!(crate::metrics_names::CANCELLED).increment(1);
+                    metrics::add_cancellation(&self.model_id);
                 }
                 !gone
             });
@@ -202,12 +203,9 @@ impl Engine {
         let kv: usize = running.iter().map(|s| s.cache.nbytes()).sum();
         self.stats.running.store(running.len(), Ordering::Relaxed);
         self.stats.kv_bytes.store(kv, Ordering::Relaxed);
-        metrics::gauge!(crate::metrics_names::RUNNING, "model" => self.model_id.clone())
-            .set(running.len() as f64);
-        metrics::gauge!(crate::metrics_names::WAITING, "model" => self.model_id.clone())
-            .set(waiting as f64);
-        metrics::gauge!(crate::metrics_names::KV_BYTES, "model" => self.model_id.clone())
-            .set(kv as f64);
+        metrics::set_requests_running(&self.model_id, running.len());
+        metrics::set_requests_waiting(&self.model_id, waiting);
+        metrics::set_kv_cache_bytes(&self.model_id, kv);
     }
 
     /// One forward pass over the running batch, then sampling and output for each sequence
@@ -218,7 +216,7 @@ impl Engine {
             let gone = s.req.events.is_closed() || s.req.events.capacity() == 0;
             if gone {
                 self.stats.cancelled.fetch_add(1, Ordering::Relaxed);
-                metrics::counter!(crate::metrics_names::CANCELLED).increment(1);
+                metrics::add_cancellation(&self.model_id);
                 tracing::info!(id = %s.req.id, model = %self.model_id, generated = s.generated, "cancelled: client went away");
             }
             !gone
@@ -250,7 +248,7 @@ impl Engine {
             .flat_map(|&(i, start, len)| running[i].tokens[start..start + len].iter().map(|&t| t as i32))
             .collect();
         let token_array = Array::from_slice(&flat, &[1, flat.len() as i32]);
-        metrics::histogram!(crate::metrics_names::BATCH_SIZE).record(inputs.len() as f64);
+        metrics::record_batch_size(&self.model_id, inputs.len());
 
         // Split the running list into disjoint &mut caches in input order.
         let logits = {
@@ -276,7 +274,7 @@ impl Engine {
             let seq = &mut running[i];
             if seq.prefilling() {
                 seq.prefilled = start + len;
-                metrics::counter!(crate::metrics_names::PROMPT_TOKENS).increment(len as u64);
+                metrics::add_prompt_tokens(&self.model_id, len, 0);
                 if seq.prefilling() {
                     // Still reading the prompt: let the adapter keep the connection alive.
                     let _ = seq.req.events.try_send(Event::KeepAlive);
@@ -332,19 +330,13 @@ impl Engine {
         }
         seq.tokens.push(token);
         seq.generated += 1;
-        metrics::counter!(crate::metrics_names::GENERATION_TOKENS).increment(1);
-        match seq.first_token_at {
+        metrics::add_generation_tokens(&self.model_id, 1);
+        match seq.last_token_at {
             None => {
                 seq.first_token_at = Some(now);
-                metrics::histogram!(crate::metrics_names::TTFT_SECONDS)
-                    .record(now.duration_since(seq.req.received).as_secs_f64());
+                metrics::record_time_to_first_token(&self.model_id, now.duration_since(seq.req.received));
             }
-            Some(_) => {
-                if let Some(last) = seq.last_token_at {
-                    metrics::histogram!(crate::metrics_names::ITL_SECONDS)
-                        .record(now.duration_since(last).as_secs_f64());
-                }
-            }
+            Some(last) => metrics::record_inter_token_latency(&self.model_id, now.duration_since(last)),
         }
         seq.last_token_at = Some(now);
 
@@ -416,6 +408,7 @@ impl Engine {
         });
         self.send(&mut seq, events);
         self.stats.completed.fetch_add(1, Ordering::Relaxed);
+        metrics::add_generation_finished(&self.model_id, finish_label(&reason));
 
         let ttft = seq
             .first_token_at
@@ -453,3 +446,12 @@ fn deliver(req: &SeqRequest, event: Event) {
 
 /// Capacity of a generation's event channel (events, roughly tokens, the client may lag).
 pub const EVENT_CHANNEL_CAPACITY: usize = 4096;
+
+fn finish_label(reason: &FinishReason) -> &'static str {
+    match reason {
+        FinishReason::Eos | FinishReason::StopSequence(_) => "stop",
+        FinishReason::MaxTokens | FinishReason::ContextWindow => "length",
+        FinishReason::ToolCalls => "tool_calls",
+        FinishReason::Cancelled => "cancelled",
+    }
+}

@@ -1,0 +1,89 @@
+"""Starts the real daemon for the end-to-end tests.
+
+Environment:
+  WUWEI_BIN          the daemon binary (default: target/release/wuwei from the repo root)
+  WUWEI_TEST_MODELS  folder with the test model (SmolLM2-135M-Instruct); required
+"""
+
+import os
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+STARTUP_TIMEOUT_S = 180
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def base_url(tmp_path_factory):
+    binary = Path(os.environ.get("WUWEI_BIN", REPO_ROOT / "target" / "release" / "wuwei"))
+    models = os.environ.get("WUWEI_TEST_MODELS")
+    if not models:
+        pytest.fail("set WUWEI_TEST_MODELS to the folder holding the test model")
+    if not binary.exists():
+        pytest.fail(f"daemon binary not found: {binary} (set WUWEI_BIN or build it)")
+    port = _free_port()
+    log_path = tmp_path_factory.mktemp("wuwei") / "daemon.log"
+    log = open(log_path, "w")
+    env = dict(os.environ)
+    # The test daemon must not pick up the developer's own settings.
+    for var in ("WUWEI_API_KEY", "WUWEI_CONFIG", "WUWEI_HOST", "WUWEI_PORT", "WUWEI_MODELS"):
+        env.pop(var, None)
+    env.setdefault("WUWEI_LOG", "info")
+    proc = subprocess.Popen(
+        [str(binary), "serve", "--host", "127.0.0.1", "--port", str(port), "--models", models],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    try:
+        while True:
+            if proc.poll() is not None:
+                log.flush()
+                pytest.fail(f"daemon exited with {proc.returncode}:\n{log_path.read_text()}")
+            try:
+                if requests.get(f"{url}/health", timeout=2).status_code == 200:
+                    break
+            except requests.RequestException:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"daemon not healthy after {STARTUP_TIMEOUT_S}s:\n{log_path.read_text()}")
+            time.sleep(0.25)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            code = proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            code = None
+        log.close()
+        # SIGTERM must end the daemon cleanly (exit 0) within its grace period.
+        assert code == 0, f"daemon exit code {code}:\n{log_path.read_text()}"
+
+
+@pytest.fixture(scope="session")
+def client(base_url):
+    from openai import OpenAI
+
+    return OpenAI(base_url=f"{base_url}/v1", api_key="unused", max_retries=0, timeout=120)
+
+
+@pytest.fixture(scope="session")
+def model_id(client):
+    models = client.models.list().data
+    assert models, "the daemon lists no models"
+    return models[0].id
