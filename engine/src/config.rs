@@ -59,6 +59,10 @@ pub struct Config {
     pub aliases: BTreeMap<String, String>,
     /// `tracing` filter, e.g. `info` or `wuwei=debug`.
     pub log_level: String,
+    /// How model weights are held: `native` (as stored, exact parity with mlx-lm) or
+    /// `dequantized` (quantized layers expanded to float32: more memory, faster batched
+    /// matmuls on CPU).
+    pub weights: crate::model::WeightsMode,
 }
 
 impl Default for Config {
@@ -76,6 +80,7 @@ impl Default for Config {
             default_model: None,
             aliases: BTreeMap::new(),
             log_level: "info".to_string(),
+            weights: crate::model::WeightsMode::default(),
         }
     }
 }
@@ -241,6 +246,19 @@ impl Config {
         if let Some(v) = get("WUWEI_LOG") {
             self.log_level = v;
         }
+        if let Some(v) = get("WUWEI_WEIGHTS") {
+            self.weights = match v.as_str() {
+                "native" => crate::model::WeightsMode::Native,
+                "dequantized" => crate::model::WeightsMode::Dequantized,
+                _ => {
+                    return Err(ConfigError::Env {
+                        var: "WUWEI_WEIGHTS".into(),
+                        message: "expected `native` or `dequantized`".into(),
+                        value: v,
+                    })
+                }
+            };
+        }
         Ok(())
     }
 
@@ -295,10 +313,18 @@ impl Config {
     /// The model an alias pattern maps `requested` to, if any. Exact keys win over patterns;
     /// among patterns, the longest (most specific) wins.
     pub fn resolve_alias(&self, requested: &str) -> Option<&str> {
-        if let Some(target) = self.aliases.get(requested) {
+        resolve_alias(&self.aliases, requested)
+    }
+}
+
+/// The target `aliases` maps `requested` to, if any. Exact keys win over patterns; among
+/// patterns, the longest (most specific) wins.
+pub fn resolve_alias<'a>(aliases: &'a BTreeMap<String, String>, requested: &str) -> Option<&'a str> {
+    {
+        if let Some(target) = aliases.get(requested) {
             return Some(target);
         }
-        self.aliases
+        aliases
             .iter()
             .filter(|(pattern, _)| pattern.contains('*') && glob_match(pattern, requested))
             .max_by_key(|(pattern, _)| pattern.len())

@@ -1,5 +1,6 @@
 //! Wuwei's engine: models on MLX, the scheduler, and the HTTP APIs that serve them.
 
+pub mod chat_template;
 pub mod config;
 pub mod core;
 pub mod detokenizer;

@@ -64,7 +64,8 @@ enum State {
     Available,
     Loading(watch::Receiver<bool>),
     Loaded(Arc<Served>),
-    Failed(String),
+    /// The last load failed (the message); the next request tries again.
+    Failed(#[allow(dead_code)] String),
 }
 
 struct Entry {
@@ -119,24 +120,6 @@ fn modified_secs(path: &Path) -> u64 {
         .ok()
         .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
         .map_or(0, |d| d.as_secs())
-}
-
-/// `*`-glob match of a model name against an alias pattern.
-fn glob_match(pattern: &str, name: &str) -> bool {
-    match pattern.split_once('*') {
-        None => pattern == name,
-        Some((head, rest)) => {
-            let Some(tail) = name.strip_prefix(head) else {
-                return false;
-            };
-            if rest.is_empty() {
-                return true;
-            }
-            (0..=tail.len())
-                .filter(|&i| tail.is_char_boundary(i))
-                .any(|i| glob_match(rest, &tail[i..]))
-        }
-    }
 }
 
 impl Registry {
@@ -195,16 +178,15 @@ impl Registry {
         if self.models.lock().unwrap().contains_key(name) {
             return Ok(name.to_string());
         }
-        for (pattern, target) in &self.config.aliases {
-            if glob_match(pattern, name) {
-                let target = if target == "default" {
-                    self.default_model()
-                } else {
-                    Some(target.clone())
-                };
-                if let Some(t) = target.filter(|t| self.models.lock().unwrap().contains_key(t)) {
-                    return Ok(t);
-                }
+        if let Some(target) = crate::config::resolve_alias(&self.config.aliases, name) {
+            // "default" follows the default model, whichever it is.
+            let target = if target == "default" {
+                self.default_model()
+            } else {
+                Some(target.to_string())
+            };
+            if let Some(t) = target.filter(|t| self.models.lock().unwrap().contains_key(t)) {
+                return Ok(t);
             }
         }
         Err(unknown(name))
@@ -440,19 +422,5 @@ impl Backend for Registry {
         } else {
             Health::Ok
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::glob_match;
-
-    #[test]
-    fn alias_patterns() {
-        assert!(glob_match("claude-*", "claude-sonnet-4-5"));
-        assert!(glob_match("*haiku*", "claude-3-5-haiku-latest"));
-        assert!(!glob_match("claude-*", "gpt-4o"));
-        assert!(glob_match("exact", "exact"));
-        assert!(!glob_match("exact", "exactly"));
     }
 }
