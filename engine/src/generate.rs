@@ -59,60 +59,59 @@ impl From<WeightsArg> for WeightsMode {
 }
 
 pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
-    let loaded = loader::load(&args.model, args.weights.into())
-        .with_context(|| format!("loading {}", args.model.display()))?;
-    let tokenizer = loaded.tokenizer.clone();
-    let prompt = if args.chat {
-        let messages = vec![json!({"role": "user", "content": args.prompt})];
-        tokenizer.encode_chat(&messages, None, true, &Map::new())?
-    } else {
-        tokenizer.encode(&args.prompt, true)?
-    };
-    if prompt.len() >= loaded.context_length {
-        bail!(
-            "prompt is too long: {} tokens > {} maximum",
-            prompt.len(),
-            loaded.context_length - 1
-        );
-    }
-    let max_tokens = args.max_tokens.min(loaded.context_length - prompt.len());
-
-    let (req_tx, req_rx) = std::sync::mpsc::channel();
     let (tx, mut rx) = tokio::sync::mpsc::channel(EVENT_CHANNEL_CAPACITY);
-    let prompt_tokens = prompt.len();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let received = Instant::now();
-    req_tx.send(SeqRequest {
-        id: "generate".into(),
-        prompt,
-        sampling: SamplingParams {
-            temperature: args.temp,
-            top_p: args.top_p,
-            seed: args.seed,
-            ..SamplingParams::default()
-        },
-        max_tokens,
-        limited_by_context: max_tokens < args.max_tokens,
-        stop: Vec::new(),
-        logprobs: None,
-        // Show everything the model writes, markup included.
-        parser: ParserConfig {
-            reasoning: false,
-            starts_in_reasoning: false,
-            tools: false,
-        },
-        events: tx,
-        received,
-    })?;
-    drop(req_tx);
-    let engine = Engine::new(
-        "generate".into(),
-        loaded.model,
-        tokenizer.clone(),
-        SchedulerConfig::default(),
-        Arc::new(EngineStats::default()),
-    );
-    let engine_thread = std::thread::spawn(move || engine.run(req_rx));
-
+    let model_path = args.model.clone();
+    let (weights, chat, text, wanted) = (args.weights.into(), args.chat, args.prompt.clone(), args.max_tokens);
+    let sampling = SamplingParams {
+        temperature: args.temp,
+        top_p: args.top_p,
+        seed: args.seed,
+        ..SamplingParams::default()
+    };
+    // MLX streams belong to a thread: the model is loaded on the thread that runs it.
+    let engine_thread = std::thread::spawn(move || -> anyhow::Result<()> {
+        let prepared = prepare(&model_path, weights, chat, &text, wanted);
+        let (loaded, prompt, max_tokens) = match prepared {
+            Ok(p) => p,
+            Err(e) => {
+                let _ = ready_tx.send(Err(format!("{e:#}")));
+                return Ok(());
+            }
+        };
+        let _ = ready_tx.send(Ok(prompt.len()));
+        let (req_tx, req_rx) = std::sync::mpsc::channel();
+        req_tx.send(SeqRequest {
+            id: "generate".into(),
+            prompt,
+            sampling,
+            max_tokens,
+            limited_by_context: max_tokens < wanted,
+            stop: Vec::new(),
+            logprobs: None,
+            // Show everything the model writes, markup included.
+            parser: ParserConfig {
+                reasoning: false,
+                starts_in_reasoning: false,
+                tools: false,
+            },
+            events: tx,
+            received: Instant::now(),
+        })?;
+        drop(req_tx);
+        let tokenizer = loaded.tokenizer.clone();
+        Engine::new("generate".into(), loaded.model, tokenizer, SchedulerConfig::default(), Arc::new(EngineStats::default()))
+            .run(req_rx);
+        Ok(())
+    });
+    let prompt_tokens = match ready_rx.recv() {
+        Ok(Ok(n)) => n,
+        Ok(Err(e)) => bail!("{e}"),
+        Err(_) => bail!("the engine thread died while loading"),
+    };
+    // Prefill speed counts from the request, not from the start of loading.
+    let received = received.max(Instant::now());
     let mut out = std::io::stdout().lock();
     let mut first_at = None;
     let mut last_at = received;
@@ -137,7 +136,9 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         first_at.get_or_insert(now);
         last_at = now;
     }
-    engine_thread.join().ok();
+    engine_thread
+        .join()
+        .map_err(|_| anyhow::anyhow!("the engine thread panicked"))??;
     let first_at = first_at.unwrap_or(last_at);
     let prefill_s = first_at.duration_since(received).as_secs_f64();
     let decode_s = last_at.duration_since(first_at).as_secs_f64();
@@ -150,4 +151,30 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         finish.unwrap_or(crate::core::FinishReason::Cancelled),
     )?;
     Ok(())
+}
+
+/// Loads the model and tokenizes the prompt; returns them with the token budget.
+fn prepare(
+    path: &std::path::Path,
+    weights: WeightsMode,
+    chat: bool,
+    text: &str,
+    wanted: usize,
+) -> anyhow::Result<(loader::Loaded, Vec<u32>, usize)> {
+    let loaded = loader::load(path, weights).with_context(|| format!("loading {}", path.display()))?;
+    let prompt = if chat {
+        let messages = vec![json!({"role": "user", "content": text})];
+        loaded.tokenizer.encode_chat(&messages, None, true, &Map::new())?
+    } else {
+        loaded.tokenizer.encode(text, true)?
+    };
+    if prompt.len() >= loaded.context_length {
+        bail!(
+            "prompt is too long: {} tokens > {} maximum",
+            prompt.len(),
+            loaded.context_length - 1
+        );
+    }
+    let max_tokens = wanted.min(loaded.context_length - prompt.len());
+    Ok((loaded, prompt, max_tokens))
 }

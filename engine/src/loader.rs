@@ -8,7 +8,7 @@ use serde_json::Value;
 
 use crate::gguf::load_gguf;
 use crate::model::{
-    build_model, compute_dtype, load_model_dir, weights::cast_floats, LanguageModel, ModelError,
+    build_model, compute_dtype, load_model_dir, materialize, weights::cast_floats, LanguageModel, ModelError,
     Quantization, Tensors, WeightsMode,
 };
 use crate::tokenizer::Tokenizer;
@@ -85,6 +85,7 @@ pub fn load(path: &Path, mode: WeightsMode) -> Result<Loaded, LoadError> {
         if let Some(dtype) = compute_dtype() {
             cast_floats(&mut weights, dtype)?;
         }
+        materialize(&weights)?;
         let tensors = Tensors::new(weights, Quantization::from_config(&g.config), path.into());
         let model = build_model(&g.config, tensors, mode)?;
         return Ok(Loaded {

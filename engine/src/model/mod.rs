@@ -413,7 +413,15 @@ pub fn load_model_dir(
         });
     }
     let tensors = weights::load_safetensors_dir(dir, compute_dtype())?;
+    materialize(&tensors)?;
     let tensors = Tensors::new(tensors, Quantization::from_config(&config), dir.into());
     let model = build_model(&config, tensors, mode)?;
     Ok((config, model))
+}
+
+/// Reads every tensor into memory now (MLX loads lazily), so that load time is paid at load,
+/// not by the first request.
+pub fn materialize(tensors: &HashMap<String, Array>) -> Result<(), ModelError> {
+    mlx_rs::transforms::eval(tensors.values())?;
+    Ok(())
 }
