@@ -59,9 +59,10 @@ pub struct Config {
     pub aliases: BTreeMap<String, String>,
     /// `tracing` filter, e.g. `info` or `wuwei=debug`.
     pub log_level: String,
-    /// How model weights are held: `native` (as stored, exact parity with mlx-lm) or
-    /// `dequantized` (quantized layers expanded to float32: more memory, faster batched
-    /// matmuls on CPU).
+    /// How model weights are held: `auto` (default: `dequantized` on CPU when it fits in a
+    /// quarter of available memory, else `native`), `native` (as stored, exact parity with
+    /// mlx-lm) or `dequantized` (quantized layers expanded to float32: more memory, but CPU
+    /// matmuls go through BLAS and batch).
     pub weights: crate::model::WeightsMode,
 }
 
@@ -248,12 +249,13 @@ impl Config {
         }
         if let Some(v) = get("WUWEI_WEIGHTS") {
             self.weights = match v.as_str() {
+                "auto" => crate::model::WeightsMode::Auto,
                 "native" => crate::model::WeightsMode::Native,
                 "dequantized" => crate::model::WeightsMode::Dequantized,
                 _ => {
                     return Err(ConfigError::Env {
                         var: "WUWEI_WEIGHTS".into(),
-                        message: "expected `native` or `dequantized`".into(),
+                        message: "expected `auto`, `native` or `dequantized`".into(),
                         value: v,
                     })
                 }

@@ -34,9 +34,9 @@ pub struct GenerateArgs {
     pub top_p: f32,
     #[arg(long)]
     pub seed: Option<u64>,
-    /// How weights are held: native (exact reference parity) or dequantized (f32, faster
-    /// batched matmuls on CPU).
-    #[arg(long, value_enum, default_value = "native")]
+    /// How weights are held: auto (dequantized on CPU when memory allows), native (exact
+    /// reference parity) or dequantized (f32, faster batched matmuls on CPU).
+    #[arg(long, value_enum, default_value = "auto")]
     pub weights: WeightsArg,
     /// Don't print the generated text (benchmarks).
     #[arg(long)]
@@ -45,6 +45,7 @@ pub struct GenerateArgs {
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 pub enum WeightsArg {
+    Auto,
     Native,
     Dequantized,
 }
@@ -52,6 +53,7 @@ pub enum WeightsArg {
 impl From<WeightsArg> for WeightsMode {
     fn from(w: WeightsArg) -> Self {
         match w {
+            WeightsArg::Auto => WeightsMode::Auto,
             WeightsArg::Native => WeightsMode::Native,
             WeightsArg::Dequantized => WeightsMode::Dequantized,
         }

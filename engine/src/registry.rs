@@ -43,7 +43,7 @@ impl Default for RegistryConfig {
             aliases: BTreeMap::new(),
             scheduler: SchedulerConfig::default(),
             max_queue: 64,
-            weights_mode: WeightsMode::Native,
+            weights_mode: WeightsMode::Auto,
         }
     }
 }

@@ -309,14 +309,36 @@ impl Tensors {
     pub fn source(&self) -> &Path {
         &self.source
     }
+
+    /// Bytes the weights take once every quantized matrix is expanded to float32.
+    pub fn dequantized_bytes(&self) -> usize {
+        self.map
+            .iter()
+            .filter(|(name, _)| !name.ends_with(".scales") && !name.ends_with(".biases"))
+            .map(|(name, a)| {
+                let prefix = name.trim_end_matches(".weight");
+                let quantized = self.map.contains_key(&format!("{prefix}.scales"));
+                match self.quantization.for_layer(prefix) {
+                    // Packed uint32 rows of `in * bits / 32` words.
+                    Some((_, bits)) if quantized && a.dtype() == Dtype::Uint32 => {
+                        a.size() * 32 / bits as usize * 4
+                    }
+                    _ => a.size() * 4,
+                }
+            })
+            .sum()
+    }
 }
 
 /// How weights are held in memory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum WeightsMode {
-    /// As stored (quantized stays quantized): exact parity with mlx-lm.
+    /// `Dequantized` on CPU when the float32 weights fit comfortably in available memory,
+    /// `Native` otherwise and on GPUs.
     #[default]
+    Auto,
+    /// As stored (quantized stays quantized): exact parity with mlx-lm.
     Native,
     /// Quantized matrices dequantized to float32 at load: ~4-8x the memory of 4-bit weights,
     /// but batched CPU matmuls go through BLAS.
@@ -339,6 +361,7 @@ pub fn build_model(
     mode: WeightsMode,
 ) -> Result<Box<dyn LanguageModel>, ModelError> {
     let config_path = tensors.source().join("config.json");
+    let mode = resolve_mode(mode, &tensors);
     let args: ModelArgs =
         serde_json::from_value(config.clone()).map_err(|e| ModelError::Invalid {
             path: config_path.clone(),
@@ -373,10 +396,10 @@ pub fn build_model(
     Ok(model)
 }
 
-/// Applies the weights mode to one matrix.
+/// Applies the weights mode to one matrix (`Auto` must have been resolved already).
 pub fn prepare(matrix: Matrix, mode: WeightsMode) -> Result<Matrix, ModelError> {
     match mode {
-        WeightsMode::Native => Ok(matrix),
+        WeightsMode::Native | WeightsMode::Auto => Ok(matrix),
         WeightsMode::Dequantized => Ok(matrix.dequantized(Dtype::Float32)?),
     }
 }
@@ -424,4 +447,26 @@ pub fn load_model_dir(
 pub fn materialize(tensors: &HashMap<String, Array>) -> Result<(), ModelError> {
     mlx_rs::transforms::eval(tensors.values())?;
     Ok(())
+}
+
+/// Settles `Auto`: dequantize on CPU when the float32 weights take at most a quarter of the
+/// memory available now, so batching goes through BLAS; keep them as stored otherwise.
+pub fn resolve_mode(mode: WeightsMode, tensors: &Tensors) -> WeightsMode {
+    if mode != WeightsMode::Auto {
+        return mode;
+    }
+    if compute_dtype().is_none() {
+        return WeightsMode::Native;
+    }
+    let mut sys = sysinfo::System::new();
+    sys.refresh_memory();
+    let available = sys.available_memory() as usize;
+    let needed = tensors.dequantized_bytes();
+    let chosen = if needed <= available / 4 {
+        WeightsMode::Dequantized
+    } else {
+        WeightsMode::Native
+    };
+    tracing::info!(?chosen, needed_mib = needed >> 20, available_mib = available >> 20, "weights mode");
+    chosen
 }
