@@ -321,7 +321,10 @@ impl Config {
 
 /// The target `aliases` maps `requested` to, if any. Exact keys win over patterns; among
 /// patterns, the longest (most specific) wins.
-pub fn resolve_alias<'a>(aliases: &'a BTreeMap<String, String>, requested: &str) -> Option<&'a str> {
+pub fn resolve_alias<'a>(
+    aliases: &'a BTreeMap<String, String>,
+    requested: &str,
+) -> Option<&'a str> {
     {
         if let Some(target) = aliases.get(requested) {
             return Some(target);

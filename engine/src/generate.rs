@@ -65,7 +65,12 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let received = Instant::now();
     let model_path = args.model.clone();
-    let (weights, chat, text, wanted) = (args.weights.into(), args.chat, args.prompt.clone(), args.max_tokens);
+    let (weights, chat, text, wanted) = (
+        args.weights.into(),
+        args.chat,
+        args.prompt.clone(),
+        args.max_tokens,
+    );
     let sampling = SamplingParams {
         temperature: args.temp,
         top_p: args.top_p,
@@ -103,8 +108,14 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         })?;
         drop(req_tx);
         let tokenizer = loaded.tokenizer.clone();
-        Engine::new("generate".into(), loaded.model, tokenizer, SchedulerConfig::default(), Arc::new(EngineStats::default()))
-            .run(req_rx);
+        Engine::new(
+            "generate".into(),
+            loaded.model,
+            tokenizer,
+            SchedulerConfig::default(),
+            Arc::new(EngineStats::default()),
+        )
+        .run(req_rx);
         Ok(())
     });
     let prompt_tokens = match ready_rx.recv() {
@@ -121,11 +132,9 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     let mut finish = None;
     while let Some(event) = rx.blocking_recv() {
         match event {
-            Event::Text(t) | Event::Reasoning(t) => {
-                if !args.quiet {
-                    write!(out, "{t}")?;
-                    out.flush()?;
-                }
+            Event::Text(t) | Event::Reasoning(t) if !args.quiet => {
+                write!(out, "{t}")?;
+                out.flush()?;
             }
             Event::Finished { reason, usage } => {
                 generated = usage.completion_tokens;
@@ -163,10 +172,13 @@ fn prepare(
     text: &str,
     wanted: usize,
 ) -> anyhow::Result<(loader::Loaded, Vec<u32>, usize)> {
-    let loaded = loader::load(path, weights).with_context(|| format!("loading {}", path.display()))?;
+    let loaded =
+        loader::load(path, weights).with_context(|| format!("loading {}", path.display()))?;
     let prompt = if chat {
         let messages = vec![json!({"role": "user", "content": text})];
-        loaded.tokenizer.encode_chat(&messages, None, true, &Map::new())?
+        loaded
+            .tokenizer
+            .encode_chat(&messages, None, true, &Map::new())?
     } else {
         loaded.tokenizer.encode(text, true)?
     };

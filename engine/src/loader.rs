@@ -8,8 +8,8 @@ use serde_json::Value;
 
 use crate::gguf::load_gguf;
 use crate::model::{
-    build_model, compute_dtype, load_model_dir, materialize, weights::cast_floats, LanguageModel, ModelError,
-    Quantization, Tensors, WeightsMode,
+    build_model, compute_dtype, load_model_dir, materialize, weights::cast_floats, LanguageModel,
+    ModelError, Quantization, Tensors, WeightsMode,
 };
 use crate::tokenizer::Tokenizer;
 
@@ -55,19 +55,31 @@ pub fn load_tokenizer(path: &Path) -> Result<Tokenizer, LoadError> {
     };
     if is_gguf(path) {
         let g = load_gguf(path)?;
-        return Tokenizer::from_parts(g.tokenizer_json.as_bytes(), &g.tokenizer_config, &eos_ids(&g.generation_config)).map_err(err);
+        return Tokenizer::from_parts(
+            g.tokenizer_json.as_bytes(),
+            &g.tokenizer_config,
+            &eos_ids(&g.generation_config),
+        )
+        .map_err(err);
     }
     Tokenizer::from_dir(path).map_err(err)
 }
 
 pub fn is_gguf(path: &Path) -> bool {
-    path.is_file() && path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
+    path.is_file()
+        && path
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
 }
 
 fn eos_ids(generation_config: &Value) -> Vec<u32> {
     match generation_config.get("eos_token_id") {
         Some(Value::Number(n)) => n.as_u64().map(|n| vec![n as u32]).unwrap_or_default(),
-        Some(Value::Array(a)) => a.iter().filter_map(Value::as_u64).map(|n| n as u32).collect(),
+        Some(Value::Array(a)) => a
+            .iter()
+            .filter_map(Value::as_u64)
+            .map(|n| n as u32)
+            .collect(),
         _ => Vec::new(),
     }
 }
@@ -80,7 +92,12 @@ pub fn load(path: &Path, mode: WeightsMode) -> Result<Loaded, LoadError> {
     };
     if is_gguf(path) {
         let g = load_gguf(path)?;
-        let tokenizer = Tokenizer::from_parts(g.tokenizer_json.as_bytes(), &g.tokenizer_config, &eos_ids(&g.generation_config)).map_err(err)?;
+        let tokenizer = Tokenizer::from_parts(
+            g.tokenizer_json.as_bytes(),
+            &g.tokenizer_config,
+            &eos_ids(&g.generation_config),
+        )
+        .map_err(err)?;
         let mut weights = g.weights;
         if let Some(dtype) = compute_dtype() {
             cast_floats(&mut weights, dtype)?;

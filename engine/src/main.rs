@@ -6,7 +6,11 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "wuwei", version, about = "Local LLM server on MLX with OpenAI and Anthropic APIs")]
+#[command(
+    name = "wuwei",
+    version,
+    about = "Local LLM server on MLX with OpenAI and Anthropic APIs"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -18,9 +18,7 @@ use crate::loader::{self, is_gguf};
 use crate::model::WeightsMode;
 use crate::output_parser::ParserConfig;
 use crate::prompt::{hf_messages, hf_tools};
-use crate::scheduler::{
-    Engine, EngineStats, SchedulerConfig, SeqRequest, EVENT_CHANNEL_CAPACITY,
-};
+use crate::scheduler::{Engine, EngineStats, SchedulerConfig, SeqRequest, EVENT_CHANNEL_CAPACITY};
 use crate::tokenizer::Tokenizer;
 
 #[derive(Debug, Clone)]
@@ -246,7 +244,8 @@ impl Registry {
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
         let (req_tx, req_rx) = std::sync::mpsc::channel::<SeqRequest>();
         let stats = Arc::new(EngineStats::default());
-        let (model_id, path_buf, mode) = (id.to_string(), path.to_path_buf(), self.config.weights_mode);
+        let (model_id, path_buf, mode) =
+            (id.to_string(), path.to_path_buf(), self.config.weights_mode);
         let sched = self.config.scheduler.clone();
         let thread_stats = stats.clone();
         let started = Instant::now();
@@ -255,7 +254,14 @@ impl Registry {
             .spawn(move || match loader::load(&path_buf, mode) {
                 Ok(loaded) => {
                     let _ = ready_tx.send(Ok((loaded.tokenizer.clone(), loaded.context_length)));
-                    Engine::new(model_id, loaded.model, loaded.tokenizer, sched, thread_stats).run(req_rx);
+                    Engine::new(
+                        model_id,
+                        loaded.model,
+                        loaded.tokenizer,
+                        sched,
+                        thread_stats,
+                    )
+                    .run(req_rx);
                 }
                 Err(e) => {
                     let _ = ready_tx.send(Err(e.to_string()));
@@ -280,7 +286,11 @@ impl Registry {
     }
 
     /// Tokenizes a prompt for `served`; also says whether it ends inside an open `<think>`.
-    fn tokenize(&self, served: &Served, prompt: &Prompt) -> Result<(Vec<u32>, bool, bool), CoreError> {
+    fn tokenize(
+        &self,
+        served: &Served,
+        prompt: &Prompt,
+    ) -> Result<(Vec<u32>, bool, bool), CoreError> {
         let tok = &served.tokenizer;
         let bad = |e: crate::tokenizer::TokenizerError| CoreError::Invalid(e.to_string());
         match prompt {
@@ -308,13 +318,21 @@ impl Registry {
                 }
                 let tools_json = hf_tools(tools, tool_choice);
                 let mut kwargs: Map<String, Value> = template_kwargs.clone();
-                kwargs.entry("enable_thinking").or_insert(Value::Bool(served.reasoning));
+                kwargs
+                    .entry("enable_thinking")
+                    .or_insert(Value::Bool(served.reasoning));
                 let text = tok
-                    .apply_chat_template(&hf_messages(messages), tools_json.as_deref(), true, &kwargs)
+                    .apply_chat_template(
+                        &hf_messages(messages),
+                        tools_json.as_deref(),
+                        true,
+                        &kwargs,
+                    )
                     .map_err(bad)?;
                 let in_think = served.reasoning && {
                     let t = text.trim_end();
-                    t.rfind("<think>").is_some_and(|open| !t[open..].contains("</think>"))
+                    t.rfind("<think>")
+                        .is_some_and(|open| !t[open..].contains("</think>"))
                 };
                 let tools_on = tools_json.is_some() && *tool_choice != ToolChoice::None;
                 Ok((tok.encode(&text, false).map_err(bad)?, in_think, tools_on))
@@ -342,7 +360,9 @@ impl Registry {
             _ => (room, true),
         };
         if served.stats.waiting.load(Ordering::Relaxed) >= self.config.max_queue {
-            return Err(CoreError::Overloaded { retry_after_secs: 2 });
+            return Err(CoreError::Overloaded {
+                retry_after_secs: 2,
+            });
         }
         let (tx, rx) = mpsc::channel(EVENT_CHANNEL_CAPACITY);
         let prompt_tokens = prompt.len();
@@ -365,7 +385,9 @@ impl Registry {
         served.stats.waiting.fetch_add(1, Ordering::Relaxed);
         if served.requests.lock().unwrap().send(seq).is_err() {
             served.stats.waiting.fetch_sub(1, Ordering::Relaxed);
-            return Err(CoreError::Internal(format!("the engine of '{id}' has stopped")));
+            return Err(CoreError::Internal(format!(
+                "the engine of '{id}' has stopped"
+            )));
         }
         Ok(Generation {
             model: id,
@@ -406,7 +428,9 @@ impl Backend for Registry {
     fn count_tokens(&self, model: Option<&str>, prompt: &Prompt) -> Result<usize, CoreError> {
         let id = self.resolve(model)?;
         let served = self.loaded(&id).ok_or_else(|| {
-            CoreError::Internal(format!("model '{id}' is not loaded yet; send a request first"))
+            CoreError::Internal(format!(
+                "model '{id}' is not loaded yet; send a request first"
+            ))
         })?;
         Ok(self.tokenize(&served, prompt)?.0.len())
     }
@@ -417,7 +441,10 @@ impl Backend for Registry {
 
     fn health(&self) -> Health {
         let models = self.models.lock().unwrap();
-        if models.values().any(|e| matches!(e.state, State::Loading(_))) {
+        if models
+            .values()
+            .any(|e| matches!(e.state, State::Loading(_)))
+        {
             Health::Loading
         } else {
             Health::Ok

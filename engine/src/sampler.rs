@@ -77,7 +77,9 @@ impl Sampler {
         // Candidates sorted by probability, most likely first.
         let mut order: Vec<u32> = (0..lp.len() as u32).collect();
         let keep = if p.top_k > 0 && p.top_k < order.len() {
-            order.select_nth_unstable_by(p.top_k - 1, |&a, &b| lp[b as usize].total_cmp(&lp[a as usize]));
+            order.select_nth_unstable_by(p.top_k - 1, |&a, &b| {
+                lp[b as usize].total_cmp(&lp[a as usize])
+            });
             p.top_k
         } else {
             order.len()
@@ -193,8 +195,14 @@ mod tests {
     fn top_p_and_min_p_cut_the_tail() {
         let logits = [10.0, 9.0, -10.0, -10.0];
         for p in [
-            SamplingParams { top_p: 0.9, ..params(1.0) },
-            SamplingParams { min_p: 0.2, ..params(1.0) },
+            SamplingParams {
+                top_p: 0.9,
+                ..params(1.0)
+            },
+            SamplingParams {
+                min_p: 0.2,
+                ..params(1.0)
+            },
         ] {
             let mut s = Sampler::new(p);
             for _ in 0..200 {
@@ -213,7 +221,7 @@ mod tests {
         s.apply_penalties(&mut logits, &[0, 0, 2], 2);
         assert_eq!(logits[0], 4.0 / 2.0 - 1.0);
         assert_eq!(logits[1], 3.0);
-        assert_eq!(logits[2], -1.0 * 2.0 - 1.0);
+        assert_eq!(logits[2], -2.0 - 1.0);
     }
 
     #[test]

@@ -161,7 +161,9 @@ impl Engine {
                 !gone
             });
             while running.len() < self.config.max_running {
-                let Some(req) = waiting.pop_front() else { break };
+                let Some(req) = waiting.pop_front() else {
+                    break;
+                };
                 self.stats.waiting.fetch_sub(1, Ordering::Relaxed);
                 running.push(self.start(req));
             }
@@ -172,17 +174,22 @@ impl Engine {
             if let Err(e) = self.step(&mut running) {
                 tracing::error!(model = %self.model_id, error = %e, "engine step failed");
                 for seq in running.drain(..) {
-                    let _ = seq.req.events.try_send(Event::Error(format!("inference failed: {e}")));
+                    let _ = seq
+                        .req
+                        .events
+                        .try_send(Event::Error(format!("inference failed: {e}")));
                 }
-                self.stats.running.store(0, Ordering::Relaxed);
             }
+            // Sequences that finished or were cancelled in this step are gone: say so now, the
+            // thread may idle next.
+            self.publish_gauges(&running, waiting.len());
         }
     }
 
     fn start(&self, req: SeqRequest) -> Sequence {
         let sampler = Sampler::new(req.sampling.clone());
         let stop = StopMatcher::new(&req.stop);
-        let parser = OutputParser::new(req.parser.clone());
+        let parser = OutputParser::new(req.parser);
         Sequence {
             cache: DenseKvCache::new(self.model.num_layers()),
             prefilled: 0,
@@ -245,7 +252,11 @@ impl Engine {
         }
         let flat: Vec<i32> = inputs
             .iter()
-            .flat_map(|&(i, start, len)| running[i].tokens[start..start + len].iter().map(|&t| t as i32))
+            .flat_map(|&(i, start, len)| {
+                running[i].tokens[start..start + len]
+                    .iter()
+                    .map(|&t| t as i32)
+            })
             .collect();
         let token_array = Array::from_slice(&flat, &[1, flat.len() as i32]);
         metrics::record_batch_size(&self.model_id, inputs.len());
@@ -303,7 +314,8 @@ impl Engine {
             logits
         } else {
             owned = logits.to_vec();
-            seq.sampler.apply_penalties(&mut owned, &seq.tokens, seq.generated);
+            seq.sampler
+                .apply_penalties(&mut owned, &seq.tokens, seq.generated);
             &owned[..]
         };
         let token = seq.sampler.sample(logits);
@@ -334,9 +346,14 @@ impl Engine {
         match seq.last_token_at {
             None => {
                 seq.first_token_at = Some(now);
-                metrics::record_time_to_first_token(&self.model_id, now.duration_since(seq.req.received));
+                metrics::record_time_to_first_token(
+                    &self.model_id,
+                    now.duration_since(seq.req.received),
+                );
             }
-            Some(last) => metrics::record_inter_token_latency(&self.model_id, now.duration_since(last)),
+            Some(last) => {
+                metrics::record_inter_token_latency(&self.model_id, now.duration_since(last))
+            }
         }
         seq.last_token_at = Some(now);
 

@@ -613,8 +613,8 @@ async fn health_and_metrics() {
     let (status, _, _) = send(&app, Request::get("/health").body(Body::empty()).unwrap()).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
 
-    wuwei::server::metrics::record_time_to_first_token("smol", Duration::from_millis(30));
-    wuwei::server::metrics::add_generation_tokens("smol", 5);
+    wuwei::metrics::record_time_to_first_token("smol", Duration::from_millis(30));
+    wuwei::metrics::add_generation_tokens("smol", 5);
     let _ = post_json(&app, "/v1/chat/completions", chat_body(json!({}))).await;
     let (status, headers, text) =
         send(&app, Request::get("/metrics").body(Body::empty()).unwrap()).await;

@@ -15,7 +15,10 @@ use wuwei::model::{BatchSeq, Logits, WeightsMode};
 const MAX_TOKENS: usize = 64;
 
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().into()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .into()
 }
 
 fn gguf() -> PathBuf {
@@ -52,17 +55,36 @@ fn reference() -> Vec<(Vec<u32>, Vec<u32>)> {
         .arg(prompts().to_string())
         .output()
         .expect("run .venv/bin/python");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-    let ids = |v: &Value| v.as_array().unwrap().iter().map(|t| t.as_u64().unwrap() as u32).collect();
-    v.as_array().unwrap().iter().map(|r| (ids(&r["prompt"]), ids(&r["tokens"]))).collect()
+    let ids = |v: &Value| {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t.as_u64().unwrap() as u32)
+            .collect()
+    };
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (ids(&r["prompt"]), ids(&r["tokens"])))
+        .collect()
 }
 
 fn prompt_ids(m: &Loaded, p: &Value) -> Vec<u32> {
     let text = p["text"].as_str().unwrap();
     if p["chat"].as_bool().unwrap() {
         m.tokenizer
-            .encode_chat(&[json!({"role": "user", "content": text})], None, true, &Map::new())
+            .encode_chat(
+                &[json!({"role": "user", "content": text})],
+                None,
+                true,
+                &Map::new(),
+            )
             .unwrap()
     } else {
         m.tokenizer.encode(text, true).unwrap()
@@ -75,7 +97,10 @@ fn greedy(m: &Loaded, prompt: &[u32]) -> Vec<u32> {
     let mut out = Vec::new();
     while out.len() < MAX_TOKENS {
         let tokens = Array::from_slice(&input, &[1, input.len() as i32]);
-        let mut batch = [BatchSeq { len: input.len(), cache: &mut cache }];
+        let mut batch = [BatchSeq {
+            len: input.len(),
+            cache: &mut cache,
+        }];
         let logits = m.model.forward(&tokens, &mut batch, Logits::Last).unwrap();
         logits.eval().unwrap();
         let next = wuwei::sampler::argmax(logits.as_slice::<f32>());
@@ -99,11 +124,28 @@ fn greedy_tokens_match_mlx_lm_and_gguf_matches_conversion() {
         let ours = prompt_ids(&mlx, p);
         assert_eq!(&ours, ref_prompt, "prompt {i} tokenizes differently");
         let tokens = greedy(&mlx, &ours);
-        assert_eq!(&tokens, ref_tokens, "prompt {i}: {:?}\nours: {:?}\nref:  {:?}", p["text"],
-            mlx.tokenizer.decode(&tokens, false), mlx.tokenizer.decode(ref_tokens, false));
-        assert_eq!(prompt_ids(&gguf, p), ours, "prompt {i}: GGUF tokenizer differs");
-        assert_eq!(greedy(&gguf, &ours), tokens, "prompt {i}: GGUF output differs from its conversion");
+        assert_eq!(
+            &tokens,
+            ref_tokens,
+            "prompt {i}: {:?}\nours: {:?}\nref:  {:?}",
+            p["text"],
+            mlx.tokenizer.decode(&tokens, false),
+            mlx.tokenizer.decode(ref_tokens, false)
+        );
+        assert_eq!(
+            prompt_ids(&gguf, p),
+            ours,
+            "prompt {i}: GGUF tokenizer differs"
+        );
+        assert_eq!(
+            greedy(&gguf, &ours),
+            tokens,
+            "prompt {i}: GGUF output differs from its conversion"
+        );
     }
     let first = mlx.tokenizer.decode(&reference[0].1, true).unwrap();
-    assert!(first.starts_with("The capital of France is Paris."), "{first:?}");
+    assert!(
+        first.starts_with("The capital of France is Paris."),
+        "{first:?}"
+    );
 }

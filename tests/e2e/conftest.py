@@ -5,6 +5,7 @@ Environment:
   WUWEI_TEST_MODELS  folder with the test model (SmolLM2-135M-Instruct); required
 """
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -24,8 +25,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
-def base_url(tmp_path_factory):
+@contextlib.contextmanager
+def running_daemon(log_dir, extra_env=None, extra_args=()):
+    """Starts `wuwei serve` on a free loopback port, waits for /health, yields its URL, and
+    on exit checks that SIGTERM ends it cleanly (exit 0)."""
     binary = Path(os.environ.get("WUWEI_BIN", REPO_ROOT / "target" / "release" / "wuwei"))
     models = os.environ.get("WUWEI_TEST_MODELS")
     if not models:
@@ -33,15 +36,16 @@ def base_url(tmp_path_factory):
     if not binary.exists():
         pytest.fail(f"daemon binary not found: {binary} (set WUWEI_BIN or build it)")
     port = _free_port()
-    log_path = tmp_path_factory.mktemp("wuwei") / "daemon.log"
+    log_path = Path(log_dir) / "daemon.log"
     log = open(log_path, "w")
     env = dict(os.environ)
     # The test daemon must not pick up the developer's own settings.
     for var in ("WUWEI_API_KEY", "WUWEI_CONFIG", "WUWEI_HOST", "WUWEI_PORT", "WUWEI_MODELS"):
         env.pop(var, None)
     env.setdefault("WUWEI_LOG", "info")
+    env.update(extra_env or {})
     proc = subprocess.Popen(
-        [str(binary), "serve", "--host", "127.0.0.1", "--port", str(port), "--models", models],
+        [str(binary), "serve", "--host", "127.0.0.1", "--port", str(port), "--models", models, *extra_args],
         stdout=log,
         stderr=subprocess.STDOUT,
         env=env,
@@ -73,6 +77,12 @@ def base_url(tmp_path_factory):
         log.close()
         # SIGTERM must end the daemon cleanly (exit 0) within its grace period.
         assert code == 0, f"daemon exit code {code}:\n{log_path.read_text()}"
+
+
+@pytest.fixture(scope="session")
+def base_url(tmp_path_factory):
+    with running_daemon(tmp_path_factory.mktemp("wuwei")) as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

@@ -467,6 +467,11 @@ pub fn resolve_mode(mode: WeightsMode, tensors: &Tensors) -> WeightsMode {
     } else {
         WeightsMode::Native
     };
-    tracing::info!(?chosen, needed_mib = needed >> 20, available_mib = available >> 20, "weights mode");
+    tracing::info!(
+        ?chosen,
+        needed_mib = needed >> 20,
+        available_mib = available >> 20,
+        "weights mode"
+    );
     chosen
 }

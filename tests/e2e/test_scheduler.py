@@ -1,0 +1,106 @@
+"""The scheduler seen from outside: batching does not change greedy output, a client that
+leaves is cancelled and its memory freed, context limits, and overload."""
+
+import concurrent.futures as cf
+import re
+import time
+
+import requests
+
+from conftest import running_daemon
+
+PROMPTS = [
+    "What is the capital of France?",
+    "Name a primary color.",
+    "Write the word 'banana' backwards.",
+    "What is 2 + 2?",
+    "Give me a synonym for happy.",
+    "Which planet is closest to the sun?",
+    "Translate 'hello' into Spanish.",
+    "What do bees make?",
+]
+
+
+def _greedy(client, model_id, prompt, max_tokens=16):
+    r = client.chat.completions.create(
+        model=model_id,
+        messages=[{"role": "user", "content": prompt}],
+        temperature=0,
+        max_tokens=max_tokens,
+        logprobs=True,
+    )
+    choice = r.choices[0]
+    return [t.token for t in choice.logprobs.content], choice.message.content
+
+
+def test_batching_does_not_change_greedy_output(client, model_id):
+    alone = [_greedy(client, model_id, p) for p in PROMPTS]
+    with cf.ThreadPoolExecutor(len(PROMPTS)) as pool:
+        together = list(pool.map(lambda p: _greedy(client, model_id, p), PROMPTS))
+    for prompt, a, b in zip(PROMPTS, alone, together):
+        assert a == b, f"{prompt!r}: alone {a[1]!r} vs batched {b[1]!r}"
+
+
+def _metric(base_url, name):
+    text = requests.get(f"{base_url}/metrics", timeout=10).text
+    total = 0.0
+    for line in text.splitlines():
+        m = re.match(rf"^{name}(\{{[^}}]*\}})? ([0-9.e+-]+)$", line)
+        if m:
+            total += float(m.group(2))
+    return total
+
+
+def test_closed_stream_is_cancelled_and_freed(base_url, client, model_id):
+    before = _metric(base_url, "wuwei_cancellations_total")
+    stream = client.chat.completions.create(
+        model=model_id,
+        messages=[{"role": "user", "content": "Write a very long story about a dragon."}],
+        max_tokens=2000,
+        temperature=0,
+        stream=True,
+    )
+    for i, _chunk in enumerate(stream):
+        if i >= 3:
+            break
+    stream.close()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        cancelled = _metric(base_url, "wuwei_cancellations_total") > before
+        idle = _metric(base_url, "wuwei_requests_running") == 0
+        freed = _metric(base_url, "wuwei_kv_cache_bytes") == 0
+        if cancelled and idle and freed:
+            return
+        time.sleep(0.2)
+    raise AssertionError(
+        "stream was not cancelled server-side: "
+        + requests.get(f"{base_url}/metrics", timeout=10).text
+    )
+
+
+def test_prompt_longer_than_context_is_400_with_both_numbers(base_url, model_id):
+    body = {"model": model_id, "messages": [{"role": "user", "content": "word " * 9000}], "max_tokens": 4}
+    r = requests.post(f"{base_url}/v1/chat/completions", json=body, timeout=60)
+    assert r.status_code == 400, r.text
+    m = re.search(r"prompt is too long: (\d+) tokens > (\d+) maximum", r.json()["error"]["message"])
+    assert m and int(m.group(1)) > int(m.group(2)), r.text
+
+
+def test_overload_gives_503_with_retry_after(tmp_path, model_id):
+    env = {"WUWEI_MAX_RUNNING": "1", "WUWEI_MAX_QUEUE": "1"}
+    with running_daemon(tmp_path, env) as url:
+        body = {"model": model_id, "messages": [{"role": "user", "content": "Tell me a long story."}],
+                "max_tokens": 48, "temperature": 0}
+
+        def post(_):
+            return requests.post(f"{url}/v1/chat/completions", json=body, timeout=300)
+
+        with cf.ThreadPoolExecutor(5) as pool:
+            responses = list(pool.map(post, range(5)))
+        codes = sorted(r.status_code for r in responses)
+        assert 200 in codes, codes
+        refused = [r for r in responses if r.status_code == 503]
+        assert refused, codes
+        for r in refused:
+            assert int(r.headers["retry-after"]) > 0
+            assert r.json()["error"]["type"]
