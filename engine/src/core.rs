@@ -264,8 +264,13 @@ pub enum Health {
 /// per-model schedulers.
 pub trait Backend: Send + Sync + 'static {
     fn list_models(&self) -> Vec<ModelInfo>;
-    /// Number of prompt tokens `prompt` becomes for `model` (template and tools included).
-    fn count_tokens(&self, model: Option<&str>, prompt: &Prompt) -> Result<usize, CoreError>;
+    /// Number of prompt tokens `prompt` becomes for `model` (template and tools included),
+    /// loading the model first if needed (its tokenizer and template come with it).
+    fn count_tokens<'a>(
+        &'a self,
+        model: Option<&'a str>,
+        prompt: &'a Prompt,
+    ) -> BoxFuture<'a, Result<usize, CoreError>>;
     /// Validates, tokenizes and queues the request. Resolves once the request is queued (after
     /// the model has loaded, if it had to); it never waits for generation itself.
     fn submit(&self, request: GenerateRequest) -> BoxFuture<'_, Result<Generation, CoreError>>;

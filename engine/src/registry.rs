@@ -396,13 +396,6 @@ impl Registry {
             events: rx,
         })
     }
-
-    fn loaded(&self, id: &str) -> Option<Arc<Served>> {
-        match &self.models.lock().unwrap().get(id)?.state {
-            State::Loaded(s) => Some(s.clone()),
-            _ => None,
-        }
-    }
 }
 
 impl Backend for Registry {
@@ -425,14 +418,16 @@ impl Backend for Registry {
             .collect()
     }
 
-    fn count_tokens(&self, model: Option<&str>, prompt: &Prompt) -> Result<usize, CoreError> {
-        let id = self.resolve(model)?;
-        let served = self.loaded(&id).ok_or_else(|| {
-            CoreError::Internal(format!(
-                "model '{id}' is not loaded yet; send a request first"
-            ))
-        })?;
-        Ok(self.tokenize(&served, prompt)?.0.len())
+    fn count_tokens<'a>(
+        &'a self,
+        model: Option<&'a str>,
+        prompt: &'a Prompt,
+    ) -> BoxFuture<'a, Result<usize, CoreError>> {
+        Box::pin(async move {
+            let id = self.resolve(model)?;
+            let served = self.ensure_loaded(&id).await?;
+            Ok(self.tokenize(&served, prompt)?.0.len())
+        })
     }
 
     fn submit(&self, request: GenerateRequest) -> BoxFuture<'_, Result<Generation, CoreError>> {

@@ -105,8 +105,12 @@ impl Backend for Scripted {
         }]
     }
 
-    fn count_tokens(&self, _model: Option<&str>, _prompt: &Prompt) -> Result<usize, CoreError> {
-        Ok(7)
+    fn count_tokens<'a>(
+        &'a self,
+        _model: Option<&'a str>,
+        _prompt: &'a Prompt,
+    ) -> BoxFuture<'a, Result<usize, CoreError>> {
+        Box::pin(async { Ok(7) })
     }
 
     fn submit(&self, request: GenerateRequest) -> BoxFuture<'_, Result<Generation, CoreError>> {

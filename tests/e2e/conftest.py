@@ -26,11 +26,12 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def running_daemon(log_dir, extra_env=None, extra_args=()):
+def running_daemon(log_dir, extra_env=None, extra_args=(), models=None):
     """Starts `wuwei serve` on a free loopback port, waits for /health, yields its URL, and
-    on exit checks that SIGTERM ends it cleanly (exit 0)."""
+    on exit checks that SIGTERM ends it cleanly (exit 0). `models`: the models folder
+    (default: $WUWEI_TEST_MODELS)."""
     binary = Path(os.environ.get("WUWEI_BIN", REPO_ROOT / "target" / "release" / "wuwei"))
-    models = os.environ.get("WUWEI_TEST_MODELS")
+    models = str(models) if models else os.environ.get("WUWEI_TEST_MODELS")
     if not models:
         pytest.fail("set WUWEI_TEST_MODELS to the folder holding the test model")
     if not binary.exists():
@@ -97,3 +98,41 @@ def model_id(client):
     models = client.models.list().data
     assert models, "the daemon lists no models"
     return models[0].id
+
+
+@pytest.fixture(scope="session")
+def anthropic_recorder():
+    """Records every event stream the Anthropic client receives (see sse_validator)."""
+    from sse_validator import RecordingTransport
+
+    return RecordingTransport()
+
+
+def make_anthropic_client(url, recorder, api_key="unused"):
+    import anthropic
+    import httpx2
+
+    return anthropic.Anthropic(
+        base_url=url,
+        api_key=api_key,
+        max_retries=0,
+        timeout=120,
+        http_client=httpx2.Client(transport=recorder, timeout=120),
+    )
+
+
+@pytest.fixture(scope="session")
+def anthropic_client(base_url, anthropic_recorder):
+    return make_anthropic_client(base_url, anthropic_recorder)
+
+
+@pytest.fixture(autouse=True)
+def _validate_anthropic_streams(request):
+    """After each test, every Anthropic stream it received must pass the strict validator."""
+    yield
+    if "anthropic_recorder" not in request.fixturenames:
+        return
+    from sse_validator import validate
+
+    for path, text in request.getfixturevalue("anthropic_recorder").take():
+        validate(text)

@@ -1,6 +1,7 @@
 //! The daemon's HTTP layer: routes, authentication, limits, health, metrics and shutdown.
 //! Protocol adapters translate to the canonical [`crate::core`] types and back.
 
+pub mod anthropic;
 pub mod errors;
 
 pub mod openai;
@@ -46,6 +47,8 @@ pub fn router(backend: Arc<dyn Backend>, cfg: &Config) -> Router {
         .route("/v1/models/{id}", get(openai::get_model))
         .route("/v1/chat/completions", post(openai::chat_completions))
         .route("/v1/completions", post(openai::completions))
+        .route("/v1/messages", post(anthropic::messages))
+        .route("/v1/messages/count_tokens", post(anthropic::count_tokens))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             require_api_key,
@@ -62,6 +65,8 @@ pub fn router(backend: Arc<dyn Backend>, cfg: &Config) -> Router {
         .layer(DefaultBodyLimit::disable())
         .layer(RequestBodyLimitLayer::new(cfg.max_body_bytes))
         .layer(middleware::from_fn_with_state(state.clone(), json_413))
+        // Outermost: every error on an Anthropic route (auth, limits, routing) in its shape.
+        .layer(middleware::from_fn(anthropic::anthropic_error_shape))
         .with_state(state)
 }
 
