@@ -102,6 +102,15 @@ impl ChatTemplates {
 
     /// Picks the template the way `transformers` does: the only one if there is one;
     /// otherwise `tool_use` when tools are given and it exists, else `default`.
+    /// The Jinja source of the template `select` picks.
+    pub fn source(&self, with_tools: bool) -> Option<String> {
+        let name = self.select(with_tools).ok()?;
+        self.env
+            .get_template(name)
+            .ok()
+            .map(|t| t.source().to_owned())
+    }
+
     pub fn select(&self, with_tools: bool) -> Result<&str, TokenizerError> {
         if let [only] = self.names.as_slice() {
             return Ok(only);

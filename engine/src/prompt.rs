@@ -72,3 +72,61 @@ pub fn hf_tools(tools: &[ToolSpec], choice: &ToolChoice) -> Option<Vec<Value>> {
             .collect(),
     )
 }
+
+/// For chat templates that ignore `tools`: the tool definitions as a system-prompt preamble,
+/// asking for the Hermes `<tool_call>` format the output parser reads. Prepended to the first
+/// system message (or added as one), so the model still learns what it may call.
+pub fn describe_tools_in_system(messages: &mut Vec<Value>, tools: &[Value]) {
+    let mut text =
+        String::from("You may call functions. Available functions, as JSON schemas:\n<tools>\n");
+    for t in tools {
+        text.push_str(&t.to_string());
+        text.push('\n');
+    }
+    text.push_str(
+        "</tools>\nTo call a function, reply with one JSON object per call inside \
+         <tool_call></tool_call> tags: <tool_call>{\"name\": <name>, \"arguments\": <object>}</tool_call>",
+    );
+    match messages.first_mut() {
+        Some(Value::Object(first))
+            if first.get("role").and_then(Value::as_str) == Some("system") =>
+        {
+            let old = first
+                .get("content")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string();
+            first.insert(
+                "content".into(),
+                Value::String(format!("{old}\n\n{text}").trim_start().to_string()),
+            );
+        }
+        _ => messages.insert(0, json!({"role": "system", "content": text})),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tools_join_an_existing_system_message_or_create_one() {
+        let tools = vec![json!({"type": "function", "function": {"name": "get_weather"}})];
+        let mut with_system = vec![
+            json!({"role": "system", "content": "Be brief."}),
+            json!({"role": "user", "content": "hi"}),
+        ];
+        describe_tools_in_system(&mut with_system, &tools);
+        assert_eq!(with_system.len(), 2);
+        let sys = with_system[0]["content"].as_str().unwrap();
+        assert!(
+            sys.starts_with("Be brief.")
+                && sys.contains("get_weather")
+                && sys.contains("<tool_call>")
+        );
+        let mut bare = vec![json!({"role": "user", "content": "hi"})];
+        describe_tools_in_system(&mut bare, &tools);
+        assert_eq!(bare[0]["role"], "system");
+        assert_eq!(bare[1]["role"], "user");
+    }
+}

@@ -17,7 +17,7 @@ use crate::core::{
 use crate::loader::{self, is_gguf};
 use crate::model::WeightsMode;
 use crate::output_parser::ParserConfig;
-use crate::prompt::{hf_messages, hf_tools};
+use crate::prompt::{describe_tools_in_system, hf_messages, hf_tools};
 use crate::scheduler::{Engine, EngineStats, SchedulerConfig, SeqRequest, EVENT_CHANNEL_CAPACITY};
 use crate::tokenizer::Tokenizer;
 
@@ -321,13 +321,15 @@ impl Registry {
                 kwargs
                     .entry("enable_thinking")
                     .or_insert(Value::Bool(served.reasoning));
+                let mut hf = hf_messages(messages);
+                if let Some(tools) = tools_json
+                    .as_deref()
+                    .filter(|_| !tok.template_renders_tools())
+                {
+                    describe_tools_in_system(&mut hf, tools);
+                }
                 let text = tok
-                    .apply_chat_template(
-                        &hf_messages(messages),
-                        tools_json.as_deref(),
-                        true,
-                        &kwargs,
-                    )
+                    .apply_chat_template(&hf, tools_json.as_deref(), true, &kwargs)
                     .map_err(bad)?;
                 let in_think = served.reasoning && {
                     let t = text.trim_end();

@@ -229,6 +229,15 @@ impl Tokenizer {
         self.chat_templates.is_some()
     }
 
+    /// Whether the chat template used with tools renders them at all (some, like SmolLM2's,
+    /// ignore the `tools` variable).
+    pub fn template_renders_tools(&self) -> bool {
+        self.chat_templates
+            .as_ref()
+            .and_then(|t| t.source(true))
+            .is_some_and(|source| source.contains("tools"))
+    }
+
     /// Renders the chat template as `apply_chat_template(..., tokenize=False)` does.
     pub fn apply_chat_template(
         &self,

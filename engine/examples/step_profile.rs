@@ -1,0 +1,47 @@
+//! Times one decode step of the real model at batch sizes 1..16 (dequantized weights), to see
+//! how batched decode scales. `cargo run --release --example step_profile -- MODEL_DIR`
+use std::time::Instant;
+
+use mlx_rs::Array;
+use wuwei::kv_cache::DenseKvCache;
+use wuwei::model::{load_model_dir, BatchSeq, Logits, WeightsMode};
+
+fn main() {
+    let dir = std::env::args().nth(1).expect("model dir");
+    let (_, model) = load_model_dir(dir.as_ref(), WeightsMode::Dequantized).unwrap();
+    for &b in &[1usize, 2, 4, 8, 16] {
+        let mut caches: Vec<DenseKvCache> = (0..b)
+            .map(|_| DenseKvCache::new(model.num_layers()))
+            .collect();
+        // Prefill 64 tokens each, one sequence at a time.
+        for c in caches.iter_mut() {
+            let t = Array::from_slice(&(1..65).collect::<Vec<i32>>(), &[1, 64]);
+            let mut batch = [BatchSeq { len: 64, cache: c }];
+            model
+                .forward(&t, &mut batch, Logits::Last)
+                .unwrap()
+                .eval()
+                .unwrap();
+        }
+        let steps = 10;
+        let start = Instant::now();
+        for _ in 0..steps {
+            let t = Array::from_slice(&vec![42i32; b], &[1, b as i32]);
+            let mut batch: Vec<BatchSeq> = caches
+                .iter_mut()
+                .map(|c| BatchSeq { len: 1, cache: c })
+                .collect();
+            model
+                .forward(&t, &mut batch, Logits::Last)
+                .unwrap()
+                .eval()
+                .unwrap();
+        }
+        let per = start.elapsed().as_secs_f64() / steps as f64;
+        println!(
+            "batch {b:2}: {:6.1} ms/step, {:6.1} tok/s",
+            per * 1e3,
+            b as f64 / per
+        );
+    }
+}
