@@ -78,18 +78,30 @@ fn init_logs(filter: &str) {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let command = match cli.command {
+    let admin_result = match cli.command {
         Command::Serve(args) => return serve(args),
-        Command::Ls(c) => return client::ls(&c),
-        Command::Ps(c) => return client::ps(&c),
-        Command::Load(m) => return client::model_action(&m, "load"),
-        Command::Unload(m) => return client::model_action(&m, "unload"),
-        Command::Pin(m) => return client::model_action(&m, "pin"),
-        Command::Unpin(m) => return client::model_action(&m, "unpin"),
-        Command::Stop(c) => return client::serving(&c, false),
-        Command::Start(c) => return client::serving(&c, true),
-        other => other,
+        Command::Ls(c) => client::ls(&c),
+        Command::Ps(c) => client::ps(&c),
+        Command::Load(m) => client::model_action(&m, "load"),
+        Command::Unload(m) => client::model_action(&m, "unload"),
+        Command::Pin(m) => client::model_action(&m, "pin"),
+        Command::Unpin(m) => client::model_action(&m, "unpin"),
+        Command::Stop(c) => client::serving(&c, false),
+        Command::Start(c) => client::serving(&c, true),
+        other => {
+            run_local(other)?;
+            return Ok(());
+        }
     };
+    // The admin commands report a failure as one line, not a backtrace.
+    if let Err(e) = admin_result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
+fn run_local(command: Command) -> anyhow::Result<()> {
     init_logs(&std::env::var("WUWEI_LOG").unwrap_or_else(|_| "info".into()));
     match command {
         Command::Serve(_)
@@ -285,8 +297,8 @@ mod client {
                 m["id"].as_str().unwrap_or("?"),
                 b(&m["memory_bytes"]),
                 b(&m["kv_bytes"]),
-                m["running"],
-                m["waiting"],
+                m["running"].as_u64().unwrap_or(0),
+                m["waiting"].as_u64().unwrap_or(0),
                 flags.join(", ")
             );
         }

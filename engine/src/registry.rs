@@ -716,8 +716,8 @@ impl Registry {
                     }
                 };
                 return Err(CoreError::InsufficientMemory(format!(
-                    "model '{id}' needs {} but only {} of the {} budget can be freed; {} missing. \
-                     Pinned: {}. Busy: {}.",
+                    "model '{id}' needs {} but at most {} of the {} budget can be made free \
+                     ({} missing). Pinned: {}. Busy: {}.",
                     format_bytes(need),
                     format_bytes(budget.saturating_sub(used) + freeable),
                     format_bytes(budget),
@@ -1446,8 +1446,7 @@ impl Registry {
         }
     }
 
-    /// TTL 0: unload right after the request. Called by the monitor; kept here so tests and
-    /// the admin API can reach the configured directories.
+    /// The folders searched for models.
     pub fn model_dirs(&self) -> &[PathBuf] {
         &self.config.model_dirs
     }
