@@ -264,17 +264,15 @@ async fn events(State(s): State<AdminState>, Query(q): Query<EventsQuery>) -> Re
     let (past, rx) = s.registry.subscribe(q.since);
     let replay = futures_util::stream::iter(past.iter().map(event_frame).collect::<Vec<_>>());
     let live = futures_util::stream::unfold(rx, |mut rx| async move {
-        loop {
-            match tokio::time::timeout(Duration::from_secs(15), rx.recv()).await {
-                Err(_) => return Some((keep_alive_frame(), rx)),
-                Ok(Ok(event)) => return Some((event_frame(&event), rx)),
-                Ok(Err(broadcast::error::RecvError::Lagged(n))) => {
-                    let note = json!({"type": "lagged", "seq": 0, "missed": n});
-                    return Some((event_frame(&note), rx));
-                }
-                Ok(Err(broadcast::error::RecvError::Closed)) => return None,
+        let frame = match tokio::time::timeout(Duration::from_secs(15), rx.recv()).await {
+            Err(_) => keep_alive_frame(),
+            Ok(Ok(event)) => event_frame(&event),
+            Ok(Err(broadcast::error::RecvError::Lagged(n))) => {
+                event_frame(&json!({"type": "lagged", "seq": 0, "missed": n}))
             }
-        }
+            Ok(Err(broadcast::error::RecvError::Closed)) => return None,
+        };
+        Some((frame, rx))
     });
     use futures_util::StreamExt;
     // An opening comment so clients see the stream is up before the first event.

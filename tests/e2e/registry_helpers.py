@@ -12,12 +12,12 @@ import requests
 import os
 
 
-def test_model_dir() -> Path:
+def model_source_dir() -> Path:
     return Path(os.environ["WUWEI_TEST_MODELS"]) / "SmolLM2-135M-Instruct"
 
 
 def copy_model(dest: Path) -> Path:
-    shutil.copytree(test_model_dir(), dest)
+    shutil.copytree(model_source_dir(), dest)
     return dest
 
 

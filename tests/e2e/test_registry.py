@@ -11,7 +11,7 @@ import pytest
 import requests
 
 from conftest import running_daemon
-from registry_helpers import Admin, EventCollector, copy_model, test_model_dir, wait_until
+from registry_helpers import Admin, EventCollector, copy_model, model_source_dir, wait_until
 
 
 def chat(url, model, max_tokens=4, stream=False, prompt="Say hi"):
@@ -35,8 +35,7 @@ def test_watcher_add_remove_and_missing_shard(tmp_path, monkeypatch):
     models = tmp_path / "models"
     models.mkdir()
     copy_model(models / "first")
-    monkeypatch.setenv("WUWEI_TEST_MODELS_ORIG", str(test_model_dir().parent))
-    src = test_model_dir()
+    src = model_source_dir()
     monkeypatch.setenv("WUWEI_TEST_MODELS", str(models))
     with running_daemon(tmp_path, extra_env={"WUWEI_WEIGHTS": "native"}) as url:
         admin = Admin(url)
