@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::memory::Amount;
+
 /// The port the daemon listens on unless told otherwise (chosen to stay clear of the ports
 /// other local servers use: 8000, 8080, 1234, 11434).
 pub const DEFAULT_PORT: u16 = 8686;
@@ -64,6 +66,42 @@ pub struct Config {
     /// mlx-lm) or `dequantized` (quantized layers expanded to float32: more memory, but CPU
     /// matmuls go through BLAS and batch).
     pub weights: crate::model::WeightsMode,
+    /// Memory all loaded models may use together: bytes (`"24GiB"`, `12884901888`) or a share
+    /// of RAM (`"75%"`). Unset: total RAM minus `memory_reserve`.
+    pub memory_budget: Option<Amount>,
+    /// Kept free for the OS and other apps when `memory_budget` is unset.
+    pub memory_reserve: Amount,
+    /// When the system's available memory falls below this (bytes or a share of RAM), idle
+    /// unpinned models are unloaded, least recently used first.
+    pub memory_pressure_threshold: Amount,
+    /// Models loaded at start and never evicted.
+    pub pinned: Vec<String>,
+    /// Seconds an idle model stays loaded: 0 unloads it after each request, negative never.
+    pub idle_ttl_secs: i64,
+    /// KV-cache memory counted for each loaded model, in tokens (0: the model's context).
+    pub kv_reserve_tokens: usize,
+    /// Whether to watch the models folders for models added, removed or renamed.
+    pub watch_models: bool,
+    /// Per-model settings, `[models."org/name"]` in the file.
+    #[serde(rename = "models")]
+    pub per_model: BTreeMap<String, ModelSettings>,
+}
+
+/// Settings of one model (`[models."id"]`); unset fields keep the model's own defaults.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ModelSettings {
+    /// Caps the context length (prompt + output) below the model's own.
+    pub context_length: Option<usize>,
+    /// Sampling used when a request gives none.
+    pub temperature: Option<f32>,
+    pub top_p: Option<f32>,
+    pub top_k: Option<usize>,
+    pub min_p: Option<f32>,
+    /// Whether reasoning models think when the request does not say.
+    pub thinking: Option<bool>,
+    /// Overrides `idle_ttl_secs` for this model.
+    pub idle_ttl_secs: Option<i64>,
 }
 
 impl Default for Config {
@@ -82,6 +120,14 @@ impl Default for Config {
             aliases: BTreeMap::new(),
             log_level: "info".to_string(),
             weights: crate::model::WeightsMode::default(),
+            memory_budget: None,
+            memory_reserve: Amount::Percent(20.0),
+            memory_pressure_threshold: Amount::Percent(5.0),
+            pinned: Vec::new(),
+            idle_ttl_secs: -1,
+            kv_reserve_tokens: 0,
+            watch_models: true,
+            per_model: BTreeMap::new(),
         }
     }
 }
@@ -246,6 +292,39 @@ impl Config {
         }
         if let Some(v) = get("WUWEI_LOG") {
             self.log_level = v;
+        }
+        let amount = |var: &str, v: String| -> Result<Amount, ConfigError> {
+            v.parse().map_err(|message| ConfigError::Env {
+                var: var.into(),
+                value: v.clone(),
+                message,
+            })
+        };
+        if let Some(v) = get("WUWEI_MEMORY_BUDGET") {
+            self.memory_budget = Some(amount("WUWEI_MEMORY_BUDGET", v)?);
+        }
+        if let Some(v) = get("WUWEI_MEMORY_RESERVE") {
+            self.memory_reserve = amount("WUWEI_MEMORY_RESERVE", v)?;
+        }
+        if let Some(v) = get("WUWEI_PRESSURE_THRESHOLD") {
+            self.memory_pressure_threshold = amount("WUWEI_PRESSURE_THRESHOLD", v)?;
+        }
+        if let Some(v) = get("WUWEI_PINNED") {
+            self.pinned = v
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(String::from)
+                .collect();
+        }
+        if let Some(v) = get("WUWEI_IDLE_TTL") {
+            self.idle_ttl_secs = parse("WUWEI_IDLE_TTL", v)?;
+        }
+        if let Some(v) = get("WUWEI_KV_RESERVE_TOKENS") {
+            self.kv_reserve_tokens = parse("WUWEI_KV_RESERVE_TOKENS", v)?;
+        }
+        if let Some(v) = get("WUWEI_WATCH_MODELS") {
+            self.watch_models = parse("WUWEI_WATCH_MODELS", v)?;
         }
         if let Some(v) = get("WUWEI_WEIGHTS") {
             self.weights = match v.as_str() {
@@ -549,6 +628,52 @@ models_dirs = ["/file/models"]
         let cfg = Config::resolve(&ServeArgs::default(), env_of(&[]), Some(file)).unwrap();
         assert_eq!(cfg.api_key, None);
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn memory_and_model_settings() {
+        let cfg = Config::from_toml(
+            r#"
+memory_budget = "75%"
+memory_reserve = "4GiB"
+pinned = ["a"]
+idle_ttl_secs = 300
+[models."org/name"]
+context_length = 4096
+temperature = 0.6
+thinking = false
+idle_ttl_secs = 0
+"#,
+        )
+        .unwrap();
+        assert_eq!(cfg.memory_budget, Some(Amount::Percent(75.0)));
+        assert_eq!(cfg.memory_reserve, Amount::Bytes(4 << 30));
+        assert_eq!(cfg.pinned, vec!["a".to_string()]);
+        let m = &cfg.per_model["org/name"];
+        assert_eq!(
+            (m.context_length, m.thinking, m.idle_ttl_secs),
+            (Some(4096), Some(false), Some(0))
+        );
+        assert!(Config::from_toml("memory_budget = \"lots\"").is_err());
+        assert!(Config::from_toml("[models.x]\nbogus = 1")
+            .unwrap_err()
+            .contains("bogus"));
+        let env = env_of(&[
+            ("WUWEI_MEMORY_BUDGET", "1GiB"),
+            ("WUWEI_PINNED", "a, b"),
+            ("WUWEI_PRESSURE_THRESHOLD", "100%"),
+        ]);
+        let cfg = Config::resolve(&ServeArgs::default(), env, None).unwrap();
+        assert_eq!(cfg.memory_budget, Some(Amount::Bytes(1 << 30)));
+        assert_eq!(cfg.pinned, vec!["a".to_string(), "b".to_string()]);
+        assert_eq!(cfg.memory_pressure_threshold, Amount::Percent(100.0));
+        let err = Config::resolve(
+            &ServeArgs::default(),
+            env_of(&[("WUWEI_MEMORY_RESERVE", "x")]),
+            None,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("WUWEI_MEMORY_RESERVE"), "{err}");
     }
 
     #[test]

@@ -1,13 +1,16 @@
 //! Wuwei's engine: models on MLX, the scheduler, and the HTTP APIs that serve them.
 
+pub mod admin;
 pub mod chat_template;
 pub mod config;
 pub mod core;
 pub mod detokenizer;
 pub mod generate;
 pub mod gguf;
+pub mod integrity;
 pub mod kv_cache;
 pub mod loader;
+pub mod memory;
 pub mod metrics;
 pub mod mlx_ext;
 pub mod model;
@@ -19,3 +22,4 @@ pub mod scheduler;
 pub mod server;
 pub mod stop;
 pub mod tokenizer;
+pub mod watcher;

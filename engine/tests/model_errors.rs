@@ -9,7 +9,10 @@ use std::process::Command;
 use wuwei::model::{load_model_dir, WeightsMode};
 
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().into()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .into()
 }
 
 /// A small random-weight llama folder written by mlx-lm's own classes.
@@ -20,7 +23,11 @@ fn model() -> tempfile::TempDir {
         .args(["llama", dir.path().to_str().unwrap()])
         .output()
         .expect("run .venv/bin/python");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     dir
 }
 
@@ -53,7 +60,10 @@ fn truncated_weights_name_the_file() {
     let f = fs::OpenOptions::new().write(true).open(&path).unwrap();
     f.set_len(len / 2).unwrap();
     let e = load_error(dir.path());
-    assert!(e.contains("model.safetensors") && e.contains("truncated"), "{e}");
+    assert!(
+        e.contains("model.safetensors") && e.contains("truncated"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -67,7 +77,11 @@ fn shard_listed_in_index_but_missing_is_named() {
     let index = serde_json::json!({"metadata": {}, "weight_map": {
         "model.embed_tokens.weight": "model-00001-of-00002.safetensors",
         "model.norm.weight": "model-00002-of-00002.safetensors"}});
-    fs::write(dir.path().join("model.safetensors.index.json"), index.to_string()).unwrap();
+    fs::write(
+        dir.path().join("model.safetensors.index.json"),
+        index.to_string(),
+    )
+    .unwrap();
     let e = load_error(dir.path());
     assert!(e.contains("model-00002-of-00002.safetensors"), "{e}");
 }
@@ -76,7 +90,8 @@ fn shard_listed_in_index_but_missing_is_named() {
 fn unknown_model_type_is_named() {
     let dir = model();
     let path = dir.path().join("config.json");
-    let mut config: serde_json::Value = serde_json::from_str(&fs::read_to_string(&path).unwrap()).unwrap();
+    let mut config: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(&path).unwrap()).unwrap();
     config["model_type"] = "bloom".into();
     fs::write(&path, config.to_string()).unwrap();
     let e = load_error(dir.path());
@@ -86,12 +101,23 @@ fn unknown_model_type_is_named() {
 #[test]
 fn malformed_config_is_named() {
     let dir = model();
-    fs::write(dir.path().join("config.json"), "{\"model_type\": \"llama\",").unwrap();
+    fs::write(
+        dir.path().join("config.json"),
+        "{\"model_type\": \"llama\",",
+    )
+    .unwrap();
     let e = load_error(dir.path());
     assert!(e.contains("config.json"), "{e}");
-    fs::write(dir.path().join("config.json"), "{\"model_type\": \"llama\"}").unwrap();
+    fs::write(
+        dir.path().join("config.json"),
+        "{\"model_type\": \"llama\"}",
+    )
+    .unwrap();
     let e = load_error(dir.path());
-    assert!(e.contains("config.json") && e.contains("hidden_size"), "{e}");
+    assert!(
+        e.contains("config.json") && e.contains("hidden_size"),
+        "{e}"
+    );
 }
 
 #[test]

@@ -19,6 +19,7 @@ use mlx_rs::Array;
 use serde_json::Value;
 
 pub use config::SUPPORTED_ARCHITECTURES;
+pub use header::{check_tensor_extent, read_header, GgufHeader, MetaValue, TensorInfo};
 
 /// A GGUF model, converted in memory to what an mlx-lm model folder holds.
 pub struct GgufModel {

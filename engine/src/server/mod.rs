@@ -36,6 +36,15 @@ pub struct AppState {
 
 /// All routes. `/health` and `/metrics` are open; `/v1/*` needs the API key when one is set.
 pub fn router(backend: Arc<dyn Backend>, cfg: &Config) -> Router {
+    router_with_admin(backend, cfg, None)
+}
+
+/// [`router`] plus the admin API nested at `/admin/api`, behind the same API key as `/v1`.
+pub fn router_with_admin(
+    backend: Arc<dyn Backend>,
+    cfg: &Config,
+    admin: Option<Router<AppState>>,
+) -> Router {
     let state = AppState {
         backend,
         api_key: cfg.api_key.as_deref().map(Arc::from),
@@ -48,11 +57,15 @@ pub fn router(backend: Arc<dyn Backend>, cfg: &Config) -> Router {
         .route("/v1/chat/completions", post(openai::chat_completions))
         .route("/v1/completions", post(openai::completions))
         .route("/v1/messages", post(anthropic::messages))
-        .route("/v1/messages/count_tokens", post(anthropic::count_tokens))
-        .route_layer(middleware::from_fn_with_state(
-            state.clone(),
-            require_api_key,
-        ));
+        .route("/v1/messages/count_tokens", post(anthropic::count_tokens));
+    let api = match admin {
+        Some(admin) => api.nest("/admin/api", admin),
+        None => api,
+    };
+    let api = api.route_layer(middleware::from_fn_with_state(
+        state.clone(),
+        require_api_key,
+    ));
     Router::new()
         .route("/health", get(health))
         .route("/metrics", get(render_metrics))
@@ -73,12 +86,21 @@ pub fn router(backend: Arc<dyn Backend>, cfg: &Config) -> Router {
 /// Serves until SIGTERM/SIGINT, then stops accepting, lets running requests go on for
 /// `shutdown_grace_secs`, and returns `Ok(())`.
 pub async fn serve(cfg: Config, backend: Arc<dyn Backend>) -> anyhow::Result<()> {
+    serve_with_admin(cfg, backend, None).await
+}
+
+/// [`serve`] with the admin API.
+pub async fn serve_with_admin(
+    cfg: Config,
+    backend: Arc<dyn Backend>,
+    admin: Option<Router<AppState>>,
+) -> anyhow::Result<()> {
     let address = format!("{}:{}", cfg.host, cfg.port);
     let listener = tokio::net::TcpListener::bind(&address)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {address}: {e}"))?;
     tracing::info!("listening on http://{}", listener.local_addr()?);
-    serve_on(listener, cfg, backend, shutdown_signal()).await
+    serve_on_with_admin(listener, cfg, backend, admin, shutdown_signal()).await
 }
 
 /// [`serve`] on a bound listener, stopping when `shutdown` resolves (tests, embedding).
@@ -88,7 +110,18 @@ pub async fn serve_on(
     backend: Arc<dyn Backend>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let app = router(backend, &cfg);
+    serve_on_with_admin(listener, cfg, backend, None, shutdown).await
+}
+
+/// [`serve_on`] with the admin API.
+pub async fn serve_on_with_admin(
+    listener: tokio::net::TcpListener,
+    cfg: Config,
+    backend: Arc<dyn Backend>,
+    admin: Option<Router<AppState>>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let app = router_with_admin(backend, &cfg, admin);
     let grace = Duration::from_secs(cfg.shutdown_grace_secs);
     let (stopping_tx, mut stopping_rx) = tokio::sync::watch::channel(false);
     let signal = async move {

@@ -1,0 +1,319 @@
+//! Checks that a model on disk is complete before it is offered (the lesson of a download
+//! tool that reported success with shards missing), and reads what the memory guard needs to
+//! know about it without loading it: weight bytes as they will sit in memory and KV bytes per
+//! token.
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::path::Path;
+
+use serde_json::Value;
+
+use crate::gguf::{self, GgufHeader, MetaValue};
+use crate::model::{compute_dtype, weights};
+
+/// What the registry knows about a complete model without loading it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelFacts {
+    /// Bytes of the files that make up the model.
+    pub disk_bytes: u64,
+    /// Weight bytes in memory when held as stored (floats in the compute dtype).
+    pub weights_native: u64,
+    /// Weight bytes in memory with every quantized matrix expanded to float32.
+    pub weights_dequantized: u64,
+    /// Whether any matrix is quantized (otherwise both modes are the same).
+    pub quantized: bool,
+    /// KV-cache bytes one token takes across all layers.
+    pub kv_bytes_per_token: u64,
+    /// Tokens the model can attend to, as its config says.
+    pub context_length: usize,
+}
+
+/// Why a model is not usable, shown to users as is.
+pub type Incomplete = String;
+
+/// Checks the model at `path` (an MLX folder or a `.gguf` file) and describes it.
+pub fn check_model(path: &Path) -> Result<ModelFacts, Incomplete> {
+    if crate::loader::is_gguf(path) {
+        check_gguf(path)
+    } else {
+        check_mlx_dir(path)
+    }
+}
+
+/// Bytes per element of the float type a tensor of safetensors dtype `dtype` is held in.
+fn float_bytes(dtype: &str) -> Option<u64> {
+    let stored = match dtype {
+        "F64" => 8,
+        "F32" => 4,
+        "F16" | "BF16" => 2,
+        _ => return None,
+    };
+    Some(if compute_dtype().is_some() { 4 } else { stored })
+}
+
+fn int_bytes(dtype: &str) -> u64 {
+    match dtype {
+        "I64" | "U64" => 8,
+        "I32" | "U32" => 4,
+        "I16" | "U16" => 2,
+        _ => 1,
+    }
+}
+
+/// `(dtype, element count)` of each tensor of a safetensors file whose header was checked.
+fn safetensors_tensors(path: &Path) -> Result<Vec<(String, String, u64)>, Incomplete> {
+    let mut f = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut len = [0u8; 8];
+    f.read_exact(&mut len)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut header = vec![0u8; u64::from_le_bytes(len) as usize];
+    f.read_exact(&mut header)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    let header: serde_json::Map<String, Value> = serde_json::from_slice(&header)
+        .map_err(|e| format!("{}: bad safetensors header: {e}", path.display()))?;
+    Ok(header
+        .into_iter()
+        .filter(|(k, _)| k != "__metadata__")
+        .map(|(name, info)| {
+            let dtype = info
+                .get("dtype")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string();
+            let elements = info
+                .get("shape")
+                .and_then(Value::as_array)
+                .map_or(0, |s| s.iter().filter_map(Value::as_u64).product());
+            (name, dtype, elements)
+        })
+        .collect())
+}
+
+/// `(group_size, bits)` configured for the matrix `prefix`.
+fn quant_bits(config: &Value, prefix: &str) -> Option<u64> {
+    let q = config
+        .get("quantization")
+        .or_else(|| config.get("quantization_config"))?;
+    q.get(prefix)
+        .and_then(|l| l.get("bits"))
+        .or_else(|| q.get("bits"))
+        .and_then(Value::as_u64)
+        .filter(|&b| b > 0)
+}
+
+fn config_u64(config: &Value, key: &str) -> Option<u64> {
+    config
+        .get(key)
+        .or_else(|| config.get("text_config").and_then(|t| t.get(key)))
+        .and_then(Value::as_u64)
+}
+
+fn kv_bytes_per_token(layers: u64, kv_heads: u64, head_dim: u64) -> u64 {
+    let elem = if compute_dtype().is_some() { 4 } else { 2 };
+    layers * 2 * kv_heads * head_dim * elem
+}
+
+fn check_mlx_dir(dir: &Path) -> Result<ModelFacts, Incomplete> {
+    let config_path = dir.join("config.json");
+    let text = std::fs::read_to_string(&config_path)
+        .map_err(|e| format!("{}: {e}", config_path.display()))?;
+    let config: Value = serde_json::from_str(&text)
+        .map_err(|e| format!("{}: malformed JSON: {e}", config_path.display()))?;
+    let has_tokenizer = dir.join("tokenizer.json").is_file();
+    if !has_tokenizer {
+        return Err(format!("{}: missing", dir.join("tokenizer.json").display()));
+    }
+    let files = weights::safetensors_files(dir).map_err(|e| e.to_string())?;
+    let mut disk_bytes = 0;
+    let mut tensors: HashMap<String, (String, u64)> = HashMap::new();
+    for file in &files {
+        weights::check_safetensors(file).map_err(|e| e.to_string())?;
+        disk_bytes += std::fs::metadata(file).map(|m| m.len()).unwrap_or(0);
+        for (name, dtype, elements) in safetensors_tensors(file)? {
+            tensors.insert(name, (dtype, elements));
+        }
+    }
+    for small in ["config.json", "tokenizer.json", "tokenizer_config.json"] {
+        disk_bytes += std::fs::metadata(dir.join(small)).map_or(0, |m| m.len());
+    }
+    let (mut native, mut dequantized, mut quantized) = (0u64, 0u64, false);
+    for (name, (dtype, elements)) in &tensors {
+        let prefix = name.strip_suffix(".weight").unwrap_or(name);
+        let packed = dtype == "U32" && tensors.contains_key(&format!("{prefix}.scales"));
+        if packed {
+            quantized = true;
+            native += elements * 4;
+            let bits = quant_bits(&config, prefix).unwrap_or(4);
+            dequantized += elements * 32 / bits * 4;
+            continue;
+        }
+        let bytes = float_bytes(dtype).unwrap_or_else(|| int_bytes(dtype)) * elements;
+        native += bytes;
+        // Scales and biases disappear once their matrix is expanded.
+        let is_quant_aux = (name.ends_with(".scales") || name.ends_with(".biases"))
+            && tensors.contains_key(&format!(
+                "{}.weight",
+                name.rsplit_once('.').map_or("", |(p, _)| p)
+            ));
+        if !is_quant_aux {
+            dequantized += bytes;
+        }
+    }
+    let layers = config_u64(&config, "num_hidden_layers").unwrap_or(0);
+    let heads = config_u64(&config, "num_attention_heads")
+        .unwrap_or(1)
+        .max(1);
+    let kv_heads = config_u64(&config, "num_key_value_heads").unwrap_or(heads);
+    let head_dim = config_u64(&config, "head_dim")
+        .unwrap_or_else(|| config_u64(&config, "hidden_size").unwrap_or(0) / heads);
+    Ok(ModelFacts {
+        disk_bytes,
+        weights_native: native,
+        weights_dequantized: dequantized,
+        quantized,
+        kv_bytes_per_token: kv_bytes_per_token(layers, kv_heads, head_dim),
+        context_length: crate::loader::context_length(&config),
+    })
+}
+
+fn meta_u64(header: &GgufHeader, key: &str) -> Option<u64> {
+    header.get(key).and_then(MetaValue::as_u64)
+}
+
+fn check_gguf(path: &Path) -> Result<ModelFacts, Incomplete> {
+    let header = gguf::read_header(path).map_err(|e| e.to_string())?;
+    let mut native = 0u64;
+    let mut dequantized = 0u64;
+    let mut quantized = false;
+    for tensor in &header.tensors {
+        gguf::check_tensor_extent(&header, tensor).map_err(|e| e.to_string())?;
+        let elements = tensor.element_count();
+        dequantized += elements * 4;
+        match tensor.ggml_type.quant_bits() {
+            // MLX's affine format: packed bits plus float32 scale and bias per 32 weights.
+            Some(bits) => {
+                quantized = true;
+                native += elements * u64::from(bits) / 8 + elements / 32 * 8;
+            }
+            None => native += elements * 4,
+        }
+    }
+    let arch = header
+        .get("general.architecture")
+        .and_then(MetaValue::as_str)
+        .ok_or_else(|| format!("{}: missing metadata general.architecture", path.display()))?
+        .to_string();
+    let layers = meta_u64(&header, &format!("{arch}.block_count")).unwrap_or(0);
+    let heads = meta_u64(&header, &format!("{arch}.attention.head_count"))
+        .unwrap_or(1)
+        .max(1);
+    let kv_heads = meta_u64(&header, &format!("{arch}.attention.head_count_kv")).unwrap_or(heads);
+    let head_dim =
+        meta_u64(&header, &format!("{arch}.attention.key_length")).unwrap_or_else(|| {
+            meta_u64(&header, &format!("{arch}.embedding_length")).unwrap_or(0) / heads
+        });
+    let context_length =
+        meta_u64(&header, &format!("{arch}.context_length")).map_or(4096, |n| n as usize);
+    Ok(ModelFacts {
+        disk_bytes: header.file_len,
+        weights_native: native,
+        weights_dequantized: dequantized,
+        quantized,
+        kv_bytes_per_token: kv_bytes_per_token(layers, kv_heads, head_dim),
+        context_length,
+    })
+}
+
+/// A cheap fingerprint of the model's files (names, sizes, modification times), so that a
+/// rescan only re-checks models that changed.
+pub fn fingerprint(path: &Path) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    let mut add = |p: &Path| {
+        if let Ok(m) = std::fs::metadata(p) {
+            p.hash(&mut h);
+            m.len().hash(&mut h);
+            m.modified().ok().hash(&mut h);
+        }
+    };
+    add(path);
+    if path.is_dir() {
+        let mut entries: Vec<_> = std::fs::read_dir(path)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .collect();
+        entries.sort();
+        for e in entries {
+            add(&e);
+        }
+    }
+    h.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    fn test_models() -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.deps/test-models")
+    }
+
+    fn copy_dir(from: &Path, to: &Path) {
+        std::fs::create_dir_all(to).unwrap();
+        for e in std::fs::read_dir(from).unwrap().flatten() {
+            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
+    }
+
+    #[test]
+    fn complete_mlx_folder_and_gguf_are_described() {
+        let dir = test_models().join("SmolLM2-135M-Instruct");
+        let facts = check_model(&dir).unwrap();
+        assert!(facts.quantized);
+        assert_eq!(facts.context_length, 8192);
+        // 30 layers x (k, v) x 3 KV heads x 64 dims x 4 bytes (f32 on CPU).
+        assert_eq!(facts.kv_bytes_per_token, 30 * 2 * 3 * 64 * 4);
+        assert!(facts.weights_dequantized > facts.weights_native);
+        assert!(facts.disk_bytes > 100_000_000);
+        let gguf = check_model(&test_models().join("SmolLM2-135M-Instruct.Q4_1.gguf")).unwrap();
+        assert_eq!(gguf.kv_bytes_per_token, facts.kv_bytes_per_token);
+        assert!(gguf.quantized);
+    }
+
+    #[test]
+    fn truncated_and_missing_shards_are_incomplete() {
+        let tmp = tempfile::tempdir().unwrap();
+        let copy = tmp.path().join("m");
+        copy_dir(&test_models().join("SmolLM2-135M-Instruct"), &copy);
+        // Truncated weights.
+        let weights = copy.join("model.safetensors");
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&weights)
+            .unwrap();
+        f.set_len(1_000_000).unwrap();
+        let reason = check_model(&copy).unwrap_err();
+        assert!(reason.contains("truncated"), "{reason}");
+        // An index naming a shard that is not there.
+        std::fs::remove_file(&weights).unwrap();
+        std::fs::write(
+            copy.join("model.safetensors.index.json"),
+            r#"{"weight_map": {"a": "model-00001-of-00002.safetensors"}}"#,
+        )
+        .unwrap();
+        let reason = check_model(&copy).unwrap_err();
+        assert!(
+            reason.contains("model-00001-of-00002.safetensors"),
+            "{reason}"
+        );
+        // A GGUF cut short.
+        let g = tmp.path().join("x.gguf");
+        let bytes = std::fs::read(test_models().join("SmolLM2-135M-Instruct.Q4_1.gguf")).unwrap();
+        std::fs::write(&g, &bytes[..bytes.len() / 2]).unwrap();
+        assert!(check_model(&g).is_err());
+    }
+}
