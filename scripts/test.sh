@@ -17,7 +17,7 @@ step "cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 
 step "cargo test"
-cargo test --workspace 2>&1 | tee .deps/cargo-test.log
+cargo test --workspace --no-fail-fast 2>&1 | tee .deps/cargo-test.log
 cargo build --bins
 
 # The models the end-to-end tests serve: the embedded default model as GGUF and converted.
