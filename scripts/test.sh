@@ -16,16 +16,17 @@ cargo fmt --all -- --check
 step "cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 
-step "cargo test"
-cargo test --workspace --no-fail-fast 2>&1 | tee .deps/cargo-test.log
+# The models the tests serve: the embedded default model as GGUF and converted by `wuwei convert`.
+step "test models"
 cargo build --bins
-
-# The models the end-to-end tests serve: the embedded default model as GGUF and converted.
 MODELS=$ROOT/.deps/test-models
 mkdir -p "$MODELS"
 ln -sfn "$ROOT/.deps/SmolLM2-135M-Instruct.Q4_1.gguf" "$MODELS/SmolLM2-135M-Instruct.Q4_1.gguf"
 [ -f "$MODELS/SmolLM2-135M-Instruct/config.json" ] ||
   target/debug/wuwei convert "$MODELS/SmolLM2-135M-Instruct.Q4_1.gguf" "$MODELS/SmolLM2-135M-Instruct"
+
+step "cargo test"
+cargo test --workspace --no-fail-fast 2>&1 | tee .deps/cargo-test.log
 
 step "end-to-end tests (pytest)"
 export WUWEI_BIN=$ROOT/target/debug/wuwei WUWEI_TEST_MODELS=$MODELS
