@@ -6,6 +6,7 @@ pub mod core;
 pub mod detokenizer;
 pub mod generate;
 pub mod gguf;
+pub mod kv;
 pub mod kv_cache;
 pub mod loader;
 pub mod metrics;

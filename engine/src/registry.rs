@@ -246,7 +246,8 @@ impl Registry {
         let stats = Arc::new(EngineStats::default());
         let (model_id, path_buf, mode) =
             (id.to_string(), path.to_path_buf(), self.config.weights_mode);
-        let sched = self.config.scheduler.clone();
+        let mut sched = self.config.scheduler.clone();
+        sched.kv.model_path = Some(path.to_path_buf());
         let thread_stats = stats.clone();
         let started = Instant::now();
         std::thread::Builder::new()
@@ -366,6 +367,7 @@ impl Registry {
         }
         let (tx, rx) = mpsc::channel(EVENT_CHANNEL_CAPACITY);
         let prompt_tokens = prompt.len();
+        let cached_tokens = served.stats.prefix.estimate_cached_tokens(&prompt);
         let seq = SeqRequest {
             id: request.id,
             prompt,
@@ -392,7 +394,7 @@ impl Registry {
         Ok(Generation {
             model: id,
             prompt_tokens,
-            cached_tokens: 0,
+            cached_tokens,
             events: rx,
         })
     }
