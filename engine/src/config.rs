@@ -66,6 +66,20 @@ pub struct Config {
     /// mlx-lm) or `dequantized` (quantized layers expanded to float32: more memory, but CPU
     /// matmuls go through BLAS and batch).
     pub weights: crate::model::WeightsMode,
+    /// Prefix reuse: prompts that start like an earlier one reuse its KV blocks.
+    pub kv_cache: bool,
+    /// Positions per KV block (the unit of sharing and of SSD files).
+    pub kv_block_size: usize,
+    /// RAM for cached KV blocks per model, in bytes (default: 1/8 of memory, at most 4 GiB).
+    pub kv_ram_bytes: Option<u64>,
+    /// The SSD tier of the KV cache (on/off; also switchable at runtime).
+    pub kv_ssd: bool,
+    /// Its folder (default `~/Library/Caches/Wuwei/kv` on macOS, `$XDG_CACHE_HOME/wuwei/kv`).
+    pub kv_ssd_dir: Option<PathBuf>,
+    /// Its size cap in bytes (default 10% of the filesystem; never over 90% of free space).
+    pub kv_ssd_max_bytes: Option<u64>,
+    /// Longest wait for SSD blocks on a prefix hit before recomputing instead.
+    pub kv_ssd_read_timeout_ms: u64,
     /// Memory all loaded models may use together: bytes (`"24GiB"`, `12884901888`) or a share
     /// of RAM (`"75%"`). Unset: total RAM minus `memory_reserve`.
     pub memory_budget: Option<Amount>,
@@ -128,6 +142,13 @@ impl Default for Config {
             kv_reserve_tokens: 0,
             watch_models: true,
             per_model: BTreeMap::new(),
+            kv_cache: true,
+            kv_block_size: crate::kv::DEFAULT_BLOCK_SIZE,
+            kv_ram_bytes: None,
+            kv_ssd: true,
+            kv_ssd_dir: None,
+            kv_ssd_max_bytes: None,
+            kv_ssd_read_timeout_ms: 1000,
         }
     }
 }
@@ -232,6 +253,7 @@ impl Config {
         config.apply_env(&env)?;
         config.apply_args(args);
         config.models_dirs = config.models_dirs.iter().map(|p| expand_tilde(p)).collect();
+        config.kv_ssd_dir = config.kv_ssd_dir.as_deref().map(expand_tilde);
         config.validate()?;
         Ok(config)
     }
@@ -340,6 +362,27 @@ impl Config {
                 }
             };
         }
+        if let Some(v) = get("WUWEI_KV_CACHE") {
+            self.kv_cache = parse_bool("WUWEI_KV_CACHE", v)?;
+        }
+        if let Some(v) = get("WUWEI_KV_BLOCK_SIZE") {
+            self.kv_block_size = parse("WUWEI_KV_BLOCK_SIZE", v)?;
+        }
+        if let Some(v) = get("WUWEI_KV_RAM_BYTES") {
+            self.kv_ram_bytes = Some(parse("WUWEI_KV_RAM_BYTES", v)?);
+        }
+        if let Some(v) = get("WUWEI_KV_SSD") {
+            self.kv_ssd = parse_bool("WUWEI_KV_SSD", v)?;
+        }
+        if let Some(v) = get("WUWEI_KV_SSD_DIR") {
+            self.kv_ssd_dir = Some(PathBuf::from(v));
+        }
+        if let Some(v) = get("WUWEI_KV_SSD_MAX_BYTES") {
+            self.kv_ssd_max_bytes = Some(parse("WUWEI_KV_SSD_MAX_BYTES", v)?);
+        }
+        if let Some(v) = get("WUWEI_KV_SSD_READ_TIMEOUT_MS") {
+            self.kv_ssd_read_timeout_ms = parse("WUWEI_KV_SSD_READ_TIMEOUT_MS", v)?;
+        }
         Ok(())
     }
 
@@ -369,6 +412,7 @@ impl Config {
             ("max_running", self.max_running),
             ("prefill_chunk", self.prefill_chunk),
             ("max_body_bytes", self.max_body_bytes),
+            ("kv_block_size", self.kv_block_size),
         ];
         for (field, value) in positive {
             if value == 0 {
@@ -377,6 +421,12 @@ impl Config {
                     message: "must be at least 1".to_string(),
                 });
             }
+        }
+        if self.kv_block_size > 4096 {
+            return Err(ConfigError::Invalid {
+                field: "kv_block_size",
+                message: "must be at most 4096".to_string(),
+            });
         }
         if self.host.trim().is_empty() {
             return Err(ConfigError::Invalid {
@@ -395,6 +445,18 @@ impl Config {
     /// among patterns, the longest (most specific) wins.
     pub fn resolve_alias(&self, requested: &str) -> Option<&str> {
         resolve_alias(&self.aliases, requested)
+    }
+}
+
+fn parse_bool(var: &str, value: String) -> Result<bool, ConfigError> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" | "on" | "yes" => Ok(true),
+        "0" | "false" | "off" | "no" => Ok(false),
+        _ => Err(ConfigError::Env {
+            var: var.to_string(),
+            value,
+            message: "expected true/false (or 1/0, on/off)".to_string(),
+        }),
     }
 }
 

@@ -41,6 +41,42 @@ impl DenseKvCache {
         }
     }
 
+    pub fn num_layers(&self) -> usize {
+        self.layers.len()
+    }
+
+    /// The buffers of `layer` (capacity included), if it holds anything.
+    pub fn layer(&self, layer: usize) -> Option<&(Array, Array)> {
+        self.layers.get(layer)?.as_ref()
+    }
+
+    /// Keys and values of positions `start..end` of `layer` (`[1, kv_heads, end-start, dim]`).
+    pub fn range(
+        &self,
+        layer: usize,
+        start: i32,
+        end: i32,
+    ) -> Result<Option<(Array, Array)>, Exception> {
+        let Some((k, v)) = self.layer(layer) else {
+            return Ok(None);
+        };
+        Ok(Some((
+            slice_axis(k, 2, start, end)?,
+            slice_axis(v, 2, start, end)?,
+        )))
+    }
+
+    /// Stores `keys`/`values` of `layer` at `offset()` without attention (prefix reuse);
+    /// call `advance` once every layer is loaded.
+    pub fn load_layer(
+        &mut self,
+        layer: usize,
+        keys: Array,
+        values: Array,
+    ) -> Result<(), Exception> {
+        self.update_and_fetch(layer, keys, values).map(|_| ())
+    }
+
     /// Bytes held by the buffers (capacity, not just the used part).
     pub fn nbytes(&self) -> usize {
         self.layers

@@ -8,6 +8,7 @@ pub mod detokenizer;
 pub mod generate;
 pub mod gguf;
 pub mod integrity;
+pub mod kv;
 pub mod kv_cache;
 pub mod loader;
 pub mod memory;

@@ -141,6 +141,7 @@ fn serve(args: wuwei::config::ServeArgs) -> anyhow::Result<()> {
         scheduler: wuwei::scheduler::SchedulerConfig {
             max_running: cfg.max_running,
             prefill_chunk: cfg.prefill_chunk,
+            kv: wuwei::kv::KvConfig::from_config(&cfg),
         },
         max_queue: cfg.max_queue,
         weights_mode: cfg.weights,

@@ -27,6 +27,36 @@ pub const BATCH_SIZE: &str = "wuwei_batch_size";
 pub const KV_CACHE_BYTES: &str = "wuwei_kv_cache_bytes";
 /// Fraction of the KV cache in use, 0..1 (gauge, label `model`).
 pub const KV_CACHE_USAGE: &str = "wuwei_kv_cache_usage_ratio";
+/// Prefix-cache lookups at admission (counter, label `model`).
+pub const PREFIX_QUERIES: &str = "wuwei_prefix_cache_queries_total";
+/// Lookups that reused at least one block (counter, label `model`).
+pub const PREFIX_HITS: &str = "wuwei_prefix_cache_hits_total";
+/// Prompt tokens reused, by tier (counter, labels `model`, `tier` = `ram` | `ssd`).
+pub const PREFIX_HIT_TOKENS: &str = "wuwei_prefix_cache_hit_tokens_total";
+/// KV blocks in the RAM pool (gauge, label `model`).
+pub const KV_BLOCKS_USED: &str = "wuwei_kv_blocks_used";
+/// KV blocks that still fit in the RAM budget (gauge, label `model`).
+pub const KV_BLOCKS_FREE: &str = "wuwei_kv_blocks_free";
+/// KV blocks evicted from RAM (counter, label `model`).
+pub const KV_BLOCK_EVICTIONS: &str = "wuwei_kv_block_evictions_total";
+/// SSD tier: blocks written (counter).
+pub const SSD_WRITES: &str = "wuwei_kv_ssd_writes_total";
+/// SSD tier: writes that failed (read-only folder, disk full…) (counter).
+pub const SSD_WRITE_ERRORS: &str = "wuwei_kv_ssd_write_errors_total";
+/// SSD tier: blocks dropped because the write queue was full or the tier was off (counter).
+pub const SSD_DROPS: &str = "wuwei_kv_ssd_dropped_total";
+/// SSD tier: blocks read back on a hit (counter).
+pub const SSD_READ_HITS: &str = "wuwei_kv_ssd_read_blocks_total";
+/// SSD tier: reads that failed or ran past the deadline (counter).
+pub const SSD_READ_FAILURES: &str = "wuwei_kv_ssd_read_failures_total";
+/// SSD tier: files rejected by the checksum or header checks, deleted (counter).
+pub const SSD_CHECKSUM_FAILURES: &str = "wuwei_kv_ssd_checksum_failures_total";
+/// SSD tier: files evicted by the size cap (counter).
+pub const SSD_EVICTIONS: &str = "wuwei_kv_ssd_evictions_total";
+/// SSD tier: bytes on disk (gauge).
+pub const SSD_BYTES: &str = "wuwei_kv_ssd_bytes";
+/// SSD tier: 1 when on (gauge).
+pub const SSD_ENABLED: &str = "wuwei_kv_ssd_enabled";
 /// Generations cancelled (client gone or shutdown) (counter, label `model`).
 pub const CANCELLATIONS: &str = "wuwei_cancellations_total";
 /// Finished generations by reason (counter, labels `model`, `reason`).
@@ -147,6 +177,37 @@ pub fn set_kv_cache_usage(model: &str, ratio: f64) {
 
 pub fn set_kv_cache_bytes(model: &str, bytes: usize) {
     gauge!(KV_CACHE_BYTES, "model" => model.to_string()).set(bytes as f64);
+}
+
+/// One admission lookup that reused `cached` prompt tokens, `from_ssd` of them read from disk.
+pub fn record_prefix_lookup(model: &str, cached: usize, from_ssd: usize) {
+    counter!(PREFIX_QUERIES, "model" => model.to_string()).increment(1);
+    if cached > 0 {
+        counter!(PREFIX_HITS, "model" => model.to_string()).increment(1);
+    }
+    counter!(PREFIX_HIT_TOKENS, "model" => model.to_string(), "tier" => "ram")
+        .increment((cached - from_ssd) as u64);
+    counter!(PREFIX_HIT_TOKENS, "model" => model.to_string(), "tier" => "ssd")
+        .increment(from_ssd as u64);
+}
+
+pub fn set_kv_blocks(model: &str, pool: &crate::kv::block_pool::PoolStats) {
+    gauge!(KV_BLOCKS_USED, "model" => model.to_string()).set(pool.blocks as f64);
+    gauge!(KV_BLOCKS_FREE, "model" => model.to_string()).set(pool.free_blocks as f64);
+    counter!(KV_BLOCK_EVICTIONS, "model" => model.to_string()).absolute(pool.evictions);
+}
+
+/// The SSD tier's counters (process-wide, the store keeps the totals).
+pub fn set_ssd_stats(s: &crate::kv::ssd::SsdStats) {
+    counter!(SSD_WRITES).absolute(s.writes);
+    counter!(SSD_WRITE_ERRORS).absolute(s.write_errors);
+    counter!(SSD_DROPS).absolute(s.dropped);
+    counter!(SSD_READ_HITS).absolute(s.read_hits);
+    counter!(SSD_READ_FAILURES).absolute(s.read_failures);
+    counter!(SSD_CHECKSUM_FAILURES).absolute(s.checksum_failures);
+    counter!(SSD_EVICTIONS).absolute(s.evictions);
+    gauge!(SSD_BYTES).set(s.bytes as f64);
+    gauge!(SSD_ENABLED).set(if s.enabled { 1.0 } else { 0.0 });
 }
 
 pub fn add_cancellation(model: &str) {

@@ -901,7 +901,8 @@ impl Registry {
         let (exit_tx, exit_rx) = watch::channel(false);
         let stats = Arc::new(EngineStats::default());
         let (model_id, path_buf) = (id.to_string(), path.to_path_buf());
-        let sched = self.config.scheduler.clone();
+        let mut sched = self.config.scheduler.clone();
+        sched.kv.model_path = Some(path.to_path_buf());
         let thread_stats = stats.clone();
         let started = Instant::now();
         std::thread::Builder::new()
@@ -1070,6 +1071,7 @@ impl Registry {
         Self::apply_sampling_defaults(&served.settings, &mut sampling);
         let (tx, rx) = mpsc::channel(EVENT_CHANNEL_CAPACITY);
         let prompt_tokens = prompt.len();
+        let cached_tokens = served.stats.prefix.estimate_cached_tokens(&prompt);
         let seq = SeqRequest {
             id: request.id,
             prompt,
@@ -1101,7 +1103,7 @@ impl Registry {
         Ok(Generation {
             model: id,
             prompt_tokens,
-            cached_tokens: 0,
+            cached_tokens,
             events: rx,
         })
     }

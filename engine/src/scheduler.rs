@@ -15,6 +15,9 @@ use tokio::sync::mpsc;
 
 use crate::core::{Event, FinishReason, SamplingParams, TokenLogprob, Usage};
 use crate::detokenizer::IncrementalDetokenizer;
+use crate::kv::paged::layout_of;
+use crate::kv::prefix::ModelIdentity;
+use crate::kv::{KvConfig, PrefixCache, PrefixProbe, SeqBlocks};
 use crate::kv_cache::{DenseKvCache, KvCache};
 use crate::metrics;
 use crate::model::{BatchSeq, LanguageModel, Logits};
@@ -45,6 +48,8 @@ pub struct SchedulerConfig {
     pub max_running: usize,
     /// Prompt tokens read per step, across all sequences still prefilling.
     pub prefill_chunk: usize,
+    /// Prefix reuse (RAM block pool, SSD tier).
+    pub kv: KvConfig,
 }
 
 impl Default for SchedulerConfig {
@@ -52,6 +57,7 @@ impl Default for SchedulerConfig {
         Self {
             max_running: 8,
             prefill_chunk: 512,
+            kv: KvConfig::default(),
         }
     }
 }
@@ -64,12 +70,18 @@ pub struct EngineStats {
     pub kv_bytes: AtomicUsize,
     pub cancelled: AtomicUsize,
     pub completed: AtomicUsize,
+    /// How much of a prompt the prefix cache likely holds (for `Generation::cached_tokens`).
+    pub prefix: Arc<PrefixProbe>,
 }
 
 /// One sequence in the running batch.
 struct Sequence {
     req: SeqRequest,
     cache: DenseKvCache,
+    /// Its blocks in the prefix cache.
+    blocks: SeqBlocks,
+    /// Prompt tokens taken from the prefix cache.
+    cached: usize,
     /// Prompt tokens already in the cache.
     prefilled: usize,
     /// Prompt followed by generated tokens.
@@ -103,6 +115,7 @@ pub struct Engine {
     config: SchedulerConfig,
     stats: Arc<EngineStats>,
     model_id: String,
+    prefix: Option<PrefixCache>,
 }
 
 impl Engine {
@@ -114,6 +127,13 @@ impl Engine {
         stats: Arc<EngineStats>,
     ) -> Self {
         let eos = tokenizer.eos_token_ids().to_vec();
+        let prefix = match build_prefix_cache(&model_id, model.as_ref(), &config.kv, &stats) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(model = %model_id, error = %e, "prefix cache unavailable; every prompt is computed in full");
+                None
+            }
+        };
         Self {
             model,
             tokenizer,
@@ -121,6 +141,7 @@ impl Engine {
             config,
             stats,
             model_id,
+            prefix,
         }
     }
 
@@ -173,7 +194,10 @@ impl Engine {
             }
             if let Err(e) = self.step(&mut running) {
                 tracing::error!(model = %self.model_id, error = %e, "engine step failed");
-                for seq in running.drain(..) {
+                for mut seq in running.drain(..) {
+                    if let Some(p) = self.prefix.as_mut() {
+                        p.release(&mut seq.blocks);
+                    }
                     let _ = seq
                         .req
                         .events
@@ -186,13 +210,25 @@ impl Engine {
         }
     }
 
-    fn start(&self, req: SeqRequest) -> Sequence {
+    fn start(&mut self, req: SeqRequest) -> Sequence {
         let sampler = Sampler::new(req.sampling.clone());
         let stop = StopMatcher::new(&req.stop);
         let parser = OutputParser::new(req.parser);
+        let mut cache = DenseKvCache::new(self.model.num_layers());
+        let mut blocks = SeqBlocks::default();
+        // The longest cached prefix goes straight into the cache; only the rest is prefilled.
+        let cached = match self.prefix.as_mut() {
+            Some(p) => p.admit(&req.prompt, &mut cache, &mut blocks),
+            None => 0,
+        };
+        if cached > 0 {
+            metrics::add_prompt_tokens(&self.model_id, cached, cached);
+        }
         Sequence {
-            cache: DenseKvCache::new(self.model.num_layers()),
-            prefilled: 0,
+            cache,
+            blocks,
+            cached,
+            prefilled: cached,
             tokens: req.prompt.clone(),
             generated: 0,
             sampler,
@@ -213,15 +249,22 @@ impl Engine {
         metrics::set_requests_running(&self.model_id, running.len());
         metrics::set_requests_waiting(&self.model_id, waiting);
         metrics::set_kv_cache_bytes(&self.model_id, kv);
+        if let Some(p) = &self.prefix {
+            p.publish_metrics();
+        }
     }
 
     /// One forward pass over the running batch, then sampling and output for each sequence
     /// that reached the end of its input.
     fn step(&mut self, running: &mut Vec<Sequence>) -> Result<(), mlx_rs::error::Exception> {
         // Drop sequences whose client went away (or stopped reading): their KV goes with them.
-        running.retain(|s| {
+        let prefix = &mut self.prefix;
+        running.retain_mut(|s| {
             let gone = s.req.events.is_closed() || s.req.events.capacity() == 0;
             if gone {
+                if let Some(p) = prefix.as_mut() {
+                    p.release(&mut s.blocks);
+                }
                 self.stats.cancelled.fetch_add(1, Ordering::Relaxed);
                 metrics::add_cancellation(&self.model_id);
                 tracing::info!(id = %s.req.id, model = %self.model_id, generated = s.generated, "cancelled: client went away");
@@ -278,6 +321,15 @@ impl Engine {
         };
         let vocab = logits.shape()[1] as usize;
         let all = logits.as_slice::<f32>();
+
+        // Blocks the pass completed become shareable now, so that a concurrent request with
+        // the same prefix can reuse them before this one ends.
+        if let Some(p) = self.prefix.as_mut() {
+            for &(i, _, _) in &inputs {
+                let seq = &mut running[i];
+                p.publish(&seq.tokens, &seq.cache, &mut seq.blocks);
+            }
+        }
 
         let now = Instant::now();
         let mut finished: Vec<(usize, FinishReason)> = Vec::new();
@@ -397,7 +449,10 @@ impl Engine {
         }
     }
 
-    fn finish(&self, mut seq: Sequence, mut reason: FinishReason) {
+    fn finish(&mut self, mut seq: Sequence, mut reason: FinishReason) {
+        if let Some(p) = self.prefix.as_mut() {
+            p.release(&mut seq.blocks);
+        }
         // Text held back (partial UTF-8, a possible stop-string prefix) is released unless a
         // stop string ended the sequence: what follows a stop is never shown.
         let mut events = Vec::new();
@@ -417,7 +472,7 @@ impl Engine {
         let usage = Usage {
             prompt_tokens: seq.req.prompt.len(),
             completion_tokens: seq.generated,
-            cached_tokens: 0,
+            cached_tokens: seq.cached,
         };
         events.push(Event::Finished {
             reason: reason.clone(),
@@ -445,12 +500,70 @@ impl Engine {
             model = %self.model_id,
             prompt_tokens = usage.prompt_tokens,
             completion_tokens = usage.completion_tokens,
+            cached_tokens = usage.cached_tokens,
             ttft_ms = ttft.as_millis() as u64,
             tok_s = format!("{tok_s:.1}"),
             finish = ?reason,
             "request finished"
         );
     }
+}
+
+/// Sets up the prefix cache of a freshly loaded model: a two-token forward pass gives the KV
+/// layout and a coarse fingerprint of the model's numbers (rounded logits), which joins the
+/// model's files and weights mode in its identity, so that KV computed one way is never
+/// served to a model that computes it another way (e.g. `auto` resolving differently).
+fn build_prefix_cache(
+    model_id: &str,
+    model: &dyn LanguageModel,
+    config: &KvConfig,
+    stats: &EngineStats,
+) -> Result<Option<PrefixCache>, String> {
+    if !config.enabled {
+        return Ok(None);
+    }
+    if config.block_size == 0 {
+        return Err("block size 0".into());
+    }
+    let mut cache = DenseKvCache::new(model.num_layers());
+    let tokens = Array::from_slice(&[1i32, 2], &[1, 2]);
+    let logits = model
+        .forward(
+            &tokens,
+            &mut [BatchSeq {
+                len: 2,
+                cache: &mut cache,
+            }],
+            Logits::Last,
+        )
+        .and_then(|l| l.as_dtype(mlx_rs::Dtype::Float32))
+        .map_err(|e| e.to_string())?;
+    logits.eval().map_err(|e| e.to_string())?;
+    let fingerprint: Vec<u8> = logits
+        .as_slice::<f32>()
+        .iter()
+        .flat_map(|x| ((x * 10.0).round() as i32).to_le_bytes())
+        .collect();
+    let layout = layout_of(&cache, config.block_size).map_err(|e| e.to_string())?;
+    let shape = format!("{layout:?}");
+    let extra: [&[u8]; 3] = [
+        config.weights_mode.as_bytes(),
+        shape.as_bytes(),
+        &fingerprint,
+    ];
+    let identity = match &config.model_path {
+        Some(path) => ModelIdentity::of_model(path, &extra),
+        None => ModelIdentity::from_parts(
+            std::iter::once(model_id.as_bytes()).chain(extra.iter().copied()),
+        ),
+    };
+    Ok(Some(PrefixCache::new(
+        model_id.to_string(),
+        identity,
+        layout,
+        config,
+        stats.prefix.clone(),
+    )))
 }
 
 /// Queues an event for the client. The channel is bounded so that a client that stops

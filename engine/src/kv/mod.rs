@@ -1,0 +1,355 @@
+//! Prefix reuse of KV across requests: a RAM block pool keyed by chained block hashes, and an
+//! SSD tier behind it.
+//!
+//! The engine thread owns one [`PrefixCache`] per model. On admission it looks up the longest
+//! run of cached full blocks of the prompt (RAM first, then SSD), copies them into the new
+//! sequence's dense cache and prefills only the rest. While a sequence runs, each block it
+//! fills is published to the pool (and written through to the SSD tier in the background), so
+//! that concurrent and later requests with the same prefix reuse it.
+
+pub mod block_pool;
+pub mod paged;
+pub mod prefix;
+pub mod ssd;
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use block_pool::{BlockPool, PoolStats};
+use paged::{blocks_from_cache, fill_cache_from_blocks, KvBlock, KvLayout};
+use prefix::{chain_hashes, chain_hashes_from, chain_root, BlockHash, ModelIdentity};
+use ssd::SsdStore;
+
+use crate::kv_cache::{DenseKvCache, KvCache};
+use crate::metrics;
+
+/// Default positions per block. Measured with SmolLM2-135M on CPU (bench/cache_bench.py and
+/// the report in docs/BENCHMARKS.md): 32 keeps the unshared tail of a prompt (on average half
+/// a block) negligible against prefill time, while per-block costs (one hash, one file, one
+/// copy per layer) stay small for 2,000-token prefixes.
+pub const DEFAULT_BLOCK_SIZE: usize = 32;
+
+/// Prefix-cache settings of one model's engine.
+#[derive(Debug, Clone)]
+pub struct KvConfig {
+    /// Prefix reuse on or off.
+    pub enabled: bool,
+    pub block_size: usize,
+    /// RAM budget for cached blocks of one model, in bytes.
+    pub ram_bytes: usize,
+    /// The SSD tier, shared by every model (None: RAM only).
+    pub ssd: Option<Arc<SsdStore>>,
+    /// The model's path, part of its identity (set by the registry).
+    pub model_path: Option<PathBuf>,
+    /// How the weights are held (part of the identity: it changes the numbers).
+    pub weights_mode: String,
+}
+
+impl Default for KvConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            block_size: DEFAULT_BLOCK_SIZE,
+            ram_bytes: default_ram_bytes(),
+            ssd: None,
+            model_path: None,
+            weights_mode: String::new(),
+        }
+    }
+}
+
+impl KvConfig {
+    /// The prefix-cache settings of `config`, opening the SSD tier when it has a folder. The
+    /// store is shared by every model; the admin API toggles it through `KvConfig::ssd`.
+    pub fn from_config(config: &crate::config::Config) -> Self {
+        let ssd = config
+            .kv_ssd_dir
+            .clone()
+            .or_else(ssd::default_dir)
+            .map(|dir| {
+                let mut c = ssd::SsdConfig::new(dir);
+                c.enabled = config.kv_ssd;
+                c.max_bytes = config.kv_ssd_max_bytes;
+                c.read_timeout = std::time::Duration::from_millis(config.kv_ssd_read_timeout_ms);
+                SsdStore::open(c)
+            });
+        Self {
+            enabled: config.kv_cache,
+            block_size: config.kv_block_size,
+            ram_bytes: config
+                .kv_ram_bytes
+                .map_or_else(default_ram_bytes, |b| b as usize),
+            ssd,
+            model_path: None,
+            weights_mode: format!("{:?}", config.weights),
+        }
+    }
+}
+
+/// An eighth of physical memory, at most 4 GiB.
+pub fn default_ram_bytes() -> usize {
+    let mut sys = sysinfo::System::new();
+    sys.refresh_memory();
+    let total = sys.total_memory() as usize;
+    (total / 8).clamp(64 << 20, 4 << 30)
+}
+
+/// What the HTTP side can ask without the engine thread: how much of a prompt is likely
+/// cached (to report `cached_tokens` up front). The engine's admission is authoritative.
+#[derive(Default)]
+pub struct PrefixProbe {
+    state: Mutex<Option<ProbeState>>,
+}
+
+struct ProbeState {
+    identity: ModelIdentity,
+    block_size: usize,
+    ram: HashSet<BlockHash>,
+    ssd: Option<Arc<SsdStore>>,
+}
+
+impl std::fmt::Debug for PrefixProbe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PrefixProbe")
+    }
+}
+
+impl PrefixProbe {
+    /// Prompt tokens a request would most likely take from the cache.
+    pub fn estimate_cached_tokens(&self, prompt: &[u32]) -> usize {
+        let (identity, block_size, ssd) = {
+            let guard = self.state.lock().unwrap();
+            let Some(s) = guard.as_ref() else {
+                return 0;
+            };
+            (s.identity, s.block_size, s.ssd.clone())
+        };
+        let usable = prompt.len().saturating_sub(1) / block_size * block_size;
+        let hashes = chain_hashes(&identity, &prompt[..usable], block_size);
+        let ram = {
+            let guard = self.state.lock().unwrap();
+            let s = guard.as_ref().expect("set above");
+            hashes.iter().take_while(|h| s.ram.contains(h)).count()
+        };
+        let on_disk = ssd.map_or(0, |s| s.longest_prefix(&hashes[ram..]));
+        (ram + on_disk) * block_size
+    }
+
+    fn with<F: FnOnce(&mut ProbeState)>(&self, f: F) {
+        if let Some(s) = self.state.lock().unwrap().as_mut() {
+            f(s);
+        }
+    }
+}
+
+/// The blocks of one running sequence.
+#[derive(Debug, Default)]
+pub struct SeqBlocks {
+    /// Hashes of the sequence's full blocks so far, in order.
+    chain: Vec<BlockHash>,
+    /// Blocks it references in the pool (released when it ends).
+    held: Vec<BlockHash>,
+}
+
+/// One model's prefix cache, owned by its engine thread.
+pub struct PrefixCache {
+    model: String,
+    identity: ModelIdentity,
+    layout: KvLayout,
+    pool: BlockPool<KvBlock>,
+    ssd: Option<Arc<SsdStore>>,
+    probe: Arc<PrefixProbe>,
+    failed_logged: bool,
+}
+
+impl PrefixCache {
+    pub fn new(
+        model: String,
+        identity: ModelIdentity,
+        layout: KvLayout,
+        config: &KvConfig,
+        probe: Arc<PrefixProbe>,
+    ) -> Self {
+        *probe.state.lock().unwrap() = Some(ProbeState {
+            identity,
+            block_size: layout.block_size,
+            ram: HashSet::new(),
+            ssd: config.ssd.clone(),
+        });
+        tracing::info!(
+            model = %model,
+            identity = &identity.to_hex()[..16],
+            block_size = layout.block_size,
+            block_bytes = layout.block_bytes(),
+            ram_budget = config.ram_bytes,
+            ssd = config.ssd.as_ref().map(|s| s.root().display().to_string()),
+            "prefix cache ready"
+        );
+        Self {
+            model,
+            identity,
+            layout,
+            pool: BlockPool::new(config.ram_bytes),
+            ssd: config.ssd.clone(),
+            probe,
+            failed_logged: false,
+        }
+    }
+
+    pub fn block_size(&self) -> usize {
+        self.layout.block_size
+    }
+
+    pub fn stats(&self) -> PoolStats {
+        self.pool.stats()
+    }
+
+    /// Fills `cache` (empty) with the longest cached prefix of `prompt` and returns how many
+    /// tokens it holds. At least one prompt token is always left to compute: the first
+    /// sampled token needs its logits.
+    pub fn admit(
+        &mut self,
+        prompt: &[u32],
+        cache: &mut DenseKvCache,
+        blocks: &mut SeqBlocks,
+    ) -> usize {
+        let b = self.layout.block_size;
+        let usable = prompt.len().saturating_sub(1) / b;
+        let hashes = chain_hashes(&self.identity, &prompt[..usable * b], b);
+        let mut found: Vec<Arc<KvBlock>> = Vec::new();
+        for h in &hashes[..self.pool.longest_prefix(&hashes)] {
+            found.push(self.pool.acquire(h).expect("present"));
+            blocks.held.push(*h);
+        }
+        let from_ram = found.len();
+        if let Some(ssd) = &self.ssd {
+            let rest = &hashes[from_ram..];
+            let n = ssd.longest_prefix(rest);
+            if n > 0 {
+                let read = ssd.read_prefix(self.identity, &rest[..n], self.layout);
+                let mut evicted = Vec::new();
+                for (h, block) in rest.iter().zip(read) {
+                    match self
+                        .pool
+                        .insert(*h, block, self.layout.block_bytes(), &mut evicted)
+                    {
+                        Ok(arc) => {
+                            blocks.held.push(*h);
+                            self.probe.with(|s| {
+                                s.ram.insert(*h);
+                            });
+                            found.push(arc);
+                        }
+                        // No room in RAM: this sequence still uses it.
+                        Err((_, block)) => found.push(Arc::new(block)),
+                    }
+                }
+                self.forget(&evicted);
+            }
+        }
+        let from_ssd = found.len() - from_ram;
+        if let Err(e) = fill_cache_from_blocks(cache, &found) {
+            // Never fatal: compute the whole prompt instead.
+            tracing::warn!(model = %self.model, error = %e, "prefix cache fill failed; recomputing");
+            *cache = DenseKvCache::new(self.layout.layers);
+            self.release(blocks);
+            found.clear();
+        }
+        blocks.chain = hashes[..found.len()].to_vec();
+        let cached = found.len() * b;
+        metrics::record_prefix_lookup(&self.model, cached, from_ssd * b);
+        if cached > 0 {
+            tracing::debug!(model = %self.model, cached, from_ram = from_ram * b, from_ssd = from_ssd * b, "prefix cache hit");
+        }
+        cached
+    }
+
+    /// Publishes the full blocks of `tokens` that `cache` now holds and this sequence has not
+    /// published yet. The sequence keeps a reference on each.
+    pub fn publish(&mut self, tokens: &[u32], cache: &DenseKvCache, blocks: &mut SeqBlocks) {
+        let b = self.layout.block_size;
+        let full = cache.offset().min(tokens.len()) / b;
+        let have = blocks.chain.len();
+        if full <= have {
+            return;
+        }
+        let parent = blocks
+            .chain
+            .last()
+            .copied()
+            .unwrap_or_else(|| chain_root(&self.identity));
+        let new = chain_hashes_from(parent, &tokens[have * b..full * b], b);
+        // Copy out of the dense cache only when the pool lacks one of the blocks (another
+        // sequence may have published the same prefix already).
+        let mut copies: Option<Vec<Option<KvBlock>>> = None;
+        if new.iter().any(|h| !self.pool.contains(h)) {
+            match blocks_from_cache(cache, &self.layout, have, full - have) {
+                Ok(c) => copies = Some(c.into_iter().map(Some).collect()),
+                Err(e) => {
+                    if !self.failed_logged {
+                        self.failed_logged = true;
+                        tracing::warn!(model = %self.model, error = %e, "cannot copy KV blocks out of a sequence; they are not cached");
+                    }
+                    return;
+                }
+            }
+        }
+        let mut evicted = Vec::new();
+        for (i, h) in new.iter().enumerate() {
+            blocks.chain.push(*h);
+            let shared = match self.pool.acquire(h) {
+                Some(a) => Ok(a),
+                None => {
+                    let block = copies
+                        .as_mut()
+                        .and_then(|c| c[i].take())
+                        .expect("copied when a block is missing from the pool");
+                    self.pool
+                        .insert(*h, block, self.layout.block_bytes(), &mut evicted)
+                }
+            };
+            let arc = match shared {
+                Ok(a) => {
+                    blocks.held.push(*h);
+                    self.probe.with(|s| {
+                        s.ram.insert(*h);
+                    });
+                    a
+                }
+                // No room in RAM (every block in use): it may still go to disk.
+                Err((_, block)) => Arc::new(block),
+            };
+            if let Some(ssd) = &self.ssd {
+                ssd.enqueue(self.identity, *h, arc);
+            }
+        }
+        self.forget(&evicted);
+    }
+
+    /// Drops the sequence's references (when it finishes, is cancelled or fails).
+    pub fn release(&mut self, blocks: &mut SeqBlocks) {
+        for h in blocks.held.drain(..) {
+            self.pool.release(&h);
+        }
+    }
+
+    fn forget(&self, evicted: &[BlockHash]) {
+        if evicted.is_empty() {
+            return;
+        }
+        self.probe.with(|s| {
+            for h in evicted {
+                s.ram.remove(h);
+            }
+        });
+    }
+
+    /// Publishes gauges for `/metrics`.
+    pub fn publish_metrics(&self) {
+        metrics::set_kv_blocks(&self.model, &self.pool.stats());
+        if let Some(ssd) = &self.ssd {
+            metrics::set_ssd_stats(&ssd.stats());
+        }
+    }
+}

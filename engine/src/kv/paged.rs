@@ -1,0 +1,279 @@
+//! KV blocks as stored bytes, and the copies between blocks and a sequence's dense cache.
+//!
+//! Why copies and not a paged attention kernel: MLX on CPU has none, and attention
+//! (`model::layers::attend`) wants each sequence's keys and values contiguous. So a running
+//! sequence keeps its KV in a `DenseKvCache` for compute, and blocks are the unit of storage
+//! and sharing: a full block (block_size positions × every layer's K and V) is copied out of
+//! the dense cache once when it fills, and copied into a new sequence's cache on a prefix hit.
+//! A copy of a cached prefix costs a memcpy per block, far below recomputing it.
+//!
+//! Blocks hold host bytes rather than MLX arrays: they outlive no stream (MLX streams are
+//! per-thread, and the SSD writer is another thread), their size is exact, and a dense buffer
+//! is never kept alive by a view of it.
+
+use mlx_rs::error::Exception;
+use mlx_rs::{Array, Dtype};
+
+use crate::kv_cache::{DenseKvCache, KvCache};
+
+/// Shape of one block's KV, fixed per model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KvLayout {
+    pub layers: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+    pub block_size: usize,
+    pub dtype: KvDtype,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum KvDtype {
+    F32 = 1,
+    F16 = 2,
+    Bf16 = 3,
+}
+
+impl KvDtype {
+    pub fn size(self) -> usize {
+        match self {
+            KvDtype::F32 => 4,
+            KvDtype::F16 | KvDtype::Bf16 => 2,
+        }
+    }
+
+    pub fn from_code(code: u8) -> Option<Self> {
+        match code {
+            1 => Some(KvDtype::F32),
+            2 => Some(KvDtype::F16),
+            3 => Some(KvDtype::Bf16),
+            _ => None,
+        }
+    }
+
+    fn from_mlx(d: Dtype) -> Option<Self> {
+        match d {
+            Dtype::Float32 => Some(KvDtype::F32),
+            Dtype::Float16 => Some(KvDtype::F16),
+            Dtype::Bfloat16 => Some(KvDtype::Bf16),
+            _ => None,
+        }
+    }
+
+    fn to_mlx(self) -> Dtype {
+        match self {
+            KvDtype::F32 => Dtype::Float32,
+            KvDtype::F16 => Dtype::Float16,
+            KvDtype::Bf16 => Dtype::Bfloat16,
+        }
+    }
+}
+
+impl KvLayout {
+    /// Bytes of one `[kv_heads, block_size, head_dim]` tensor.
+    fn tensor_bytes(&self) -> usize {
+        self.kv_heads * self.block_size * self.head_dim * self.dtype.size()
+    }
+
+    /// Bytes of a whole block: every layer's K then V.
+    pub fn block_bytes(&self) -> usize {
+        self.layers * 2 * self.tensor_bytes()
+    }
+}
+
+/// One full block: for each layer, K then V, each `[kv_heads, block_size, head_dim]` row-major.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KvBlock {
+    pub layout: KvLayout,
+    pub data: Vec<u8>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PagedError {
+    #[error(transparent)]
+    Mlx(#[from] Exception),
+    #[error("KV cache holds {0:?}, which blocks cannot store")]
+    UnsupportedDtype(Dtype),
+    #[error("KV cache layer {0} is empty")]
+    EmptyLayer(usize),
+}
+
+/// The layout of `cache`'s blocks, once it holds something.
+pub fn layout_of(cache: &DenseKvCache, block_size: usize) -> Result<KvLayout, PagedError> {
+    let (k, _) = cache.layer(0).ok_or(PagedError::EmptyLayer(0))?;
+    let shape = k.shape();
+    Ok(KvLayout {
+        layers: cache.num_layers(),
+        kv_heads: shape[1] as usize,
+        head_dim: shape[3] as usize,
+        block_size,
+        dtype: KvDtype::from_mlx(k.dtype()).ok_or(PagedError::UnsupportedDtype(k.dtype()))?,
+    })
+}
+
+/// Bytes of an evaluated, contiguous array of a float dtype.
+fn host_bytes(a: &Array) -> Result<Vec<u8>, PagedError> {
+    let a = a.contiguous()?;
+    a.eval()?;
+    // SAFETY (all arms): a float slice viewed as bytes; u8 has no alignment or validity needs.
+    let bytes = match a.dtype() {
+        Dtype::Float32 => {
+            let s = a
+                .try_as_slice::<f32>()
+                .map_err(|e| Exception::custom(e.to_string()))?;
+            unsafe { std::slice::from_raw_parts(s.as_ptr().cast::<u8>(), std::mem::size_of_val(s)) }
+                .to_vec()
+        }
+        Dtype::Float16 => {
+            let s = a
+                .try_as_slice::<half::f16>()
+                .map_err(|e| Exception::custom(e.to_string()))?;
+            unsafe { std::slice::from_raw_parts(s.as_ptr().cast::<u8>(), std::mem::size_of_val(s)) }
+                .to_vec()
+        }
+        Dtype::Bfloat16 => {
+            let s = a
+                .try_as_slice::<half::bf16>()
+                .map_err(|e| Exception::custom(e.to_string()))?;
+            unsafe { std::slice::from_raw_parts(s.as_ptr().cast::<u8>(), std::mem::size_of_val(s)) }
+                .to_vec()
+        }
+        other => return Err(PagedError::UnsupportedDtype(other)),
+    };
+    Ok(bytes)
+}
+
+/// Copies blocks `first..first + count` (positions `first*B .. (first+count)*B`) out of
+/// `cache`, which must already hold those positions.
+pub fn blocks_from_cache(
+    cache: &DenseKvCache,
+    layout: &KvLayout,
+    first: usize,
+    count: usize,
+) -> Result<Vec<KvBlock>, PagedError> {
+    let b = layout.block_size;
+    let (start, end) = ((first * b) as i32, ((first + count) * b) as i32);
+    let tensor = layout.tensor_bytes();
+    let row = b * layout.head_dim * layout.dtype.size(); // one head's rows of one block
+    let mut blocks: Vec<KvBlock> = (0..count)
+        .map(|_| KvBlock {
+            layout: *layout,
+            data: Vec::with_capacity(layout.block_bytes()),
+        })
+        .collect();
+    for layer in 0..layout.layers {
+        let (k, v) = cache
+            .range(layer, start, end)?
+            .ok_or(PagedError::EmptyLayer(layer))?;
+        for part in [k, v] {
+            // `part` is [1, heads, count*B, dim]: block j of head h is one run of `row` bytes.
+            let bytes = host_bytes(&part)?;
+            let head_stride = count * row;
+            for (j, block) in blocks.iter_mut().enumerate() {
+                for h in 0..layout.kv_heads {
+                    let at = h * head_stride + j * row;
+                    block.data.extend_from_slice(&bytes[at..at + row]);
+                }
+                debug_assert!(block.data.len() % tensor == 0);
+            }
+        }
+    }
+    Ok(blocks)
+}
+
+/// Appends `blocks` (consecutive, starting at the cache's current offset) to `cache`.
+pub fn fill_cache_from_blocks<B: std::ops::Deref<Target = KvBlock>>(
+    cache: &mut DenseKvCache,
+    blocks: &[B],
+) -> Result<(), PagedError> {
+    let Some(first) = blocks.first() else {
+        return Ok(());
+    };
+    let layout = first.layout;
+    let tensor = layout.tensor_bytes();
+    let row = layout.block_size * layout.head_dim * layout.dtype.size();
+    let count = blocks.len();
+    let shape = [
+        1,
+        layout.kv_heads as i32,
+        (count * layout.block_size) as i32,
+        layout.head_dim as i32,
+    ];
+    let mut scratch = vec![0u8; tensor * count];
+    for layer in 0..layout.layers {
+        let mut kv = Vec::with_capacity(2);
+        for part in 0..2 {
+            let base = (layer * 2 + part) * tensor;
+            for (j, block) in blocks.iter().enumerate() {
+                for h in 0..layout.kv_heads {
+                    let src = base + h * row;
+                    let dst = h * count * row + j * row;
+                    scratch[dst..dst + row].copy_from_slice(&block.data[src..src + row]);
+                }
+            }
+            // SAFETY: `scratch` holds exactly shape's element count of `dtype`; MLX copies it.
+            let array = unsafe {
+                Array::from_raw_data(scratch.as_ptr().cast(), &shape, layout.dtype.to_mlx())
+            };
+            kv.push(array);
+        }
+        let v = kv.pop().expect("two parts");
+        let k = kv.pop().expect("two parts");
+        cache.load_layer(layer, k, v)?;
+    }
+    cache.advance(count * layout.block_size);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn values(n: usize, base: f32) -> Array {
+        let v: Vec<f32> = (0..n).map(|i| base + i as f32).collect();
+        Array::from_slice(&v, &[1, 2, (n / 6) as i32, 3])
+    }
+
+    fn filled(positions: usize) -> DenseKvCache {
+        let mut cache = DenseKvCache::new(2);
+        for layer in 0..2 {
+            let n = 2 * positions * 3;
+            let base = 1000.0 * layer as f32;
+            cache
+                .load_layer(layer, values(n, base), values(n, base + 500.0))
+                .unwrap();
+        }
+        cache.advance(positions);
+        cache
+    }
+
+    fn floats(a: &Array) -> Vec<f32> {
+        a.contiguous().unwrap().as_slice::<f32>().to_vec()
+    }
+
+    #[test]
+    fn blocks_round_trip_through_a_fresh_cache() {
+        // 5 positions, blocks of 2: two full blocks, the fifth position is never a block.
+        let source = filled(5);
+        let layout = layout_of(&source, 2).unwrap();
+        assert_eq!((layout.layers, layout.kv_heads, layout.head_dim), (2, 2, 3));
+        let blocks = blocks_from_cache(&source, &layout, 0, 2).unwrap();
+        assert_eq!(blocks.len(), 2);
+        assert!(blocks.iter().all(|b| b.data.len() == layout.block_bytes()));
+        // Taken one at a time or together, a block holds the same bytes.
+        assert_eq!(
+            blocks_from_cache(&source, &layout, 1, 1).unwrap()[0],
+            blocks[1]
+        );
+
+        let mut target = DenseKvCache::new(2);
+        fill_cache_from_blocks(&mut target, &blocks.iter().collect::<Vec<_>>()).unwrap();
+        assert_eq!(target.offset(), 4);
+        for layer in 0..2 {
+            let (k0, v0) = source.range(layer, 0, 4).unwrap().unwrap();
+            let (k1, v1) = target.range(layer, 0, 4).unwrap().unwrap();
+            assert_eq!(floats(&k0), floats(&k1));
+            assert_eq!(floats(&v0), floats(&v1));
+        }
+    }
+}

@@ -1,0 +1,910 @@
+//! The SSD tier: full KV blocks in files, written in the background, read back on a prefix hit
+//! (also after a restart), and never able to stall generation.
+//!
+//! - The engine thread only ever does `try_send` into a bounded queue (full: the block is
+//!   dropped and counted) and waits for reads at most `read_timeout` (late: recompute).
+//! - Files are written to a temp name, fsynced and renamed, so a crash leaves either a whole
+//!   file or a stray temp file (removed by the startup scan). Every file carries its model
+//!   identity, block hash, layout and a CRC32 of all of it; a file that fails any check is
+//!   deleted and counted, never served.
+//! - The index mutex guards only map operations: no lock is held across file I/O.
+//! - The index is rebuilt at startup by a background scan; until it finishes, blocks not yet
+//!   seen are simply misses.
+//! - The size is capped (configured bytes, and never more than 90% of what the filesystem
+//!   could hold for us), evicting the least recently used files.
+//! - Errors (read-only folder, disk full…) are counted, logged once, and otherwise ignored.
+//!
+//! Layout: `<dir>/v1/<model identity, 16 hex>/<2 hex>/<block hash, 32 hex>.kv`.
+
+use std::collections::HashMap;
+use std::fs::{self, File};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use super::paged::{KvBlock, KvDtype, KvLayout};
+use super::prefix::{BlockHash, ModelIdentity};
+
+/// Folder of this on-disk layout under the cache dir; a new layout gets a new folder.
+pub const LAYOUT_DIR: &str = "v1";
+const MAGIC: &[u8; 8] = b"WUWEIKV\0";
+const FORMAT_VERSION: u32 = 1;
+/// magic, version, identity, hash, dtype + 3 pad, 4 × u32 layout, payload length.
+const HEADER_BYTES: usize = 8 + 4 + 32 + 16 + 4 + 16 + 8;
+const CRC_BYTES: usize = 4;
+const EXTENSION: &str = "kv";
+
+/// Settings of the SSD tier.
+#[derive(Debug, Clone)]
+pub struct SsdConfig {
+    /// The cache folder (the `v1` layout folder goes inside).
+    pub dir: PathBuf,
+    /// Size cap; `None`: 10% of the filesystem's size. Always also ≤ 90% of the space the
+    /// cache could occupy (its own files plus what is free).
+    pub max_bytes: Option<u64>,
+    pub enabled: bool,
+    /// Blocks waiting for the writer before new ones are dropped.
+    pub queue_blocks: usize,
+    /// Longest the engine waits for the blocks of one prefix hit.
+    pub read_timeout: Duration,
+}
+
+impl SsdConfig {
+    pub fn new(dir: PathBuf) -> Self {
+        Self {
+            dir,
+            max_bytes: None,
+            enabled: true,
+            queue_blocks: 64,
+            read_timeout: Duration::from_millis(1000),
+        }
+    }
+}
+
+/// `~/Library/Caches/Wuwei/kv` on macOS, `$XDG_CACHE_HOME/wuwei/kv` (or `~/.cache/wuwei/kv`)
+/// elsewhere.
+pub fn default_dir() -> Option<PathBuf> {
+    let app = if cfg!(target_os = "macos") {
+        "Wuwei"
+    } else {
+        "wuwei"
+    };
+    dirs::cache_dir().map(|d| d.join(app).join("kv"))
+}
+
+/// A snapshot of the tier's counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct SsdStats {
+    pub enabled: bool,
+    pub scanning: bool,
+    pub files: u64,
+    pub bytes: u64,
+    pub cap_bytes: u64,
+    pub writes: u64,
+    pub write_errors: u64,
+    /// Blocks dropped because the write queue was full.
+    pub dropped: u64,
+    pub read_hits: u64,
+    /// Reads that failed on I/O or ran past the deadline.
+    pub read_failures: u64,
+    /// Files that failed the checksum or another check (deleted).
+    pub checksum_failures: u64,
+    pub evictions: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    writes: AtomicU64,
+    write_errors: AtomicU64,
+    dropped: AtomicU64,
+    read_hits: AtomicU64,
+    read_failures: AtomicU64,
+    checksum_failures: AtomicU64,
+    evictions: AtomicU64,
+}
+
+struct FileEntry {
+    path: PathBuf,
+    bytes: u64,
+    last_used: u64,
+}
+
+#[derive(Default)]
+struct Index {
+    files: HashMap<BlockHash, FileEntry>,
+    bytes: u64,
+    clock: u64,
+}
+
+impl Index {
+    fn add(&mut self, hash: BlockHash, path: PathBuf, bytes: u64, last_used: u64) {
+        if let Some(old) = self.files.insert(
+            hash,
+            FileEntry {
+                path,
+                bytes,
+                last_used,
+            },
+        ) {
+            self.bytes -= old.bytes;
+        }
+        self.bytes += bytes;
+    }
+
+    fn remove(&mut self, hash: &BlockHash) -> Option<FileEntry> {
+        let e = self.files.remove(hash)?;
+        self.bytes -= e.bytes;
+        Some(e)
+    }
+
+    fn tick(&mut self) -> u64 {
+        self.clock += 1;
+        self.clock
+    }
+}
+
+struct Shared {
+    root: PathBuf,
+    enabled: AtomicBool,
+    scan_started: AtomicBool,
+    scanning: AtomicBool,
+    /// Writes queued or in progress.
+    pending: AtomicU64,
+    configured_cap: Option<u64>,
+    /// The cap in force (refreshed from the filesystem's free space by the writer).
+    cap: AtomicU64,
+    index: Mutex<Index>,
+    counters: Counters,
+    write_error_logged: AtomicBool,
+    read_error_logged: AtomicBool,
+    corrupt_logged: AtomicBool,
+}
+
+struct WriteJob {
+    model: ModelIdentity,
+    hash: BlockHash,
+    block: Arc<KvBlock>,
+}
+
+struct ReadJob {
+    model: ModelIdentity,
+    hashes: Vec<BlockHash>,
+    layout: KvLayout,
+    /// Set by the engine when it stopped waiting.
+    abandoned: Arc<AtomicBool>,
+    reply: mpsc::Sender<Option<KvBlock>>,
+}
+
+/// The SSD tier, shared by every model's engine (and the admin API).
+pub struct SsdStore {
+    shared: Arc<Shared>,
+    writes: SyncSender<WriteJob>,
+    reads: Mutex<mpsc::Sender<ReadJob>>,
+    read_timeout: Duration,
+}
+
+impl std::fmt::Debug for SsdStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SsdStore")
+            .field("root", &self.shared.root)
+            .finish()
+    }
+}
+
+impl SsdStore {
+    /// Opens the store and starts its writer and reader threads (and the index scan when
+    /// enabled). Never fails: a folder that cannot be used shows up as counted errors.
+    pub fn open(config: SsdConfig) -> Arc<Self> {
+        let root = config.dir.join(LAYOUT_DIR);
+        let shared = Arc::new(Shared {
+            root,
+            enabled: AtomicBool::new(config.enabled),
+            scan_started: AtomicBool::new(false),
+            scanning: AtomicBool::new(false),
+            pending: AtomicU64::new(0),
+            configured_cap: config.max_bytes,
+            cap: AtomicU64::new(config.max_bytes.unwrap_or(u64::MAX)),
+            index: Mutex::new(Index::default()),
+            counters: Counters::default(),
+            write_error_logged: AtomicBool::new(false),
+            read_error_logged: AtomicBool::new(false),
+            corrupt_logged: AtomicBool::new(false),
+        });
+        refresh_cap(&shared);
+        let (wtx, wrx) = mpsc::sync_channel(config.queue_blocks.max(1));
+        let (rtx, rrx) = mpsc::channel();
+        let w = shared.clone();
+        let spawned_writer = std::thread::Builder::new()
+            .name("kv-ssd-writer".into())
+            .spawn(move || writer_loop(w, wrx));
+        let r = shared.clone();
+        let spawned_reader = std::thread::Builder::new()
+            .name("kv-ssd-reader".into())
+            .spawn(move || reader_loop(r, rrx));
+        if spawned_writer.is_err() || spawned_reader.is_err() {
+            tracing::warn!("cannot start the SSD cache threads; SSD cache disabled");
+            shared.enabled.store(false, Ordering::Relaxed);
+        }
+        let store = Arc::new(Self {
+            shared,
+            writes: wtx,
+            reads: Mutex::new(rtx),
+            read_timeout: config.read_timeout,
+        });
+        if config.enabled {
+            store.start_scan();
+        }
+        store
+    }
+
+    /// The `v1` folder the files live in.
+    pub fn root(&self) -> &Path {
+        &self.shared.root
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.shared.enabled.load(Ordering::Relaxed)
+    }
+
+    /// Turns the tier on or off at once: while off, nothing is written (queued blocks are
+    /// dropped) and nothing is read. Turning it on resumes without a restart.
+    pub fn set_enabled(&self, on: bool) {
+        self.shared.enabled.store(on, Ordering::Relaxed);
+        tracing::info!(enabled = on, "SSD KV cache toggled");
+        if on {
+            self.start_scan();
+        }
+    }
+
+    pub fn stats(&self) -> SsdStats {
+        let c = &self.shared.counters;
+        let (files, bytes) = {
+            let idx = self.shared.index.lock().unwrap();
+            (idx.files.len() as u64, idx.bytes)
+        };
+        SsdStats {
+            enabled: self.enabled(),
+            scanning: self.shared.scanning.load(Ordering::Relaxed),
+            files,
+            bytes,
+            cap_bytes: self.shared.cap.load(Ordering::Relaxed),
+            writes: c.writes.load(Ordering::Relaxed),
+            write_errors: c.write_errors.load(Ordering::Relaxed),
+            dropped: c.dropped.load(Ordering::Relaxed),
+            read_hits: c.read_hits.load(Ordering::Relaxed),
+            read_failures: c.read_failures.load(Ordering::Relaxed),
+            checksum_failures: c.checksum_failures.load(Ordering::Relaxed),
+            evictions: c.evictions.load(Ordering::Relaxed),
+        }
+    }
+
+    pub fn contains(&self, hash: &BlockHash) -> bool {
+        self.enabled() && self.shared.index.lock().unwrap().files.contains_key(hash)
+    }
+
+    /// How many of `hashes`, from the first, have a file (no I/O).
+    pub fn longest_prefix(&self, hashes: &[BlockHash]) -> usize {
+        if !self.enabled() {
+            return 0;
+        }
+        let idx = self.shared.index.lock().unwrap();
+        hashes
+            .iter()
+            .take_while(|h| idx.files.contains_key(h))
+            .count()
+    }
+
+    /// Queues a block for writing; never waits. Returns whether it was queued.
+    pub fn enqueue(&self, model: ModelIdentity, hash: BlockHash, block: Arc<KvBlock>) -> bool {
+        if !self.enabled() || self.shared.index.lock().unwrap().files.contains_key(&hash) {
+            return false;
+        }
+        // Counted before the send so that the writer never decrements below zero.
+        self.shared.pending.fetch_add(1, Ordering::Relaxed);
+        match self.writes.try_send(WriteJob { model, hash, block }) {
+            Ok(()) => true,
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                self.shared.pending.fetch_sub(1, Ordering::Relaxed);
+                self.shared.counters.dropped.fetch_add(1, Ordering::Relaxed);
+                false
+            }
+        }
+    }
+
+    /// Reads the blocks of `hashes` in order, stopping at the first that is missing or bad,
+    /// and waits at most the read timeout in all: what arrived by then is returned.
+    pub fn read_prefix(
+        &self,
+        model: ModelIdentity,
+        hashes: &[BlockHash],
+        layout: KvLayout,
+    ) -> Vec<KvBlock> {
+        if !self.enabled() || hashes.is_empty() {
+            return Vec::new();
+        }
+        let (tx, rx) = mpsc::channel();
+        let abandoned = Arc::new(AtomicBool::new(false));
+        let job = ReadJob {
+            model,
+            hashes: hashes.to_vec(),
+            layout,
+            abandoned: abandoned.clone(),
+            reply: tx,
+        };
+        if self.reads.lock().unwrap().send(job).is_err() {
+            return Vec::new();
+        }
+        let deadline = Instant::now() + self.read_timeout;
+        let mut blocks = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(Some(block)) => {
+                    blocks.push(block);
+                    if blocks.len() == hashes.len() {
+                        break;
+                    }
+                }
+                Ok(None) | Err(RecvTimeoutError::Disconnected) => break,
+                Err(RecvTimeoutError::Timeout) => {
+                    abandoned.store(true, Ordering::Relaxed);
+                    self.shared
+                        .counters
+                        .read_failures
+                        .fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(
+                        got = blocks.len(),
+                        wanted = hashes.len(),
+                        "SSD read timed out; recomputing the rest"
+                    );
+                    break;
+                }
+            }
+        }
+        self.shared
+            .counters
+            .read_hits
+            .fetch_add(blocks.len() as u64, Ordering::Relaxed);
+        blocks
+    }
+
+    /// Waits (tests, benchmarks, shutdown) until every queued write is done or `timeout`
+    /// passes; says whether the queue drained.
+    pub fn flush(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while self.shared.pending.load(Ordering::Relaxed) > 0 {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        true
+    }
+
+    fn start_scan(&self) {
+        if self.shared.scan_started.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        self.shared.scanning.store(true, Ordering::Relaxed);
+        let shared = self.shared.clone();
+        let spawned = std::thread::Builder::new()
+            .name("kv-ssd-scan".into())
+            .spawn(move || {
+                let started = Instant::now();
+                scan(&shared);
+                shared.scanning.store(false, Ordering::Relaxed);
+                let idx = shared.index.lock().unwrap();
+                tracing::info!(
+                    files = idx.files.len(),
+                    bytes = idx.bytes,
+                    ms = started.elapsed().as_millis() as u64,
+                    dir = %shared.root.display(),
+                    "SSD KV cache index ready"
+                );
+            });
+        if spawned.is_err() {
+            self.shared.scanning.store(false, Ordering::Relaxed);
+        }
+    }
+}
+
+fn file_path(root: &Path, model: &ModelIdentity, hash: &BlockHash) -> PathBuf {
+    let h = hash.to_hex();
+    root.join(&model.to_hex()[..16])
+        .join(&h[..2])
+        .join(format!("{h}.{EXTENSION}"))
+}
+
+fn log_once(flag: &AtomicBool, what: &str, path: &Path, err: &dyn std::fmt::Display) {
+    if !flag.swap(true, Ordering::Relaxed) {
+        tracing::warn!(path = %path.display(), error = %err, "{what} (further errors of this kind are counted in /metrics, not logged)");
+    }
+}
+
+/// Sets the cap in force: the configured one (default 10% of the filesystem) and at most 90%
+/// of the space the cache could occupy (its own bytes plus the free space).
+fn refresh_cap(shared: &Shared) {
+    let ours = shared.index.lock().unwrap().bytes;
+    let mut probe = shared.root.clone();
+    while !probe.exists() {
+        if !probe.pop() {
+            break;
+        }
+    }
+    let cap = match fs_space(&probe) {
+        Some((total, free)) => {
+            let configured = shared.configured_cap.unwrap_or(total / 10);
+            configured.min((ours + free) / 10 * 9)
+        }
+        None => shared.configured_cap.unwrap_or(u64::MAX),
+    };
+    shared.cap.store(cap, Ordering::Relaxed);
+}
+
+/// (total, available) bytes of the filesystem holding `path`.
+fn fs_space(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a valid NUL-terminated path and `st` a properly sized out-parameter.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return None;
+    }
+    let frsize = st.f_frsize as u64;
+    Some((st.f_blocks as u64 * frsize, st.f_bavail as u64 * frsize))
+}
+
+fn encode(model: &ModelIdentity, hash: &BlockHash, block: &KvBlock) -> Vec<u8> {
+    let l = &block.layout;
+    let mut out = Vec::with_capacity(HEADER_BYTES + block.data.len() + CRC_BYTES);
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+    out.extend_from_slice(&model.0);
+    out.extend_from_slice(&hash.0);
+    out.extend_from_slice(&[l.dtype as u8, 0, 0, 0]);
+    for v in [l.layers, l.kv_heads, l.head_dim, l.block_size] {
+        out.extend_from_slice(&(v as u32).to_le_bytes());
+    }
+    out.extend_from_slice(&(block.data.len() as u64).to_le_bytes());
+    out.extend_from_slice(&block.data);
+    let crc = crc32fast::hash(&out);
+    out.extend_from_slice(&crc.to_le_bytes());
+    out
+}
+
+/// Why a file was rejected.
+#[derive(Debug, PartialEq, Eq)]
+enum Reject {
+    Corrupt(&'static str),
+}
+
+fn decode(
+    bytes: &[u8],
+    model: &ModelIdentity,
+    hash: &BlockHash,
+    layout: &KvLayout,
+) -> Result<KvBlock, Reject> {
+    if bytes.len() < HEADER_BYTES + CRC_BYTES {
+        return Err(Reject::Corrupt("truncated"));
+    }
+    if &bytes[..8] != MAGIC {
+        return Err(Reject::Corrupt("bad magic"));
+    }
+    let u32_at = |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes"));
+    if u32_at(8) != FORMAT_VERSION {
+        return Err(Reject::Corrupt("foreign format version"));
+    }
+    let (body, crc) = bytes.split_at(bytes.len() - CRC_BYTES);
+    if crc32fast::hash(body) != u32::from_le_bytes(crc.try_into().expect("4 bytes")) {
+        return Err(Reject::Corrupt("checksum mismatch"));
+    }
+    if bytes[12..44] != model.0 || bytes[44..60] != hash.0 {
+        return Err(Reject::Corrupt("written for another model or block"));
+    }
+    let dtype = KvDtype::from_code(bytes[60]).ok_or(Reject::Corrupt("unknown dtype"))?;
+    let stored = KvLayout {
+        dtype,
+        layers: u32_at(64) as usize,
+        kv_heads: u32_at(68) as usize,
+        head_dim: u32_at(72) as usize,
+        block_size: u32_at(76) as usize,
+    };
+    let len = u64::from_le_bytes(bytes[80..88].try_into().expect("8 bytes")) as usize;
+    if stored != *layout || len != layout.block_bytes() || HEADER_BYTES + len != body.len() {
+        return Err(Reject::Corrupt("layout differs from the model's"));
+    }
+    Ok(KvBlock {
+        layout: stored,
+        data: body[HEADER_BYTES..].to_vec(),
+    })
+}
+
+fn write_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = path.parent().expect("block files live in a folder");
+    fs::create_dir_all(dir)?;
+    let tmp = dir.join(format!(
+        ".{}.{}.tmp",
+        path.file_name().unwrap_or_default().to_string_lossy(),
+        std::process::id()
+    ));
+    let result = (|| {
+        let mut f = File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        drop(f);
+        fs::rename(&tmp, path)
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+fn writer_loop(shared: Arc<Shared>, jobs: Receiver<WriteJob>) {
+    let mut last_cap_refresh = Instant::now();
+    for job in jobs {
+        write_one(&shared, job, &mut last_cap_refresh);
+        shared.pending.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+fn write_one(shared: &Shared, job: WriteJob, last_cap_refresh: &mut Instant) {
+    if !shared.enabled.load(Ordering::Relaxed) {
+        shared.counters.dropped.fetch_add(1, Ordering::Relaxed);
+        return;
+    }
+    if shared.index.lock().unwrap().files.contains_key(&job.hash) {
+        return;
+    }
+    if last_cap_refresh.elapsed() > Duration::from_secs(2) {
+        refresh_cap(shared);
+        *last_cap_refresh = Instant::now();
+    }
+    let bytes = encode(&job.model, &job.hash, &job.block);
+    let cap = shared.cap.load(Ordering::Relaxed);
+    if bytes.len() as u64 > cap {
+        // No room at all (the filesystem is full): the block is not kept.
+        shared.counters.dropped.fetch_add(1, Ordering::Relaxed);
+        return;
+    }
+    make_room(shared, cap.saturating_sub(bytes.len() as u64));
+    let path = file_path(&shared.root, &job.model, &job.hash);
+    match write_file(&path, &bytes) {
+        Ok(()) => {
+            shared.counters.writes.fetch_add(1, Ordering::Relaxed);
+            let mut idx = shared.index.lock().unwrap();
+            let t = idx.tick();
+            idx.add(job.hash, path, bytes.len() as u64, t);
+        }
+        Err(e) => {
+            shared.counters.write_errors.fetch_add(1, Ordering::Relaxed);
+            log_once(
+                &shared.write_error_logged,
+                "cannot write the SSD KV cache",
+                &path,
+                &e,
+            );
+            // Disk full: recompute the cap from the free space left.
+            refresh_cap(shared);
+        }
+    }
+}
+
+/// Deletes least recently used files until the cache holds at most `limit` bytes.
+fn make_room(shared: &Shared, limit: u64) {
+    let victims: Vec<PathBuf> = {
+        let mut idx = shared.index.lock().unwrap();
+        if idx.bytes <= limit {
+            return;
+        }
+        // Evict down to 90% of the limit so that eviction is not paid on every write.
+        let target = limit / 10 * 9;
+        let mut order: Vec<(u64, BlockHash)> =
+            idx.files.iter().map(|(h, e)| (e.last_used, *h)).collect();
+        order.sort_unstable();
+        let mut out = Vec::new();
+        for (_, h) in order {
+            if idx.bytes <= target {
+                break;
+            }
+            if let Some(e) = idx.remove(&h) {
+                out.push(e.path);
+            }
+        }
+        out
+    };
+    shared
+        .counters
+        .evictions
+        .fetch_add(victims.len() as u64, Ordering::Relaxed);
+    for p in victims {
+        let _ = fs::remove_file(p);
+    }
+}
+
+fn reader_loop(shared: Arc<Shared>, jobs: Receiver<ReadJob>) {
+    for job in jobs {
+        for hash in &job.hashes {
+            if job.abandoned.load(Ordering::Relaxed) || !shared.enabled.load(Ordering::Relaxed) {
+                break;
+            }
+            let block = read_one(&shared, &job.model, hash, &job.layout);
+            let stop = block.is_none();
+            if job.reply.send(block).is_err() || stop {
+                break;
+            }
+        }
+        let _ = job.reply.send(None);
+    }
+}
+
+fn read_one(
+    shared: &Shared,
+    model: &ModelIdentity,
+    hash: &BlockHash,
+    layout: &KvLayout,
+) -> Option<KvBlock> {
+    let path = {
+        let mut idx = shared.index.lock().unwrap();
+        let t = idx.tick();
+        let e = idx.files.get_mut(hash)?;
+        e.last_used = t;
+        e.path.clone()
+    };
+    let expected = (HEADER_BYTES + layout.block_bytes() + CRC_BYTES) as u64;
+    let mut bytes = Vec::with_capacity(expected as usize);
+    let read = File::open(&path).and_then(|f| f.take(expected + 1).read_to_end(&mut bytes));
+    if let Err(e) = read {
+        shared.index.lock().unwrap().remove(hash);
+        shared
+            .counters
+            .read_failures
+            .fetch_add(1, Ordering::Relaxed);
+        log_once(
+            &shared.read_error_logged,
+            "cannot read the SSD KV cache",
+            &path,
+            &e,
+        );
+        return None;
+    }
+    match decode(&bytes, model, hash, layout) {
+        Ok(block) => Some(block),
+        Err(Reject::Corrupt(why)) => {
+            shared.index.lock().unwrap().remove(hash);
+            shared
+                .counters
+                .checksum_failures
+                .fetch_add(1, Ordering::Relaxed);
+            log_once(
+                &shared.corrupt_logged,
+                "corrupt SSD KV cache file deleted",
+                &path,
+                &why,
+            );
+            let _ = fs::remove_file(&path);
+            None
+        }
+    }
+}
+
+/// Rebuilds the index from the files on disk: most recently modified counts as most recently
+/// used. Stray temp files (a crash mid-write) are removed.
+fn scan(shared: &Shared) {
+    let mut found: Vec<(SystemTime, BlockHash, PathBuf, u64)> = Vec::new();
+    let dirs = |p: &Path| -> Vec<PathBuf> {
+        fs::read_dir(p)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.is_dir())
+            .collect()
+    };
+    for model_dir in dirs(&shared.root) {
+        for sub in dirs(&model_dir) {
+            for entry in fs::read_dir(&sub).into_iter().flatten().flatten() {
+                let path = entry.path();
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if name.ends_with(".tmp") {
+                    let _ = fs::remove_file(&path);
+                    continue;
+                }
+                let Some(hash) = name
+                    .strip_suffix(&format!(".{EXTENSION}"))
+                    .and_then(BlockHash::from_hex)
+                else {
+                    continue;
+                };
+                if let Ok(meta) = entry.metadata() {
+                    let mtime = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
+                    found.push((mtime, hash, path, meta.len()));
+                }
+            }
+        }
+    }
+    found.sort_by_key(|(t, ..)| *t);
+    let mut idx = shared.index.lock().unwrap();
+    for (_, hash, path, bytes) in found {
+        if !idx.files.contains_key(&hash) {
+            let t = idx.tick();
+            idx.add(hash, path, bytes, t);
+        }
+    }
+    // Files written while scanning are newer than every scanned one.
+    let clock = idx.clock;
+    for e in idx.files.values_mut() {
+        if e.last_used > clock {
+            e.last_used = clock;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn layout() -> KvLayout {
+        KvLayout {
+            layers: 2,
+            kv_heads: 1,
+            head_dim: 2,
+            block_size: 2,
+            dtype: KvDtype::F32,
+        }
+    }
+
+    fn block(fill: u8) -> KvBlock {
+        KvBlock {
+            layout: layout(),
+            data: vec![fill; layout().block_bytes()],
+        }
+    }
+
+    fn store(dir: &Path) -> Arc<SsdStore> {
+        let mut cfg = SsdConfig::new(dir.to_path_buf());
+        cfg.max_bytes = Some(1 << 20);
+        SsdStore::open(cfg)
+    }
+
+    fn wait_scan(s: &SsdStore) {
+        while s.stats().scanning {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    fn ids(n: u8) -> (ModelIdentity, BlockHash) {
+        (ModelIdentity([7; 32]), BlockHash([n; 16]))
+    }
+
+    #[test]
+    fn write_then_read_back_after_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path());
+        wait_scan(&s);
+        let (m, h) = ids(1);
+        assert!(s.enqueue(m, h, Arc::new(block(3))));
+        assert!(s.flush(Duration::from_secs(5)));
+        assert_eq!(s.longest_prefix(&[h, ids(2).1]), 1);
+        assert_eq!(s.read_prefix(m, &[h], layout()), vec![block(3)]);
+        drop(s);
+        let s = store(dir.path());
+        wait_scan(&s);
+        assert_eq!(s.read_prefix(m, &[h], layout()), vec![block(3)]);
+        // Another model never gets it.
+        assert!(s
+            .read_prefix(ModelIdentity([8; 32]), &[h], layout())
+            .is_empty());
+        assert_eq!(s.stats().checksum_failures, 1);
+    }
+
+    #[test]
+    fn corrupt_truncated_and_foreign_files_are_deleted_and_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path());
+        wait_scan(&s);
+        let m = ids(0).0;
+        for n in 1..=3 {
+            s.enqueue(m, ids(n).1, Arc::new(block(n)));
+        }
+        s.flush(Duration::from_secs(5));
+        let p = |n| file_path(s.root(), &m, &ids(n).1);
+        let mut bytes = fs::read(p(1)).unwrap();
+        bytes[HEADER_BYTES + 1] ^= 0xff;
+        fs::write(p(1), &bytes).unwrap();
+        let bytes = fs::read(p(2)).unwrap();
+        fs::write(p(2), &bytes[..bytes.len() / 2]).unwrap();
+        let mut bytes = fs::read(p(3)).unwrap();
+        bytes[8] = 99; // format version
+        fs::write(p(3), &bytes).unwrap();
+        for n in 1..=3 {
+            assert!(s.read_prefix(m, &[ids(n).1], layout()).is_empty());
+            assert!(!p(n).exists());
+            assert!(!s.contains(&ids(n).1));
+        }
+        assert_eq!(s.stats().checksum_failures, 3);
+    }
+
+    #[test]
+    fn a_bad_block_ends_the_prefix() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path());
+        wait_scan(&s);
+        let m = ids(0).0;
+        for n in 1..=3 {
+            s.enqueue(m, ids(n).1, Arc::new(block(n)));
+        }
+        s.flush(Duration::from_secs(5));
+        fs::write(file_path(s.root(), &m, &ids(2).1), b"junk").unwrap();
+        let got = s.read_prefix(m, &[ids(1).1, ids(2).1, ids(3).1], layout());
+        assert_eq!(got, vec![block(1)]);
+    }
+
+    #[test]
+    fn disabled_store_neither_writes_nor_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path());
+        wait_scan(&s);
+        let (m, h) = ids(1);
+        s.enqueue(m, h, Arc::new(block(1)));
+        s.flush(Duration::from_secs(5));
+        s.set_enabled(false);
+        assert!(!s.contains(&h));
+        assert!(s.read_prefix(m, &[h], layout()).is_empty());
+        assert!(!s.enqueue(m, ids(2).1, Arc::new(block(2))));
+        s.set_enabled(true);
+        assert_eq!(s.read_prefix(m, &[h], layout()).len(), 1);
+    }
+
+    #[test]
+    fn cap_evicts_least_recently_used() {
+        let dir = tempfile::tempdir().unwrap();
+        let one = encode(&ids(0).0, &ids(0).1, &block(0)).len() as u64;
+        let mut cfg = SsdConfig::new(dir.path().to_path_buf());
+        cfg.max_bytes = Some(one * 3);
+        let s = SsdStore::open(cfg);
+        wait_scan(&s);
+        let m = ids(0).0;
+        for n in 1..=3 {
+            s.enqueue(m, ids(n).1, Arc::new(block(n)));
+            s.flush(Duration::from_secs(5));
+        }
+        // Reading block 1 makes block 2 the least recently used.
+        assert_eq!(s.read_prefix(m, &[ids(1).1], layout()).len(), 1);
+        s.enqueue(m, ids(4).1, Arc::new(block(4)));
+        s.flush(Duration::from_secs(5));
+        assert!(s.contains(&ids(1).1) && s.contains(&ids(4).1));
+        assert!(!s.contains(&ids(2).1));
+        assert!(s.stats().bytes <= one * 3);
+        assert!(s.stats().evictions >= 1);
+    }
+
+    #[test]
+    fn unwritable_folder_counts_errors() {
+        // A regular file where a folder should be: every write fails (root ignores modes).
+        let file = tempfile::NamedTempFile::new().unwrap();
+        let s = store(&file.path().join("kv"));
+        wait_scan(&s);
+        let (m, h) = ids(1);
+        s.enqueue(m, h, Arc::new(block(1)));
+        s.flush(Duration::from_secs(5));
+        assert_eq!(s.stats().write_errors, 1);
+        assert_eq!(s.stats().writes, 0);
+        assert!(s.read_prefix(m, &[h], layout()).is_empty());
+    }
+
+    #[test]
+    fn stray_temp_files_are_removed_by_the_scan() {
+        let dir = tempfile::tempdir().unwrap();
+        let sub = dir.path().join(LAYOUT_DIR).join("abcd").join("ab");
+        fs::create_dir_all(&sub).unwrap();
+        fs::write(sub.join(".x.kv.1.tmp"), b"partial").unwrap();
+        let s = store(dir.path());
+        wait_scan(&s);
+        assert!(!sub.join(".x.kv.1.tmp").exists());
+        assert_eq!(s.stats().files, 0);
+    }
+}
