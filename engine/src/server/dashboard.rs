@@ -32,7 +32,9 @@ pub fn router<S: Clone + Send + Sync + 'static>() -> Router<S> {
 fn ui_dir() -> Option<&'static Path> {
     static DIR: OnceLock<Option<PathBuf>> = OnceLock::new();
     DIR.get_or_init(|| {
-        let found = candidates().into_iter().find(|d| d.join("index.html").is_file());
+        let found = candidates()
+            .into_iter()
+            .find(|d| d.join("index.html").is_file());
         match &found {
             Some(dir) => tracing::info!("dashboard served from {}", dir.display()),
             None => tracing::info!("no built dashboard found (run `npm run build` in ui/)"),
@@ -159,7 +161,16 @@ mod tests {
     fn asset_paths_stay_inside_the_folder() {
         assert!(is_safe_asset_path("index-AbC_12.js"));
         assert!(is_safe_asset_path("fonts/a.woff2"));
-        for bad in ["", "../secret", "a/../../b", "/etc/passwd", "a//b", "a\\b", "%2e%2e", "."] {
+        for bad in [
+            "",
+            "../secret",
+            "a/../../b",
+            "/etc/passwd",
+            "a//b",
+            "a\\b",
+            "%2e%2e",
+            ".",
+        ] {
             assert!(!is_safe_asset_path(bad), "{bad:?} accepted");
         }
     }
