@@ -2,6 +2,7 @@
 //! Protocol adapters translate to the canonical [`crate::core`] types and back.
 
 pub mod anthropic;
+pub mod dashboard;
 pub mod errors;
 
 pub mod openai;
@@ -69,6 +70,7 @@ pub fn router_with_admin(
     Router::new()
         .route("/health", get(health))
         .route("/metrics", get(render_metrics))
+        .merge(dashboard::router())
         .merge(api)
         // A route layer runs after routing, so it sees the matched path (a bounded label).
         .route_layer(middleware::from_fn(record_http_metrics))
