@@ -31,3 +31,6 @@ cargo test --workspace --no-fail-fast 2>&1 | tee .deps/cargo-test.log
 step "end-to-end tests (pytest)"
 export WUWEI_BIN=$ROOT/target/debug/wuwei WUWEI_TEST_MODELS=$MODELS
 .venv/bin/python -m pytest -q tests/e2e
+
+step "dashboard (vitest + headless Chromium against the real daemon)"
+WUWEI_BIN="$ROOT/target/debug/wuwei" tests/ui/run.sh
