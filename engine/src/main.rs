@@ -160,7 +160,7 @@ fn serve(args: wuwei::config::ServeArgs) -> anyhow::Result<()> {
         wuwei::watcher::spawn(registry.clone(), wuwei::watcher::WatchTiming::default())?;
     }
     let runtime = tokio::runtime::Runtime::new()?;
-    runtime.block_on(async move {
+    let served = runtime.block_on(async move {
         // Pinned models and the default one load right away, so /health turns ok when they
         // are ready.
         let r = registry.clone();
@@ -168,7 +168,11 @@ fn serve(args: wuwei::config::ServeArgs) -> anyhow::Result<()> {
         tokio::spawn(registry.clone().run_monitor());
         let admin = wuwei::admin::router(registry.clone(), &cfg);
         wuwei::server::serve_with_admin(cfg, registry, Some(admin)).await
-    })
+    });
+    // The server has drained its streams. Don't let blocking work still in flight (a model
+    // load, file scans) hold the exit: engine threads end with the process.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+    served
 }
 
 /// `wuwei ls|ps|load|…`: clients of the running daemon's admin API.
