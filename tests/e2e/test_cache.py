@@ -289,7 +289,7 @@ def _unshare_wrapper(tmp_path, mount_options):
 def test_unusable_cache_folder_costs_only_the_cache(tmp_path, reference, monkeypatch, case):
     # disk_full: the filesystem runs out of inodes after a couple of files (ENOSPC);
     # read_only: every write fails (EROFS).
-    options = "size=64m,nr_inodes=6" if case == "disk_full" else "ro,size=1m"
+    options = "size=64m,nr_inodes=6" if case == "disk_full" else "ro,size=64m"
     wrapper, cache = _unshare_wrapper(tmp_path, options)
     prompts = [_text(f"{case}-{i}", 40) for i in range(3)]
     expected = reference("native", prompts)
