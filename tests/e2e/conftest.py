@@ -44,6 +44,8 @@ def running_daemon(log_dir, extra_env=None, extra_args=(), models=None):
     for var in ("WUWEI_API_KEY", "WUWEI_CONFIG", "WUWEI_HOST", "WUWEI_PORT", "WUWEI_MODELS"):
         env.pop(var, None)
     env.setdefault("WUWEI_LOG", "info")
+    # Each test daemon gets its own SSD KV-cache folder: no state shared between tests or runs.
+    env["WUWEI_KV_SSD_DIR"] = str(Path(log_dir) / "kv")
     env.update(extra_env or {})
     proc = subprocess.Popen(
         [str(binary), "serve", "--host", "127.0.0.1", "--port", str(port), "--models", models, *extra_args],
