@@ -134,6 +134,8 @@ fn serve(args: wuwei::config::ServeArgs) -> anyhow::Result<()> {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(500);
+    let kv = wuwei::kv::KvConfig::from_config(&cfg);
+    let ssd = kv.ssd.clone();
     let registry = wuwei::registry::Registry::new(wuwei::registry::RegistryConfig {
         model_dirs: cfg.models_dirs.clone(),
         default_model: cfg.default_model.clone(),
@@ -141,7 +143,7 @@ fn serve(args: wuwei::config::ServeArgs) -> anyhow::Result<()> {
         scheduler: wuwei::scheduler::SchedulerConfig {
             max_running: cfg.max_running,
             prefill_chunk: cfg.prefill_chunk,
-            kv: wuwei::kv::KvConfig::from_config(&cfg),
+            kv,
         },
         max_queue: cfg.max_queue,
         weights_mode: cfg.weights,
@@ -172,7 +174,26 @@ fn serve(args: wuwei::config::ServeArgs) -> anyhow::Result<()> {
     // The server has drained its streams. Don't let blocking work still in flight (a model
     // load, file scans) hold the exit: engine threads end with the process.
     runtime.shutdown_timeout(std::time::Duration::from_secs(2));
-    served
+    // KV blocks still queued for the SSD tier get a moment to reach the disk.
+    if let Some(ssd) = &ssd {
+        ssd.flush(std::time::Duration::from_secs(2));
+    }
+    let code = match &served {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("Error: {e:#}");
+            1
+        }
+    };
+    // Leave without running C++ static destructors: libmlx's global state (allocator, stream
+    // threads) would be torn down while an engine thread may still be inside MLX (a load that
+    // just finished, a step), which corrupted the heap at exit (seen: "malloc(): invalid size"
+    // and SIGABRT after SIGTERM). Everything that must persist is already on disk.
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    let _ = std::io::stderr().flush();
+    // SAFETY: _exit only ends the process; no Rust state is used afterwards.
+    unsafe { libc::_exit(code) }
 }
 
 /// `wuwei ls|ps|load|…`: clients of the running daemon's admin API.
