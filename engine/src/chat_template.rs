@@ -25,6 +25,9 @@ const REASONING_FIELDS: [&str; 3] = ["reasoning_content", "thinking", "reasoning
 pub struct ChatTemplates {
     env: Environment<'static>,
     names: Vec<String>,
+    /// Whether the template used with tools mentions `tools` at all (SmolLM2's does not),
+    /// decided once here rather than per request.
+    renders_tools: bool,
 }
 
 impl std::fmt::Debug for ChatTemplates {
@@ -93,24 +96,30 @@ impl ChatTemplates {
                 })?;
             names.push(name);
         }
-        Ok(Self { env, names })
+        let mut templates = Self {
+            env,
+            names,
+            renders_tools: false,
+        };
+        templates.renders_tools = templates
+            .select(true)
+            .ok()
+            .and_then(|name| templates.env.get_template(name).ok())
+            .is_some_and(|t| t.source().contains("tools"));
+        Ok(templates)
     }
 
     pub fn names(&self) -> &[String] {
         &self.names
     }
 
-    /// Picks the template the way `transformers` does: the only one if there is one;
-    /// otherwise `tool_use` when tools are given and it exists, else `default`.
-    /// The Jinja source of the template `select` picks.
-    pub fn source(&self, with_tools: bool) -> Option<String> {
-        let name = self.select(with_tools).ok()?;
-        self.env
-            .get_template(name)
-            .ok()
-            .map(|t| t.source().to_owned())
+    /// Whether the template used with tools renders them at all.
+    pub fn renders_tools(&self) -> bool {
+        self.renders_tools
     }
 
+    /// Picks the template the way `transformers` does: the only one if there is one;
+    /// otherwise `tool_use` when tools are given and it exists, else `default`.
     pub fn select(&self, with_tools: bool) -> Result<&str, TokenizerError> {
         if let [only] = self.names.as_slice() {
             return Ok(only);

@@ -234,8 +234,7 @@ impl Tokenizer {
     pub fn template_renders_tools(&self) -> bool {
         self.chat_templates
             .as_ref()
-            .and_then(|t| t.source(true))
-            .is_some_and(|source| source.contains("tools"))
+            .is_some_and(|t| t.renders_tools())
     }
 
     /// Renders the chat template as `apply_chat_template(..., tokenize=False)` does.
