@@ -7,6 +7,7 @@ use mlx_rs::ops::{concatenate, zeros_dtype};
 use mlx_rs::Array;
 
 use crate::mlx_ext::{slice_axis, slice_update_axis};
+use crate::slot_cache::SharedSlots;
 
 /// Keys and values of one sequence, for every layer.
 pub trait KvCache: Send {
@@ -22,6 +23,27 @@ pub trait KvCache: Send {
     ) -> Result<(Array, Array), Exception>;
     /// Called once after every layer stored `n` new positions.
     fn advance(&mut self, n: usize);
+    /// Keys and values of positions `start..end` of `layer` (`[1, kv_heads, end-start,
+    /// dim]`), if the cache holds them.
+    fn range(
+        &self,
+        layer: usize,
+        start: i32,
+        end: i32,
+    ) -> Result<Option<(Array, Array)>, Exception>;
+    /// Stores `keys`/`values` of `layer` at `offset()` without attention (prefix reuse);
+    /// call `advance` once every layer is loaded.
+    fn load_layer(&mut self, layer: usize, keys: Array, values: Array) -> Result<(), Exception> {
+        self.update_and_fetch(layer, keys, values).map(|_| ())
+    }
+    fn num_layers(&self) -> usize;
+    /// Forgets everything stored (the next write starts at position 0).
+    fn reset(&mut self);
+    /// The shared slot pool this cache lives in, and its slot: sequences of one pool decode
+    /// with one batched attention (see `slot_cache`).
+    fn slot_ref(&self) -> Option<(&SharedSlots, usize)> {
+        None
+    }
 }
 
 /// Buffers grow in steps of this many positions, so that decoding does not reallocate per token.
@@ -41,40 +63,9 @@ impl DenseKvCache {
         }
     }
 
-    pub fn num_layers(&self) -> usize {
-        self.layers.len()
-    }
-
     /// The buffers of `layer` (capacity included), if it holds anything.
     pub fn layer(&self, layer: usize) -> Option<&(Array, Array)> {
         self.layers.get(layer)?.as_ref()
-    }
-
-    /// Keys and values of positions `start..end` of `layer` (`[1, kv_heads, end-start, dim]`).
-    pub fn range(
-        &self,
-        layer: usize,
-        start: i32,
-        end: i32,
-    ) -> Result<Option<(Array, Array)>, Exception> {
-        let Some((k, v)) = self.layer(layer) else {
-            return Ok(None);
-        };
-        Ok(Some((
-            slice_axis(k, 2, start, end)?,
-            slice_axis(v, 2, start, end)?,
-        )))
-    }
-
-    /// Stores `keys`/`values` of `layer` at `offset()` without attention (prefix reuse);
-    /// call `advance` once every layer is loaded.
-    pub fn load_layer(
-        &mut self,
-        layer: usize,
-        keys: Array,
-        values: Array,
-    ) -> Result<(), Exception> {
-        self.update_and_fetch(layer, keys, values).map(|_| ())
     }
 
     /// Bytes held by the buffers (capacity, not just the used part).
@@ -130,5 +121,29 @@ impl KvCache for DenseKvCache {
 
     fn advance(&mut self, n: usize) {
         self.offset += n;
+    }
+
+    fn range(
+        &self,
+        layer: usize,
+        start: i32,
+        end: i32,
+    ) -> Result<Option<(Array, Array)>, Exception> {
+        let Some((k, v)) = self.layer(layer) else {
+            return Ok(None);
+        };
+        Ok(Some((
+            slice_axis(k, 2, start, end)?,
+            slice_axis(v, 2, start, end)?,
+        )))
+    }
+
+    fn num_layers(&self) -> usize {
+        self.layers.len()
+    }
+
+    fn reset(&mut self) {
+        self.layers.iter_mut().for_each(|l| *l = None);
+        self.offset = 0;
     }
 }

@@ -21,6 +21,7 @@ pub mod registry;
 pub mod sampler;
 pub mod scheduler;
 pub mod server;
+pub mod slot_cache;
 pub mod stop;
 pub mod tokenizer;
 pub mod watcher;

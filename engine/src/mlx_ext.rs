@@ -104,3 +104,33 @@ pub fn slice_update_axis(
     s[axis] = start;
     slice_update(src, update, &s)
 }
+
+/// A copy of `a` with `updates` written at the positions `indices` give along `axes`
+/// (`mlx.core` scatter: `updates` is `indices`' broadcast shape followed by `a`'s shape with
+/// the indexed axes of size 1).
+pub fn scatter(
+    a: &Array,
+    indices: &[Array],
+    updates: &Array,
+    axes: &[i32],
+) -> Result<Array, MlxOpError> {
+    let stream = Stream::thread_local_or_default();
+    let ptrs: Vec<mlx_sys::mlx_array> = indices.iter().map(|i| i.as_ptr()).collect();
+    // SAFETY: the vector copies the array handles it is given (MLX reference counts them) and
+    // is freed here; all other pointers are valid for the lengths passed.
+    unsafe {
+        let vec = mlx_sys::mlx_vector_array_new_data(ptrs.as_ptr(), ptrs.len());
+        let mut res = mlx_sys::mlx_array_new();
+        let status = mlx_sys::mlx_scatter(
+            &mut res,
+            a.as_ptr(),
+            vec,
+            updates.as_ptr(),
+            axes.as_ptr(),
+            axes.len(),
+            stream.as_ptr(),
+        );
+        mlx_sys::mlx_vector_array_free(vec);
+        finish(status, res, "scatter")
+    }
+}

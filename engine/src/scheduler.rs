@@ -23,6 +23,7 @@ use crate::metrics;
 use crate::model::{BatchSeq, LanguageModel, Logits};
 use crate::output_parser::{OutputParser, ParserConfig};
 use crate::sampler::{top_logprobs, Sampler};
+use crate::slot_cache::{SharedSlots, SlotKvCache};
 use crate::stop::{StopMatcher, StopOutcome};
 use crate::tokenizer::Tokenizer;
 
@@ -77,7 +78,8 @@ pub struct EngineStats {
 /// One sequence in the running batch.
 struct Sequence {
     req: SeqRequest,
-    cache: DenseKvCache,
+    /// Its slot in the engine's KV pool.
+    cache: SlotKvCache,
     /// Its blocks in the prefix cache.
     blocks: SeqBlocks,
     /// Prompt tokens taken from the prefix cache.
@@ -116,6 +118,8 @@ pub struct Engine {
     stats: Arc<EngineStats>,
     model_id: String,
     prefix: Option<PrefixCache>,
+    /// KV of the running sequences, one slot each.
+    slots: SharedSlots,
 }
 
 impl Engine {
@@ -135,11 +139,12 @@ impl Engine {
             }
         };
         Self {
-            model,
             tokenizer,
             eos,
             config,
             stats,
+            slots: SharedSlots::new(model.num_layers()),
+            model,
             model_id,
             prefix,
         }
@@ -214,7 +219,7 @@ impl Engine {
         let sampler = Sampler::new(req.sampling.clone());
         let stop = StopMatcher::new(&req.stop);
         let parser = OutputParser::new(req.parser);
-        let mut cache = DenseKvCache::new(self.model.num_layers());
+        let mut cache = self.slots.acquire();
         let mut blocks = SeqBlocks::default();
         // The longest cached prefix goes straight into the cache; only the rest is prefilled.
         let cached = match self.prefix.as_mut() {
@@ -243,7 +248,11 @@ impl Engine {
     }
 
     fn publish_gauges(&self, running: &[Sequence], waiting: usize) {
-        let kv: usize = running.iter().map(|s| s.cache.nbytes()).sum();
+        let kv = if running.is_empty() {
+            0
+        } else {
+            self.slots.nbytes()
+        };
         self.stats.running.store(running.len(), Ordering::Relaxed);
         self.stats.kv_bytes.store(kv, Ordering::Relaxed);
         metrics::set_requests_running(&self.model_id, running.len());

@@ -21,7 +21,7 @@ use paged::{blocks_from_cache, fill_cache_from_blocks, KvBlock, KvLayout};
 use prefix::{chain_hashes, chain_hashes_from, chain_root, BlockHash, ModelIdentity};
 use ssd::SsdStore;
 
-use crate::kv_cache::{DenseKvCache, KvCache};
+use crate::kv_cache::KvCache;
 use crate::metrics;
 
 /// Default positions per block. Measured with SmolLM2-135M on CPU (bench/cache_bench.py and
@@ -211,7 +211,7 @@ impl PrefixCache {
     pub fn admit(
         &mut self,
         prompt: &[u32],
-        cache: &mut DenseKvCache,
+        cache: &mut dyn KvCache,
         blocks: &mut SeqBlocks,
     ) -> usize {
         let b = self.layout.block_size;
@@ -252,7 +252,7 @@ impl PrefixCache {
         if let Err(e) = fill_cache_from_blocks(cache, &found) {
             // Never fatal: compute the whole prompt instead.
             tracing::warn!(model = %self.model, error = %e, "prefix cache fill failed; recomputing");
-            *cache = DenseKvCache::new(self.layout.layers);
+            cache.reset();
             self.release(blocks);
             found.clear();
         }
@@ -267,7 +267,7 @@ impl PrefixCache {
 
     /// Publishes the full blocks of `tokens` that `cache` now holds and this sequence has not
     /// published yet. The sequence keeps a reference on each.
-    pub fn publish(&mut self, tokens: &[u32], cache: &DenseKvCache, blocks: &mut SeqBlocks) {
+    pub fn publish(&mut self, tokens: &[u32], cache: &dyn KvCache, blocks: &mut SeqBlocks) {
         let b = self.layout.block_size;
         let full = cache.offset().min(tokens.len()) / b;
         let have = blocks.chain.len();

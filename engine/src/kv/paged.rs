@@ -2,7 +2,7 @@
 //!
 //! Why copies and not a paged attention kernel: MLX on CPU has none, and attention
 //! (`model::layers::attend`) wants each sequence's keys and values contiguous. So a running
-//! sequence keeps its KV in a `DenseKvCache` for compute, and blocks are the unit of storage
+//! sequence keeps its KV in a dense per-sequence buffer (its slot) for compute, and blocks are the unit of storage
 //! and sharing: a full block (block_size positions × every layer's K and V) is copied out of
 //! the dense cache once when it fills, and copied into a new sequence's cache on a prefix hit.
 //! A copy of a cached prefix costs a memcpy per block, far below recomputing it.
@@ -14,7 +14,9 @@
 use mlx_rs::error::Exception;
 use mlx_rs::{Array, Dtype};
 
-use crate::kv_cache::{DenseKvCache, KvCache};
+#[cfg(test)]
+use crate::kv_cache::DenseKvCache;
+use crate::kv_cache::KvCache;
 
 /// Shape of one block's KV, fixed per model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -99,8 +101,8 @@ pub enum PagedError {
 }
 
 /// The layout of `cache`'s blocks, once it holds something.
-pub fn layout_of(cache: &DenseKvCache, block_size: usize) -> Result<KvLayout, PagedError> {
-    let (k, _) = cache.layer(0).ok_or(PagedError::EmptyLayer(0))?;
+pub fn layout_of(cache: &dyn KvCache, block_size: usize) -> Result<KvLayout, PagedError> {
+    let (k, _) = cache.range(0, 0, 1)?.ok_or(PagedError::EmptyLayer(0))?;
     let shape = k.shape();
     Ok(KvLayout {
         layers: cache.num_layers(),
@@ -146,7 +148,7 @@ fn host_bytes(a: &Array) -> Result<Vec<u8>, PagedError> {
 /// Copies blocks `first..first + count` (positions `first*B .. (first+count)*B`) out of
 /// `cache`, which must already hold those positions.
 pub fn blocks_from_cache(
-    cache: &DenseKvCache,
+    cache: &dyn KvCache,
     layout: &KvLayout,
     first: usize,
     count: usize,
@@ -183,7 +185,7 @@ pub fn blocks_from_cache(
 
 /// Appends `blocks` (consecutive, starting at the cache's current offset) to `cache`.
 pub fn fill_cache_from_blocks<B: std::ops::Deref<Target = KvBlock>>(
-    cache: &mut DenseKvCache,
+    cache: &mut dyn KvCache,
     blocks: &[B],
 ) -> Result<(), PagedError> {
     let Some(first) = blocks.first() else {

@@ -1,13 +1,12 @@
 //! Building blocks shared by the architectures: linear layers (dense or MLX affine-quantized),
-//! embeddings, RMSNorm, RoPE, the SwiGLU MLP, and attention over a flattened batch.
+//! embeddings, RMSNorm, RoPE, the SwiGLU MLP, and the model head.
 
 use mlx_rs::error::Exception;
-use mlx_rs::fast::{rms_norm, rope, scaled_dot_product_attention, ScaledDotProductAttentionMask};
-use mlx_rs::ops::{addmm, concatenate, dequantize, matmul, multiply, quantized_matmul, sigmoid};
+use mlx_rs::fast::{rms_norm, rope, rope_dynamic};
+use mlx_rs::ops::{addmm, dequantize, matmul, multiply, quantized_matmul, sigmoid};
 use mlx_rs::{Array, Dtype};
 
 use super::batch::BatchSeq;
-use crate::mlx_ext::slice_axis;
 
 type Result<T> = std::result::Result<T, Exception>;
 
@@ -150,6 +149,24 @@ impl Rope {
             self.freqs.as_ref(),
         )
     }
+
+    /// RoPE of `x` (`[B, heads, 1, dim]`) with row `b` at position `offsets[b]`.
+    pub fn forward_rows(&self, x: &Array, offsets: &Array) -> Result<Array> {
+        let base = if self.freqs.is_some() {
+            None
+        } else {
+            Some(self.base)
+        };
+        rope_dynamic(
+            x,
+            self.dims,
+            self.traditional,
+            base,
+            self.scale,
+            offsets,
+            self.freqs.as_ref(),
+        )
+    }
 }
 
 /// The SwiGLU feed-forward block: `down(silu(gate(x)) * up(x))`.
@@ -166,52 +183,6 @@ impl Mlp {
         self.down_proj
             .forward(&multiply(silu, self.up_proj.forward(x)?)?)
     }
-}
-
-/// Attention of every sequence of a flattened batch: `queries` `[1, N, heads, head_dim]`,
-/// `keys`/`values` `[1, N, kv_heads, head_dim]`, rows ordered as `batch`. Each sequence gets
-/// RoPE at its own position, its own KV cache and its own causal mask, so its result does not
-/// depend on what else is in the batch. Returns `[1, N, heads * head_dim]`.
-pub fn attend(
-    queries: &Array,
-    keys: &Array,
-    values: &Array,
-    batch: &mut [BatchSeq<'_>],
-    layer: usize,
-    rope: &Rope,
-    scale: f32,
-) -> Result<Array> {
-    let mut outputs = Vec::with_capacity(batch.len());
-    let mut start = 0;
-    for seq in batch.iter_mut() {
-        let end = start + seq.len as i32;
-        let part = |a: &Array| -> Result<Array> {
-            let a = if batch_is_single(start, end, a) {
-                a.clone()
-            } else {
-                slice_axis(a, 1, start, end)?
-            };
-            a.transpose_axes(&[0, 2, 1, 3])
-        };
-        let offset = seq.cache.offset() as i32;
-        let q = rope.forward(&part(queries)?, offset)?;
-        let k = rope.forward(&part(keys)?, offset)?;
-        let (k, v) = seq.cache.update_and_fetch(layer, k, part(values)?)?;
-        let mask = (seq.len > 1).then_some(ScaledDotProductAttentionMask::Causal);
-        let out = scaled_dot_product_attention(q, k, v, scale, mask, None)?;
-        let out = out.transpose_axes(&[0, 2, 1, 3])?;
-        outputs.push(out.reshape(&[1, seq.len as i32, -1])?);
-        start = end;
-    }
-    if outputs.len() == 1 {
-        Ok(outputs.pop().expect("one output"))
-    } else {
-        concatenate(&outputs, 1)
-    }
-}
-
-fn batch_is_single(start: i32, end: i32, a: &Array) -> bool {
-    start == 0 && end == a.shape()[1]
 }
 
 /// Embedding lookup of `[1, N]` token ids → `[1, N, hidden]`.

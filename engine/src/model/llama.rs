@@ -3,8 +3,9 @@
 use mlx_rs::error::Exception;
 use mlx_rs::Array;
 
+use super::attention::attend;
 use super::decoder::{linear, Decoder, SelfAttention};
-use super::layers::{attend, Linear, Rope};
+use super::layers::{Linear, Rope};
 use super::{make_rope, BatchSeq, ModelArgs, ModelError, Tensors, WeightsMode};
 
 pub type Model = Decoder<Attention>;

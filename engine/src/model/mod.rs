@@ -1,6 +1,7 @@
 //! Model architectures and loading. One file per architecture, each readable beside mlx-lm's
 //! file of the same name; the shared pieces live in `layers`.
 
+pub mod attention;
 pub mod batch;
 pub mod decoder;
 pub mod layers;

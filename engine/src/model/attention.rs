@@ -1,0 +1,266 @@
+//! Attention of every sequence of a flattened batch. Each sequence gets RoPE at its own
+//! position, its own keys and values and its own mask, so that its result does not depend on
+//! what else is in the batch.
+//!
+//! Two ways, same results: sequences whose caches live in one slot pool (the engine's) decode
+//! together — one RoPE, one scatter and one attention per layer for all of them — while
+//! prefill chunks and stand-alone caches (tests, tools) attend one sequence at a time.
+
+use std::collections::BTreeMap;
+
+use mlx_rs::error::Exception;
+use mlx_rs::fast::{scaled_dot_product_attention, ScaledDotProductAttentionMask};
+use mlx_rs::ops::{arange, concatenate};
+use mlx_rs::Array;
+
+use super::batch::BatchSeq;
+use super::layers::Rope;
+use crate::mlx_ext::slice_axis;
+use crate::slot_cache::SharedSlots;
+
+type Result<T> = std::result::Result<T, Exception>;
+
+/// Batched decode attends over keys padded to a multiple of this many positions, the padding
+/// masked out. The padded length is a function of the sequence's own length only (never of
+/// the longest sequence in the batch), and sequences of different padded lengths attend in
+/// separate groups: so a sequence's numbers are the same alone and in any batch (MLX's CPU
+/// softmax and BLAS reductions round differently for different lengths, even over masked
+/// zeros — measured).
+const DECODE_BUCKET: i32 = 256;
+
+/// `queries` `[1, N, heads, head_dim]`, `keys`/`values` `[1, N, kv_heads, head_dim]`, rows
+/// ordered as `batch`. Returns `[1, N, heads * head_dim]`.
+pub fn attend(
+    queries: &Array,
+    keys: &Array,
+    values: &Array,
+    batch: &mut [BatchSeq<'_>],
+    layer: usize,
+    rope: &Rope,
+    scale: f32,
+) -> Result<Array> {
+    match shared_pool(batch) {
+        Some(pool) => attend_pooled(queries, keys, values, batch, layer, rope, scale, &pool),
+        None => attend_each(queries, keys, values, batch, layer, rope, scale),
+    }
+}
+
+/// The pool every sequence of the batch lives in, if they share one.
+fn shared_pool(batch: &[BatchSeq<'_>]) -> Option<SharedSlots> {
+    let (first, _) = batch.first()?.cache.slot_ref()?;
+    batch
+        .iter()
+        .all(|s| s.cache.slot_ref().is_some_and(|(p, _)| p.same(first)))
+        .then(|| first.clone())
+}
+
+/// `a[:, start..end]` transposed to `[1, heads, end - start, dim]`.
+fn rows_of(a: &Array, start: i32, end: i32) -> Result<Array> {
+    let a = if start == 0 && end == a.shape()[1] {
+        a.clone()
+    } else {
+        slice_axis(a, 1, start, end)?
+    };
+    a.transpose_axes(&[0, 2, 1, 3])
+}
+
+/// `[1, heads, n, dim]` → `[1, n, heads * dim]`.
+fn merge_heads(out: Array, n: i32) -> Result<Array> {
+    out.transpose_axes(&[0, 2, 1, 3])?.reshape(&[1, n, -1])
+}
+
+fn attend_each(
+    queries: &Array,
+    keys: &Array,
+    values: &Array,
+    batch: &mut [BatchSeq<'_>],
+    layer: usize,
+    rope: &Rope,
+    scale: f32,
+) -> Result<Array> {
+    let mut outputs = Vec::with_capacity(batch.len());
+    let mut start = 0;
+    for seq in batch.iter_mut() {
+        let end = start + seq.len as i32;
+        let offset = seq.cache.offset() as i32;
+        let q = rope.forward(&rows_of(queries, start, end)?, offset)?;
+        let k = rope.forward(&rows_of(keys, start, end)?, offset)?;
+        let (k, v) = seq
+            .cache
+            .update_and_fetch(layer, k, rows_of(values, start, end)?)?;
+        let mask = (seq.len > 1).then_some(ScaledDotProductAttentionMask::Causal);
+        let out = scaled_dot_product_attention(q, k, v, scale, mask, None)?;
+        outputs.push(merge_heads(out, seq.len as i32)?);
+        start = end;
+    }
+    concat_rows(outputs)
+}
+
+fn concat_rows(mut outputs: Vec<Array>) -> Result<Array> {
+    if outputs.len() == 1 {
+        Ok(outputs.pop().expect("one output"))
+    } else {
+        concatenate(&outputs, 1)
+    }
+}
+
+/// A prefill chunk's share of a pooled pass.
+struct Chunk {
+    slot: usize,
+    offset: i32,
+    len: i32,
+    q: Array,
+    k: Array,
+    v: Array,
+}
+
+#[allow(clippy::too_many_arguments)]
+fn attend_pooled(
+    queries: &Array,
+    keys: &Array,
+    values: &Array,
+    batch: &mut [BatchSeq<'_>],
+    layer: usize,
+    rope: &Rope,
+    scale: f32,
+    pool: &SharedSlots,
+) -> Result<Array> {
+    // Where each sequence's rows start, and which sequences decode one token.
+    let mut starts = Vec::with_capacity(batch.len());
+    let mut at = 0i32;
+    for seq in batch.iter() {
+        starts.push(at);
+        at += seq.len as i32;
+    }
+    let total = at;
+    let decoding: Vec<usize> = (0..batch.len()).filter(|&i| batch[i].len == 1).collect();
+    let slot_of = |i: usize| batch[i].cache.slot_ref().expect("pooled").1;
+
+    // Decoders: their rows as a batch `[B, heads, 1, dim]`, RoPE'd at their own offsets.
+    let n_dec = decoding.len() as i32;
+    let dec_slots: Vec<i32> = decoding.iter().map(|&i| slot_of(i) as i32).collect();
+    let dec_offsets: Vec<i32> = decoding
+        .iter()
+        .map(|&i| batch[i].cache.offset() as i32)
+        .collect();
+    let decoders = if n_dec == 0 {
+        None
+    } else {
+        let row_index = (n_dec != total).then(|| {
+            let rows: Vec<i32> = decoding.iter().map(|&i| starts[i]).collect();
+            Array::from_slice(&rows, &[n_dec])
+        });
+        let pick = |a: &Array| -> Result<Array> {
+            let a = match &row_index {
+                Some(idx) => a.take_axis(idx, 1)?,
+                None => a.clone(),
+            };
+            let s = a.shape();
+            a.reshape(&[n_dec, 1, s[2], s[3]])?
+                .transpose_axes(&[0, 2, 1, 3])
+        };
+        let offsets = Array::from_slice(&dec_offsets, &[n_dec]);
+        Some((
+            rope.forward_rows(&pick(queries)?, &offsets)?,
+            rope.forward_rows(&pick(keys)?, &offsets)?,
+            pick(values)?,
+        ))
+    };
+    // Prefill chunks, one sequence each.
+    let mut chunks = Vec::new();
+    for (i, seq) in batch.iter().enumerate() {
+        if seq.len == 1 {
+            continue;
+        }
+        let (start, len) = (starts[i], seq.len as i32);
+        let offset = seq.cache.offset() as i32;
+        chunks.push(Chunk {
+            slot: slot_of(i),
+            offset,
+            len,
+            q: rope.forward(&rows_of(queries, start, start + len)?, offset)?,
+            k: rope.forward(&rows_of(keys, start, start + len)?, offset)?,
+            v: rows_of(values, start, start + len)?,
+        });
+    }
+
+    let mut pool = pool.lock();
+    // Every write of the layer before any read: a read is a view of the buffer, and MLX can
+    // update a buffer in place only while nothing else refers to it.
+    if let Some((_, k, v)) = &decoders {
+        pool.write_decode(layer, &dec_slots, &dec_offsets, k, v)?;
+    }
+    for c in &chunks {
+        pool.write(layer, c.slot, c.offset, &c.k, &c.v)?;
+    }
+
+    let dec_out = match decoders {
+        None => None,
+        Some((q, _, _)) => {
+            // Group by padded length (see DECODE_BUCKET).
+            let mut groups: BTreeMap<i32, Vec<usize>> = BTreeMap::new();
+            for (j, off) in dec_offsets.iter().enumerate() {
+                let padded = (off + 1 + DECODE_BUCKET - 1) / DECODE_BUCKET * DECODE_BUCKET;
+                groups.entry(padded).or_default().push(j);
+            }
+            let mut outs = Vec::with_capacity(groups.len());
+            let mut order = Vec::with_capacity(decoding.len());
+            for (padded, members) in &groups {
+                let m = members.len() as i32;
+                let slots: Vec<i32> = members.iter().map(|&j| dec_slots[j]).collect();
+                let (k, v) = pool.read_slots(layer, &slots, *padded)?;
+                let q = if members.len() == decoding.len() {
+                    q.clone()
+                } else {
+                    let idx: Vec<i32> = members.iter().map(|&j| j as i32).collect();
+                    q.take_axis(Array::from_slice(&idx, &[m]), 0)?
+                };
+                let lens: Vec<i32> = members.iter().map(|&j| dec_offsets[j] + 1).collect();
+                let mask = arange::<_, i32>(0, *padded, None)?
+                    .lt(Array::from_slice(&lens, &[m, 1, 1, 1]))?;
+                let mask = ScaledDotProductAttentionMask::Array(&mask);
+                outs.push(scaled_dot_product_attention(q, k, v, scale, mask, None)?);
+                order.extend(members.iter().copied());
+            }
+            // Back to decoding order, then `[B, heads, 1, dim]` → `[B, heads * dim]` rows.
+            let out = if outs.len() == 1 {
+                outs.pop().expect("one group")
+            } else {
+                let mut inverse = vec![0i32; order.len()];
+                for (pos, &j) in order.iter().enumerate() {
+                    inverse[j] = pos as i32;
+                }
+                concatenate(&outs, 0)?.take_axis(Array::from_slice(&inverse, &[n_dec]), 0)?
+            };
+            Some(out.reshape(&[1, n_dec, -1])?)
+        }
+    };
+    let mut chunk_outs = Vec::with_capacity(chunks.len());
+    for c in chunks {
+        let (k, v) = pool.read(layer, c.slot, 0, c.offset + c.len)?;
+        let mask = ScaledDotProductAttentionMask::Causal;
+        let out = scaled_dot_product_attention(c.q, k, v, scale, mask, None)?;
+        chunk_outs.push(merge_heads(out, c.len)?);
+    }
+    drop(pool);
+
+    // Rows back in batch order.
+    match dec_out {
+        Some(out) if chunk_outs.is_empty() => Ok(out),
+        None => concat_rows(chunk_outs),
+        Some(out) => {
+            let mut chunk_outs = chunk_outs.into_iter();
+            let mut next_dec = 0;
+            let mut pieces = Vec::with_capacity(batch.len());
+            for seq in batch.iter() {
+                if seq.len == 1 {
+                    pieces.push(slice_axis(&out, 1, next_dec, next_dec + 1)?);
+                    next_dec += 1;
+                } else {
+                    pieces.push(chunk_outs.next().expect("one output per chunk"));
+                }
+            }
+            concat_rows(pieces)
+        }
+    }
+}
