@@ -44,6 +44,10 @@ pub trait KvCache: Send {
     fn slot_ref(&self) -> Option<(&SharedSlots, usize)> {
         None
     }
+    /// Bytes held by this cache alone (a slot pool's shared buffers are counted by the pool).
+    fn own_bytes(&self) -> usize {
+        0
+    }
 }
 
 /// Buffers grow in steps of this many positions, so that decoding does not reallocate per token.
@@ -145,5 +149,9 @@ impl KvCache for DenseKvCache {
     fn reset(&mut self) {
         self.layers.iter_mut().for_each(|l| *l = None);
         self.offset = 0;
+    }
+
+    fn own_bytes(&self) -> usize {
+        self.nbytes()
     }
 }

@@ -23,7 +23,14 @@ use crate::metrics;
 use crate::model::{BatchSeq, LanguageModel, Logits};
 use crate::output_parser::{OutputParser, ParserConfig};
 use crate::sampler::{top_logprobs, Sampler};
-use crate::slot_cache::{SharedSlots, SlotKvCache};
+use crate::slot_cache::SharedSlots;
+
+/// Prompts up to this many tokens run in the engine's slot pool (batched decode attention);
+/// longer ones keep their own KV buffers and attend alone. Every slot of the pool is as long
+/// as its longest sequence, so this bounds the pool's padding (a long prompt beside seven
+/// short ones would otherwise cost eight long slots), while for long contexts attention's
+/// own work dwarfs the per-sequence overhead that pooling saves.
+const POOLED_PROMPT_MAX: usize = 2048;
 use crate::stop::{StopMatcher, StopOutcome};
 use crate::tokenizer::Tokenizer;
 
@@ -78,8 +85,8 @@ pub struct EngineStats {
 /// One sequence in the running batch.
 struct Sequence {
     req: SeqRequest,
-    /// Its slot in the engine's KV pool.
-    cache: SlotKvCache,
+    /// Its slot in the engine's KV pool, or its own buffers when its prompt is long.
+    cache: Box<dyn KvCache>,
     /// Its blocks in the prefix cache.
     blocks: SeqBlocks,
     /// Prompt tokens taken from the prefix cache.
@@ -219,11 +226,15 @@ impl Engine {
         let sampler = Sampler::new(req.sampling.clone());
         let stop = StopMatcher::new(&req.stop);
         let parser = OutputParser::new(req.parser);
-        let mut cache = self.slots.acquire();
+        let mut cache: Box<dyn KvCache> = if req.prompt.len() <= POOLED_PROMPT_MAX {
+            Box::new(self.slots.acquire())
+        } else {
+            Box::new(DenseKvCache::new(self.model.num_layers()))
+        };
         let mut blocks = SeqBlocks::default();
         // The longest cached prefix goes straight into the cache; only the rest is prefilled.
         let cached = match self.prefix.as_mut() {
-            Some(p) => p.admit(&req.prompt, &mut cache, &mut blocks),
+            Some(p) => p.admit(&req.prompt, cache.as_mut(), &mut blocks),
             None => 0,
         };
         if cached > 0 {
@@ -248,11 +259,13 @@ impl Engine {
     }
 
     fn publish_gauges(&self, running: &[Sequence], waiting: usize) {
-        let kv = if running.is_empty() {
-            0
-        } else {
-            self.slots.nbytes()
-        };
+        let own: usize = running.iter().map(|s| s.cache.own_bytes()).sum();
+        let kv = own
+            + if running.is_empty() {
+                0
+            } else {
+                self.slots.nbytes()
+            };
         self.stats.running.store(running.len(), Ordering::Relaxed);
         self.stats.kv_bytes.store(kv, Ordering::Relaxed);
         metrics::set_requests_running(&self.model_id, running.len());
@@ -321,7 +334,7 @@ impl Engine {
                 let seq = chosen[i].take().expect("each sequence appears once");
                 batch.push(BatchSeq {
                     len,
-                    cache: &mut seq.cache as &mut dyn KvCache,
+                    cache: seq.cache.as_mut(),
                 });
             }
             let logits = self.model.forward(&token_array, &mut batch, Logits::Last)?;
@@ -336,7 +349,7 @@ impl Engine {
         if let Some(p) = self.prefix.as_mut() {
             for &(i, _, _) in &inputs {
                 let seq = &mut running[i];
-                p.publish(&seq.tokens, &seq.cache, &mut seq.blocks);
+                p.publish(&seq.tokens, seq.cache.as_ref(), &mut seq.blocks);
             }
         }
 

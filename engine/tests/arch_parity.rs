@@ -284,19 +284,45 @@ fn pooled_batches_are_invariant(model: &dyn LanguageModel, what: &str, exact: bo
             &alone[s][0],
         );
     }
-    // Then all three decode together; sequence 2 is one step behind.
+    // A sequence outside the pool (the engine keeps long prompts out) joins from step 1.
+    let mut own = DenseKvCache::new(model.num_layers());
+    let own_alone = run_ours(
+        model,
+        &prompts[2],
+        &steps,
+        &mut DenseKvCache::new(model.num_layers()),
+    )
+    .1;
+    let mut b = [BatchSeq {
+        len: prompts[2].len(),
+        cache: &mut own,
+    }];
+    model
+        .forward(&tokens(&prompts[2]), &mut b, Logits::Last)
+        .unwrap();
+    // Then all decode together; sequence 2 and the outsider are one step behind.
     for step in 1..steps.len() {
-        let flat = vec![steps[step], steps[step], steps[step - 1]];
+        let flat = vec![steps[step], steps[step], steps[step - 1], steps[step - 1]];
         let mut b: Vec<BatchSeq> = caches
             .iter_mut()
-            .map(|c| BatchSeq { len: 1, cache: c })
+            .map(|c| BatchSeq {
+                len: 1,
+                cache: c as &mut dyn KvCache,
+            })
             .collect();
+        b.insert(
+            2,
+            BatchSeq {
+                len: 1,
+                cache: &mut own,
+            },
+        );
         let out = to_vec(&model.forward(&tokens(&flat), &mut b, Logits::Last).unwrap());
-        for s in 0..3 {
-            let want = if s == 2 {
-                &alone[2][step - 1]
-            } else {
-                &alone[s][step]
+        for s in 0..4 {
+            let want = match s {
+                2 => &own_alone[step - 1],
+                3 => &alone[2][step - 1],
+                _ => &alone[s][step],
             };
             same(
                 &format!("{what}: sequence {s}, batched decode step {step}"),

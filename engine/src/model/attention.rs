@@ -4,7 +4,8 @@
 //!
 //! Two ways, same results: sequences whose caches live in one slot pool (the engine's) decode
 //! together — one RoPE, one scatter and one attention per layer for all of them — while
-//! prefill chunks and stand-alone caches (tests, tools) attend one sequence at a time.
+//! prefill chunks and stand-alone caches (long sequences the pool does not take, tests,
+//! tools) attend one sequence at a time.
 
 use std::collections::BTreeMap;
 
@@ -45,13 +46,19 @@ pub fn attend(
     }
 }
 
-/// The pool every sequence of the batch lives in, if they share one.
+/// The slot pool of the batch's pooled sequences. Sequences of other pools would be treated
+/// as stand-alone caches; the engine has one pool.
 fn shared_pool(batch: &[BatchSeq<'_>]) -> Option<SharedSlots> {
-    let (first, _) = batch.first()?.cache.slot_ref()?;
     batch
         .iter()
-        .all(|s| s.cache.slot_ref().is_some_and(|(p, _)| p.same(first)))
-        .then(|| first.clone())
+        .find_map(|s| s.cache.slot_ref().map(|(p, _)| p.clone()))
+}
+
+/// Whether `seq` lives in `pool`.
+fn in_pool(seq: &BatchSeq<'_>, pool: &SharedSlots) -> Option<usize> {
+    seq.cache
+        .slot_ref()
+        .and_then(|(p, slot)| p.same(pool).then_some(slot))
 }
 
 /// `a[:, start..end]` transposed to `[1, heads, end - start, dim]`.
@@ -82,18 +89,30 @@ fn attend_each(
     let mut start = 0;
     for seq in batch.iter_mut() {
         let end = start + seq.len as i32;
-        let offset = seq.cache.offset() as i32;
-        let q = rope.forward(&rows_of(queries, start, end)?, offset)?;
-        let k = rope.forward(&rows_of(keys, start, end)?, offset)?;
-        let (k, v) = seq
-            .cache
-            .update_and_fetch(layer, k, rows_of(values, start, end)?)?;
-        let mask = (seq.len > 1).then_some(ScaledDotProductAttentionMask::Causal);
-        let out = scaled_dot_product_attention(q, k, v, scale, mask, None)?;
-        outputs.push(merge_heads(out, seq.len as i32)?);
+        let rows = [queries, keys, values].map(|a| rows_of(a, start, end));
+        outputs.push(attend_one(seq, rows, layer, rope, scale)?);
         start = end;
     }
     concat_rows(outputs)
+}
+
+/// One sequence through its own cache: `rows` are its queries, keys and values
+/// (`[1, heads, len, dim]`). Returns `[1, len, heads * dim]`.
+fn attend_one(
+    seq: &mut BatchSeq<'_>,
+    rows: [Result<Array>; 3],
+    layer: usize,
+    rope: &Rope,
+    scale: f32,
+) -> Result<Array> {
+    let [q, k, v] = rows;
+    let offset = seq.cache.offset() as i32;
+    let q = rope.forward(&q?, offset)?;
+    let k = rope.forward(&k?, offset)?;
+    let (k, v) = seq.cache.update_and_fetch(layer, k, v?)?;
+    let mask = (seq.len > 1).then_some(ScaledDotProductAttentionMask::Causal);
+    let out = scaled_dot_product_attention(q, k, v, scale, mask, None)?;
+    merge_heads(out, seq.len as i32)
 }
 
 fn concat_rows(mut outputs: Vec<Array>) -> Result<Array> {
@@ -133,8 +152,11 @@ fn attend_pooled(
         at += seq.len as i32;
     }
     let total = at;
-    let decoding: Vec<usize> = (0..batch.len()).filter(|&i| batch[i].len == 1).collect();
-    let slot_of = |i: usize| batch[i].cache.slot_ref().expect("pooled").1;
+    let slots: Vec<Option<usize>> = batch.iter().map(|s| in_pool(s, pool)).collect();
+    let decoding: Vec<usize> = (0..batch.len())
+        .filter(|&i| batch[i].len == 1 && slots[i].is_some())
+        .collect();
+    let slot_of = |i: usize| slots[i].expect("pooled");
 
     // Decoders: their rows as a batch `[B, heads, 1, dim]`, RoPE'd at their own offsets.
     let n_dec = decoding.len() as i32;
@@ -166,10 +188,20 @@ fn attend_pooled(
             pick(values)?,
         ))
     };
-    // Prefill chunks, one sequence each.
+    // Sequences outside the pool (too long for it) attend alone, before the pool is locked
+    // (their caches are their own).
+    let mut alone: Vec<Option<Array>> = vec![None; batch.len()];
+    for (i, seq) in batch.iter_mut().enumerate() {
+        if slots[i].is_none() {
+            let (start, end) = (starts[i], starts[i] + seq.len as i32);
+            let rows = [queries, keys, values].map(|a| rows_of(a, start, end));
+            alone[i] = Some(attend_one(seq, rows, layer, rope, scale)?);
+        }
+    }
+    // Prefill chunks of pooled sequences, one sequence each.
     let mut chunks = Vec::new();
     for (i, seq) in batch.iter().enumerate() {
-        if seq.len == 1 {
+        if seq.len == 1 || slots[i].is_none() {
             continue;
         }
         let (start, len) = (starts[i], seq.len as i32);
@@ -245,22 +277,24 @@ fn attend_pooled(
     drop(pool);
 
     // Rows back in batch order.
-    match dec_out {
-        Some(out) if chunk_outs.is_empty() => Ok(out),
-        None => concat_rows(chunk_outs),
-        Some(out) => {
-            let mut chunk_outs = chunk_outs.into_iter();
-            let mut next_dec = 0;
-            let mut pieces = Vec::with_capacity(batch.len());
-            for seq in batch.iter() {
-                if seq.len == 1 {
-                    pieces.push(slice_axis(&out, 1, next_dec, next_dec + 1)?);
-                    next_dec += 1;
-                } else {
-                    pieces.push(chunk_outs.next().expect("one output per chunk"));
-                }
-            }
-            concat_rows(pieces)
+    if let Some(out) = &dec_out {
+        if decoding.len() == batch.len() {
+            return Ok(out.clone());
         }
     }
+    let mut chunk_outs = chunk_outs.into_iter();
+    let mut next_dec = 0;
+    let mut pieces = Vec::with_capacity(batch.len());
+    for (i, seq) in batch.iter().enumerate() {
+        if let Some(out) = alone[i].take() {
+            pieces.push(out);
+        } else if seq.len == 1 {
+            let out = dec_out.as_ref().expect("pooled decoders ran");
+            pieces.push(slice_axis(out, 1, next_dec, next_dec + 1)?);
+            next_dec += 1;
+        } else {
+            pieces.push(chunk_outs.next().expect("one output per chunk"));
+        }
+    }
+    concat_rows(pieces)
 }
