@@ -71,14 +71,80 @@ fn checked(body: &ModelBody) -> Result<&str, ApiError> {
     Ok(&body.model)
 }
 
-fn ssd_cache() -> Value {
-    // Placeholder until the SSD KV cache lands.
+/// The SSD tier of the KV prefix cache as `status.ssd_cache`, `GET /cache` and the
+/// `cache_toggled`/`cache_stats` events show it. Counters run since the daemon started.
+pub fn ssd_cache(r: &Registry) -> Value {
+    let Some(ssd) = r.ssd_cache() else {
+        // No folder configured, or prefix caching off: nothing to switch.
+        return json!({
+            "enabled": false,
+            "available": false,
+            "dir": null,
+            "scanning": false,
+            "bytes_used": 0,
+            "cap_bytes": 0,
+            "blocks": 0,
+            "hits": 0,
+            "misses": 0,
+            "hit_rate": null,
+            "writes": 0,
+            "writes_dropped": 0,
+            "write_errors": 0,
+            "read_errors": 0,
+            "read_timeouts": 0,
+            "corrupt_dropped": 0,
+            "evictions": 0,
+            "errors": 0,
+            "last_error": null,
+        });
+    };
+    let st = ssd.stats();
     json!({
-        "enabled": false,
-        "available": false,
-        "bytes_used": 0,
-        "cap_bytes": 0,
-        "hit_rate": null,
+        "enabled": st.enabled,
+        "available": true,
+        "dir": ssd.dir(),
+        "scanning": st.scanning,
+        "bytes_used": st.bytes,
+        "cap_bytes": st.cap_bytes,
+        "blocks": st.files,
+        "hits": st.read_hits,
+        "misses": st.misses(),
+        "hit_rate": st.hit_rate(),
+        "writes": st.writes,
+        "writes_dropped": st.dropped,
+        "write_errors": st.write_errors,
+        "read_errors": st.read_failures - st.read_timeouts,
+        "read_timeouts": st.read_timeouts,
+        "corrupt_dropped": st.checksum_failures,
+        "evictions": st.evictions,
+        "errors": st.errors(),
+        "last_error": ssd.last_error(),
+    })
+}
+
+/// The RAM tier of every loaded model, with totals.
+fn ram_cache(r: &Registry) -> Value {
+    let mut models = serde_json::Map::new();
+    let (mut used, mut free, mut bytes, mut hit_tokens, mut queries, mut hits) = (0, 0, 0, 0, 0, 0);
+    for m in r.loaded_statuses() {
+        if let Some(p) = m.prefix_cache {
+            used += p.blocks_used;
+            free += p.blocks_free;
+            bytes += p.bytes;
+            hit_tokens += p.hit_tokens_ram + p.hit_tokens_ssd;
+            queries += p.queries;
+            hits += p.hits;
+            models.insert(m.id, json!(p));
+        }
+    }
+    json!({
+        "blocks_used": used,
+        "blocks_free": free,
+        "bytes": bytes,
+        "queries": queries,
+        "hits": hits,
+        "hit_tokens": hit_tokens,
+        "models": models,
     })
 }
 
@@ -122,7 +188,7 @@ async fn status(State(s): State<AdminState>) -> Json<Value> {
         },
         "default_model": r.default_model(),
         "loaded": loaded,
-        "ssd_cache": ssd_cache(),
+        "ssd_cache": ssd_cache(r),
     }))
 }
 
@@ -211,8 +277,10 @@ async fn stop(State(s): State<AdminState>) -> Json<Value> {
     Json(json!({"ok": true, "serving": false}))
 }
 
-async fn cache() -> Json<Value> {
-    Json(ssd_cache())
+async fn cache(State(s): State<AdminState>) -> Json<Value> {
+    let mut v = ssd_cache(&s.registry);
+    v["ram"] = ram_cache(&s.registry);
+    Json(v)
 }
 
 #[derive(Debug, Deserialize)]
@@ -221,20 +289,55 @@ struct CacheBody {
     enabled: bool,
 }
 
-/// The SSD cache does not exist yet: turning it off is a no-op, turning it on is 501.
-async fn set_cache(ApiJson(body): ApiJson<CacheBody>) -> Response {
-    if !body.enabled {
-        return Json(json!({"ok": true, "ssd_cache": ssd_cache()})).into_response();
+/// Switches the SSD tier at once (writes and reads stop or resume; nothing restarts). Lasts
+/// until the daemon restarts: the config (`kv_ssd`, `WUWEI_KV_SSD`) decides at start, and
+/// the config file is never rewritten behind the user's back.
+async fn set_cache(State(s): State<AdminState>, ApiJson(body): ApiJson<CacheBody>) -> Response {
+    let r = &s.registry;
+    let Some(ssd) = r.ssd_cache() else {
+        if !body.enabled {
+            return Json(json!({"ok": true, "changed": false, "ssd_cache": ssd_cache(r)}))
+                .into_response();
+        }
+        let mut err = ApiError::new(
+            StatusCode::CONFLICT,
+            "invalid_request_error",
+            "the SSD cache is not available: no cache folder is configured or prefix caching is off (kv_cache)",
+        )
+        .with_code("ssd_cache_unavailable")
+        .body();
+        err["ssd_cache"] = ssd_cache(r);
+        return (StatusCode::CONFLICT, Json(err)).into_response();
+    };
+    let changed = ssd.set_enabled(body.enabled);
+    let state = ssd_cache(r);
+    if changed {
+        r.emit(
+            "cache_toggled",
+            json!({"enabled": body.enabled, "ssd_cache": state.clone()}),
+        );
     }
-    let mut err = ApiError::new(
-        StatusCode::NOT_IMPLEMENTED,
-        "server_error",
-        "the SSD cache is not available in this build",
-    )
-    .with_code("not_implemented")
-    .body();
-    err["ssd_cache"] = ssd_cache();
-    (StatusCode::NOT_IMPLEMENTED, Json(err)).into_response()
+    Json(json!({"ok": true, "changed": changed, "ssd_cache": state})).into_response()
+}
+
+/// How often `cache_stats` events may go out.
+const CACHE_STATS_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Sends a live-only `cache_stats` event (SSD and RAM tiers) whenever their numbers changed,
+/// at most once per second, so that gauges follow the event stream without polling. Not kept
+/// in the replay history (it would crowd out the events that matter).
+pub async fn publish_cache_stats(registry: Arc<Registry>) {
+    let mut last = Value::Null;
+    let mut tick = tokio::time::interval(CACHE_STATS_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let now = json!({"ssd_cache": ssd_cache(&registry), "ram": ram_cache(&registry)});
+        if now != last {
+            registry.emit_live("cache_stats", now.clone());
+            last = now;
+        }
+    }
 }
 
 async fn settings(State(s): State<AdminState>) -> Json<Value> {

@@ -168,6 +168,7 @@ fn serve(args: wuwei::config::ServeArgs) -> anyhow::Result<()> {
         let r = registry.clone();
         tokio::spawn(async move { r.load_at_start().await });
         tokio::spawn(registry.clone().run_monitor());
+        tokio::spawn(wuwei::admin::publish_cache_stats(registry.clone()));
         let admin = wuwei::admin::router(registry.clone(), &cfg);
         wuwei::server::serve_with_admin(cfg, registry, Some(admin)).await
     });

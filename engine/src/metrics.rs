@@ -47,8 +47,12 @@ pub const SSD_WRITE_ERRORS: &str = "wuwei_kv_ssd_write_errors_total";
 pub const SSD_DROPS: &str = "wuwei_kv_ssd_dropped_total";
 /// SSD tier: blocks read back on a hit (counter).
 pub const SSD_READ_HITS: &str = "wuwei_kv_ssd_read_blocks_total";
+/// SSD tier: blocks looked up on admission, i.e. missing from RAM (counter).
+pub const SSD_LOOKUPS: &str = "wuwei_kv_ssd_lookup_blocks_total";
 /// SSD tier: reads that failed or ran past the deadline (counter).
 pub const SSD_READ_FAILURES: &str = "wuwei_kv_ssd_read_failures_total";
+/// SSD tier: the part of the read failures that ran past the deadline (counter).
+pub const SSD_READ_TIMEOUTS: &str = "wuwei_kv_ssd_read_timeouts_total";
 /// SSD tier: files rejected by the checksum or header checks, deleted (counter).
 pub const SSD_CHECKSUM_FAILURES: &str = "wuwei_kv_ssd_checksum_failures_total";
 /// SSD tier: files evicted by the size cap (counter).
@@ -203,7 +207,9 @@ pub fn set_ssd_stats(s: &crate::kv::ssd::SsdStats) {
     counter!(SSD_WRITE_ERRORS).absolute(s.write_errors);
     counter!(SSD_DROPS).absolute(s.dropped);
     counter!(SSD_READ_HITS).absolute(s.read_hits);
+    counter!(SSD_LOOKUPS).absolute(s.lookups);
     counter!(SSD_READ_FAILURES).absolute(s.read_failures);
+    counter!(SSD_READ_TIMEOUTS).absolute(s.read_timeouts);
     counter!(SSD_CHECKSUM_FAILURES).absolute(s.checksum_failures);
     counter!(SSD_EVICTIONS).absolute(s.evictions);
     gauge!(SSD_BYTES).set(s.bytes as f64);

@@ -19,6 +19,8 @@ use crate::core::{
     SamplingParams, ToolChoice,
 };
 use crate::integrity::{self, ModelFacts};
+use crate::kv::ssd::SsdStore;
+use crate::kv::PrefixStats;
 use crate::loader::{self, is_gguf};
 use crate::memory::{self, format_bytes, Amount};
 use crate::model::{compute_dtype, WeightsMode};
@@ -348,6 +350,8 @@ pub struct LoadedStatus {
     pub last_used: u64,
     pub loaded_at: u64,
     pub unloading: bool,
+    /// The model's RAM prefix-cache tier (`None`: prefix caching is off).
+    pub prefix_cache: Option<PrefixStats>,
 }
 
 /// Runtime settings, as the admin API reads and changes them.
@@ -421,6 +425,24 @@ impl Registry {
             history.push_back(event.clone());
         }
         let _ = self.events.send(event);
+    }
+
+    /// Publishes an event to live subscribers only, not to the replay history: frequent
+    /// numbers (cache statistics) would push the events that matter out of it.
+    pub fn emit_live(&self, kind: &str, fields: Value) {
+        let seq = self.event_seq.fetch_add(1, Ordering::Relaxed) + 1;
+        let mut event = json!({"type": kind, "seq": seq, "time": unix_ms(SystemTime::now())});
+        if let (Some(obj), Value::Object(extra)) = (event.as_object_mut(), fields) {
+            obj.extend(extra);
+        }
+        let _ = self.events.send(event);
+    }
+
+    /// The SSD tier of the KV prefix cache (one store for every model), when a folder is
+    /// configured and prefix caching is on.
+    pub fn ssd_cache(&self) -> Option<&Arc<SsdStore>> {
+        let kv = &self.config.scheduler.kv;
+        kv.ssd.as_ref().filter(|_| kv.enabled)
     }
 
     /// Live events, and the recent ones with `seq > since` (oldest first).
@@ -1351,6 +1373,7 @@ impl Registry {
                     last_used: unix_ms(last_used),
                     loaded_at: unix_ms(s.loaded_at),
                     unloading,
+                    prefix_cache: s.stats.prefix.stats(),
                 }
             })
             .collect()

@@ -96,10 +96,32 @@ pub fn default_ram_bytes() -> usize {
 }
 
 /// What the HTTP side can ask without the engine thread: how much of a prompt is likely
-/// cached (to report `cached_tokens` up front). The engine's admission is authoritative.
+/// cached (to report `cached_tokens` up front; the engine's admission is authoritative), and
+/// the RAM tier's numbers for the admin API.
 #[derive(Default)]
 pub struct PrefixProbe {
     state: Mutex<Option<ProbeState>>,
+    stats: Mutex<Option<PrefixStats>>,
+}
+
+/// One model's RAM tier as the admin API shows it (since the model loaded).
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
+pub struct PrefixStats {
+    pub block_size: usize,
+    /// Blocks cached in RAM, and those a running sequence references.
+    pub blocks_used: usize,
+    pub blocks_referenced: usize,
+    /// Blocks that still fit the budget.
+    pub blocks_free: usize,
+    pub bytes: usize,
+    pub budget_bytes: usize,
+    pub evictions: u64,
+    /// Admissions that looked up a prefix, and those that reused one.
+    pub queries: u64,
+    pub hits: u64,
+    /// Prompt tokens reused, by the tier they came from.
+    pub hit_tokens_ram: u64,
+    pub hit_tokens_ssd: u64,
 }
 
 struct ProbeState {
@@ -116,6 +138,11 @@ impl std::fmt::Debug for PrefixProbe {
 }
 
 impl PrefixProbe {
+    /// The RAM tier's numbers (`None`: this model has no prefix cache).
+    pub fn stats(&self) -> Option<PrefixStats> {
+        *self.stats.lock().unwrap()
+    }
+
     /// Prompt tokens a request would most likely take from the cache.
     pub fn estimate_cached_tokens(&self, prompt: &[u32]) -> usize {
         let (identity, block_size, ssd) = {
@@ -161,6 +188,11 @@ pub struct PrefixCache {
     ssd: Option<Arc<SsdStore>>,
     probe: Arc<PrefixProbe>,
     failed_logged: bool,
+    /// Lookup counters (the pool keeps its own).
+    queries: u64,
+    hits: u64,
+    hit_tokens_ram: u64,
+    hit_tokens_ssd: u64,
 }
 
 impl PrefixCache {
@@ -186,7 +218,7 @@ impl PrefixCache {
             ssd = config.ssd.as_ref().map(|s| s.root().display().to_string()),
             "prefix cache ready"
         );
-        Self {
+        let cache = Self {
             model,
             identity,
             layout,
@@ -194,7 +226,14 @@ impl PrefixCache {
             ssd: config.ssd.clone(),
             probe,
             failed_logged: false,
-        }
+            queries: 0,
+            hits: 0,
+            hit_tokens_ram: 0,
+            hit_tokens_ssd: 0,
+        };
+        // The admin API shows the tier from the start, not from the first request.
+        cache.publish_metrics();
+        cache
     }
 
     pub fn block_size(&self) -> usize {
@@ -225,9 +264,8 @@ impl PrefixCache {
         let from_ram = found.len();
         if let Some(ssd) = &self.ssd {
             let rest = &hashes[from_ram..];
-            let n = ssd.longest_prefix(rest);
-            if n > 0 {
-                let read = ssd.read_prefix(self.identity, &rest[..n], self.layout);
+            let read = ssd.lookup(self.identity, rest, self.layout);
+            if !read.is_empty() {
                 let mut evicted = Vec::new();
                 for (h, block) in rest.iter().zip(read) {
                     match self
@@ -248,17 +286,23 @@ impl PrefixCache {
                 self.forget(&evicted);
             }
         }
-        let from_ssd = found.len() - from_ram;
+        let mut from_ssd = found.len() - from_ram;
         if let Err(e) = fill_cache_from_blocks(cache, &found) {
             // Never fatal: compute the whole prompt instead.
             tracing::warn!(model = %self.model, error = %e, "prefix cache fill failed; recomputing");
             cache.reset();
             self.release(blocks);
             found.clear();
+            // Nothing was reused (the metrics subtract the SSD part from the total).
+            from_ssd = 0;
         }
         blocks.chain = hashes[..found.len()].to_vec();
         let cached = found.len() * b;
         metrics::record_prefix_lookup(&self.model, cached, from_ssd * b);
+        self.queries += 1;
+        self.hits += u64::from(cached > 0);
+        self.hit_tokens_ram += ((found.len() - from_ssd) * b) as u64;
+        self.hit_tokens_ssd += (from_ssd * b) as u64;
         if cached > 0 {
             tracing::debug!(model = %self.model, cached, from_ram = from_ram * b, from_ssd = from_ssd * b, "prefix cache hit");
         }
@@ -345,11 +389,28 @@ impl PrefixCache {
         });
     }
 
-    /// Publishes gauges for `/metrics`.
+    /// Publishes gauges for `/metrics` and the admin API.
     pub fn publish_metrics(&self) {
-        metrics::set_kv_blocks(&self.model, &self.pool.stats());
+        let mut pool = self.pool.stats();
+        // The pool learns the block size from its first block; the layout knows it already.
+        pool.free_blocks =
+            pool.budget_bytes.saturating_sub(pool.bytes) / self.layout.block_bytes().max(1);
+        metrics::set_kv_blocks(&self.model, &pool);
         if let Some(ssd) = &self.ssd {
             metrics::set_ssd_stats(&ssd.stats());
         }
+        *self.probe.stats.lock().unwrap() = Some(PrefixStats {
+            block_size: self.layout.block_size,
+            blocks_used: pool.blocks,
+            blocks_referenced: pool.referenced_blocks,
+            blocks_free: pool.free_blocks,
+            bytes: pool.bytes,
+            budget_bytes: pool.budget_bytes,
+            evictions: pool.evictions,
+            queries: self.queries,
+            hits: self.hits,
+            hit_tokens_ram: self.hit_tokens_ram,
+            hit_tokens_ssd: self.hit_tokens_ssd,
+        });
     }
 }

@@ -13,6 +13,8 @@
 //! - The size is capped (configured bytes, and never more than 90% of what the filesystem
 //!   could hold for us), evicting the least recently used files.
 //! - Errors (read-only folder, disk full…) are counted, logged once, and otherwise ignored.
+//! - A read that hangs (a stalled disk) costs one `read_timeout`: until the reader thread is
+//!   free again, further lookups skip the tier at once instead of queueing behind it.
 //!
 //! Layout: `<dir>/v1/<model identity, 16 hex>/<2 hex>/<block hash, 32 hex>.kv`.
 
@@ -75,7 +77,7 @@ pub fn default_dir() -> Option<PathBuf> {
     dirs::cache_dir().map(|d| d.join(app).join("kv"))
 }
 
-/// A snapshot of the tier's counters.
+/// A snapshot of the tier's counters (since the daemon started).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct SsdStats {
     pub enabled: bool,
@@ -85,14 +87,36 @@ pub struct SsdStats {
     pub cap_bytes: u64,
     pub writes: u64,
     pub write_errors: u64,
-    /// Blocks dropped because the write queue was full.
+    /// Blocks not written: the queue was full, the tier was off, or the disk had no room.
     pub dropped: u64,
+    /// Blocks asked of this tier on admission (the part of a prompt the RAM tier lacked).
+    pub lookups: u64,
+    /// Blocks read back and served.
     pub read_hits: u64,
     /// Reads that failed on I/O or ran past the deadline.
     pub read_failures: u64,
+    /// The part of `read_failures` that ran past the deadline (or skipped a stalled reader).
+    pub read_timeouts: u64,
     /// Files that failed the checksum or another check (deleted).
     pub checksum_failures: u64,
     pub evictions: u64,
+}
+
+impl SsdStats {
+    /// Blocks looked up and not served from disk.
+    pub fn misses(&self) -> u64 {
+        self.lookups.saturating_sub(self.read_hits)
+    }
+
+    /// Served blocks over looked-up blocks; `None` before the first lookup.
+    pub fn hit_rate(&self) -> Option<f64> {
+        (self.lookups > 0).then(|| self.read_hits as f64 / self.lookups as f64)
+    }
+
+    /// I/O errors (writes and reads; not timeouts, drops or rejected files).
+    pub fn errors(&self) -> u64 {
+        self.write_errors + self.read_failures.saturating_sub(self.read_timeouts)
+    }
 }
 
 #[derive(Default)]
@@ -100,8 +124,10 @@ struct Counters {
     writes: AtomicU64,
     write_errors: AtomicU64,
     dropped: AtomicU64,
+    lookups: AtomicU64,
     read_hits: AtomicU64,
     read_failures: AtomicU64,
+    read_timeouts: AtomicU64,
     checksum_failures: AtomicU64,
     evictions: AtomicU64,
 }
@@ -147,6 +173,8 @@ impl Index {
 }
 
 struct Shared {
+    /// The configured folder, and the layout folder inside it.
+    dir: PathBuf,
     root: PathBuf,
     enabled: AtomicBool,
     scan_started: AtomicBool,
@@ -161,6 +189,46 @@ struct Shared {
     write_error_logged: AtomicBool,
     read_error_logged: AtomicBool,
     corrupt_logged: AtomicBool,
+    /// The most recent I/O error, for the admin view (set after the I/O, never held across it).
+    last_error: Mutex<Option<String>>,
+    /// The reader thread is still busy with a read the engine gave up waiting for.
+    reader_stalled: AtomicBool,
+}
+
+impl Shared {
+    fn stats(&self) -> SsdStats {
+        let c = &self.counters;
+        let (files, bytes) = {
+            let idx = self.index.lock().unwrap();
+            (idx.files.len() as u64, idx.bytes)
+        };
+        SsdStats {
+            enabled: self.enabled.load(Ordering::Relaxed),
+            scanning: self.scanning.load(Ordering::Relaxed),
+            files,
+            bytes,
+            cap_bytes: self.cap.load(Ordering::Relaxed),
+            writes: c.writes.load(Ordering::Relaxed),
+            write_errors: c.write_errors.load(Ordering::Relaxed),
+            dropped: c.dropped.load(Ordering::Relaxed),
+            lookups: c.lookups.load(Ordering::Relaxed),
+            read_hits: c.read_hits.load(Ordering::Relaxed),
+            read_failures: c.read_failures.load(Ordering::Relaxed),
+            read_timeouts: c.read_timeouts.load(Ordering::Relaxed),
+            checksum_failures: c.checksum_failures.load(Ordering::Relaxed),
+            evictions: c.evictions.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Keeps `/metrics` current from the tier's own threads: the engine publishes only while
+    /// it steps, and writes finish after the request that caused them.
+    fn publish_metrics(&self) {
+        crate::metrics::set_ssd_stats(&self.stats());
+    }
+
+    fn note_error(&self, what: &str, err: &dyn std::fmt::Display) {
+        *self.last_error.lock().unwrap() = Some(format!("{what}: {err}"));
+    }
 }
 
 struct WriteJob {
@@ -175,6 +243,8 @@ struct ReadJob {
     layout: KvLayout,
     /// Set by the engine when it stopped waiting.
     abandoned: Arc<AtomicBool>,
+    /// Set by the reader when it is finished with the job.
+    done: Arc<AtomicBool>,
     reply: mpsc::Sender<Option<KvBlock>>,
 }
 
@@ -200,6 +270,7 @@ impl SsdStore {
     pub fn open(config: SsdConfig) -> Arc<Self> {
         let root = config.dir.join(LAYOUT_DIR);
         let shared = Arc::new(Shared {
+            dir: config.dir.clone(),
             root,
             enabled: AtomicBool::new(config.enabled),
             scan_started: AtomicBool::new(false),
@@ -212,6 +283,8 @@ impl SsdStore {
             write_error_logged: AtomicBool::new(false),
             read_error_logged: AtomicBool::new(false),
             corrupt_logged: AtomicBool::new(false),
+            last_error: Mutex::new(None),
+            reader_stalled: AtomicBool::new(false),
         });
         refresh_cap(&shared);
         let (wtx, wrx) = mpsc::sync_channel(config.queue_blocks.max(1));
@@ -245,40 +318,37 @@ impl SsdStore {
         &self.shared.root
     }
 
+    /// The configured cache folder.
+    pub fn dir(&self) -> &Path {
+        &self.shared.dir
+    }
+
+    /// The most recent I/O error (`None` if there was none).
+    pub fn last_error(&self) -> Option<String> {
+        self.shared.last_error.lock().unwrap().clone()
+    }
+
     pub fn enabled(&self) -> bool {
         self.shared.enabled.load(Ordering::Relaxed)
     }
 
     /// Turns the tier on or off at once: while off, nothing is written (queued blocks are
     /// dropped) and nothing is read. Turning it on resumes without a restart.
-    pub fn set_enabled(&self, on: bool) {
-        self.shared.enabled.store(on, Ordering::Relaxed);
-        tracing::info!(enabled = on, "SSD KV cache toggled");
+    /// Returns whether the state changed.
+    pub fn set_enabled(&self, on: bool) -> bool {
+        let was = self.shared.enabled.swap(on, Ordering::Relaxed);
+        if was != on {
+            tracing::info!(enabled = on, dir = %self.shared.dir.display(), "SSD KV cache switched");
+        }
         if on {
             self.start_scan();
         }
+        self.shared.publish_metrics();
+        was != on
     }
 
     pub fn stats(&self) -> SsdStats {
-        let c = &self.shared.counters;
-        let (files, bytes) = {
-            let idx = self.shared.index.lock().unwrap();
-            (idx.files.len() as u64, idx.bytes)
-        };
-        SsdStats {
-            enabled: self.enabled(),
-            scanning: self.shared.scanning.load(Ordering::Relaxed),
-            files,
-            bytes,
-            cap_bytes: self.shared.cap.load(Ordering::Relaxed),
-            writes: c.writes.load(Ordering::Relaxed),
-            write_errors: c.write_errors.load(Ordering::Relaxed),
-            dropped: c.dropped.load(Ordering::Relaxed),
-            read_hits: c.read_hits.load(Ordering::Relaxed),
-            read_failures: c.read_failures.load(Ordering::Relaxed),
-            checksum_failures: c.checksum_failures.load(Ordering::Relaxed),
-            evictions: c.evictions.load(Ordering::Relaxed),
-        }
+        self.shared.stats()
     }
 
     pub fn contains(&self, hash: &BlockHash) -> bool {
@@ -314,6 +384,28 @@ impl SsdStore {
         }
     }
 
+    /// The longest run of `hashes` (from the first) this tier can serve, read back within the
+    /// read timeout. Counts the lookup (every hash asked for) for the hit rate.
+    pub fn lookup(
+        &self,
+        model: ModelIdentity,
+        hashes: &[BlockHash],
+        layout: KvLayout,
+    ) -> Vec<KvBlock> {
+        if !self.enabled() || hashes.is_empty() {
+            return Vec::new();
+        }
+        self.shared
+            .counters
+            .lookups
+            .fetch_add(hashes.len() as u64, Ordering::Relaxed);
+        let n = self.longest_prefix(hashes);
+        if n == 0 {
+            return Vec::new();
+        }
+        self.read_prefix(model, &hashes[..n], layout)
+    }
+
     /// Reads the blocks of `hashes` in order, stopping at the first that is missing or bad,
     /// and waits at most the read timeout in all: what arrived by then is returned.
     pub fn read_prefix(
@@ -325,13 +417,21 @@ impl SsdStore {
         if !self.enabled() || hashes.is_empty() {
             return Vec::new();
         }
+        if self.shared.reader_stalled.load(Ordering::Relaxed) {
+            // An earlier read is still hanging: queueing behind it would only wait out the
+            // timeout again. Recompute now.
+            self.count_timeout();
+            return Vec::new();
+        }
         let (tx, rx) = mpsc::channel();
         let abandoned = Arc::new(AtomicBool::new(false));
+        let done = Arc::new(AtomicBool::new(false));
         let job = ReadJob {
             model,
             hashes: hashes.to_vec(),
             layout,
             abandoned: abandoned.clone(),
+            done: done.clone(),
             reply: tx,
         };
         if self.reads.lock().unwrap().send(job).is_err() {
@@ -350,11 +450,14 @@ impl SsdStore {
                 }
                 Ok(None) | Err(RecvTimeoutError::Disconnected) => break,
                 Err(RecvTimeoutError::Timeout) => {
-                    abandoned.store(true, Ordering::Relaxed);
-                    self.shared
-                        .counters
-                        .read_failures
-                        .fetch_add(1, Ordering::Relaxed);
+                    // The reader clears the flag when it is done with the job; it may be done
+                    // already. SeqCst: each side must see the other's store (no lost clear).
+                    abandoned.store(true, Ordering::SeqCst);
+                    self.shared.reader_stalled.store(true, Ordering::SeqCst);
+                    if done.load(Ordering::SeqCst) {
+                        self.shared.reader_stalled.store(false, Ordering::SeqCst);
+                    }
+                    self.count_timeout();
                     tracing::debug!(
                         got = blocks.len(),
                         wanted = hashes.len(),
@@ -369,6 +472,12 @@ impl SsdStore {
             .read_hits
             .fetch_add(blocks.len() as u64, Ordering::Relaxed);
         blocks
+    }
+
+    fn count_timeout(&self) {
+        let c = &self.shared.counters;
+        c.read_failures.fetch_add(1, Ordering::Relaxed);
+        c.read_timeouts.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Waits (tests, benchmarks, shutdown) until every queued write is done or `timeout`
@@ -548,6 +657,7 @@ fn writer_loop(shared: Arc<Shared>, jobs: Receiver<WriteJob>) {
     for job in jobs {
         write_one(&shared, job, &mut last_cap_refresh);
         shared.pending.fetch_sub(1, Ordering::Relaxed);
+        shared.publish_metrics();
     }
 }
 
@@ -581,6 +691,7 @@ fn write_one(shared: &Shared, job: WriteJob, last_cap_refresh: &mut Instant) {
         }
         Err(e) => {
             shared.counters.write_errors.fetch_add(1, Ordering::Relaxed);
+            shared.note_error("cannot write", &e);
             log_once(
                 &shared.write_error_logged,
                 "cannot write the SSD KV cache",
@@ -638,6 +749,11 @@ fn reader_loop(shared: Arc<Shared>, jobs: Receiver<ReadJob>) {
             }
         }
         let _ = job.reply.send(None);
+        job.done.store(true, Ordering::SeqCst);
+        if job.abandoned.load(Ordering::SeqCst) {
+            shared.reader_stalled.store(false, Ordering::SeqCst);
+        }
+        shared.publish_metrics();
     }
 }
 
@@ -659,10 +775,15 @@ fn read_one(
     let read = File::open(&path).and_then(|f| f.take(expected + 1).read_to_end(&mut bytes));
     if let Err(e) = read {
         shared.index.lock().unwrap().remove(hash);
+        if e.kind() == std::io::ErrorKind::NotFound {
+            // Deleted behind our back (someone cleaned the cache folder): a plain miss.
+            return None;
+        }
         shared
             .counters
             .read_failures
             .fetch_add(1, Ordering::Relaxed);
+        shared.note_error("cannot read", &e);
         log_once(
             &shared.read_error_logged,
             "cannot read the SSD KV cache",
@@ -691,6 +812,31 @@ fn read_one(
     }
 }
 
+/// Whether a temp file (`.<name>.<pid>.tmp`) was left by a writer that is gone (a crash
+/// mid-write). Our own writer's temp files are in progress (the scan runs beside the writer),
+/// and so are those of another live daemon sharing the folder, unless they are old.
+fn is_stray_temp(name: &str, entry: &fs::DirEntry) -> bool {
+    let pid = name
+        .strip_suffix(".tmp")
+        .and_then(|s| s.rsplit('.').next())
+        .and_then(|p| p.parse::<i32>().ok());
+    let Some(pid) = pid else {
+        return true;
+    };
+    if pid as u32 == std::process::id() {
+        return false;
+    }
+    // SAFETY: signal 0 only checks that the process exists; nothing is sent.
+    let alive = pid > 0 && unsafe { libc::kill(pid, 0) } == 0;
+    let old = entry
+        .metadata()
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.elapsed().ok())
+        .is_some_and(|age| age > Duration::from_secs(600));
+    !alive || old
+}
+
 /// Rebuilds the index from the files on disk: most recently modified counts as most recently
 /// used. Stray temp files (a crash mid-write) are removed.
 fn scan(shared: &Shared) {
@@ -710,7 +856,9 @@ fn scan(shared: &Shared) {
                 let path = entry.path();
                 let name = entry.file_name().to_string_lossy().into_owned();
                 if name.ends_with(".tmp") {
-                    let _ = fs::remove_file(&path);
+                    if is_stray_temp(&name, &entry) {
+                        let _ = fs::remove_file(&path);
+                    }
                     continue;
                 }
                 let Some(hash) = name
@@ -897,14 +1045,86 @@ mod tests {
     }
 
     #[test]
-    fn stray_temp_files_are_removed_by_the_scan() {
+    fn lookups_count_hits_and_misses() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path());
+        wait_scan(&s);
+        let m = ids(0).0;
+        for n in 1..=2 {
+            s.enqueue(m, ids(n).1, Arc::new(block(n)));
+        }
+        s.flush(Duration::from_secs(5));
+        let got = s.lookup(m, &[ids(1).1, ids(2).1, ids(3).1], layout());
+        assert_eq!(got, vec![block(1), block(2)]);
+        let st = s.stats();
+        assert_eq!((st.lookups, st.read_hits, st.misses()), (3, 2, 1));
+        assert_eq!(st.hit_rate(), Some(2.0 / 3.0));
+        // Off: no lookup is counted and nothing is read.
+        s.set_enabled(false);
+        assert!(s.lookup(m, &[ids(1).1], layout()).is_empty());
+        assert_eq!(s.stats().lookups, 3);
+    }
+
+    #[test]
+    fn a_hanging_read_costs_one_timeout_then_is_skipped() {
+        // A FIFO where a block file should be: opening it blocks until a writer shows up,
+        // like a read from a stalled disk.
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = SsdConfig::new(dir.path().to_path_buf());
+        cfg.read_timeout = Duration::from_millis(200);
+        let s = SsdStore::open(cfg);
+        wait_scan(&s);
+        let (m, h) = ids(1);
+        s.enqueue(m, h, Arc::new(block(1)));
+        s.flush(Duration::from_secs(5));
+        let path = file_path(s.root(), &m, &h);
+        fs::remove_file(&path).unwrap();
+        let c = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+
+        let t = Instant::now();
+        assert!(s.read_prefix(m, &[h], layout()).is_empty());
+        assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+        // The reader is still stuck: the next lookup does not wait again.
+        let t = Instant::now();
+        assert!(s.read_prefix(m, &[h], layout()).is_empty());
+        assert!(
+            t.elapsed() < Duration::from_millis(100),
+            "{:?}",
+            t.elapsed()
+        );
+        assert_eq!(s.stats().read_timeouts, 2);
+
+        // The disk comes back (a writer opens and closes the FIFO): the empty "file" is
+        // rejected and the reader serves again.
+        drop(File::options().write(true).open(&path).unwrap());
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while s.shared.reader_stalled.load(Ordering::SeqCst) {
+            assert!(Instant::now() < deadline, "the reader never came back");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(s.stats().checksum_failures, 1);
+        let (_, h2) = ids(2);
+        s.enqueue(m, h2, Arc::new(block(2)));
+        s.flush(Duration::from_secs(5));
+        assert_eq!(s.read_prefix(m, &[h2], layout()), vec![block(2)]);
+    }
+
+    #[test]
+    fn the_scan_removes_stray_temp_files_but_not_live_writers_ones() {
         let dir = tempfile::tempdir().unwrap();
         let sub = dir.path().join(LAYOUT_DIR).join("abcd").join("ab");
         fs::create_dir_all(&sub).unwrap();
-        fs::write(sub.join(".x.kv.1.tmp"), b"partial").unwrap();
+        // Ours (a write in progress beside the scan) and a dead process's (a crash).
+        let ours = sub.join(format!(".x.kv.{}.tmp", std::process::id()));
+        let dead = sub.join(".y.kv.2147483646.tmp");
+        fs::write(&ours, b"partial").unwrap();
+        fs::write(&dead, b"partial").unwrap();
         let s = store(dir.path());
         wait_scan(&s);
-        assert!(!sub.join(".x.kv.1.tmp").exists());
+        assert!(ours.exists());
+        assert!(!dead.exists());
         assert_eq!(s.stats().files, 0);
     }
 }
