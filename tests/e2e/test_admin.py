@@ -1,5 +1,5 @@
 """The admin API end to end: authentication, status and model listings, action round trips,
-serving on/off, the SSD-cache placeholder, runtime settings, bad model ids, the events stream
+serving on/off, the SSD cache switch, runtime settings, bad model ids, the events stream
 and the `wuwei ls|ps|load|unload|pin|unpin|stop|start` commands."""
 
 import os
@@ -57,10 +57,19 @@ def test_status_and_models_shapes(admin):
     for k in ("total_bytes", "used_bytes", "available_bytes"):
         assert mem["system"][k] > 0
     assert mem["mlx"]["active_bytes"] > 0 and mem["budget_bytes"] > 0
-    assert s["ssd_cache"]["enabled"] is False and s["ssd_cache"]["available"] is False
+    # Each test daemon has its own SSD cache folder (conftest): the tier is there and on.
+    ssd = s["ssd_cache"]
+    assert ssd["available"] is True and ssd["enabled"] is True, ssd
+    assert Path(ssd["dir"]).name == "kv" and ssd["cap_bytes"] > 0
+    for k in ("bytes_used", "blocks", "hits", "misses", "writes", "writes_dropped", "write_errors",
+              "read_errors", "read_timeouts", "corrupt_dropped", "errors"):
+        assert isinstance(ssd[k], int) and ssd[k] >= 0, (k, ssd)
+    assert ssd["hit_rate"] is None or 0 <= ssd["hit_rate"] <= 1
     (m1,) = [m for m in s["loaded"] if m["id"] == "m1"]
     for k in ("memory_bytes", "kv_bytes", "running", "waiting", "last_used", "pinned"):
         assert k in m1
+    ram = m1["prefix_cache"]
+    assert ram["block_size"] == 32 and ram["budget_bytes"] > 0 and ram["blocks_free"] > 0, ram
     models = admin.models()
     assert set(models) == {"m1", "org/m2"}
     assert models["m1"]["state"] == "loaded" and models["m1"]["default"] is True
@@ -104,11 +113,20 @@ def test_actions_round_trip(admin, daemon):
     events.wait_for(lambda e: e["type"] == "serving_changed" and e["serving"] is False)
     events.wait_for(lambda e: e["type"] == "serving_changed" and e["serving"] is True)
 
-    # The SSD cache is not there yet: off is a no-op, on is 501, both say unavailable.
+    # The SSD cache switch: off and on at runtime, each change an event; repeating is a no-op.
     r = admin.post("/cache", {"enabled": False})
-    assert r.status_code == 200 and r.json()["ssd_cache"]["available"] is False
+    assert r.status_code == 200 and r.json()["changed"] is True, r.text
+    assert r.json()["ssd_cache"]["enabled"] is False
+    assert admin.get("/cache").json()["enabled"] is False
+    assert admin.status()["ssd_cache"]["enabled"] is False
+    assert admin.post("/cache", {"enabled": False}).json()["changed"] is False
     r = admin.post("/cache", {"enabled": True})
-    assert r.status_code == 501 and r.json()["ssd_cache"]["available"] is False
+    assert r.status_code == 200 and r.json()["changed"] is True and r.json()["ssd_cache"]["enabled"] is True
+    assert admin.get("/cache").json()["enabled"] is True
+    off = events.wait_for(lambda e: e["type"] == "cache_toggled" and e["enabled"] is False)
+    on = events.wait_for(lambda e: e["type"] == "cache_toggled" and e["enabled"] is True)
+    assert off["seq"] < on["seq"] and on["ssd_cache"]["enabled"] is True
+    assert len([e for e in events.events if e["type"] == "cache_toggled"]) == 2
 
     # Runtime settings round trip; bad values are 400 naming the field.
     r = admin.patch("/settings", {"idle_ttl_secs": 600, "memory_pressure_threshold": "1%"})
@@ -121,6 +139,49 @@ def test_actions_round_trip(admin, daemon):
     assert r.status_code == 400
     admin.patch("/settings", {"idle_ttl_secs": -1, "memory_pressure_threshold": "0%"})
     events.close()
+
+
+@pytest.mark.parametrize(
+    "body, param",
+    [
+        ({}, "enabled"),
+        ({"enabled": "yes"}, "enabled"),
+        ({"enabled": 1}, "enabled"),
+        ({"enabled": None}, "enabled"),
+        ({"enabled": True, "persist": True}, "persist"),
+        ([True], "body"),
+        ("off", "body"),
+    ],
+)
+def test_bad_cache_bodies_are_400(admin, body, param):
+    before = admin.get("/cache").json()["enabled"]
+    r = requests.post(admin.url + "/cache", json=body, headers=admin.headers, timeout=30)
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert err["type"] == "invalid_request_error" and err["param"] == param and err["message"], err
+    assert admin.get("/cache").json()["enabled"] is before
+
+
+def test_cache_body_that_is_not_json_is_400(admin):
+    for data, ctype in ((b"{enabled: true}", "application/json"), (b"\xff\xfe", "application/json"),
+                        (b"enabled=true", "application/x-www-form-urlencoded"), (b"", "application/json")):
+        r = requests.post(admin.url + "/cache", data=data, timeout=30,
+                          headers={**admin.headers, "Content-Type": ctype})
+        assert r.status_code == 400, (data, r.text)
+        assert set(r.json()["error"]) == {"message", "type", "param", "code"}
+
+
+def test_cache_switch_without_an_ssd_tier(tmp_path):
+    """Prefix caching off: no tier to switch; off is a no-op, on is 409, both say so."""
+    with running_daemon(tmp_path, extra_env={"WUWEI_KV_CACHE": "0", "WUWEI_WEIGHTS": "native"}) as url:
+        a = Admin(url)
+        assert a.get("/cache").json()["available"] is False
+        r = a.post("/cache", {"enabled": False})
+        assert r.status_code == 200 and r.json()["changed"] is False
+        r = a.post("/cache", {"enabled": True})
+        assert r.status_code == 409, r.text
+        assert r.json()["error"]["code"] == "ssd_cache_unavailable"
+        assert r.json()["ssd_cache"]["available"] is False
 
 
 @pytest.mark.parametrize("bad", ["../x", "../../etc/passwd", "/etc/passwd", "a\u0000b", "m1/../m1", ""])

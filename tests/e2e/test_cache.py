@@ -1,6 +1,7 @@
 """The KV prefix cache seen from outside: a cache hit (RAM or SSD) never changes greedy output,
-a conversation computes only its new tokens, the SSD tier survives restarts and `kill -9`, and a
-full or read-only cache folder costs nothing but the cache.
+a conversation computes only its new tokens, the SSD tier survives restarts and `kill -9`, is
+switched off and on at runtime through the admin API, and a full, read-only or hanging cache
+folder costs nothing but the cache.
 
 Expected outputs come from the same daemon with the cache switched off (WUWEI_KV_CACHE=0):
 the cache must be invisible in the output."""
@@ -15,6 +16,7 @@ import socket
 import stat
 import subprocess
 import time
+import zlib
 from pathlib import Path
 
 import pytest
@@ -82,6 +84,49 @@ def _wait_writes(url, at_least, timeout=60):
     while _metric(url, "wuwei_kv_ssd_writes_total") < at_least:
         assert time.monotonic() < deadline, "SSD writes did not happen"
         time.sleep(0.2)
+
+
+def _cache(url):
+    """The admin API's view of the SSD tier (GET /admin/api/cache)."""
+    r = requests.get(f"{url}/admin/api/cache", timeout=30)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def _switch(url, enabled):
+    r = requests.post(f"{url}/admin/api/cache", json={"enabled": enabled}, timeout=30)
+    assert r.status_code == 200, r.text
+    assert r.json()["ssd_cache"]["enabled"] is enabled
+    return r.json()
+
+
+def _wait_cache(url, predicate, what, timeout=60):
+    deadline = time.monotonic() + timeout
+    while True:
+        c = _cache(url)
+        if predicate(c):
+            return c
+        assert time.monotonic() < deadline, f"timed out waiting for {what}: {c}"
+        time.sleep(0.1)
+
+
+def _wait_scan(url):
+    """Until the startup index scan is done (before it, blocks on disk are misses)."""
+    return _wait_cache(url, lambda c: not c["scanning"], "the SSD index scan")
+
+
+# The block file format (kv/ssd.rs): magic, version, identity, hash, dtype+pad, layout,
+# payload length, payload, CRC32 (IEEE, the same as zlib's) of everything before it.
+_HEADER = 8 + 4 + 32 + 16 + 4 + 16 + 8
+
+
+def _intact(path):
+    data = path.read_bytes()
+    if len(data) < _HEADER + 4 or data[:8] != b"WUWEIKV\0":
+        return False
+    body, crc = data[:-4], data[-4:]
+    payload = int.from_bytes(data[80:88], "little")
+    return zlib.crc32(body) == int.from_bytes(crc, "little") and len(body) == _HEADER + payload
 
 
 @pytest.fixture(scope="module")
@@ -170,6 +215,103 @@ def test_restart_hits_the_ssd_tier(tmp_path, reference):
         assert _metric(url, "wuwei_kv_ssd_checksum_failures_total") == 0
 
 
+
+def test_ssd_switch_stops_and_resumes_reads_and_writes(tmp_path, reference):
+    """POST /admin/api/cache: off stops writes and reads at once, on resumes them without a
+    restart, and the switch is not persisted (the config decides at start)."""
+    a, b, c = (_text(f"switch-{n}", 14) for n in "abc")
+    expected = dict(zip("abc", reference("auto", [a, b, c], 4)))
+    kv = tmp_path / "kv"
+    env = {"WUWEI_KV_SSD_DIR": str(kv), "WUWEI_WEIGHTS": "auto"}
+    blocks = lambda usage: _expected_hit(usage["prompt_tokens"]) // BLOCK  # noqa: E731
+    with running_daemon(tmp_path, env) as url:
+        _wait_scan(url)
+        written = 0
+        for p in (a, c):
+            tokens, usage = _complete(url, p, 4)
+            written += blocks(usage)
+        _wait_cache(url, lambda s: s["writes"] >= written, "the first prompts' blocks on disk")
+        on_disk = sorted(kv.rglob("*.kv"))
+        assert len(on_disk) == written
+
+        _switch(url, False)
+        tokens, usage = _complete(url, b, 4)
+        assert tokens == expected["b"] and _cached(usage) == 0
+        time.sleep(1.5)  # room for a write that should not happen
+        off = _cache(url)
+        assert off["enabled"] is False and off["writes"] == written, off
+        assert sorted(kv.rglob("*.kv")) == on_disk, "a block was written while the tier was off"
+
+    # A restart: the switch was not persisted, the tier is on again.
+    with running_daemon(tmp_path, env) as url:
+        s = _wait_scan(url)
+        assert s["enabled"] is True and s["blocks"] == written, s
+        _switch(url, False)
+        # Off: `a` is on disk but not read (computed in full); nothing is looked up or written.
+        tokens, usage = _complete(url, a, 4)
+        assert tokens == expected["a"] and _cached(usage) == 0
+        s = _cache(url)
+        assert (s["hits"], s["misses"]) == (0, 0), s
+        time.sleep(1.5)
+        assert _cache(url)["writes"] == 0
+
+        # On again, no restart: `c` comes back from disk, `b` (computed while off) is written.
+        on = _switch(url, True)["ssd_cache"]
+        assert on["enabled"] is True
+        tokens, c_usage = _complete(url, c, 4)
+        assert tokens == expected["c"]
+        assert _cached(c_usage) == _expected_hit(c_usage["prompt_tokens"]) > 0
+        s = _cache(url)
+        assert s["hits"] == blocks(c_usage) and s["hit_rate"] == 1.0, s
+        assert _metric(url, "wuwei_prefix_cache_hit_tokens_total", tier="ssd") == _cached(c_usage)
+        tokens, usage = _complete(url, b, 4)
+        assert tokens == expected["b"] and _cached(usage) == 0
+        _wait_cache(url, lambda s: s["writes"] >= blocks(usage), "writes to resume")
+        assert len(list(kv.rglob("*.kv"))) == written + blocks(usage)
+        # The RAM tier's numbers per model.
+        ram = _cache(url)["ram"]
+        assert ram["blocks_used"] > 0 and ram["hit_tokens"] == _cached(c_usage), ram
+
+
+def test_a_hanging_disk_read_falls_back_to_recomputation(tmp_path, reference):
+    """Block files that block on open (FIFOs, like a stalled disk) cost one read timeout: the
+    prompt is computed instead and served exactly; later lookups do not wait again."""
+    prompt, other = _text("hang", 14), _text("hang-other", 14)
+    expected = reference("auto", [prompt, other], 4)
+    kv = tmp_path / "kv"
+    env = {"WUWEI_KV_SSD_DIR": str(kv), "WUWEI_WEIGHTS": "auto", "WUWEI_KV_SSD_READ_TIMEOUT_MS": "500"}
+    with running_daemon(tmp_path, env) as url:
+        total = 0
+        for p in (prompt, other):
+            total += _expected_hit(_complete(url, p, 4)[1]["prompt_tokens"]) // BLOCK
+        _wait_cache(url, lambda s: s["writes"] >= total, "writes")
+    for f in kv.rglob("*.kv"):
+        f.unlink()
+        os.mkfifo(f)
+    with running_daemon(tmp_path, env) as url:
+        _wait_scan(url)
+
+        def complete_within_60s(p):
+            # Without the read timeout this would hang on the FIFO forever.
+            r = requests.post(f"{url}/v1/completions", timeout=60,
+                              json={"prompt": p, "max_tokens": 4, "temperature": 0, "logprobs": 0})
+            assert r.status_code == 200, r.text
+            return r.json()["choices"][0]["logprobs"]["tokens"], r.json()["usage"]
+
+        tokens, usage = complete_within_60s(prompt)
+        assert tokens == expected[0] and _cached(usage) == 0
+        s = _cache(url)
+        assert s["read_timeouts"] == 1 and s["hits"] == 0, s
+        # The reader is still stuck on the first FIFO: the next lookup skips the tier.
+        tokens, usage = complete_within_60s(other)
+        assert tokens == expected[1] and _cached(usage) == 0
+        s = _cache(url)
+        assert s["read_timeouts"] == 2 and s["hits"] == 0, s
+        # The RAM tier is unaffected.
+        tokens, usage = complete_within_60s(prompt)
+        assert tokens == expected[0] and _cached(usage) == _expected_hit(usage["prompt_tokens"])
+
+
 def _free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -178,8 +320,9 @@ def _free_port():
 
 @contextlib.contextmanager
 def _killable_daemon(log_path, env_extra):
+    """The daemon, without the clean-exit check of running_daemon: it is killed with -9."""
     port = _free_port()
-    env = dict(os.environ, **env_extra)
+    env = dict(os.environ, WUWEI_LOG="info", **env_extra)
     for var in ("WUWEI_API_KEY", "WUWEI_CONFIG", "WUWEI_HOST", "WUWEI_PORT", "WUWEI_MODELS"):
         env.pop(var, None)
     log = open(log_path, "a")
@@ -200,7 +343,7 @@ def _killable_daemon(log_path, env_extra):
             except requests.RequestException:
                 pass
             assert time.monotonic() < deadline
-            time.sleep(0.1)
+            time.sleep(0.05)
         yield url, proc
     finally:
         if proc.poll() is None:
@@ -211,37 +354,67 @@ def _killable_daemon(log_path, env_extra):
 
 def test_kill_9_during_writes_never_serves_a_bad_block(tmp_path, reference):
     kv = tmp_path / "kv"
-    env = {"WUWEI_KV_SSD_DIR": str(kv), "WUWEI_WEIGHTS": "native", "WUWEI_LOG": "info"}
+    env = {"WUWEI_KV_SSD_DIR": str(kv), "WUWEI_WEIGHTS": "auto"}
     checks = [_text(f"kill-check-{i}", 14) for i in range(2)]
-    expected = reference("native", checks, 4)
-    # The check prompts' blocks go to disk first (these files get damaged below).
-    with _killable_daemon(tmp_path / "daemon.log", env) as (url, proc):
-        started = time.monotonic()
+    fresh = _text("kill-fresh", 14)
+    expected = reference("auto", checks + [fresh], 4)
+    log = tmp_path / "daemon.log"
+    # The check prompts' blocks go to disk first (some of these files get damaged below).
+    with _killable_daemon(log, env) as (url, proc):
+        total = 0
         for p in checks:
-            _complete(url, p, 4)
-        # Kill times scale with this machine's speed: from before the first block is written
-        # to after the prompts are done.
-        one_prompt = (time.monotonic() - started) / len(checks)
-        _wait_writes(url, 2 * (_expected_hit(_complete(url, checks[0], 1)[1]["prompt_tokens"]) // BLOCK))
-        time.sleep(0.5)
+            total += _expected_hit(_complete(url, p, 4)[1]["prompt_tokens"]) // BLOCK
+        _wait_cache(url, lambda s: s["writes"] >= total, "the check prompts' blocks on disk")
     check_files = sorted(kv.rglob("*.kv"))
+    assert len(check_files) == total
+
+    # Heavy writing, killed at random: every life sends new prompts (every block of them goes
+    # to disk) plus the check prompts (read back), and is killed -9 at a random moment: in the
+    # first lives while the prompts are being read; then alternately within a few ms of a
+    # temp file showing up (a block half written: the crash window that matters), and from
+    # just after the first new block file appears (the writer busy from then on) until well
+    # after.
     rng = random.Random(9)
+    interrupted = 0  # lives killed while a block file was half written (a temp file remained)
     for i in range(20):
-        with _killable_daemon(tmp_path / "daemon.log", env) as (url, proc):
-            # Heavy writing: new prompts at once, every block goes to disk; kill at random.
-            prompts = [_text(f"kill-{i}-{j}", 14) for j in range(2)] + checks
+        before = set(kv.rglob("*.kv"))
+        with _killable_daemon(log, env) as (url, proc):
+            prompts = [_text(f"kill-{i}-{j}", 20) for j in range(3)] + checks
             pool = cf.ThreadPoolExecutor(len(prompts))
-            for p in prompts:
+            futures = [
                 pool.submit(lambda p=p: requests.post(
                     f"{url}/v1/completions",
                     json={"prompt": p, "max_tokens": 4, "temperature": 0},
                     timeout=60,
                 ))
-            time.sleep(rng.uniform(0.1, 3 * one_prompt))
+                for p in prompts
+            ]
+            deadline = time.monotonic() + 60
+            if i < 3:
+                time.sleep(rng.uniform(0.0, 0.5))
+            elif i % 2:
+                # Until a temp file appears (or every request is done: then kill anyway).
+                while not list(kv.rglob("*.tmp")) and not all(f.done() for f in futures):
+                    assert time.monotonic() < deadline, "no block was written"
+                    time.sleep(0.001)
+                time.sleep(rng.uniform(0.0, 0.005))
+            else:
+                while not set(kv.rglob("*.kv")) - before:
+                    assert time.monotonic() < deadline, "no block was written"
+                    time.sleep(0.01)
+                time.sleep(rng.uniform(0.0, 0.6))
             proc.send_signal(signal.SIGKILL)
             proc.wait()
+            interrupted += bool(list(kv.rglob("*.tmp")))
             pool.shutdown(wait=True, cancel_futures=True)
-    assert len(list(kv.rglob("*.kv"))) > len(check_files), "nothing new reached the disk in 20 runs"
+    files = sorted(kv.rglob("*.kv"))
+    assert len(files) > len(check_files), "nothing new reached the disk in 20 runs"
+    # Temp + fsync + rename: a kill never leaves a damaged file under a block's name.
+    broken = [f for f in files if not _intact(f)]
+    assert not broken, f"{len(broken)} of {len(files)} block files are damaged after kill -9"
+    print(f"\n{len(files) - len(check_files)} new block files; {interrupted}/20 kills interrupted a write")
+    assert interrupted >= 1, "no kill landed while a block was being written"
+
     # Damage the check prompts' files the way a dying disk would: flipped bits, truncation.
     damaged = check_files[::2]
     damaged_bytes = {}
@@ -254,25 +427,38 @@ def test_kill_9_during_writes_never_serves_a_bad_block(tmp_path, reference):
             f.write_bytes(bytes(data))
         damaged_bytes[f] = f.read_bytes()
 
-    with _killable_daemon(tmp_path / "daemon.log", env) as (url, proc):
-        time.sleep(1)  # let the index scan finish
+    (tmp_path / "final").mkdir()
+    with running_daemon(tmp_path / "final", env) as url:
+        _wait_scan(url)
         assert not list(kv.rglob("*.tmp")), "the startup scan removes stray temp files"
         for p, exp in zip(checks, expected):
             tokens, usage = _complete(url, p, 4)
             assert tokens == exp, "output changed after crashes and damage"
         # Each damaged file that was read was rejected, deleted and counted; none was served.
         # (The recomputed block is written again under the same name, intact.)
-        _wait_writes(url, 1)
-        time.sleep(1)
-        bad = _metric(url, "wuwei_kv_ssd_checksum_failures_total")
-        assert bad >= 1
+        s = _wait_cache(url, lambda s: s["writes"] >= 1, "the recomputed blocks on disk")
+        bad = s["corrupt_dropped"]
+        assert bad >= 1, s
+        assert _metric(url, "wuwei_kv_ssd_checksum_failures_total") == bad
         replaced = [f for f in damaged if not f.exists() or f.read_bytes() != damaged_bytes[f]]
         assert bad == len(replaced)
-        # The cache keeps working: the same prompts now hit in full.
+        # The cache keeps working: the same prompts now hit in full, and a new prompt goes to
+        # disk.
         for p, exp in zip(checks, expected):
             tokens, usage = _complete(url, p, 4)
             assert tokens == exp
             assert _cached(usage) == _expected_hit(usage["prompt_tokens"])
+        tokens, usage = _complete(url, fresh, 4)
+        assert tokens == expected[2]
+        _wait_cache(url, lambda c: c["writes"] >= bad + _expected_hit(usage["prompt_tokens"]) // BLOCK,
+                    "the new prompt's blocks on disk")
+    # ... and is read back after a restart.
+    with running_daemon(tmp_path / "final", env) as url:
+        _wait_scan(url)
+        tokens, usage = _complete(url, fresh, 4)
+        assert tokens == expected[2]
+        assert _cached(usage) == _expected_hit(usage["prompt_tokens"]) > 0
+        assert _cache(url)["hits"] == _cached(usage) // BLOCK
 
 
 def _unshare_wrapper(tmp_path, mount_options):
@@ -295,25 +481,32 @@ def _unshare_wrapper(tmp_path, mount_options):
     return wrapper, cache
 
 
+# Both cases read the same prompts (each daemon has its own empty cache): one reference run.
+_UNUSABLE_PROMPTS = [_text(f"unusable-{i}", 20) for i in range(3)]
+
+
 @pytest.mark.parametrize("case", ["disk_full", "read_only"])
 def test_unusable_cache_folder_costs_only_the_cache(tmp_path, reference, monkeypatch, case):
-    # disk_full: the filesystem runs out of inodes after a couple of files (ENOSPC);
+    # disk_full: a tiny filesystem that runs out of inodes after a file or two (ENOSPC). A
+    # filesystem out of bytes is met earlier by the size cap (≤ 90% of the free space: blocks
+    # are then dropped or evict older ones), so inodes are what makes writes fail here.
     # read_only: every write fails (EROFS).
     options = "size=64m,nr_inodes=6" if case == "disk_full" else "ro,size=64m"
     wrapper, cache = _unshare_wrapper(tmp_path, options)
-    prompts = [_text(f"{case}-{i}", 40) for i in range(3)]
-    expected = reference("native", prompts)
+    prompts = _UNUSABLE_PROMPTS
+    expected = reference("auto", prompts, 4)
     monkeypatch.setenv("WUWEI_BIN", str(wrapper))
-    env = {"WUWEI_KV_SSD_DIR": str(cache), "WUWEI_WEIGHTS": "native", "WUWEI_KV_SSD_MAX_BYTES": str(1 << 30)}
+    env = {"WUWEI_KV_SSD_DIR": str(cache), "WUWEI_WEIGHTS": "auto", "WUWEI_KV_SSD_MAX_BYTES": str(1 << 30)}
     with running_daemon(tmp_path, env) as url:
         for p, exp in zip(prompts, expected):
-            assert _complete(url, p)[0] == exp
+            assert _complete(url, p, 4)[0] == exp
         # The RAM tier still works.
-        tokens, usage = _complete(url, prompts[0])
+        tokens, usage = _complete(url, prompts[0], 4)
         assert tokens == expected[0] and _cached(usage) > 0
-        deadline = time.monotonic() + 30
-        while _metric(url, "wuwei_kv_ssd_write_errors_total") < 2:
-            assert time.monotonic() < deadline, "write errors were not counted"
-            time.sleep(0.2)
+        s = _wait_cache(url, lambda c: c["write_errors"] >= 2, "write errors to be counted")
+        assert s["enabled"] is True and s["errors"] == s["write_errors"], s
+        why = "No space left on device" if case == "disk_full" else "Read-only file system"
+        assert why in s["last_error"], s
+        assert _metric(url, "wuwei_kv_ssd_write_errors_total") == s["write_errors"]
     log = (tmp_path / "daemon.log").read_text()
     assert log.count("cannot write the SSD KV cache") == 1, "errors are logged once, not per block"
