@@ -144,6 +144,9 @@ fn serve(args: wuwei::config::ServeArgs) -> anyhow::Result<()> {
             max_running: cfg.max_running,
             prefill_chunk: cfg.prefill_chunk,
             kv,
+            // Set per model by the registry (its reserved KV).
+            kv_budget_bytes: None,
+            kv_bytes_per_token: 0,
         },
         max_queue: cfg.max_queue,
         weights_mode: cfg.weights,

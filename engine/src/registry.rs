@@ -109,6 +109,8 @@ pub struct Served {
     /// Whether the model writes `<think>` reasoning.
     pub reasoning: bool,
     pub plan: MemoryPlan,
+    /// KV bytes of one token position (0: unknown).
+    pub kv_bytes_per_token: u64,
     pub settings: ModelSettings,
     pub loaded_at: SystemTime,
     /// Dropping the sender (taking it out) lets the engine thread finish its work and exit.
@@ -925,6 +927,9 @@ impl Registry {
         let (model_id, path_buf) = (id.to_string(), path.to_path_buf());
         let mut sched = self.config.scheduler.clone();
         sched.kv.model_path = Some(path.to_path_buf());
+        // Running sequences share the KV memory counted for the model in the budget.
+        sched.kv_budget_bytes = Some(plan.kv_reserved_bytes as usize);
+        sched.kv_bytes_per_token = facts.kv_bytes_per_token as usize;
         let thread_stats = stats.clone();
         let started = Instant::now();
         std::thread::Builder::new()
@@ -975,6 +980,7 @@ impl Registry {
             stats,
             reasoning,
             plan,
+            kv_bytes_per_token: facts.kv_bytes_per_token,
             settings,
             loaded_at: SystemTime::now(),
             requests: Mutex::new(Some(req_tx)),
@@ -1078,6 +1084,17 @@ impl Registry {
                 tokens: prompt.len(),
                 max: context - 1,
             });
+        }
+        // A prompt whose KV alone exceeds the model's KV budget would wait forever: refuse it.
+        // (One that fits waits in the engine's queue until running sequences leave room.)
+        let kv_need = prompt.len() as u64 * served.kv_bytes_per_token;
+        if kv_need > served.plan.kv_reserved_bytes {
+            return Err(CoreError::InsufficientMemory(format!(
+                "the prompt's KV cache ({} tokens, {}) exceeds the KV budget of '{id}' ({}; raise kv_reserve_tokens)",
+                prompt.len(),
+                format_bytes(kv_need),
+                format_bytes(served.plan.kv_reserved_bytes),
+            )));
         }
         let room = context - prompt.len();
         let (max_tokens, limited_by_context) = match request.max_tokens {

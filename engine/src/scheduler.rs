@@ -58,6 +58,11 @@ pub struct SchedulerConfig {
     pub prefill_chunk: usize,
     /// Prefix reuse (RAM block pool, SSD tier).
     pub kv: KvConfig,
+    /// KV memory the running sequences may hold together (the model's reserved KV; `None`:
+    /// unbounded). A prompt that does not fit next to them waits in the queue.
+    pub kv_budget_bytes: Option<usize>,
+    /// KV bytes of one token position (with `kv_budget_bytes`).
+    pub kv_bytes_per_token: usize,
 }
 
 impl Default for SchedulerConfig {
@@ -66,6 +71,8 @@ impl Default for SchedulerConfig {
             max_running: 8,
             prefill_chunk: 512,
             kv: KvConfig::default(),
+            kv_budget_bytes: None,
+            kv_bytes_per_token: 0,
         }
     }
 }
@@ -194,9 +201,15 @@ impl Engine {
                 !gone
             });
             while running.len() < self.config.max_running {
-                let Some(req) = waiting.pop_front() else {
+                let Some(req) = waiting.front() else {
                     break;
                 };
+                // Gated by KV memory too: first in line waits for room (one sequence always
+                // runs, so the queue moves; the registry refuses prompts that never fit).
+                if !running.is_empty() && !self.kv_room(req.prompt.len(), &running) {
+                    break;
+                }
+                let req = waiting.pop_front().expect("front exists");
                 self.stats.waiting.fetch_sub(1, Ordering::Relaxed);
                 running.push(self.start(req));
             }
@@ -256,6 +269,21 @@ impl Engine {
             last_token_at: None,
             req,
         }
+    }
+
+    /// Whether a prompt of `tokens` fits the KV budget next to `running`: each holds its
+    /// buffers as allocated now, or its tokens so far if more (a sequence admitted in this
+    /// round has not allocated yet). Growth while decoding is not reserved up front.
+    fn kv_room(&self, tokens: usize, running: &[Sequence]) -> bool {
+        let Some(budget) = self.config.kv_budget_bytes else {
+            return true;
+        };
+        let per_token = self.config.kv_bytes_per_token;
+        let held: usize = running
+            .iter()
+            .map(|s| s.cache.nbytes().max(s.tokens.len() * per_token))
+            .sum();
+        held + tokens * per_token <= budget
     }
 
     fn publish_gauges(&self, running: &[Sequence], waiting: usize) {

@@ -510,3 +510,39 @@ def test_unusable_cache_folder_costs_only_the_cache(tmp_path, reference, monkeyp
         assert _metric(url, "wuwei_kv_ssd_write_errors_total") == s["write_errors"]
     log = (tmp_path / "daemon.log").read_text()
     assert log.count("cannot write the SSD KV cache") == 1, "errors are logged once, not per block"
+
+
+def _histogram_buckets(url, name):
+    """{le: count} of a histogram, summed over labels."""
+    out = {}
+    for line in requests.get(f"{url}/metrics", timeout=10).text.splitlines():
+        m = re.match(rf'^{name}_bucket\{{.*le="([^"]+)".*\}} ([0-9.e+-]+)$', line)
+        if m:
+            le = float(m.group(1))  # "+Inf" parses as inf
+            out[le] = out.get(le, 0) + float(m.group(2))
+    return out
+
+
+def test_kv_budget_gates_admission(tmp_path, reference):
+    """Running sequences share the model's KV budget (kv_reserve_tokens): a prompt that does
+    not fit next to them waits in the queue (outputs still exact), and one that could never
+    fit is refused with 507 while the daemon keeps serving."""
+    prompts = [_text(f"budget-{i}", 14) for i in range(4)]
+    expected = reference("auto", prompts, 8)
+    # 600 positions: two sequences' KV buffers (they grow 256 positions at a time) fit, a third
+    # prompt of ~175 tokens does not.
+    env = {"WUWEI_WEIGHTS": "auto", "WUWEI_KV_RESERVE_TOKENS": "600"}
+    with running_daemon(tmp_path, env) as url:
+        with cf.ThreadPoolExecutor(len(prompts)) as pool:
+            results = list(pool.map(lambda p: _complete(url, p, 8)[0], prompts))
+        assert results == expected
+        buckets = _histogram_buckets(url, "wuwei_batch_size")
+        inf = float("inf")
+        assert buckets[inf] > 0
+        assert buckets[2.0] == buckets[inf], f"a step ran more sequences than the KV budget holds: {buckets}"
+        r = requests.post(f"{url}/v1/completions", timeout=60,
+                          json={"prompt": _text("budget-huge", 60), "max_tokens": 1})
+        assert r.status_code == 507, r.text
+        err = r.json()["error"]
+        assert err["code"] == "insufficient_memory" and "kv_reserve_tokens" in err["message"], err
+        assert _complete(url, prompts[0], 8)[0] == expected[0]
