@@ -3,7 +3,9 @@
 // Two copies of the GGUF test model in a temp models folder, an API key, and a memory budget
 // (set through the settings page) that fits one of them: pin/unpin change the daemon's state,
 // loading the second evicts the first, and that eviction must show up in the page's event
-// tail. Gauges are compared with /admin/api/status. Screenshots go to artifacts/ui/.
+// tail. The SSD cache toggle switches the daemon's SSD tier off and on, and the SSD gauges follow
+// the daemon's cache events. Gauges are compared with /admin/api/status. Screenshots go to
+// artifacts/ui/.
 //
 // Env: WUWEI_BIN (default target/debug/wuwei), WUWEI_TEST_MODELS (default .deps/test-models),
 // CHROMIUM (default /usr/bin/chromium).
@@ -95,6 +97,7 @@ before(async () => {
       HOME: path.join(tmp, 'home'), // no user config file, no ~/models
       WUWEI_WEIGHTS: 'native', // predictable sizes: no f32 expansion
       WUWEI_KV_RESERVE_TOKENS: '256',
+      WUWEI_KV_SSD_DIR: path.join(tmp, 'kv'), // the SSD tier, in a folder of its own
       WUWEI_LOG: 'info',
     },
   });
@@ -158,14 +161,30 @@ test('dashboard against the real daemon', async (t) => {
       const s = await admin('GET', '/settings');
       assert.equal(s.budget_bytes, budget);
     }, 10_000, 'the budget to change');
-    // The SSD cache is not available in this build: its toggle is disabled and says so.
     const status = await admin('GET', '/status');
-    assert.equal(status.ssd_cache.available, false);
-    assert.equal(await page.isDisabled('[data-testid="ssd-toggle"]'), true);
-    await page.waitForSelector('[data-testid="ssd-unavailable"]');
     assert.match(await page.textContent('[data-testid="api-key-presence"]'), /^set/);
     assert.equal(await page.textContent('[data-testid="port"]'), `${status.host}:${status.port}`);
     await shot('settings');
+  });
+
+  await t.test('the SSD cache toggle switches the daemon\'s SSD tier off and on', async () => {
+    await goto('settings');
+    const cache = () => admin('GET', '/cache');
+    assert.equal((await cache()).available, true);
+    assert.equal((await cache()).enabled, true);
+    await page.waitForSelector('[data-testid="ssd-toggle"]:not([disabled]):checked');
+    assert.match(await page.textContent('[data-testid="ssd-dir"]'), /kv/);
+    await page.click('[data-testid="ssd-toggle"]');
+    await eventually(async () => assert.equal((await cache()).enabled, false), 10_000, 'the SSD tier off');
+    await page.waitForSelector('[data-testid="ssd-toggle"]:not([disabled]):not(:checked)');
+    await shot('settings-ssd-off');
+    await page.click('[data-testid="ssd-toggle"]');
+    await eventually(async () => assert.equal((await cache()).enabled, true), 10_000, 'the SSD tier on');
+    await page.waitForSelector('[data-testid="ssd-toggle"]:not([disabled]):checked');
+    // Both switches are in the event tail.
+    await goto('events');
+    await page.waitForSelector('li[data-type="cache_toggled"]');
+    assert.equal(await page.locator('li[data-type="cache_toggled"]').count(), 2);
   });
 
   await t.test('pin and unpin from the models page change the daemon', async () => {
@@ -211,8 +230,55 @@ test('dashboard against the real daemon', async (t) => {
       assert.equal(await attr('[data-testid="gauge-model-beta"]', 'data-used'), beta.memory_bytes);
       assert.equal(await attr('[data-testid="gauge-model-beta"] [data-testid="model-weights"]', 'data-bytes'), beta.weights_bytes);
       assert.equal(await page.locator('[data-testid="gauge-model-alpha"]').count(), 0);
-      assert.match(await page.textContent('[data-testid="gauge-ssd"]'), /not available/);
+      assert.equal(await attr('[data-testid="gauge-ssd"]', 'data-total'), s.ssd_cache.cap_bytes);
+      assert.equal(await attr('[data-testid="gauge-ssd"]', 'data-used'), s.ssd_cache.bytes_used);
     }, 20_000, 'the gauges to match /admin/api/status');
     await shot('overview');
+  });
+
+  await t.test('SSD gauges follow the cache events as blocks are written and read back', async () => {
+    await goto('overview');
+    const before = Number(await page.getAttribute('[data-testid="gauge-ssd"]', 'data-stats-seq'));
+    // A prompt of a few full blocks: they are written to disk in the background.
+    const words = 'river stone light garden winter market letter harbor forest engine window road'.split(' ');
+    const prompt = Array.from({ length: 120 }, (_, i) => words[(i * 7) % words.length]).join(' ');
+    const complete = () =>
+      fetch(`${base}/v1/completions`, {
+        method: 'POST',
+        headers: { Authorization: `Bearer ${KEY}`, 'Content-Type': 'application/json' },
+        body: JSON.stringify({ model: 'beta', prompt, max_tokens: 1, temperature: 0 }),
+      }).then(async (r) => {
+        const text = await r.text();
+        assert.equal(r.status, 200, text);
+        return JSON.parse(text);
+      });
+    await complete();
+    const written = await eventually(async () => {
+      const c = await admin('GET', '/cache');
+      assert.ok(c.writes >= 3 && c.bytes_used > 0, JSON.stringify(c));
+      return c;
+    }, 60_000, 'blocks on disk');
+    // The gauge shows the daemon's numbers, and got them from a cache_stats event.
+    await eventually(async () => {
+      const attr = (name) => page.getAttribute('[data-testid="gauge-ssd"]', name).then(Number);
+      assert.ok((await attr('data-stats-seq')) > before);
+      assert.equal(await attr('data-used'), (await admin('GET', '/cache')).bytes_used);
+    }, 20_000, 'the SSD gauge to follow the events');
+    assert.ok(written.bytes_used > 0);
+    // Unloading the model empties its RAM tier; loading it again and sending the prompt
+    // reads the blocks back from disk: the hit-rate gauge moves from 0% (the first request
+    // found nothing on disk) to 50% (the second found all of it).
+    assert.equal(await page.textContent('[data-testid="gauge-ssd-hits"] .value'), '0%');
+    await admin('POST', '/models/unload', { model: 'beta' });
+    await admin('POST', '/models/load', { model: 'beta' });
+    const again = await complete();
+    assert.ok(again.usage.prompt_tokens_details.cached_tokens > 0, JSON.stringify(again.usage));
+    await eventually(async () => {
+      const c = await admin('GET', '/cache');
+      assert.ok(c.hits > 0 && c.hits === c.misses && c.hit_rate === 0.5, JSON.stringify(c));
+      assert.equal(await page.getAttribute('[data-testid="gauge-ssd-hits"]', 'data-hit-rate'), '0.5');
+      assert.equal(await page.textContent('[data-testid="gauge-ssd-hits"] .value'), '50%');
+    }, 20_000, 'the hit-rate gauge');
+    await shot('overview-ssd');
   });
 });

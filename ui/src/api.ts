@@ -16,14 +16,45 @@ export interface LoadedModel {
   last_used: number;
   loaded_at: number;
   unloading: boolean;
+  prefix_cache?: PrefixCache | null;
 }
 
+/** The SSD tier of the KV prefix cache (`status.ssd_cache`, `GET /cache`, cache events). */
 export interface SsdCache {
   enabled: boolean;
   available: boolean;
+  dir?: string | null;
+  scanning?: boolean;
   bytes_used: number;
   cap_bytes: number;
+  blocks?: number;
+  hits?: number;
+  misses?: number;
   hit_rate: number | null;
+  writes?: number;
+  writes_dropped?: number;
+  write_errors?: number;
+  read_errors?: number;
+  read_timeouts?: number;
+  corrupt_dropped?: number;
+  evictions?: number;
+  errors?: number;
+  last_error?: string | null;
+}
+
+/** One model's RAM tier of the prefix cache (`status.loaded[].prefix_cache`). */
+export interface PrefixCache {
+  block_size: number;
+  blocks_used: number;
+  blocks_referenced: number;
+  blocks_free: number;
+  bytes: number;
+  budget_bytes: number;
+  evictions: number;
+  queries: number;
+  hits: number;
+  hit_tokens_ram: number;
+  hit_tokens_ssd: number;
 }
 
 export interface Status {

@@ -6,6 +6,7 @@
 
 import './style.css';
 import { AdminApi, ApiError, type AdminEvent, type ModelInfo, type Settings, type Status } from './api';
+import { applyCacheEvent, formatHitRate, isCacheEvent, ramDetail, ssdDetail } from './cache';
 import { escapeHtml as h, formatBytes, formatClock, formatUptime, percent } from './format';
 import { parsePrometheus, rates, type LiveRates, type MetricsSample } from './metrics';
 
@@ -30,6 +31,8 @@ interface State {
   busy: Set<string>;
   /** The settings form has edits not yet saved: live refreshes leave it alone. */
   settingsDirty: boolean;
+  /** `seq` of the last `cache_stats` event applied (0: none yet). */
+  cacheStatsSeq: number;
 }
 
 const api = new AdminApi();
@@ -47,6 +50,7 @@ const state: State = {
   error: null,
   busy: new Set(),
   settingsDirty: false,
+  cacheStatsSeq: 0,
 };
 let streamAbort: AbortController | null = null;
 
@@ -125,6 +129,13 @@ function scheduleRefresh() {
 }
 
 function onEvent(event: AdminEvent) {
+  if (isCacheEvent(event)) state.status = applyCacheEvent(state.status, event);
+  if (event.type === 'cache_stats') {
+    // Numbers only, up to once a second: gauges move, the event tail and the rest stay.
+    state.cacheStatsSeq = event.seq;
+    render();
+    return;
+  }
   state.events.push(event);
   if (state.events.length > EVENT_TAIL) state.events.splice(0, state.events.length - EVENT_TAIL);
   if (event.type === 'model_evicted' || event.type === 'load_failed') toast(event);
@@ -189,6 +200,8 @@ function describeEvent(e: AdminEvent): string {
       return e.serving ? 'serving started' : 'serving stopped';
     case 'settings_changed':
       return 'settings changed';
+    case 'cache_toggled':
+      return `SSD cache turned ${e.enabled ? 'on' : 'off'}`;
     case 'lagged':
       return `missed ${e.missed} events`;
     default:
@@ -221,6 +234,10 @@ function gauge(opts: {
   detail: string;
   marker?: { at: number; label: string };
   segments?: { bytes: number; cls: string; label: string }[];
+  /** Header text instead of "used / total" bytes. */
+  value?: string;
+  /** Extra `data-*` attributes. */
+  data?: Record<string, string | number>;
 }): string {
   const segments = opts.segments ?? [{ bytes: opts.used, cls: 'fill', label: '' }];
   const bars = segments
@@ -229,8 +246,12 @@ function gauge(opts: {
   const marker = opts.marker
     ? `<div class="marker" style="left:${percent(opts.marker.at, opts.total)}%" title="${h(opts.marker.label)}"></div>`
     : '';
-  return `<section class="gauge" data-testid="${h(opts.id)}" data-used="${opts.used}" data-total="${opts.total}">
-    <header><h3>${h(opts.title)}</h3><span class="value">${h(formatBytes(opts.used))} / ${h(formatBytes(opts.total))}</span></header>
+  const data = Object.entries(opts.data ?? {})
+    .map(([k, v]) => ` data-${h(k)}="${h(v)}"`)
+    .join('');
+  const value = opts.value ?? `${formatBytes(opts.used)} / ${formatBytes(opts.total)}`;
+  return `<section class="gauge" data-testid="${h(opts.id)}" data-used="${opts.used}" data-total="${opts.total}"${data}>
+    <header><h3>${h(opts.title)}</h3><span class="value">${h(value)}</span></header>
     <div class="bar">${bars}${marker}</div>
     <p class="detail">${opts.detail}</p>
   </section>`;
@@ -305,23 +326,36 @@ function overview(): string {
     title: 'KV cache',
     used: kvLive,
     total: Math.max(kvReserved, kvLive),
-    detail: `${h(formatBytes(kvLive))} live of ${h(formatBytes(kvReserved))} reserved · MLX active ${h(formatBytes(m.mlx.active_bytes))}, cache ${h(formatBytes(m.mlx.cache_bytes))}, peak ${h(formatBytes(m.mlx.peak_bytes))}`,
+    detail: `${h(formatBytes(kvLive))} live of ${h(formatBytes(kvReserved))} reserved · <span data-testid="ram-cache">${h(ramDetail(s))}</span> · MLX active ${h(formatBytes(m.mlx.active_bytes))}, cache ${h(formatBytes(m.mlx.cache_bytes))}, peak ${h(formatBytes(m.mlx.peak_bytes))}`,
   })}
-  ${
-    ssd.available
-      ? gauge({
-          id: 'gauge-ssd',
-          title: 'SSD cache',
-          used: ssd.bytes_used,
-          total: ssd.cap_bytes,
-          detail: `${ssd.enabled ? 'on' : 'off'} · hit rate ${ssd.hit_rate === null ? '—' : `${(ssd.hit_rate * 100).toFixed(0)}%`}`,
-        })
-      : `<section class="gauge unavailable" data-testid="gauge-ssd"><header><h3>SSD cache</h3><span class="value">not available</span></header><p class="detail">This build has no SSD KV cache yet.</p></section>`
-  }
+  ${ssd.available ? ssdGauges(ssd) : `<section class="gauge unavailable" data-testid="gauge-ssd"><header><h3>SSD cache</h3><span class="value">not available</span></header><p class="detail">${h(ssdDetail(ssd))}</p></section>`}
   <h2>Loaded models</h2>
   ${perModel}
   <h2>Recent events</h2>
   ${eventRows(state.events.slice(-8))}`;
+}
+
+/** The SSD tier: space used of the cap, and the share of looked-up blocks served from disk. */
+function ssdGauges(ssd: Status['ssd_cache']): string {
+  const hits = ssd.hits ?? 0;
+  const looked = hits + (ssd.misses ?? 0);
+  const live = { enabled: ssd.enabled ? 1 : 0, 'stats-seq': state.cacheStatsSeq };
+  return `${gauge({
+    id: 'gauge-ssd',
+    title: `SSD cache${ssd.enabled ? '' : ' · off'}`,
+    used: ssd.bytes_used,
+    total: ssd.cap_bytes,
+    detail: `${h(ssdDetail(ssd))}${ssd.last_error ? ` · <span class="problem" data-testid="ssd-error">${h(ssd.last_error)}</span>` : ''}`,
+    data: live,
+  })}${gauge({
+    id: 'gauge-ssd-hits',
+    title: 'SSD hit rate',
+    used: hits,
+    total: looked,
+    value: formatHitRate(ssd.hit_rate),
+    detail: `${hits} of ${looked} blocks missing from RAM were read back from disk`,
+    data: { 'hit-rate': ssd.hit_rate ?? '' },
+  })}`;
 }
 
 function modelsPage(): string {
@@ -363,9 +397,15 @@ function settingsPage(): string {
   const ssd = st.ssd_cache;
   return `<form id="settings-form" class="settings">
     <fieldset><legend>SSD cache</legend>
-      <label><input type="checkbox" id="ssd-toggle" data-testid="ssd-toggle" ${ssd.enabled ? 'checked' : ''} ${ssd.available ? '' : 'disabled'}>
+      <label><input type="checkbox" id="ssd-toggle" data-testid="ssd-toggle" ${ssd.enabled ? 'checked' : ''} ${ssd.available && !state.busy.has('ssd') ? '' : 'disabled'}>
         Keep KV cache on disk</label>
-      ${ssd.available ? '' : '<p class="muted" data-testid="ssd-unavailable">Not available in this build.</p>'}
+      ${
+        ssd.available
+          ? `<p class="muted" data-testid="ssd-dir">In ${h(ssd.dir ?? '')} · ${h(formatBytes(ssd.bytes_used))} of ${h(formatBytes(ssd.cap_bytes))} · hit rate ${h(formatHitRate(ssd.hit_rate))}. Off stops reads and writes at once; the daemon's config decides again at its next start.</p>${
+              ssd.last_error ? `<p class="problem" data-testid="ssd-error">${h(ssd.last_error)}</p>` : ''
+            }`
+          : '<p class="muted" data-testid="ssd-unavailable">Not available: no cache folder, or prefix caching is off.</p>'
+      }
     </fieldset>
     <fieldset><legend>Memory</legend>
       <label>Budget <input name="memory_budget" data-testid="budget-input" value="${h(s.memory_budget ?? '')}" placeholder="default (total − reserve)"></label>
