@@ -937,16 +937,18 @@ impl Registry {
             .spawn(move || {
                 match loader::load(&path_buf, plan.mode) {
                     Ok(loaded) => {
-                        let _ =
-                            ready_tx.send(Ok((loaded.tokenizer.clone(), loaded.context_length)));
-                        Engine::new(
+                        let ready = (loaded.tokenizer.clone(), loaded.context_length);
+                        // Ready once the engine exists (its prefix cache included), so that the
+                        // admin API never shows a loaded model without it.
+                        let engine = Engine::new(
                             model_id.clone(),
                             loaded.model,
                             loaded.tokenizer,
                             sched,
                             thread_stats,
-                        )
-                        .run(req_rx);
+                        );
+                        let _ = ready_tx.send(Ok(ready));
+                        engine.run(req_rx);
                         tracing::info!(model = %model_id, "engine stopped; model dropped");
                     }
                     Err(e) => {

@@ -271,19 +271,16 @@ impl Engine {
         }
     }
 
-    /// Whether a prompt of `tokens` fits the KV budget next to `running`: each holds its
-    /// buffers as allocated now, or its tokens so far if more (a sequence admitted in this
-    /// round has not allocated yet). Growth while decoding is not reserved up front.
+    /// Whether a prompt of `tokens` fits the KV budget next to the tokens `running` holds.
+    /// Counted in positions, not allocated buffers: the slot pool pads slots and keeps freed
+    /// ones for reuse, so its size says little about what one more sequence costs. Growth
+    /// while decoding is not reserved up front.
     fn kv_room(&self, tokens: usize, running: &[Sequence]) -> bool {
         let Some(budget) = self.config.kv_budget_bytes else {
             return true;
         };
-        let per_token = self.config.kv_bytes_per_token;
-        let held: usize = running
-            .iter()
-            .map(|s| s.cache.nbytes().max(s.tokens.len() * per_token))
-            .sum();
-        held + tokens * per_token <= budget
+        let held: usize = running.iter().map(|s| s.tokens.len()).sum();
+        (held + tokens) * self.config.kv_bytes_per_token <= budget
     }
 
     fn publish_gauges(&self, running: &[Sequence], waiting: usize) {

@@ -529,9 +529,8 @@ def test_kv_budget_gates_admission(tmp_path, reference):
     fit is refused with 507 while the daemon keeps serving."""
     prompts = [_text(f"budget-{i}", 14) for i in range(4)]
     expected = reference("auto", prompts, 8)
-    # 600 positions: two sequences' KV buffers (they grow 256 positions at a time) fit, a third
-    # prompt of ~175 tokens does not.
-    env = {"WUWEI_WEIGHTS": "auto", "WUWEI_KV_RESERVE_TOKENS": "600"}
+    # 450 positions: two prompts of ~175 tokens fit together, a third does not.
+    env = {"WUWEI_WEIGHTS": "auto", "WUWEI_KV_RESERVE_TOKENS": "450"}
     with running_daemon(tmp_path, env) as url:
         with cf.ThreadPoolExecutor(len(prompts)) as pool:
             results = list(pool.map(lambda p: _complete(url, p, 8)[0], prompts))
