@@ -148,7 +148,7 @@ def reference(tmp_path_factory):
 
 @pytest.mark.parametrize("mode", ["native", "dequantized"])
 def test_ram_hit_output_equals_uncached(tmp_path, reference, mode):
-    base = _text(f"ram-{mode}", 40)
+    base = _text(f"ram-{mode}", 20)
     longer = base + " " + _text("continuation", 8)
     expected = reference(mode, [base, longer])
     env = {"WUWEI_KV_SSD_DIR": str(tmp_path / "kv"), "WUWEI_WEIGHTS": mode}
