@@ -9,6 +9,8 @@
 #   .deps/mlx, .deps/libclang, .deps/bin/cmake   stable links used by .cargo/config.toml.
 #
 # WUWEI_SETUP_TEST=1 also installs what only the tests need (Debian packages, test clients).
+# WUWEI_SETUP_APP=1 (implied by WUWEI_SETUP_TEST=1) installs what the menu-bar app (src-tauri/)
+# needs to build on Linux: WebKitGTK, the appindicator and friends.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -26,14 +28,26 @@ esac
 
 log() { printf '\033[1m[setup]\033[0m %s\n' "$*" >&2; }
 
-# --- system packages (Linux): OpenBLAS for the fast f32 CPU path ---------------------------
+# --- system packages (Linux) ----------------------------------------------------------------
+# OpenBLAS for the fast f32 CPU path. The menu-bar app's build needs (Debian 12 has only the ayatana appindicator), and what its test under
+# Xvfb drives it with: trayer as the tray host, xdotool for clicks and keys, ImageMagick's
+# `import` for screenshots.
+APP_BUILD_APT_PACKAGES="libwebkit2gtk-4.1-dev libxdo-dev libssl-dev libayatana-appindicator3-dev
+  librsvg2-dev build-essential file pkg-config"
+APP_TEST_APT_PACKAGES="xvfb trayer imagemagick xdotool"
+if [ "${WUWEI_SETUP_TEST:-0}" = 1 ]; then WUWEI_SETUP_APP=1; fi
 if [ "$(uname -s)" = Linux ] && command -v apt-get >/dev/null; then
   need=()
   for p in libopenblas0-pthread; do
     dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
   done
+  if [ "${WUWEI_SETUP_APP:-0}" = 1 ]; then
+    for p in $APP_BUILD_APT_PACKAGES; do dpkg -s "$p" >/dev/null 2>&1 || need+=("$p"); done
+  fi
   if [ "${WUWEI_SETUP_TEST:-0}" = 1 ]; then
-    for p in ${WUWEI_TEST_APT_PACKAGES:-}; do dpkg -s "$p" >/dev/null 2>&1 || need+=("$p"); done
+    for p in $APP_TEST_APT_PACKAGES ${WUWEI_TEST_APT_PACKAGES:-}; do
+      dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
+    done
   fi
   if [ ${#need[@]} -gt 0 ]; then
     log "apt-get install ${need[*]}"
@@ -95,6 +109,13 @@ EOF
   (cd "$SYS.tmp/mlx-sys-$MLX_SYS_VERSION" && patch -p1 -s <"$ROOT/$PATCH")
   mv "$SYS.tmp/mlx-sys-$MLX_SYS_VERSION" "$SYS" && rm -rf "$SYS.tmp"
   echo "$want" >"$SYS/.wuwei-patch"
+fi
+
+# --- the macOS target, for `cargo check` of the app's macOS-only code (scripts/test.sh) ------
+if [ "${WUWEI_SETUP_TEST:-0}" = 1 ] && [ "$(uname -s)" = Linux ] && command -v rustup >/dev/null &&
+  ! rustup target list --installed | grep -qx aarch64-apple-darwin; then
+  log "rustup target add aarch64-apple-darwin"
+  rustup target add aarch64-apple-darwin
 fi
 
 log "ready"

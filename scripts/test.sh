@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Runs every test: formatting and lints, the Rust unit and integration tests (parity with
-# mlx-lm on real and random-weight models), then the end-to-end tests that drive the real
-# daemon with the real model through the official client SDKs.
+# mlx-lm on real and random-weight models; the menu-bar app's logic, and its client and
+# controller against the real daemon), then the end-to-end tests that drive the real
+# daemon with the real model through the official client SDKs, the dashboard in Chromium,
+# the menu-bar app under Xvfb, and a type check of the app's macOS-only code.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -17,6 +19,7 @@ step "cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 
 # The models the tests serve: the embedded default model as GGUF and converted by `wuwei convert`.
+# (This also builds target/debug/wuwei-app, which the app's tests below run.)
 step "test models"
 cargo build --bins
 MODELS=$ROOT/.deps/test-models
@@ -34,3 +37,13 @@ export WUWEI_BIN=$ROOT/target/debug/wuwei WUWEI_TEST_MODELS=$MODELS
 
 step "dashboard (vitest + headless Chromium against the real daemon)"
 WUWEI_BIN="$ROOT/target/debug/wuwei" tests/ui/run.sh
+
+step "menu-bar app under Xvfb (trayer as tray host; real daemon; screenshots in artifacts/app/)"
+WUWEI_APP_BIN="$ROOT/target/debug/wuwei-app" .venv/bin/python -m pytest -q tests/app
+
+# The macOS-only code (login item, activation policy) is only ever type-checked here: objc2's
+# build wants a C compiler for Apple targets, and the stand-in makes empty objects (nothing is
+# linked). Clippy rather than check: the same cost, and the lints too.
+step "clippy of the app for aarch64-apple-darwin (type-checks the macOS-only code)"
+CC_aarch64_apple_darwin="$ROOT/scripts/fake-apple-cc" AR_aarch64_apple_darwin=ar \
+  cargo clippy --target aarch64-apple-darwin -p wuwei-app -- -D warnings
