@@ -457,19 +457,56 @@ fn without_a_binary_the_app_only_watches() {
 
 #[test]
 fn the_login_item_keeps_the_daemon_running_on_macos_only() {
-    assert_eq!(LoginStatus::On.manages_daemon(), cfg!(target_os = "macos"));
-    assert!(!LoginStatus::RequiresApproval.manages_daemon());
+    assert_eq!(crate::login::KEEPS_DAEMON, cfg!(target_os = "macos"));
+    assert!(LoginStatus::On.manages_daemon(true));
+    assert!(!LoginStatus::On.manages_daemon(false));
+    assert!(!LoginStatus::RequiresApproval.manages_daemon(true));
+    let t = Instant::now();
+
+    // Linux: the autostart entry starts the app, which supervises the daemon.
     let mut s = AppState::new(8686, true, LoginStatus::On);
-    let effects = s.update(Input::Disconnected("refused".into()), Instant::now());
-    if cfg!(target_os = "macos") {
-        assert_eq!(effects, []);
-        assert_eq!(
-            menu::status_line(&s),
-            "Daemon not running (waiting for the login item to start it)"
-        );
-    } else {
-        assert_eq!(effects, [Effect::SpawnDaemon]);
-    }
+    s.login_keeps_daemon = false;
+    assert_eq!(
+        s.update(Input::Disconnected("refused".into()), t),
+        [Effect::SpawnDaemon]
+    );
+
+    // macOS: launchd runs the daemon; the app waits for it and starts none.
+    let mut s = AppState::new(8686, true, LoginStatus::On);
+    s.login_keeps_daemon = true;
+    assert_eq!(s.update(Input::Disconnected("refused".into()), t), []);
+    let m = menu::build(&s);
+    assert_eq!(
+        label(&m, "status"),
+        "Daemon not running (waiting for the login item to start it)"
+    );
+    assert!(m.find("daemon/start").is_none());
+
+    // Turning the login item on while the app runs its own daemon hands over to launchd.
+    let mut s = AppState::new(8686, true, LoginStatus::Off);
+    s.login_keeps_daemon = true;
+    s.update(Input::Disconnected("refused".into()), t);
+    s.update(Input::DaemonSpawned, t);
+    s.update(Input::Connected, t);
+    assert_eq!(
+        s.update(Input::Menu(MenuAction::ToggleLoginItem), t),
+        [Effect::SetLoginItem(true)]
+    );
+    assert_eq!(
+        s.update(Input::Login(LoginStatus::On), t),
+        [Effect::StopDaemon]
+    );
+    // its clean exit is not restarted, and launchd's daemon is used when it answers
+    s.update(
+        Input::DaemonExited {
+            how: "exited with code 0".into(),
+            success: true,
+        },
+        t,
+    );
+    assert_eq!(s.update(Input::Disconnected("refused".into()), t), []);
+    s.update(Input::Connected, t);
+    assert_eq!(s.daemon, Daemon::Running);
 }
 
 // --- events -------------------------------------------------------------------------------

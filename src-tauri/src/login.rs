@@ -26,11 +26,16 @@ impl LoginStatus {
         matches!(self, LoginStatus::On | LoginStatus::RequiresApproval)
     }
 
-    /// Whether the login item itself keeps the daemon running (launchd's KeepAlive).
-    pub fn manages_daemon(&self) -> bool {
-        cfg!(target_os = "macos") && *self == LoginStatus::On
+    /// Whether the login item keeps the daemon running: on macOS it is the daemon itself,
+    /// kept alive by launchd (`platform_keeps_daemon` is `KEEPS_DAEMON` outside tests).
+    pub fn manages_daemon(&self, platform_keeps_daemon: bool) -> bool {
+        platform_keeps_daemon && *self == LoginStatus::On
     }
 }
+
+/// Whether this platform's login item is the daemon under a supervisor of its own (launchd),
+/// rather than this app (XDG autostart).
+pub const KEEPS_DAEMON: bool = cfg!(target_os = "macos");
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoginError {

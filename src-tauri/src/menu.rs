@@ -292,7 +292,7 @@ pub fn build(state: &AppState) -> MenuModel {
     // is down and the app may start it, the item starts the daemon instead.
     let serving = state.serving();
     let (action, label, enabled) = match &state.daemon {
-        Daemon::NotRunning { .. } if state.can_spawn && !state.login.manages_daemon() => {
+        Daemon::NotRunning { .. } if state.can_spawn && !state.login_runs_daemon() => {
             (MenuAction::StartDaemon, "&Start the daemon", true)
         }
         _ if serving => (MenuAction::StopServing, "&Stop serving", connected),

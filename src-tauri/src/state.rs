@@ -130,6 +130,9 @@ pub struct AppState {
     pub hold_spawn: bool,
     /// Quitting: a daemon exit is expected, not a crash.
     pub quitting: bool,
+    /// The platform's login item runs the daemon under its own supervisor (macOS: a launchd
+    /// agent); while it is on, the app starts no daemon of its own.
+    pub login_keeps_daemon: bool,
     backoff: Backoff,
     running_since: Option<Instant>,
 }
@@ -149,6 +152,7 @@ impl AppState {
             owns_daemon: false,
             hold_spawn: false,
             quitting: false,
+            login_keeps_daemon: crate::login::KEEPS_DAEMON,
             backoff: Backoff::new(Duration::from_secs(1), Duration::from_secs(60)),
             running_since: None,
         }
@@ -158,6 +162,11 @@ impl AppState {
         self.daemon == Daemon::Running && self.status.as_ref().is_some_and(|s| s.serving)
     }
 
+    /// Whether the login item keeps the daemon running now.
+    pub fn login_runs_daemon(&self) -> bool {
+        self.login.manages_daemon(self.login_keeps_daemon)
+    }
+
     /// Whether the app should start the daemon itself now that it is not reachable. Not
     /// when the platform's login item keeps it running (launchd restarts it on its own).
     fn should_spawn(&self) -> bool {
@@ -165,7 +174,7 @@ impl AppState {
             && !self.owns_daemon
             && !self.hold_spawn
             && !self.quitting
-            && !self.login.manages_daemon()
+            && !self.login_runs_daemon()
     }
 
     pub fn update(&mut self, input: Input, now: Instant) -> Vec<Effect> {
@@ -216,7 +225,13 @@ impl AppState {
             }
             Input::Login(status) => {
                 self.login = status;
-                vec![]
+                // The login item now runs the daemon (launchd starts one at once): hand over
+                // by stopping the app's own, which would hold the port.
+                if self.login_runs_daemon() && self.owns_daemon {
+                    vec![Effect::StopDaemon]
+                } else {
+                    vec![]
+                }
             }
         }
     }
@@ -237,8 +252,7 @@ impl AppState {
             Daemon::NotRunning { .. } => vec![],
             _ => {
                 let why = self
-                    .login
-                    .manages_daemon()
+                    .login_runs_daemon()
                     .then(|| "waiting for the login item to start it".to_string());
                 self.daemon = Daemon::NotRunning { why };
                 vec![]
