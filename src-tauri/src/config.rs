@@ -7,7 +7,7 @@
 //! | API key | `WUWEI_API_KEY`; the config file's `api_key` | none |
 //! | daemon binary | `WUWEI_DAEMON_BIN`; `wuwei` beside the app's executable; `wuwei` on `PATH` | |
 //! | may start the daemon | `WUWEI_APP_SUPERVISE` (`0` = never) | yes |
-//! | models folder | first of `WUWEI_MODELS`; the model store | |
+//! | models folder | first of `WUWEI_MODELS`; first of the config file's `models_dirs`; the model store | |
 //!
 //! The config file is `WUWEI_CONFIG` or `~/.config/wuwei/config.toml`, as for the daemon.
 
@@ -38,6 +38,7 @@ struct DaemonFile {
     host: Option<String>,
     port: Option<u16>,
     api_key: Option<String>,
+    models_dirs: Option<Vec<PathBuf>>,
 }
 
 impl AppConfig {
@@ -94,6 +95,8 @@ impl AppConfig {
         );
         let models_dir = env("WUWEI_MODELS")
             .and_then(|v| std::env::split_paths(&v).find(|p| !p.as_os_str().is_empty()))
+            .or_else(|| file.models_dirs.and_then(|d| d.into_iter().next()))
+            .map(|p| expand_home(p, env("HOME")))
             .or_else(default_model_store);
         AppConfig {
             url,
@@ -154,6 +157,14 @@ fn default_model_store() -> Option<PathBuf> {
         "wuwei"
     };
     dirs::data_dir().map(|d| d.join(app).join("models"))
+}
+
+/// `~/x` → `$HOME/x`, as the daemon reads its folders.
+fn expand_home(path: PathBuf, home: Option<String>) -> PathBuf {
+    match (path.strip_prefix("~"), home) {
+        (Ok(rest), Some(home)) => Path::new(&home).join(rest),
+        _ => path,
+    }
 }
 
 fn authority(url: &str) -> Option<&str> {
@@ -247,12 +258,14 @@ mod tests {
         let file = dir.path().join("c.toml");
         std::fs::write(
             &file,
-            "host = \"127.0.0.2\"\nport = 9001\napi_key = \"from-file\"\nmax_running = 4\n",
+            "host = \"127.0.0.2\"\nport = 9001\napi_key = \"from-file\"\nmax_running = 4\n\
+             models_dirs = [\"/srv/models\", \"/x\"]\n",
         )
         .unwrap();
         let c = resolve(&[("WUWEI_CONFIG", file.to_str().unwrap())], None, &[]);
         assert_eq!(c.url, "http://127.0.0.2:9001");
         assert_eq!(c.api_key.as_deref(), Some("from-file"));
+        assert_eq!(c.models_dir, Some(PathBuf::from("/srv/models")));
         // the environment still wins over the file
         let c = resolve(
             &[
@@ -290,5 +303,7 @@ mod tests {
     fn models_folder_is_the_first_of_wuwei_models() {
         let c = resolve(&[("WUWEI_MODELS", "/m/one:/m/two")], None, &[]);
         assert_eq!(c.models_dir, Some(PathBuf::from("/m/one")));
+        let c = resolve(&[("WUWEI_MODELS", "~/m"), ("HOME", "/home/u")], None, &[]);
+        assert_eq!(c.models_dir, Some(PathBuf::from("/home/u/m")));
     }
 }
