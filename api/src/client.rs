@@ -217,7 +217,8 @@ impl Client {
         self.get("/admin/api/cache")
     }
 
-    /// Turns the SSD cache on or off; answers its new state.
+    /// Turns the SSD cache on or off; answers its new state. Turning it on when the daemon
+    /// has no SSD tier is an `Api` error (409, `ssd_cache_unavailable`).
     pub fn set_cache(&self, enabled: bool) -> Result<SsdCache> {
         let a: CacheAnswer = self.post("/admin/api/cache", json!({ "enabled": enabled }))?;
         Ok(a.ssd_cache)

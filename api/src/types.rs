@@ -229,9 +229,17 @@ pub enum EventKind {
         #[serde(default)]
         settings: serde_json::Value,
     },
+    /// The SSD tier was switched on or off (`ssd_cache`: the tier after the switch).
     CacheToggled {
         #[serde(default)]
         enabled: Option<bool>,
+        #[serde(default)]
+        ssd_cache: Option<SsdCache>,
+    },
+    /// Live cache numbers, at most once a second while they change (not replayed).
+    CacheStats {
+        #[serde(default)]
+        ssd_cache: Option<SsdCache>,
     },
     /// The client fell behind and missed `missed` events: refetch the state.
     Lagged {
@@ -353,6 +361,28 @@ mod tests {
                     model: "x".into(),
                     reason: Some("removed".into()),
                     freed_bytes: 0,
+                },
+            ),
+            (
+                json!({"type": "cache_toggled", "seq": 5, "enabled": true,
+                       "ssd_cache": {"enabled": true, "available": true, "dir": "/k", "bytes_used": 7}}),
+                EventKind::CacheToggled {
+                    enabled: Some(true),
+                    ssd_cache: Some(SsdCache {
+                        enabled: true,
+                        available: true,
+                        bytes_used: 7,
+                        ..Default::default()
+                    }),
+                },
+            ),
+            (
+                json!({"type": "cache_stats", "seq": 6, "ssd_cache": {"hit_rate": 0.5}, "ram": {"hits": 1}}),
+                EventKind::CacheStats {
+                    ssd_cache: Some(SsdCache {
+                        hit_rate: Some(0.5),
+                        ..Default::default()
+                    }),
                 },
             ),
             (

@@ -30,6 +30,8 @@ pub struct AppConfig {
     pub supervise: bool,
     /// What "Open models folder" opens.
     pub models_dir: Option<PathBuf>,
+    /// The app's own choices (`prefs.rs`): `app.json` beside the daemon's config file.
+    pub prefs_path: Option<PathBuf>,
 }
 
 /// The parts of the daemon's config file the app reads; everything else is ignored.
@@ -59,6 +61,7 @@ impl AppConfig {
         exe: Option<&Path>,
         is_file: impl Fn(&Path) -> bool,
     ) -> Self {
+        let prefs_path = config_dir(&env).map(|d| d.join("app.json"));
         let file = config_file(&env)
             .and_then(|p| std::fs::read_to_string(p).ok())
             .and_then(|text| toml::from_str::<DaemonFile>(&text).ok())
@@ -105,6 +108,7 @@ impl AppConfig {
             daemon_bin,
             supervise,
             models_dir,
+            prefs_path,
         }
     }
 
@@ -119,13 +123,18 @@ impl AppConfig {
     }
 }
 
+/// `$XDG_CONFIG_HOME/wuwei` or `~/.config/wuwei` (also on macOS, as for the daemon).
+fn config_dir(env: &impl Fn(&str) -> Option<String>) -> Option<PathBuf> {
+    let base = env("XDG_CONFIG_HOME")
+        .map(PathBuf::from)
+        .or_else(|| env("HOME").map(|h| Path::new(&h).join(".config")))?;
+    Some(base.join("wuwei"))
+}
+
 fn config_file(env: &impl Fn(&str) -> Option<String>) -> Option<PathBuf> {
-    env("WUWEI_CONFIG").map(PathBuf::from).or_else(|| {
-        let base = env("XDG_CONFIG_HOME")
-            .map(PathBuf::from)
-            .or_else(|| env("HOME").map(|h| Path::new(&h).join(".config")))?;
-        Some(base.join("wuwei").join("config.toml"))
-    })
+    env("WUWEI_CONFIG")
+        .map(PathBuf::from)
+        .or_else(|| config_dir(env).map(|d| d.join("config.toml")))
 }
 
 /// `WUWEI_DAEMON_BIN`, else `wuwei` beside the app's executable (inside the macOS bundle the
@@ -212,6 +221,10 @@ mod tests {
         assert_eq!(c.api_key, None);
         assert!(c.supervise);
         assert_eq!(c.daemon_bin, None);
+        assert_eq!(
+            c.prefs_path,
+            Some(PathBuf::from("/nonexistent-home/.config/wuwei/app.json"))
+        );
         assert_eq!(
             c.serve_args(),
             ["serve", "--host", "127.0.0.1", "--port", "8686"]

@@ -14,6 +14,7 @@ use wuwei_api::{Client, Error as ApiError};
 use crate::config::AppConfig;
 use crate::login::{self, LoginStatus};
 use crate::menu::{self, MenuAction, MenuModel};
+use crate::prefs::Prefs;
 use crate::state::{ApiCall, AppState, Daemon, Effect, Input};
 use crate::supervisor::{describe_exit, Backoff, DaemonProcess};
 
@@ -91,11 +92,15 @@ pub fn start(config: AppConfig, ui: Arc<dyn Ui>, login: Box<dyn LoginItems>) -> 
     });
     let handle = Handle { tx: tx.clone() };
     spawn_thread("controller", move || {
-        let state = AppState::new(
+        let mut state = AppState::new(
             config.port,
             config.supervise && config.daemon_bin.is_some(),
             login.status(),
         );
+        state.ssd_wanted = config
+            .prefs_path
+            .as_deref()
+            .and_then(|p| Prefs::load(p).ssd_cache);
         Controller {
             state,
             config,
@@ -280,6 +285,15 @@ impl Controller {
                 })
             }
             Effect::OpenLoginItemsSettings => self.login.open_settings(),
+            Effect::SaveSsdChoice(on) => {
+                if let Some(path) = &self.config.prefs_path {
+                    let mut prefs = Prefs::load(path);
+                    prefs.ssd_cache = Some(on);
+                    if let Err(e) = prefs.save(path) {
+                        tracing::warn!("saving {}: {e}", path.display());
+                    }
+                }
+            }
             // Done by `run` once the menu is drawn for the last time.
             Effect::Quit => {}
         }

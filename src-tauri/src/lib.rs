@@ -9,6 +9,7 @@ pub mod config;
 pub mod controller;
 pub mod login;
 pub mod menu;
+pub mod prefs;
 pub mod state;
 pub mod supervisor;
 pub mod tray;

@@ -657,13 +657,110 @@ fn ssd_cache_click_only_when_available() {
     s.status.as_mut().unwrap().ssd_cache.available = true;
     assert_eq!(
         s.update(Input::Menu(MenuAction::ToggleSsdCache), t),
-        [Effect::Api(ApiCall::SetSsdCache(true))]
+        [
+            Effect::Api(ApiCall::SetSsdCache(true)),
+            Effect::SaveSsdChoice(true)
+        ]
     );
     assert!(s.status.as_ref().unwrap().ssd_cache.enabled);
     assert_eq!(
         s.update(Input::Menu(MenuAction::ToggleSsdCache), t),
+        [
+            Effect::Api(ApiCall::SetSsdCache(false)),
+            Effect::SaveSsdChoice(false)
+        ]
+    );
+}
+
+#[test]
+fn the_ssd_choice_is_kept_and_sent_again_to_a_restarted_daemon() {
+    let t = Instant::now();
+    let mut s = connected();
+    s.status.as_mut().unwrap().ssd_cache = SsdCache {
+        enabled: true,
+        available: true,
+        ..Default::default()
+    };
+    assert_eq!(
+        s.update(Input::Menu(MenuAction::ToggleSsdCache), t),
+        [
+            Effect::Api(ApiCall::SetSsdCache(false)),
+            Effect::SaveSsdChoice(false)
+        ]
+    );
+    assert_eq!(s.ssd_wanted, Some(false));
+    // The daemon restarts; its config turns the tier on again: the app switches it off once.
+    s.update(Input::Disconnected("eof".into()), t);
+    s.update(Input::Connected, t);
+    let mut fresh = status(true, &[], None);
+    fresh.ssd_cache = SsdCache {
+        enabled: true,
+        available: true,
+        ..Default::default()
+    };
+    let snapshot = |st: &Status| Input::Snapshot {
+        status: Box::new(st.clone()),
+        models: models(),
+    };
+    assert_eq!(
+        s.update(snapshot(&fresh), t),
         [Effect::Api(ApiCall::SetSsdCache(false))]
     );
+    assert_eq!(item(&menu::build(&s), "ssd-cache").checked(), Some(false));
+    // not again on every refresh of the same connection (the user may use the dashboard)
+    assert_eq!(s.update(snapshot(&fresh), t), []);
+    // a daemon that already agrees gets nothing; one without a tier neither
+    s.update(Input::Connected, t);
+    fresh.ssd_cache.enabled = false;
+    assert_eq!(s.update(snapshot(&fresh), t), []);
+    s.update(Input::Connected, t);
+    fresh.ssd_cache = SsdCache::default();
+    assert_eq!(s.update(snapshot(&fresh), t), []);
+    // no choice made: the daemon's config decides
+    let mut s = connected();
+    s.update(Input::Connected, t);
+    assert_eq!(s.update(snapshot(&fresh), t), []);
+}
+
+#[test]
+fn cache_events_update_the_item_without_refreshing_every_second() {
+    let t = Instant::now();
+    let mut s = connected();
+    let tier = SsdCache {
+        enabled: true,
+        available: true,
+        bytes_used: 3_000_000_000,
+        cap_bytes: 10_000_000_000,
+        hit_rate: Some(0.25),
+    };
+    assert_eq!(
+        s.update(
+            event(EventKind::CacheStats {
+                ssd_cache: Some(tier.clone())
+            }),
+            t
+        ),
+        []
+    );
+    assert_eq!(
+        label(&menu::build(&s), "ssd-cache"),
+        "SSD &cache (3.0 GB / 10.0 GB)"
+    );
+    let off = SsdCache {
+        enabled: false,
+        ..tier
+    };
+    assert_eq!(
+        s.update(
+            event(EventKind::CacheToggled {
+                enabled: Some(false),
+                ssd_cache: Some(off)
+            }),
+            t
+        ),
+        [Effect::Refresh]
+    );
+    assert_eq!(item(&menu::build(&s), "ssd-cache").checked(), Some(false));
 }
 
 #[test]

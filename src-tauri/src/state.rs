@@ -78,6 +78,8 @@ pub enum Effect {
     OpenModelsFolder,
     SetLoginItem(bool),
     OpenLoginItemsSettings,
+    /// Remember the user's SSD cache choice (`AppState::ssd_wanted`) across restarts.
+    SaveSsdChoice(bool),
     Quit,
 }
 
@@ -125,6 +127,11 @@ pub struct AppState {
     pub can_spawn: bool,
     /// A daemon child of this app is running.
     pub owns_daemon: bool,
+    /// The user's SSD cache choice. The daemon does not keep a runtime switch across restarts
+    /// (its config decides at start), so the app keeps it and sends it again on connecting.
+    pub ssd_wanted: Option<bool>,
+    /// The choice was applied to the daemon of this connection.
+    ssd_synced: bool,
     /// Do not start the daemon on its own again until the user asks ("Start daemon"): it
     /// was stopped on purpose, or it cannot be started.
     pub hold_spawn: bool,
@@ -151,6 +158,8 @@ impl AppState {
             can_spawn,
             owns_daemon: false,
             hold_spawn: false,
+            ssd_wanted: None,
+            ssd_synced: false,
             quitting: false,
             login_keeps_daemon: crate::login::KEEPS_DAEMON,
             backoff: Backoff::new(Duration::from_secs(1), Duration::from_secs(60)),
@@ -182,6 +191,7 @@ impl AppState {
             Input::Connected => {
                 self.daemon = Daemon::Running;
                 self.running_since = Some(now);
+                self.ssd_synced = false;
                 vec![Effect::Refresh]
             }
             Input::Disconnected(_) => self.disconnected(),
@@ -190,7 +200,7 @@ impl AppState {
                 self.port = status.port;
                 self.status = Some(*status);
                 self.models = models;
-                vec![]
+                self.sync_ssd_choice()
             }
             Input::DaemonSpawned => {
                 self.owns_daemon = true;
@@ -326,15 +336,46 @@ impl AppState {
             EventKind::LoadFailed { model, error } => {
                 effects.push(notify(format!("Could not load {model}"), error))
             }
-            EventKind::CacheToggled { enabled: Some(on) } => {
+            EventKind::CacheToggled { enabled, ssd_cache } => {
                 if let Some(s) = &mut self.status {
-                    s.ssd_cache.enabled = on;
+                    match (ssd_cache, enabled) {
+                        (Some(cache), _) => s.ssd_cache = cache,
+                        (None, Some(on)) => s.ssd_cache.enabled = on,
+                        (None, None) => {}
+                    }
                 }
+            }
+            // Sent every second while the cache works: it carries all the menu shows of the
+            // cache, and a refresh per second would be waste.
+            EventKind::CacheStats { ssd_cache } => {
+                if let (Some(s), Some(cache)) = (&mut self.status, ssd_cache) {
+                    s.ssd_cache = cache;
+                }
+                return effects;
             }
             _ => {}
         }
         effects.push(Effect::Refresh);
         effects
+    }
+
+    /// Once per connection: a (re)started daemon gets the user's SSD choice again.
+    fn sync_ssd_choice(&mut self) -> Vec<Effect> {
+        let (Some(wanted), Some(cache)) = (
+            self.ssd_wanted,
+            self.status.as_mut().map(|s| &mut s.ssd_cache),
+        ) else {
+            return vec![];
+        };
+        if self.ssd_synced || self.daemon != Daemon::Running || !cache.available {
+            return vec![];
+        }
+        self.ssd_synced = true;
+        if cache.enabled == wanted {
+            return vec![];
+        }
+        cache.enabled = wanted;
+        vec![Effect::Api(ApiCall::SetSsdCache(wanted))]
     }
 
     fn set_default_local(&mut self, model: &str) {
@@ -406,7 +447,12 @@ impl AppState {
                     return vec![];
                 }
                 cache.enabled = !cache.enabled;
-                vec![Effect::Api(ApiCall::SetSsdCache(cache.enabled))]
+                let on = cache.enabled;
+                self.ssd_wanted = Some(on);
+                vec![
+                    Effect::Api(ApiCall::SetSsdCache(on)),
+                    Effect::SaveSsdChoice(on),
+                ]
             }
             A::OpenDashboard => vec![Effect::OpenDashboard],
             A::OpenModelsFolder => vec![Effect::OpenModelsFolder],

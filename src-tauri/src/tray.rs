@@ -170,6 +170,7 @@ pub struct TauriUi<R: Runtime> {
     tray: TrayIcon<R>,
     menu: Mutex<Option<NativeMenu<R>>>,
     daemon_up: Mutex<Option<bool>>,
+    status_line: Mutex<String>,
 }
 
 impl<R: Runtime> TauriUi<R> {
@@ -189,14 +190,25 @@ impl<R: Runtime> TauriUi<R> {
             tray,
             menu: Mutex::new(Some(native)),
             daemon_up: Mutex::new(None),
+            status_line: Mutex::new(String::new()),
         })
     }
 }
 
 impl<R: Runtime> Ui for TauriUi<R> {
     fn render(&self, model: &MenuModel, daemon_up: bool) {
-        let status = model.find(crate::menu::STATUS_ID).and_then(Item::label);
-        tracing::info!(status = status.unwrap_or_default(), "menu");
+        // The status line in the log when it changes (tests/app reads it from there); the
+        // rest of the menu changes often (cache numbers every second) and is not logged.
+        let status = model
+            .find(crate::menu::STATUS_ID)
+            .and_then(Item::label)
+            .unwrap_or_default();
+        let mut last = self.status_line.lock().unwrap();
+        if *last != status {
+            tracing::info!(status, "menu");
+            *last = status.to_string();
+        }
+        drop(last);
         let mut current = self.menu.lock().unwrap();
         match apply(&self.app, &mut current, model) {
             Ok(Some(menu)) => {

@@ -49,26 +49,44 @@ fn client_parses_status_models_and_cache() {
     assert_eq!(gguf.format, "gguf");
     assert!(gguf.path.ends_with(".gguf"));
 
-    // The SSD cache object, and its toggle as the daemon has it now: turning it off always
-    // works; turning it on works exactly when the daemon says it is available.
+    // The SSD tier (each test daemon has its own folder): on by default, switched at run time.
     let cache = c.cache().unwrap();
-    assert_eq!(cache, s.ssd_cache);
+    assert!(cache.available && cache.enabled, "{cache:?}");
+    assert!(cache.cap_bytes > 0);
+    assert_eq!(
+        (cache.available, cache.enabled),
+        (s.ssd_cache.available, s.ssd_cache.enabled)
+    );
     assert!(!c.set_cache(false).unwrap().enabled);
-    match c.set_cache(true) {
-        Ok(on) => {
-            assert!(cache.available, "turned on although not available");
-            assert!(on.enabled);
-            assert!(c.status().unwrap().ssd_cache.enabled);
-            c.set_cache(false).unwrap();
-        }
-        Err(Error::Api { status, .. }) => {
-            assert!(!cache.available, "available, yet turning it on failed");
-            assert_eq!(status, 501);
-        }
-        Err(e) => panic!("{e}"),
-    }
+    assert!(!c.status().unwrap().ssd_cache.enabled);
+    assert!(c.set_cache(true).unwrap().enabled);
     let settings = c.settings().unwrap();
     assert_eq!(settings.budget_bytes, s.memory.budget_bytes);
+    assert_eq!(d.stop().code(), Some(0));
+}
+
+#[test]
+fn without_an_ssd_tier_turning_it_on_is_refused() {
+    // Prefix caching off: no SSD tier.
+    let d = TestDaemon::start_with(&[("WUWEI_KV_CACHE", "false")], &[]);
+    let c = Client::new(&d.url, None);
+    let cache = c.status().unwrap().ssd_cache;
+    assert!(!cache.available && !cache.enabled, "{cache:?}");
+    assert!(!c.set_cache(false).unwrap().enabled);
+    match c.set_cache(true) {
+        Err(Error::Api {
+            status: 409, code, ..
+        }) => {
+            assert_eq!(code.as_deref(), Some("ssd_cache_unavailable"))
+        }
+        other => panic!("{other:?}"),
+    }
+    // and the menu shows the item disabled
+    let (ui, _handle) = watching(&d);
+    let menu = ui.snapshot().menu.unwrap();
+    let item = menu.find("ssd-cache").unwrap();
+    assert!(!item.enabled());
+    assert_eq!(item.label(), Some("SSD &cache (not available)"));
     assert_eq!(d.stop().code(), Some(0));
 }
 
@@ -104,6 +122,26 @@ fn actions_change_the_daemon_and_come_back_as_events() {
     assert!(!c.status().unwrap().serving);
     assert!(c.set_serving(true).unwrap());
     next(&|k| *k == EventKind::ServingChanged { serving: true });
+
+    assert!(!c.set_cache(false).unwrap().enabled);
+    let EventKind::CacheToggled { enabled, ssd_cache } =
+        next(&|k| matches!(k, EventKind::CacheToggled { .. }))
+    else {
+        unreachable!()
+    };
+    assert_eq!(enabled, Some(false));
+    let tier = ssd_cache.expect("the tier after the switch");
+    assert!(tier.available && !tier.enabled);
+    c.set_cache(true).unwrap();
+    next(&|k| {
+        matches!(
+            k,
+            EventKind::CacheToggled {
+                enabled: Some(true),
+                ..
+            }
+        )
+    });
 
     c.set_default(GGUF).unwrap();
     next(&|k| *k == EventKind::DefaultChanged { model: GGUF.into() });
@@ -180,6 +218,7 @@ fn controller_shows_the_daemon_and_its_menu_clicks_change_it() {
         daemon_bin: None,
         supervise: false,
         models_dir: Some(d.scratch.path().join("models-folder")),
+        prefs_path: Some(d.scratch.path().join("config/app.json")),
     };
     let handle = controller::start(config, ui.clone(), Box::new(NoLogin));
     // The default model is loaded at start: wait for the menu to say so.
@@ -204,10 +243,13 @@ fn controller_shows_the_daemon_and_its_menu_clicks_change_it() {
         || (!c.status().unwrap().serving).then_some(()),
     );
     handle.menu_clicked("serving/start");
+    // The menu shows a click at once; the daemon follows when the call is through.
     ui.wait(Duration::from_secs(30), "serving again", |r| {
         status_of(r) == serving_line
     });
-    assert!(c.status().unwrap().serving);
+    eventually(Duration::from_secs(10), "the daemon to serve again", || {
+        c.status().unwrap().serving.then_some(())
+    });
 
     // A change made by someone else (the dashboard, `wuwei stop`) shows through the events.
     c.set_serving(false).unwrap();
@@ -240,6 +282,27 @@ fn controller_shows_the_daemon_and_its_menu_clicks_change_it() {
             && m.find(&format!("default/{MODEL}")).unwrap().checked() == Some(false)
     });
 
+    // The SSD cache from the menu: the daemon switches, and the choice is kept by the app.
+    handle.menu_clicked("ssd-cache");
+    eventually(Duration::from_secs(10), "the SSD tier off", || {
+        (!c.cache().unwrap().enabled).then_some(())
+    });
+    ui.wait(Duration::from_secs(10), "the SSD item unchecked", |r| {
+        r.menu
+            .as_ref()
+            .unwrap()
+            .find("ssd-cache")
+            .unwrap()
+            .checked()
+            == Some(false)
+    });
+    let prefs = d.scratch.path().join("config/app.json");
+    assert_eq!(wuwei_app::prefs::Prefs::load(&prefs).ssd_cache, Some(false));
+    handle.menu_clicked("ssd-cache");
+    eventually(Duration::from_secs(10), "the SSD tier on", || {
+        c.cache().unwrap().enabled.then_some(())
+    });
+
     handle.menu_clicked("open-dashboard");
     handle.menu_clicked("open-models-folder");
     ui.wait(Duration::from_secs(10), "opened", |r| r.opened.len() == 2);
@@ -263,6 +326,7 @@ fn watching(d: &TestDaemon) -> (std::sync::Arc<RecordingUi>, controller::Handle)
         daemon_bin: None,
         supervise: false,
         models_dir: None,
+        prefs_path: None,
     };
     let handle = controller::start(config, ui.clone(), Box::new(NoLogin));
     let prefix = format!("Serving on :{}", d.port);

@@ -43,6 +43,7 @@ fn the_app_starts_restarts_and_stops_the_daemon() {
         daemon_bin: Some(daemon_bin()),
         supervise: true,
         models_dir: None,
+        prefs_path: None,
     };
     assert_eq!(
         config.serve_args(),

@@ -1,7 +1,8 @@
 """The menu-bar app under Xvfb, with trayer as the tray host, against the real daemon.
 
 It opens the tray menu with a real click on the icon, takes screenshots (artifacts/app/),
-and starts/stops serving, opens the dashboard and quits with the menu's keyboard mnemonics
+and stops/starts serving, switches the SSD cache, turns Launch at login on and off, opens
+the dashboard and quits with the menu's keyboard mnemonics
 (xdotool sends real X key events to the open GTK menu). The daemon's state is checked
 through /admin/api/status.
 
@@ -220,6 +221,24 @@ def test_tray_menu_drives_the_daemon(desktop, tmp_path):
             desktop.screenshot("tray-menu-default-model.png")
             press(desktop, "Escape")
             press(desktop, "Escape")
+            wait_for("the menu to close", lambda: not (desktop.visible_windows() - idle), 10)
+
+            # SSD cache: the test daemon has a tier of its own, on at start. The menu switches
+            # it off and on again, and the app keeps the choice in its app.json.
+            def cache():
+                return requests.get(f"{url}/admin/api/cache", timeout=10).json()
+
+            assert cache()["available"] and cache()["enabled"]
+            open_tray_menu(desktop, idle)
+            press(desktop, "c")
+            wait_for("the SSD tier off", lambda: not cache()["enabled"], 20)
+            prefs = tmp_path / "config" / "wuwei" / "app.json"
+            wait_for("the saved choice", lambda: prefs.exists() and '"ssd_cache": false' in prefs.read_text(), 10)
+            wait_for("the menu to close", lambda: not (desktop.visible_windows() - idle), 10)
+            open_tray_menu(desktop, idle)
+            desktop.screenshot("tray-menu-ssd-off.png")
+            press(desktop, "c")
+            wait_for("the SSD tier on", lambda: cache()["enabled"], 20)
             wait_for("the menu to close", lambda: not (desktop.visible_windows() - idle), 10)
 
             # Launch at login: the XDG autostart entry appears in XDG_CONFIG_HOME, starting
