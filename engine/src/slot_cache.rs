@@ -88,7 +88,7 @@ impl SlotPool {
         }
     }
 
-    /// Makes `layer`'s buffers hold at least `slots` slots of `end` positions, shaped like
+    /// Makes `layer`'s buffers hold every slot handed out so far, `end` positions each, shaped like
     /// `like` (`[_, kv_heads, _, head_dim]`).
     fn reserve(&mut self, layer: usize, like: &Array, end: i32) -> Result<(), Exception> {
         let slots = self.in_use.len() as i32;
@@ -223,10 +223,6 @@ pub struct SlotKvCache {
 impl SlotKvCache {
     pub fn slot(&self) -> usize {
         self.slot
-    }
-
-    pub fn pool(&self) -> &SharedSlots {
-        &self.pool
     }
 }
 
