@@ -5,6 +5,13 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
+/// jemalloc, unprefixed, so that it replaces `malloc` for libmlx and OpenBLAS as well as for
+/// Rust: with glibc's allocator, a burst of concurrent sequences left the heap fragmented and
+/// every later decode step paid for it in `malloc` and MLX's graph bookkeeping.
+#[cfg(target_os = "linux")]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Parser)]
 #[command(
     name = "wuwei",

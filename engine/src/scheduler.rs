@@ -542,7 +542,9 @@ impl Engine {
         } else {
             (seq.generated - 1) as f64 / decode.as_secs_f64()
         };
-        tracing::info!(
+        // The HTTP layer writes the one info line per request; this one is the engine's view
+        // (for `WUWEI_LOG=debug` and for `wuwei generate`).
+        tracing::debug!(
             id = %seq.req.id,
             model = %self.model_id,
             prompt_tokens = usage.prompt_tokens,
@@ -551,7 +553,7 @@ impl Engine {
             ttft_ms = ttft.as_millis() as u64,
             tok_s = format!("{tok_s:.1}"),
             finish = ?reason,
-            "request finished"
+            "sequence finished"
         );
     }
 }
