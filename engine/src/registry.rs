@@ -23,7 +23,7 @@ use crate::kv::ssd::SsdStore;
 use crate::kv::PrefixStats;
 use crate::loader::{self, is_gguf};
 use crate::memory::{self, format_bytes, Amount};
-use crate::model::{compute_dtype, WeightsMode};
+use crate::model::{auto_dequantizes, WeightsMode};
 use crate::output_parser::ParserConfig;
 use crate::prompt::{describe_tools_in_system, hf_messages, hf_tools};
 use crate::scheduler::{Engine, EngineStats, SchedulerConfig, SeqRequest, EVENT_CHANNEL_CAPACITY};
@@ -647,12 +647,11 @@ impl Registry {
         let budget = self.budget();
         let mode = match self.config.weights_mode {
             WeightsMode::Auto => {
-                // The same rule as `model::resolve_mode`, decided here so the estimate
-                // matches what loads; and never expand past what the budget allows.
+                // The loader's rule, decided here so the estimate matches what loads; and
+                // never expand past what the budget allows.
                 let available = memory::system_memory().available;
-                if compute_dtype().is_none() || !facts.quantized {
-                    WeightsMode::Native
-                } else if facts.weights_dequantized <= available / 4
+                if facts.quantized
+                    && auto_dequantizes(facts.weights_dequantized, available)
                     && facts.weights_native + facts.weights_dequantized <= budget
                     && facts.weights_dequantized + kv <= budget
                 {

@@ -928,6 +928,18 @@ mod tests {
         (ModelIdentity([7; 32]), BlockHash([n; 16]))
     }
 
+    /// A scanned store in `dir` holding blocks `1..=n` of model `ids(0).0`, written.
+    fn store_with(dir: &Path, n: u8) -> (Arc<SsdStore>, ModelIdentity) {
+        let s = store(dir);
+        wait_scan(&s);
+        let m = ids(0).0;
+        for i in 1..=n {
+            s.enqueue(m, ids(i).1, Arc::new(block(i)));
+        }
+        assert!(s.flush(Duration::from_secs(5)));
+        (s, m)
+    }
+
     #[test]
     fn write_then_read_back_after_reopen() {
         let dir = tempfile::tempdir().unwrap();
@@ -952,13 +964,7 @@ mod tests {
     #[test]
     fn corrupt_truncated_and_foreign_files_are_deleted_and_counted() {
         let dir = tempfile::tempdir().unwrap();
-        let s = store(dir.path());
-        wait_scan(&s);
-        let m = ids(0).0;
-        for n in 1..=3 {
-            s.enqueue(m, ids(n).1, Arc::new(block(n)));
-        }
-        s.flush(Duration::from_secs(5));
+        let (s, m) = store_with(dir.path(), 3);
         let p = |n| file_path(s.root(), &m, &ids(n).1);
         let mut bytes = fs::read(p(1)).unwrap();
         bytes[HEADER_BYTES + 1] ^= 0xff;
@@ -979,13 +985,7 @@ mod tests {
     #[test]
     fn a_bad_block_ends_the_prefix() {
         let dir = tempfile::tempdir().unwrap();
-        let s = store(dir.path());
-        wait_scan(&s);
-        let m = ids(0).0;
-        for n in 1..=3 {
-            s.enqueue(m, ids(n).1, Arc::new(block(n)));
-        }
-        s.flush(Duration::from_secs(5));
+        let (s, m) = store_with(dir.path(), 3);
         fs::write(file_path(s.root(), &m, &ids(2).1), b"junk").unwrap();
         let got = s.read_prefix(m, &[ids(1).1, ids(2).1, ids(3).1], layout());
         assert_eq!(got, vec![block(1)]);
@@ -1047,13 +1047,7 @@ mod tests {
     #[test]
     fn lookups_count_hits_and_misses() {
         let dir = tempfile::tempdir().unwrap();
-        let s = store(dir.path());
-        wait_scan(&s);
-        let m = ids(0).0;
-        for n in 1..=2 {
-            s.enqueue(m, ids(n).1, Arc::new(block(n)));
-        }
-        s.flush(Duration::from_secs(5));
+        let (s, m) = store_with(dir.path(), 2);
         let got = s.lookup(m, &[ids(1).1, ids(2).1, ids(3).1], layout());
         assert_eq!(got, vec![block(1), block(2)]);
         let st = s.stats();

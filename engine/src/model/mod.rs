@@ -450,20 +450,22 @@ pub fn materialize(tensors: &HashMap<String, Array>) -> Result<(), ModelError> {
     Ok(())
 }
 
-/// Settles `Auto`: dequantize on CPU when the float32 weights take at most a quarter of the
-/// memory available now, so batching goes through BLAS; keep them as stored otherwise.
+/// Whether `Auto` expands quantized weights to the compute dtype: only when there is one
+/// (CPU; Metal keeps weights as stored) and the expanded weights take at most a quarter of the
+/// memory available now, so batching goes through BLAS without crowding the machine. The
+/// registry's memory plan and the loader both ask this, so the estimate matches what loads.
+pub fn auto_dequantizes(dequantized_bytes: u64, available: u64) -> bool {
+    compute_dtype().is_some() && dequantized_bytes <= available / 4
+}
+
+/// Settles `Auto` by [`auto_dequantizes`] against the memory available now.
 pub fn resolve_mode(mode: WeightsMode, tensors: &Tensors) -> WeightsMode {
     if mode != WeightsMode::Auto {
         return mode;
     }
-    if compute_dtype().is_none() {
-        return WeightsMode::Native;
-    }
-    let mut sys = sysinfo::System::new();
-    sys.refresh_memory();
-    let available = sys.available_memory() as usize;
-    let needed = tensors.dequantized_bytes();
-    let chosen = if needed <= available / 4 {
+    let available = crate::memory::system_memory().available;
+    let needed = tensors.dequantized_bytes() as u64;
+    let chosen = if auto_dequantizes(needed, available) {
         WeightsMode::Dequantized
     } else {
         WeightsMode::Native
