@@ -18,6 +18,10 @@ pub struct Status {
     pub host: String,
     pub port: u16,
     pub uptime_secs: f64,
+    /// The daemon's process id (0 from a daemon too old to say): a new pid means it restarted.
+    pub pid: u32,
+    /// The folders searched for models.
+    pub models_dirs: Vec<String>,
     pub memory: Memory,
     pub default_model: Option<String>,
     pub loaded: Vec<LoadedStatus>,

@@ -169,6 +169,10 @@ async fn status(State(s): State<AdminState>) -> Json<Value> {
         "host": &*s.host,
         "port": s.port,
         "uptime_secs": r.uptime().as_secs_f64(),
+        // Which daemon answers: a client that sees the pid change knows the daemon restarted
+        // (event `seq` numbers start again at 1).
+        "pid": std::process::id(),
+        "models_dirs": r.model_dirs(),
         "memory": {
             "system": {
                 "total_bytes": sys.total,
@@ -230,9 +234,15 @@ async fn pin(
     ApiJson(body): ApiJson<ModelBody>,
 ) -> Result<Json<Value>, ApiError> {
     let id = checked(&body)?;
-    s.registry.pin(id, true)?;
-    // Pinned models are kept loaded: load it now.
-    s.registry.load(id).await?;
+    let newly = s.registry.pin(id, true)?;
+    // Pinned models are kept loaded: load it now. A pin whose model cannot load (507, a broken
+    // folder) is taken back, so no model shows pinned that is not kept loaded.
+    if let Err(e) = s.registry.load(id).await {
+        if newly {
+            s.registry.pin(id, false)?;
+        }
+        return Err(e.into());
+    }
     Ok(Json(
         json!({"ok": true, "model": model_status(&s.registry, id)}),
     ))

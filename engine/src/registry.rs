@@ -1180,7 +1180,8 @@ impl Registry {
         Ok(self.evict(id, EvictReason::Manual).await)
     }
 
-    pub fn pin(&self, id: &str, pinned: bool) -> Result<(), CoreError> {
+    /// Pins or unpins `id`; says whether that changed anything.
+    pub fn pin(&self, id: &str, pinned: bool) -> Result<bool, CoreError> {
         self.known(id)?;
         let changed = {
             let mut runtime = self.runtime.lock().unwrap();
@@ -1200,7 +1201,7 @@ impl Registry {
                 json!({"model": id}),
             );
         }
-        Ok(())
+        Ok(changed)
     }
 
     pub fn pinned(&self) -> Vec<String> {

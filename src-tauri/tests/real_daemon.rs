@@ -27,6 +27,8 @@ fn client_parses_status_models_and_cache() {
     assert_eq!(s.port, d.port);
     assert_eq!(s.host, "127.0.0.1");
     assert!(!s.version.is_empty());
+    assert_eq!(s.pid, d.pid(), "status names the daemon's process");
+    assert!(!s.models_dirs.is_empty());
     assert!(s.memory.system.total_bytes > 0);
     assert!(s.memory.budget_bytes > 0);
     assert!(s.loaded.iter().all(|l| l.id == MODEL), "{:?}", s.loaded);

@@ -53,6 +53,9 @@ def test_status_and_models_shapes(admin):
     wait_until(lambda: "m1" in admin.loaded(), 60, "default model loaded")
     s = admin.status()
     assert s["state"] == "serving" and s["version"] and s["port"] > 0 and s["uptime_secs"] > 0
+    # The daemon names itself (its pid: a restart shows as a new one) and its model folders.
+    os.kill(s["pid"], 0)
+    assert any(Path(d).is_dir() for d in s["models_dirs"]), s["models_dirs"]
     mem = s["memory"]
     for k in ("total_bytes", "used_bytes", "available_bytes"):
         assert mem["system"][k] > 0

@@ -169,6 +169,10 @@ def test_budget_lru_pinning_busy_and_507(tmp_path, three_models):
         assert "Pinned: a" in msg and "Busy: b" in msg and "missing" in msg, msg
         r = chat(url, "c")
         assert r.status_code == 507, r.text
+        # Pinning a model that cannot load fails the same way and leaves it unpinned.
+        r = admin.post("/models/pin", {"model": "c"})
+        assert r.status_code == 507, r.text
+        assert admin.models()["c"]["pinned"] is False
         # The stream finishes normally.
         rest = [l for l in lines if l.startswith("data: ")]
         assert rest[-1] == "data: [DONE]"

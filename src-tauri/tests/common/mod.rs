@@ -102,6 +102,11 @@ pub struct TestDaemon {
 }
 
 impl TestDaemon {
+    /// The daemon's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn start(extra: &[&str]) -> Self {
         Self::start_with(&[], extra)
     }
