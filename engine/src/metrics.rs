@@ -63,6 +63,7 @@ pub const SSD_BYTES: &str = "wuwei_kv_ssd_bytes";
 pub const SSD_ENABLED: &str = "wuwei_kv_ssd_enabled";
 /// Generations cancelled (client gone or shutdown) (counter, label `model`).
 pub const CANCELLATIONS: &str = "wuwei_cancellations_total";
+pub const PREEMPTIONS: &str = "wuwei_preemptions_total";
 /// Finished generations by reason (counter, labels `model`, `reason`).
 pub const GENERATIONS_FINISHED: &str = "wuwei_generations_finished_total";
 /// HTTP requests by route and status (counter, labels `path`, `method`, `status`).
@@ -133,6 +134,11 @@ fn describe() {
     describe_histogram!(BATCH_SIZE, "Sequences per decoding step");
     describe_gauge!(KV_CACHE_USAGE, "Fraction of the KV cache in use");
     describe_counter!(CANCELLATIONS, Unit::Count, "Generations cancelled");
+    describe_counter!(
+        PREEMPTIONS,
+        Unit::Count,
+        "Running sequences paused (KV freed, recomputed later) because the batch outgrew the KV budget"
+    );
     describe_counter!(GENERATIONS_FINISHED, Unit::Count, "Generations finished");
     describe_counter!(
         HTTP_REQUESTS,
@@ -218,6 +224,10 @@ pub fn set_ssd_stats(s: &crate::kv::ssd::SsdStats) {
 
 pub fn add_cancellation(model: &str) {
     counter!(CANCELLATIONS, "model" => model.to_string()).increment(1);
+}
+
+pub fn add_preemption(model: &str) {
+    counter!(PREEMPTIONS, "model" => model.to_string()).increment(1);
 }
 
 /// `reason` is a short label such as `stop`, `length`, `tool_calls`, `cancelled`, `error`.

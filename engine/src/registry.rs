@@ -1097,7 +1097,15 @@ impl Registry {
                 format_bytes(served.plan.kv_reserved_bytes),
             )));
         }
-        let room = context - prompt.len();
+        // Room for output: the context, and the KV budget, which a sequence running alone
+        // may fill (its last sampled token never enters the KV, hence the + 1). Beyond the
+        // budget the scheduler could not keep it running.
+        let budget_tokens = served
+            .plan
+            .kv_reserved_bytes
+            .checked_div(served.kv_bytes_per_token)
+            .map_or(usize::MAX, |t| t as usize);
+        let room = (context - prompt.len()).min(budget_tokens.saturating_add(1) - prompt.len());
         let (max_tokens, limited_by_context) = match request.max_tokens {
             Some(n) if n <= room => (n, false),
             _ => (room, true),

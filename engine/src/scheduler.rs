@@ -110,11 +110,42 @@ struct Sequence {
     pending_logprobs: Vec<TokenLogprob>,
     first_token_at: Option<Instant>,
     last_token_at: Option<Instant>,
+    /// Tokens to read into the cache before the next sample: the prompt, or after a pause
+    /// everything so far.
+    target: usize,
+    /// When it first started, relative to the others: the newest is paused first.
+    admitted: u64,
 }
 
 impl Sequence {
     fn prefilling(&self) -> bool {
-        self.prefilled < self.req.prompt.len()
+        self.prefilled < self.target
+    }
+}
+
+/// Work waiting for room in the batch.
+enum Waiting {
+    New(SeqRequest),
+    /// A sequence paused to give its KV back when the running batch outgrew the KV budget.
+    /// It keeps its output state; its KV is recomputed (much of it found in the prefix
+    /// cache, which holds its published blocks) when it runs again.
+    Paused(Box<Sequence>),
+}
+
+impl Waiting {
+    fn req(&self) -> &SeqRequest {
+        match self {
+            Waiting::New(r) => r,
+            Waiting::Paused(s) => &s.req,
+        }
+    }
+
+    /// KV positions it needs to run.
+    fn tokens(&self) -> usize {
+        match self {
+            Waiting::New(r) => r.prompt.len(),
+            Waiting::Paused(s) => s.tokens.len(),
+        }
     }
 }
 
@@ -134,6 +165,8 @@ pub struct Engine {
     prefix: Option<PrefixCache>,
     /// KV of the running sequences, one slot each.
     slots: SharedSlots,
+    /// Sequences started so far (orders them for preemption).
+    started: u64,
 }
 
 impl Engine {
@@ -161,12 +194,13 @@ impl Engine {
             model,
             model_id,
             prefix,
+            started: 0,
         }
     }
 
     /// Runs until every sender of `requests` is gone and no sequence is left.
     pub fn run(mut self, requests: std_mpsc::Receiver<SeqRequest>) {
-        let mut waiting: VecDeque<SeqRequest> = VecDeque::new();
+        let mut waiting: VecDeque<Waiting> = VecDeque::new();
         let mut running: Vec<Sequence> = Vec::new();
         let mut open = true;
         loop {
@@ -176,13 +210,13 @@ impl Engine {
                     return;
                 }
                 match requests.recv() {
-                    Ok(r) => waiting.push_back(r),
+                    Ok(r) => waiting.push_back(Waiting::New(r)),
                     Err(_) => return,
                 }
             }
             loop {
                 match requests.try_recv() {
-                    Ok(r) => waiting.push_back(r),
+                    Ok(r) => waiting.push_back(Waiting::New(r)),
                     Err(std_mpsc::TryRecvError::Empty) => break,
                     Err(std_mpsc::TryRecvError::Disconnected) => {
                         open = false;
@@ -191,8 +225,8 @@ impl Engine {
                 }
             }
             // Clients that left while queued never start.
-            waiting.retain(|r| {
-                let gone = r.events.is_closed();
+            waiting.retain(|w| {
+                let gone = w.req().events.is_closed();
                 if gone {
                     self.stats.waiting.fetch_sub(1, Ordering::Relaxed);
                     self.stats.cancelled.fetch_add(1, Ordering::Relaxed);
@@ -201,18 +235,22 @@ impl Engine {
                 !gone
             });
             while running.len() < self.config.max_running {
-                let Some(req) = waiting.front() else {
+                let Some(next) = waiting.front() else {
                     break;
                 };
                 // Gated by KV memory too: first in line waits for room (one sequence always
                 // runs, so the queue moves; the registry refuses prompts that never fit).
-                if !running.is_empty() && !self.kv_room(req.prompt.len(), &running) {
+                if !running.is_empty() && !self.kv_room(next.tokens(), &running) {
                     break;
                 }
-                let req = waiting.pop_front().expect("front exists");
+                let next = waiting.pop_front().expect("front exists");
                 self.stats.waiting.fetch_sub(1, Ordering::Relaxed);
-                running.push(self.start(req));
+                running.push(match next {
+                    Waiting::New(req) => self.start(req),
+                    Waiting::Paused(seq) => self.resume(*seq),
+                });
             }
+            self.preempt_over_budget(&mut running, &mut waiting);
             self.publish_gauges(&running, waiting.len());
             if running.is_empty() {
                 continue;
@@ -239,11 +277,8 @@ impl Engine {
         let sampler = Sampler::new(req.sampling.clone());
         let stop = StopMatcher::new(&req.stop);
         let parser = OutputParser::new(req.parser);
-        let mut cache: Box<dyn KvCache> = if req.prompt.len() <= POOLED_PROMPT_MAX {
-            Box::new(self.slots.acquire())
-        } else {
-            Box::new(DenseKvCache::new(self.model.num_layers()))
-        };
+        let mut cache = self.new_cache(req.prompt.len());
+        self.started += 1;
         let mut blocks = SeqBlocks::default();
         // The longest cached prefix goes straight into the cache; only the rest is prefilled.
         let cached = match self.prefix.as_mut() {
@@ -267,20 +302,91 @@ impl Engine {
             pending_logprobs: Vec::new(),
             first_token_at: None,
             last_token_at: None,
+            target: req.prompt.len(),
+            admitted: self.started,
             req,
+        }
+    }
+
+    /// A fresh KV cache for a sequence of `tokens` positions: a slot of the pool, or its own
+    /// buffers when it is long.
+    fn new_cache(&self, tokens: usize) -> Box<dyn KvCache> {
+        if tokens <= POOLED_PROMPT_MAX {
+            Box::new(self.slots.acquire())
+        } else {
+            Box::new(DenseKvCache::new(self.model.num_layers()))
+        }
+    }
+
+    /// Runs a paused sequence again: its KV is rebuilt from the prefix cache as far as it
+    /// reaches and recomputed (as a prefill) for the rest; then it samples where it stopped.
+    fn resume(&mut self, mut seq: Sequence) -> Sequence {
+        seq.cache = self.new_cache(seq.tokens.len());
+        seq.prefilled = match self.prefix.as_mut() {
+            Some(p) => p.admit(&seq.tokens, seq.cache.as_mut(), &mut seq.blocks),
+            None => 0,
+        };
+        seq.target = seq.tokens.len();
+        tracing::debug!(id = %seq.req.id, model = %self.model_id, tokens = seq.target, from_cache = seq.prefilled, "resumed");
+        seq
+    }
+
+    /// While the running sequences together outgrow the KV budget (each decode step adds a
+    /// position per sequence, and admission does not reserve room for growth), the most
+    /// recently started one is paused: its KV is freed and it waits first in line to resume.
+    /// The oldest always keeps running, so everything finishes; a lone sequence fits because
+    /// the registry clamps `max_tokens` to the budget.
+    fn preempt_over_budget(
+        &mut self,
+        running: &mut Vec<Sequence>,
+        waiting: &mut VecDeque<Waiting>,
+    ) {
+        let Some(limit) = self.kv_limit_tokens() else {
+            return;
+        };
+        while running.len() > 1 && running.iter().map(|s| s.tokens.len()).sum::<usize>() > limit {
+            let newest = (0..running.len())
+                .max_by_key(|&i| running[i].admitted)
+                .expect("not empty");
+            let mut seq = running.swap_remove(newest);
+            if let Some(p) = self.prefix.as_mut() {
+                p.release(&mut seq.blocks);
+            }
+            seq.blocks = SeqBlocks::default();
+            // Dropping the cache gives its slot (or own buffers) back.
+            seq.cache = Box::new(DenseKvCache::new(0));
+            seq.prefilled = 0;
+            self.stats.waiting.fetch_add(1, Ordering::Relaxed);
+            metrics::add_preemption(&self.model_id);
+            tracing::info!(
+                id = %seq.req.id,
+                model = %self.model_id,
+                tokens = seq.tokens.len(),
+                still_running = running.len(),
+                "paused: the running batch outgrew the KV budget; resumes when there is room"
+            );
+            waiting.push_front(Waiting::Paused(Box::new(seq)));
+        }
+    }
+
+    /// The KV budget in positions, if there is one.
+    fn kv_limit_tokens(&self) -> Option<usize> {
+        match (self.config.kv_budget_bytes, self.config.kv_bytes_per_token) {
+            (Some(budget), per_token) if per_token > 0 => Some(budget / per_token),
+            _ => None,
         }
     }
 
     /// Whether a prompt of `tokens` fits the KV budget next to the tokens `running` holds.
     /// Counted in positions, not allocated buffers: the slot pool pads slots and keeps freed
     /// ones for reuse, so its size says little about what one more sequence costs. Growth
-    /// while decoding is not reserved up front.
+    /// while decoding is not reserved up front: `preempt_over_budget` handles it.
     fn kv_room(&self, tokens: usize, running: &[Sequence]) -> bool {
-        let Some(budget) = self.config.kv_budget_bytes else {
+        let Some(limit) = self.kv_limit_tokens() else {
             return true;
         };
         let held: usize = running.iter().map(|s| s.tokens.len()).sum();
-        (held + tokens) * self.config.kv_bytes_per_token <= budget
+        held + tokens <= limit
     }
 
     fn publish_gauges(&self, running: &[Sequence], waiting: usize) {
@@ -330,7 +436,7 @@ impl Engine {
                 if budget == 0 {
                     continue;
                 }
-                let len = (seq.req.prompt.len() - seq.prefilled).min(budget);
+                let len = (seq.target - seq.prefilled).min(budget);
                 budget -= len;
                 inputs.push((i, seq.prefilled, len));
             } else {

@@ -545,3 +545,47 @@ def test_kv_budget_gates_admission(tmp_path, reference):
         err = r.json()["error"]
         assert err["code"] == "insufficient_memory" and "kv_reserve_tokens" in err["message"], err
         assert _complete(url, prompts[0], 8)[0] == expected[0]
+
+
+def _complete_full(url, prompt, max_tokens):
+    r = requests.post(
+        f"{url}/v1/completions",
+        json={"prompt": prompt, "max_tokens": max_tokens, "temperature": 0, "logprobs": 0},
+        timeout=300,
+    )
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+@pytest.mark.parametrize("prefix_cache", ["1", "0"])
+def test_kv_budget_preempts_growing_batch(tmp_path, reference, prefix_cache):
+    """Admission does not reserve room for output, so a batch that fits at the start can
+    outgrow the KV budget while decoding. Then the newest sequence is paused (its KV freed)
+    and resumed when there is room, its KV rebuilt from the prefix cache or recomputed:
+    every output is still exactly what the request gives alone, and nothing goes over."""
+    prompts = [_text(f"grow-{i}", 14) for i in range(2)]
+    expected = reference("auto", prompts, 48)
+    # Two prompts of ~175 tokens fit in 400 positions; with 48 new tokens each they do not.
+    env = {"WUWEI_WEIGHTS": "auto", "WUWEI_KV_RESERVE_TOKENS": "400", "WUWEI_KV_CACHE": prefix_cache}
+    with running_daemon(tmp_path, env) as url:
+        with cf.ThreadPoolExecutor(len(prompts)) as pool:
+            results = list(pool.map(lambda p: _complete(url, p, 48)[0], prompts))
+        assert results == expected
+        assert _metric(url, "wuwei_preemptions_total") >= 1
+        buckets = _histogram_buckets(url, "wuwei_batch_size")
+        assert buckets[2.0] > 0, f"the two sequences never ran together: {buckets}"
+    log = (tmp_path / "daemon.log").read_text()
+    assert "outgrew the KV budget" in log
+
+
+def test_lone_sequence_output_is_clamped_to_kv_budget(tmp_path):
+    """A sequence running alone may fill the KV budget but not go past it: max_tokens beyond
+    it is clamped (finish_reason length), like max_tokens beyond the context."""
+    prompt = _text("lone", 14)
+    env = {"WUWEI_WEIGHTS": "auto", "WUWEI_KV_RESERVE_TOKENS": "200"}
+    with running_daemon(tmp_path, env) as url:
+        body = _complete_full(url, prompt, 500)
+        usage = body["usage"]
+        assert usage["prompt_tokens"] < 200, usage
+        assert body["choices"][0]["finish_reason"] == "length", body
+        assert usage["prompt_tokens"] + usage["completion_tokens"] == 201, usage
