@@ -44,6 +44,10 @@ pub struct Config {
     pub models_dirs: Vec<PathBuf>,
     /// When set, `/v1/*` requires `Authorization: Bearer <key>` or `x-api-key: <key>`.
     pub api_key: Option<String>,
+    /// Web origins (besides the daemon's own and loopback ones) whose pages may call the
+    /// daemon from a browser, e.g. `https://chat.example.com`; `*` allows any. Requests from
+    /// other origins get 403 (see server::browser_guard).
+    pub allowed_origins: Vec<String>,
     /// Sequences decoded together per model.
     pub max_running: usize,
     /// Requests waiting for a slot before new ones are refused with 503.
@@ -125,6 +129,7 @@ impl Default for Config {
             port: DEFAULT_PORT,
             models_dirs: default_models_dirs(),
             api_key: None,
+            allowed_origins: Vec::new(),
             max_running: 8,
             max_queue: 64,
             prefill_chunk: 512,
@@ -300,6 +305,14 @@ impl Config {
         if let Some(v) = get("WUWEI_API_KEY") {
             self.api_key = Some(v);
         }
+        if let Some(v) = get("WUWEI_ALLOWED_ORIGINS") {
+            self.allowed_origins = v
+                .split(',')
+                .map(str::trim)
+                .filter(|o| !o.is_empty())
+                .map(str::to_string)
+                .collect();
+        }
         if let Some(v) = get("WUWEI_DEFAULT_MODEL") {
             self.default_model = Some(v);
         }
@@ -434,6 +447,21 @@ impl Config {
                 message: "must not be empty".to_string(),
             });
         }
+        for origin in &self.allowed_origins {
+            let o = origin.trim().trim_end_matches('/');
+            let valid = o == "*"
+                || o.split_once("://").is_some_and(|(scheme, rest)| {
+                    !scheme.is_empty() && !rest.is_empty() && !rest.contains(['/', '@', ' '])
+                });
+            if !valid {
+                return Err(ConfigError::Invalid {
+                    field: "allowed_origins",
+                    message: format!(
+                        "{origin:?} is not an origin: write scheme://host[:port] (no path), or *"
+                    ),
+                });
+            }
+        }
         // An empty key would make every client "authorized" by sending nothing; treat it as unset.
         if self.api_key.as_deref().is_some_and(|k| k.is_empty()) {
             self.api_key = None;
@@ -542,6 +570,26 @@ mod tests {
         let missing = temp_dir("missing").join("config.toml");
         let cfg2 = Config::resolve(&ServeArgs::default(), env_of(&[]), Some(missing)).unwrap();
         assert_eq!(cfg, cfg2);
+    }
+
+    #[test]
+    fn allowed_origins_from_file_and_env_are_checked() {
+        let dir = temp_dir("origins");
+        let file = write_file(&dir, "allowed_origins = [\"https://chat.example.com\"]\n");
+        let cfg = Config::resolve(&ServeArgs::default(), env_of(&[]), Some(file.clone())).unwrap();
+        assert_eq!(cfg.allowed_origins, vec!["https://chat.example.com"]);
+        let env = env_of(&[("WUWEI_ALLOWED_ORIGINS", "http://a.example:3000, *,")]);
+        let cfg = Config::resolve(&ServeArgs::default(), &env, Some(file.clone())).unwrap();
+        assert_eq!(cfg.allowed_origins, vec!["http://a.example:3000", "*"]);
+        for bad in [
+            "chat.example.com",
+            "https://chat.example.com/path",
+            "https://",
+        ] {
+            let env = env_of(&[("WUWEI_ALLOWED_ORIGINS", bad)]);
+            let err = Config::resolve(&ServeArgs::default(), &env, None).unwrap_err();
+            assert!(err.to_string().contains("allowed_origins"), "{bad}: {err}");
+        }
     }
 
     #[test]

@@ -1236,7 +1236,7 @@ async fn graceful_shutdown_returns_ok() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
     stream
-        .write_all(b"GET /health HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        .write_all(b"GET /health HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\n\r\n")
         .await
         .unwrap();
     let mut reply = String::new();
@@ -1245,10 +1245,123 @@ async fn graceful_shutdown_returns_ok() {
     // A stream that never ends must not keep the server up past the grace period.
     let mut slow = tokio::net::TcpStream::connect(address).await.unwrap();
     let body = chat_body(json!({"model": "slow", "stream": true})).to_string();
-    slow.write_all(format!("POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}", body.len()).as_bytes()).await.unwrap();
+    slow.write_all(format!("POST /v1/chat/completions HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}", body.len()).as_bytes()).await.unwrap();
     let mut buf = [0u8; 64];
     let _ = slow.read(&mut buf).await.unwrap();
     stop_tx.send(()).unwrap();
     let result = tokio::time::timeout(Duration::from_secs(5), server).await;
     assert!(matches!(result, Ok(Ok(Ok(())))), "{result:?}");
+}
+
+#[tokio::test]
+async fn web_pages_of_other_origins_and_rebound_host_names_are_refused() {
+    let (app, backend) = app();
+    let with = |method: &str, path: &str, headers: &[(&str, &str)], body: Value| {
+        let mut r = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("content-type", "application/json");
+        for (k, v) in headers {
+            r = r.header(*k, *v);
+        }
+        r.body(Body::from(body.to_string())).unwrap()
+    };
+    // A page elsewhere (cross-site request forgery) and a rebound name (DNS rebinding).
+    for headers in [
+        vec![
+            ("host", "127.0.0.1:8686"),
+            ("origin", "https://evil.example"),
+        ],
+        vec![("host", "127.0.0.1:8686"), ("origin", "null")],
+        vec![("host", "evil.example:8686")],
+    ] {
+        let (status, _, text) = send(
+            &app,
+            with(
+                "POST",
+                "/v1/chat/completions",
+                &headers,
+                chat_body(json!({})),
+            ),
+        )
+        .await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{headers:?}: {text}");
+        let value: Value = serde_json::from_str(&text).unwrap();
+        assert_error_shape(&value);
+        assert_eq!(value["error"]["type"], "permission_error");
+        let (status, _, text) = send(&app, with("POST", "/v1/messages", &headers, json!({}))).await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+        let value: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(
+            value["type"], "error",
+            "Anthropic's shape on /v1/messages: {value}"
+        );
+        assert_eq!(value["error"]["type"], "permission_error");
+    }
+    assert!(
+        backend.last.lock().unwrap().is_none(),
+        "nothing reached the backend"
+    );
+
+    // The dashboard (own origin) and a local web UI on another port may; the latter gets CORS.
+    let own = [
+        ("host", "127.0.0.1:8686"),
+        ("origin", "http://127.0.0.1:8686"),
+    ];
+    let (status, _, text) = send(
+        &app,
+        with("POST", "/v1/chat/completions", &own, chat_body(json!({}))),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+    let local_ui = [
+        ("host", "localhost:8686"),
+        ("origin", "http://localhost:3000"),
+        ("access-control-request-method", "POST"),
+        (
+            "access-control-request-headers",
+            "content-type,authorization",
+        ),
+    ];
+    let (status, headers, _) = send(
+        &app,
+        with("OPTIONS", "/v1/chat/completions", &local_ui, json!({})),
+    )
+    .await;
+    assert!(status.is_success(), "preflight: {status}");
+    assert_eq!(
+        headers["access-control-allow-origin"],
+        "http://localhost:3000"
+    );
+    let (status, headers, _) = send(
+        &app,
+        with(
+            "POST",
+            "/v1/chat/completions",
+            &local_ui[..2],
+            chat_body(json!({})),
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        headers["access-control-allow-origin"],
+        "http://localhost:3000"
+    );
+
+    // Configured origins are allowed too.
+    let (app, _) = app_with(Config {
+        allowed_origins: vec!["https://chat.example.com".into()],
+        ..Config::default()
+    });
+    let page = [
+        ("host", "127.0.0.1:8686"),
+        ("origin", "https://chat.example.com"),
+    ];
+    let (status, _, text) = send(
+        &app,
+        with("POST", "/v1/chat/completions", &page, chat_body(json!({}))),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{text}");
 }

@@ -2,6 +2,7 @@
 //! Protocol adapters translate to the canonical [`crate::core`] types and back.
 
 pub mod anthropic;
+pub mod browser_guard;
 pub mod dashboard;
 pub mod errors;
 
@@ -80,6 +81,12 @@ pub fn router_with_admin(
         .layer(DefaultBodyLimit::disable())
         .layer(RequestBodyLimitLayer::new(cfg.max_body_bytes))
         .layer(middleware::from_fn_with_state(state.clone(), json_413))
+        // Web pages: CORS for the origins the guard (outside it) lets through.
+        .layer(browser_guard::cors())
+        .layer(middleware::from_fn_with_state(
+            browser_guard::BrowserGuard::new(&cfg.host, &cfg.allowed_origins),
+            browser_guard::guard,
+        ))
         // Outermost: every error on an Anthropic route (auth, limits, routing) in its shape.
         .layer(middleware::from_fn(anthropic::anthropic_error_shape))
         .with_state(state)
