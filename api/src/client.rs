@@ -234,6 +234,13 @@ impl Client {
         Ok(self.post::<ServingAnswer>(path, json!({}))?.serving)
     }
 
+    /// Asks the daemon to end (as SIGTERM does: running streams get its grace period, then
+    /// it exits 0). Answers once the daemon has accepted; it may still be draining.
+    pub fn shutdown(&self) -> Result<()> {
+        self.post::<serde_json::Value>("/admin/api/shutdown", json!({}))
+            .map(drop)
+    }
+
     fn model_action(&self, action: &str, model: &str) -> Result<Option<ModelStatus>> {
         let path = format!("/admin/api/models/{action}");
         Ok(self

@@ -14,7 +14,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, Notify};
 
 use crate::config::Config;
 use crate::memory;
@@ -27,17 +27,23 @@ struct AdminState {
     registry: Arc<Registry>,
     host: Arc<str>,
     port: u16,
+    /// Notified by `POST /shutdown`; the server stops as on SIGTERM.
+    stop: Arc<Notify>,
+    grace_secs: u64,
 }
 
 /// The admin routes, to be nested at `/admin/api` (works with any outer router state).
 pub fn router<S: Clone + Send + Sync + 'static>(
     registry: Arc<Registry>,
     cfg: &Config,
+    shutdown_requested: Arc<Notify>,
 ) -> Router<S> {
     let state = AdminState {
         registry,
         host: Arc::from(cfg.host.as_str()),
         port: cfg.port,
+        stop: shutdown_requested,
+        grace_secs: cfg.shutdown_grace_secs,
     };
     Router::new()
         .route("/status", get(status))
@@ -57,6 +63,7 @@ pub fn router<S: Clone + Send + Sync + 'static>(
             get(settings).patch(update_settings).post(update_settings),
         )
         .route("/events", get(events))
+        .route("/shutdown", post(shutdown))
         .with_state(state)
 }
 
@@ -285,6 +292,19 @@ async fn start(State(s): State<AdminState>) -> Json<Value> {
 async fn stop(State(s): State<AdminState>) -> Json<Value> {
     s.registry.set_serving(false);
     Json(json!({"ok": true, "serving": false}))
+}
+
+/// Ends the daemon the way SIGTERM does: no new connections, running streams get
+/// `shutdown_grace_secs`, exit 0 (which a launchd login item does not restart). For the
+/// menu-bar app's "Quit and stop the daemon" when the daemon is not its child.
+async fn shutdown(State(s): State<AdminState>) -> (StatusCode, Json<Value>) {
+    tracing::info!("shutdown asked through the admin API");
+    // notify_one keeps the request if the server is not waiting yet.
+    s.stop.notify_one();
+    (
+        StatusCode::ACCEPTED,
+        Json(json!({"ok": true, "stopping": true, "grace_secs": s.grace_secs})),
+    )
 }
 
 async fn cache(State(s): State<AdminState>) -> Json<Value> {

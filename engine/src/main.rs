@@ -179,8 +179,11 @@ fn serve(args: wuwei::config::ServeArgs) -> anyhow::Result<()> {
         tokio::spawn(async move { r.load_at_start().await });
         tokio::spawn(registry.clone().run_monitor());
         tokio::spawn(wuwei::admin::publish_cache_stats(registry.clone()));
-        let admin = wuwei::admin::router(registry.clone(), &cfg);
-        wuwei::server::serve_with_admin(cfg, registry, Some(admin)).await
+        // `POST /admin/api/shutdown` ends the daemon the way SIGTERM does.
+        let stop = std::sync::Arc::new(tokio::sync::Notify::new());
+        let admin = wuwei::admin::router(registry.clone(), &cfg, stop.clone());
+        let asked = async move { stop.notified().await };
+        wuwei::server::serve_with_admin(cfg, registry, Some(admin), asked).await
     });
     // The server has drained its streams. Don't let blocking work still in flight (a model
     // load, file scans) hold the exit: engine threads end with the process.

@@ -264,6 +264,13 @@ impl Controller {
                     p.terminate(STOP_GRACE);
                 }
             }
+            Effect::ShutdownDaemon => {
+                // Synchronous: the app quits right after, which would cut a call in flight.
+                match self.client.shutdown() {
+                    Ok(()) => tracing::info!("asked the daemon to stop"),
+                    Err(e) => tracing::warn!("asking the daemon to stop: {e}"),
+                }
+            }
             Effect::OpenDashboard => self.ui.open_dashboard(&format!("{}/", self.config.url)),
             Effect::OpenModelsFolder => match &self.config.models_dir {
                 Some(dir) => {

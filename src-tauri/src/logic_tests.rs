@@ -139,8 +139,8 @@ fn menu_of_a_serving_daemon() {
     assert_eq!(item(&m, "login-item").checked(), Some(false));
     assert!(m.find("login-item-settings").is_none());
     assert!(item(&m, "quit").enabled());
-    // this app did not start the daemon: it cannot stop it
-    assert!(!item(&m, "quit-stop-daemon").enabled());
+    // this app did not start the daemon, but can ask it to stop
+    assert!(item(&m, "quit-stop-daemon").enabled());
 }
 
 #[test]
@@ -804,6 +804,20 @@ fn quitting_leaves_or_stops_the_daemon() {
     let t = Instant::now();
     let mut s = connected();
     assert_eq!(s.update(Input::Menu(MenuAction::Quit), t), [Effect::Quit]);
+    // a daemon the app did not start is asked through the admin API
+    let mut s = connected();
+    assert_eq!(
+        s.update(Input::Menu(MenuAction::QuitAndStopDaemon), t),
+        [Effect::ShutdownDaemon, Effect::Quit]
+    );
+    // none reachable and none of its own: nothing to stop
+    let mut s = AppState::new(8686, false, LoginStatus::Off);
+    s.update(Input::Disconnected("refused".into()), t);
+    assert!(!item(&menu::build(&s), "quit-stop-daemon").enabled());
+    assert_eq!(
+        s.update(Input::Menu(MenuAction::QuitAndStopDaemon), t),
+        [Effect::Quit]
+    );
 
     let mut s = AppState::new(8686, true, LoginStatus::Off);
     s.update(Input::Disconnected("refused".into()), t);

@@ -410,12 +410,12 @@ pub fn build(state: &AppState) -> MenuModel {
         enabled: true,
     });
     // Quitting asks whether to stop the daemon too, as a second item rather than a dialog:
-    // it only makes sense for a daemon this app started (there is no admin call that ends a
-    // daemon), and a menu item works the same on every platform and under test.
+    // a menu item works the same on every platform and under test. The app ends a daemon it
+    // started with SIGTERM and any other it is connected to through the admin API.
     items.push(Item::Text {
         id: MenuAction::QuitAndStopDaemon.id(),
         label: "Quit and s&top the daemon".into(),
-        enabled: state.owns_daemon,
+        enabled: state.owns_daemon || state.daemon == Daemon::Running,
     });
     MenuModel { items }
 }

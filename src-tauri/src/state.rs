@@ -74,6 +74,9 @@ pub enum Effect {
     ScheduleRestart(Duration),
     /// End the daemon child (SIGTERM, so it drains and exits cleanly).
     StopDaemon,
+    /// Ask a daemon the app did not start to end (admin API; it drains and exits cleanly),
+    /// and wait for its answer: a quit follows.
+    ShutdownDaemon,
     OpenDashboard,
     OpenModelsFolder,
     SetLoginItem(bool),
@@ -470,6 +473,9 @@ impl AppState {
                 self.quitting = true;
                 if self.owns_daemon {
                     vec![Effect::StopDaemon, Effect::Quit]
+                } else if self.daemon == Daemon::Running {
+                    // The login item's or one started by hand.
+                    vec![Effect::ShutdownDaemon, Effect::Quit]
                 } else {
                     vec![Effect::Quit]
                 }

@@ -385,3 +385,23 @@ fn a_failed_load_is_notified() {
     assert!(body.contains("507"), "{body}");
     assert_eq!(d.stop().code(), Some(0));
 }
+
+#[test]
+fn quit_and_stop_ends_a_daemon_the_app_did_not_start() {
+    // As the login item's daemon would be: running before the app, not its child.
+    let d = TestDaemon::start(&[]);
+    let (ui, handle) = watching(&d);
+    let item = ui.snapshot().menu.unwrap();
+    assert!(item.find("quit-stop-daemon").unwrap().enabled());
+    handle.menu_clicked("quit-stop-daemon");
+    ui.wait(Duration::from_secs(10), "quit", |r| r.quit);
+    // It drains and exits 0 (which launchd's KeepAlive/SuccessfulExit=false leaves stopped).
+    let log = d.scratch.path().join("daemon.log");
+    let status = d.wait_exit(Duration::from_secs(30));
+    let log = std::fs::read_to_string(log).unwrap_or_default();
+    assert_eq!(status.code(), Some(0), "{log}");
+    assert!(
+        log.contains("shutdown asked through the admin API"),
+        "{log}"
+    );
+}

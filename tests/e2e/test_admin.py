@@ -224,3 +224,34 @@ def test_cli_commands(admin, daemon):
     bad_env = dict(env, WUWEI_API_KEY="wrong")
     p = subprocess.run([str(binary), "ls"], env=bad_env, capture_output=True, text=True, timeout=60)
     assert p.returncode != 0 and "401" in p.stderr
+
+
+def test_shutdown_call_drains_and_exits_cleanly(tmp_path):
+    """`POST /admin/api/shutdown` (the app's "Quit and stop the daemon" for a daemon it did
+    not start) ends the daemon as SIGTERM does: a stream already running finishes, new
+    connections are refused, and the process exits 0 (checked by running_daemon)."""
+    env = {"WUWEI_API_KEY": KEY, "WUWEI_WEIGHTS": "native"}
+    with running_daemon(tmp_path, extra_env=env) as url:
+        assert Admin(url).post("/shutdown", {}).status_code == 401
+        headers = {"Authorization": f"Bearer {KEY}"}
+        body = {"max_tokens": 16, "temperature": 0, "stream": True,
+                "messages": [{"role": "user", "content": "Count to twenty."}]}
+        with requests.post(f"{url}/v1/chat/completions", json=body, headers=headers,
+                           stream=True, timeout=120) as stream:
+            lines = stream.iter_lines()
+            first = next(line for line in lines if line.startswith(b"data: "))
+            r = requests.post(f"{url}/admin/api/shutdown", headers=headers, json={}, timeout=10)
+            assert r.status_code == 202, r.text
+            assert r.json()["stopping"] is True
+            rest = [line for line in lines if line.startswith(b"data: ")]
+        assert first and rest[-1] == b"data: [DONE]", "the running stream finished"
+
+        def gone():
+            try:
+                requests.get(f"{url}/health", timeout=2)
+                return False
+            except requests.ConnectionError:
+                return True
+        wait_until(gone, 30, "the daemon to stop listening")
+    log = (tmp_path / "daemon.log").read_text()
+    assert "shutdown asked through the admin API" in log

@@ -95,21 +95,29 @@ pub fn router_with_admin(
 /// Serves until SIGTERM/SIGINT, then stops accepting, lets running requests go on for
 /// `shutdown_grace_secs`, and returns `Ok(())`.
 pub async fn serve(cfg: Config, backend: Arc<dyn Backend>) -> anyhow::Result<()> {
-    serve_with_admin(cfg, backend, None).await
+    serve_with_admin(cfg, backend, None, std::future::pending()).await
 }
 
-/// [`serve`] with the admin API.
+/// [`serve`] with the admin API; `asked` resolving (the admin API's shutdown call) stops it
+/// like a signal does.
 pub async fn serve_with_admin(
     cfg: Config,
     backend: Arc<dyn Backend>,
     admin: Option<Router<AppState>>,
+    asked: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let address = format!("{}:{}", cfg.host, cfg.port);
     let listener = tokio::net::TcpListener::bind(&address)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {address}: {e}"))?;
     tracing::info!("listening on http://{}", listener.local_addr()?);
-    serve_on_with_admin(listener, cfg, backend, admin, shutdown_signal()).await
+    let stop = async move {
+        tokio::select! {
+            _ = shutdown_signal() => {}
+            _ = asked => {}
+        }
+    };
+    serve_on_with_admin(listener, cfg, backend, admin, stop).await
 }
 
 /// [`serve`] on a bound listener, stopping when `shutdown` resolves (tests, embedding).

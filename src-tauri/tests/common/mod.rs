@@ -147,6 +147,15 @@ impl TestDaemon {
     }
 }
 
+impl TestDaemon {
+    /// Waits for the daemon to exit by itself (after a shutdown call) and answers how.
+    pub fn wait_exit(mut self, limit: Duration) -> std::process::ExitStatus {
+        let status = wait_timeout(&mut self.child, limit);
+        std::mem::forget(self);
+        status
+    }
+}
+
 impl Drop for TestDaemon {
     fn drop(&mut self) {
         terminate(self.child.id());
