@@ -306,12 +306,7 @@ impl Config {
             self.api_key = Some(v);
         }
         if let Some(v) = get("WUWEI_ALLOWED_ORIGINS") {
-            self.allowed_origins = v
-                .split(',')
-                .map(str::trim)
-                .filter(|o| !o.is_empty())
-                .map(str::to_string)
-                .collect();
+            self.allowed_origins = comma_list(&v);
         }
         if let Some(v) = get("WUWEI_DEFAULT_MODEL") {
             self.default_model = Some(v);
@@ -345,12 +340,7 @@ impl Config {
             self.memory_pressure_threshold = amount("WUWEI_PRESSURE_THRESHOLD", v)?;
         }
         if let Some(v) = get("WUWEI_PINNED") {
-            self.pinned = v
-                .split(',')
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
-                .map(String::from)
-                .collect();
+            self.pinned = comma_list(&v);
         }
         if let Some(v) = get("WUWEI_IDLE_TTL") {
             self.idle_ttl_secs = parse("WUWEI_IDLE_TTL", v)?;
@@ -474,6 +464,16 @@ impl Config {
     pub fn resolve_alias(&self, requested: &str) -> Option<&str> {
         resolve_alias(&self.aliases, requested)
     }
+}
+
+/// A comma-separated environment value as its trimmed, non-empty items.
+fn comma_list(value: &str) -> Vec<String> {
+    value
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(String::from)
+        .collect()
 }
 
 fn parse_bool(var: &str, value: String) -> Result<bool, ConfigError> {

@@ -152,8 +152,7 @@ fn serve(args: wuwei::config::ServeArgs) -> anyhow::Result<()> {
             prefill_chunk: cfg.prefill_chunk,
             kv,
             // Set per model by the registry (its reserved KV).
-            kv_budget_bytes: None,
-            kv_bytes_per_token: 0,
+            kv_budget_tokens: None,
         },
         max_queue: cfg.max_queue,
         weights_mode: cfg.weights,

@@ -94,6 +94,14 @@ impl MemoryPlan {
         self.weights_bytes + self.kv_reserved_bytes
     }
 
+    /// The reserved KV in token positions (`None` when the size of a position is unknown):
+    /// what the model's running sequences may hold together.
+    pub fn kv_positions(&self, kv_bytes_per_token: u64) -> Option<usize> {
+        self.kv_reserved_bytes
+            .checked_div(kv_bytes_per_token)
+            .map(|t| t as usize)
+    }
+
     /// Memory that must be free before the load starts.
     pub fn needed(&self) -> u64 {
         self.steady().max(self.load_peak_bytes)
@@ -927,8 +935,7 @@ impl Registry {
         let mut sched = self.config.scheduler.clone();
         sched.kv.model_path = Some(path.to_path_buf());
         // Running sequences share the KV memory counted for the model in the budget.
-        sched.kv_budget_bytes = Some(plan.kv_reserved_bytes as usize);
-        sched.kv_bytes_per_token = facts.kv_bytes_per_token as usize;
+        sched.kv_budget_tokens = plan.kv_positions(facts.kv_bytes_per_token);
         let thread_stats = stats.clone();
         let started = Instant::now();
         std::thread::Builder::new()
@@ -1102,9 +1109,8 @@ impl Registry {
         // budget the scheduler could not keep it running.
         let budget_tokens = served
             .plan
-            .kv_reserved_bytes
-            .checked_div(served.kv_bytes_per_token)
-            .map_or(usize::MAX, |t| t as usize);
+            .kv_positions(served.kv_bytes_per_token)
+            .unwrap_or(usize::MAX);
         let room = (context - prompt.len()).min(budget_tokens.saturating_add(1) - prompt.len());
         let (max_tokens, limited_by_context) = match request.max_tokens {
             Some(n) if n <= room => (n, false),

@@ -58,11 +58,10 @@ pub struct SchedulerConfig {
     pub prefill_chunk: usize,
     /// Prefix reuse (RAM block pool, SSD tier).
     pub kv: KvConfig,
-    /// KV memory the running sequences may hold together (the model's reserved KV; `None`:
-    /// unbounded). A prompt that does not fit next to them waits in the queue.
-    pub kv_budget_bytes: Option<usize>,
-    /// KV bytes of one token position (with `kv_budget_bytes`).
-    pub kv_bytes_per_token: usize,
+    /// KV positions the running sequences may hold together (the model's reserved KV;
+    /// `None`: unbounded). A prompt that does not fit next to them waits in the queue; a batch
+    /// that outgrows it while decoding is preempted.
+    pub kv_budget_tokens: Option<usize>,
 }
 
 impl Default for SchedulerConfig {
@@ -71,8 +70,7 @@ impl Default for SchedulerConfig {
             max_running: 8,
             prefill_chunk: 512,
             kv: KvConfig::default(),
-            kv_budget_bytes: None,
-            kv_bytes_per_token: 0,
+            kv_budget_tokens: None,
         }
     }
 }
@@ -110,8 +108,8 @@ struct Sequence {
     pending_logprobs: Vec<TokenLogprob>,
     first_token_at: Option<Instant>,
     last_token_at: Option<Instant>,
-    /// Tokens to read into the cache before the next sample: the prompt, or after a pause
-    /// everything so far.
+    /// Tokens to read into the cache before the next sample: `tokens` as they were when it
+    /// was placed in the batch (the prompt, or after a pause everything so far).
     target: usize,
     /// When it first started, relative to the others: the newest is paused first.
     admitted: u64,
@@ -277,22 +275,12 @@ impl Engine {
         let sampler = Sampler::new(req.sampling.clone());
         let stop = StopMatcher::new(&req.stop);
         let parser = OutputParser::new(req.parser);
-        let mut cache = self.new_cache(req.prompt.len());
         self.started += 1;
-        let mut blocks = SeqBlocks::default();
-        // The longest cached prefix goes straight into the cache; only the rest is prefilled.
-        let cached = match self.prefix.as_mut() {
-            Some(p) => p.admit(&req.prompt, cache.as_mut(), &mut blocks),
-            None => 0,
-        };
-        if cached > 0 {
-            metrics::add_prompt_tokens(&self.model_id, cached, cached);
-        }
-        Sequence {
-            cache,
-            blocks,
-            cached,
-            prefilled: cached,
+        let mut seq = Sequence {
+            cache: no_cache(),
+            blocks: SeqBlocks::default(),
+            cached: 0,
+            prefilled: 0,
             tokens: req.prompt.clone(),
             generated: 0,
             sampler,
@@ -302,33 +290,40 @@ impl Engine {
             pending_logprobs: Vec::new(),
             first_token_at: None,
             last_token_at: None,
-            target: req.prompt.len(),
+            target: 0,
             admitted: self.started,
             req,
+        };
+        self.place(&mut seq);
+        seq.cached = seq.prefilled;
+        if seq.cached > 0 {
+            metrics::add_prompt_tokens(&self.model_id, seq.cached, seq.cached);
         }
+        seq
     }
 
-    /// A fresh KV cache for a sequence of `tokens` positions: a slot of the pool, or its own
-    /// buffers when it is long.
-    fn new_cache(&self, tokens: usize) -> Box<dyn KvCache> {
-        if tokens <= POOLED_PROMPT_MAX {
+    /// Runs a paused sequence again: its KV is rebuilt as on start, and it samples where it
+    /// stopped.
+    fn resume(&mut self, mut seq: Sequence) -> Sequence {
+        self.place(&mut seq);
+        tracing::debug!(id = %seq.req.id, model = %self.model_id, tokens = seq.target, from_cache = seq.prefilled, "resumed");
+        seq
+    }
+
+    /// Gives a sequence a fresh KV cache for its tokens (a slot of the pool, or its own buffers
+    /// when it is long) and fills it with the longest prefix the prefix cache holds; the rest
+    /// is prefilled.
+    fn place(&mut self, seq: &mut Sequence) {
+        seq.cache = if seq.tokens.len() <= POOLED_PROMPT_MAX {
             Box::new(self.slots.acquire())
         } else {
             Box::new(DenseKvCache::new(self.model.num_layers()))
-        }
-    }
-
-    /// Runs a paused sequence again: its KV is rebuilt from the prefix cache as far as it
-    /// reaches and recomputed (as a prefill) for the rest; then it samples where it stopped.
-    fn resume(&mut self, mut seq: Sequence) -> Sequence {
-        seq.cache = self.new_cache(seq.tokens.len());
+        };
         seq.prefilled = match self.prefix.as_mut() {
             Some(p) => p.admit(&seq.tokens, seq.cache.as_mut(), &mut seq.blocks),
             None => 0,
         };
         seq.target = seq.tokens.len();
-        tracing::debug!(id = %seq.req.id, model = %self.model_id, tokens = seq.target, from_cache = seq.prefilled, "resumed");
-        seq
     }
 
     /// While the running sequences together outgrow the KV budget (each decode step adds a
@@ -341,20 +336,22 @@ impl Engine {
         running: &mut Vec<Sequence>,
         waiting: &mut VecDeque<Waiting>,
     ) {
-        let Some(limit) = self.kv_limit_tokens() else {
+        let Some(limit) = self.config.kv_budget_tokens else {
             return;
         };
-        while running.len() > 1 && running.iter().map(|s| s.tokens.len()).sum::<usize>() > limit {
+        let mut held = held_positions(running);
+        while running.len() > 1 && held > limit {
             let newest = (0..running.len())
                 .max_by_key(|&i| running[i].admitted)
                 .expect("not empty");
             let mut seq = running.swap_remove(newest);
+            held -= seq.tokens.len();
             if let Some(p) = self.prefix.as_mut() {
                 p.release(&mut seq.blocks);
             }
             seq.blocks = SeqBlocks::default();
             // Dropping the cache gives its slot (or own buffers) back.
-            seq.cache = Box::new(DenseKvCache::new(0));
+            seq.cache = no_cache();
             seq.prefilled = 0;
             self.stats.waiting.fetch_add(1, Ordering::Relaxed);
             metrics::add_preemption(&self.model_id);
@@ -369,24 +366,15 @@ impl Engine {
         }
     }
 
-    /// The KV budget in positions, if there is one.
-    fn kv_limit_tokens(&self) -> Option<usize> {
-        match (self.config.kv_budget_bytes, self.config.kv_bytes_per_token) {
-            (Some(budget), per_token) if per_token > 0 => Some(budget / per_token),
-            _ => None,
-        }
-    }
-
     /// Whether a prompt of `tokens` fits the KV budget next to the tokens `running` holds.
     /// Counted in positions, not allocated buffers: the slot pool pads slots and keeps freed
     /// ones for reuse, so its size says little about what one more sequence costs. Growth
     /// while decoding is not reserved up front: `preempt_over_budget` handles it.
     fn kv_room(&self, tokens: usize, running: &[Sequence]) -> bool {
-        let Some(limit) = self.kv_limit_tokens() else {
+        let Some(limit) = self.config.kv_budget_tokens else {
             return true;
         };
-        let held: usize = running.iter().map(|s| s.tokens.len()).sum();
-        held + tokens <= limit
+        held_positions(running) + tokens <= limit
     }
 
     fn publish_gauges(&self, running: &[Sequence], waiting: usize) {
@@ -662,6 +650,17 @@ impl Engine {
             "sequence finished"
         );
     }
+}
+
+/// KV positions the running sequences hold after this step: a decoding sequence's cache
+/// takes its newest token in the step; a prefilling one is counted whole.
+fn held_positions(running: &[Sequence]) -> usize {
+    running.iter().map(|s| s.tokens.len()).sum()
+}
+
+/// The cache of a sequence that holds no KV (not placed yet, or paused).
+fn no_cache() -> Box<dyn KvCache> {
+    Box::new(DenseKvCache::new(0))
 }
 
 /// Sets up the prefix cache of a freshly loaded model: a two-token forward pass gives the KV
