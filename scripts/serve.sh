@@ -5,7 +5,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-cargo build --release --bin wuwei
+# On a Mac, the Metal build: MLX's default device is then the GPU, and the daemon runs models
+# in their checkpoint dtype with quantized weights kept as stored (see engine/src/device.rs).
+FEATURES=""
+[ "$(uname -s)" = Darwin ] && FEATURES="--features metal"
+# shellcheck disable=SC2086
+cargo build --release --bin wuwei $FEATURES
 BIN=$PWD/target/release/wuwei
 
 case "$(uname -s)" in

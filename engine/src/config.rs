@@ -70,6 +70,9 @@ pub struct Config {
     /// mlx-lm) or `dequantized` (quantized layers expanded to float32: more memory, but CPU
     /// matmuls go through BLAS and batch).
     pub weights: crate::model::WeightsMode,
+    /// The dtype activations are computed in: `auto` (default: the checkpoint's dtype on a
+    /// GPU, float32 on the CPU), `checkpoint` or `float32`.
+    pub activations: crate::device::Activations,
     /// Prefix reuse: prompts that start like an earlier one reuse its KV blocks.
     pub kv_cache: bool,
     /// Positions per KV block (the unit of sharing and of SSD files).
@@ -139,6 +142,7 @@ impl Default for Config {
             aliases: BTreeMap::new(),
             log_level: "info".to_string(),
             weights: crate::model::WeightsMode::default(),
+            activations: crate::device::Activations::default(),
             memory_budget: None,
             memory_reserve: Amount::Percent(20.0),
             memory_pressure_threshold: Amount::Percent(5.0),
@@ -364,6 +368,9 @@ impl Config {
                     })
                 }
             };
+        }
+        if let Some(v) = get("WUWEI_ACTIVATIONS") {
+            self.activations = parse("WUWEI_ACTIVATIONS", v)?;
         }
         if let Some(v) = get("WUWEI_KV_CACHE") {
             self.kv_cache = parse_bool("WUWEI_KV_CACHE", v)?;

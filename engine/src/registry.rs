@@ -627,7 +627,7 @@ impl Registry {
         memory::budget_bytes(
             runtime.memory_budget,
             runtime.memory_reserve,
-            memory::system_memory().total,
+            memory::models_memory_total(),
         )
     }
 
@@ -1254,7 +1254,7 @@ impl Registry {
             "memory_pressure_threshold": runtime.pressure_threshold.to_string(),
             "kv_reserve_tokens": runtime.kv_reserve_tokens,
             "aliases": runtime.aliases,
-            "budget_bytes": memory::budget_bytes(runtime.memory_budget, runtime.memory_reserve, memory::system_memory().total),
+            "budget_bytes": memory::budget_bytes(runtime.memory_budget, runtime.memory_reserve, memory::models_memory_total()),
         })
     }
 
@@ -1502,6 +1502,11 @@ impl Registry {
     /// The folders searched for models.
     pub fn model_dirs(&self) -> &[PathBuf] {
         &self.config.model_dirs
+    }
+
+    /// The configured weights mode (each model settles `auto` at load).
+    pub fn weights_mode(&self) -> WeightsMode {
+        self.config.weights_mode
     }
 }
 

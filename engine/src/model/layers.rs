@@ -60,9 +60,9 @@ impl Matrix {
         }
     }
 
-    /// The same matrix dequantized to `dtype`: more memory, but dense matmuls batch well on
-    /// CPU BLAS where MLX's quantized CPU kernel does not.
-    pub fn dequantized(self, dtype: Dtype) -> Result<Matrix> {
+    /// The same matrix dequantized, to `dtype` (`None`: the scales' dtype): more memory, but
+    /// dense matmuls batch well on CPU BLAS where MLX's quantized CPU kernel does not.
+    pub fn dequantized(self, dtype: Option<Dtype>) -> Result<Matrix> {
         match self {
             Matrix::Quantized {
                 weight,
@@ -71,8 +71,10 @@ impl Matrix {
                 group_size,
                 bits,
             } => {
-                let w = dequantize(&weight, &scales, biases.as_ref(), group_size, bits)?
-                    .as_dtype(dtype)?;
+                let mut w = dequantize(&weight, &scales, biases.as_ref(), group_size, bits)?;
+                if let Some(dtype) = dtype {
+                    w = w.as_dtype(dtype)?;
+                }
                 w.eval()?;
                 Ok(Matrix::Dense(w))
             }
