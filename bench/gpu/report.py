@@ -122,12 +122,15 @@ def main():
     ap.add_argument("results")
     ap.add_argument("--render", action="store_true", help="print the markdown only")
     ap.add_argument("--command", default="bash bench/gpu/run.sh (bundle: bench/gpu/bundle.sh)")
+    ap.add_argument("--force", action="store_true", help="write it even if it did not run on a GPU")
     a = ap.parse_args()
     r = json.load(open(a.results))
     body = render(r)
     if a.render:
         print(body)
         return
+    if "gpu" not in ((r.get("mlx_lm") or {}).get("mlx_device") or "") and not a.force:
+        sys.exit("not a GPU run (a dry run, or MLX never reported its device): not written; --force to write it")
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
     from report import write_section
     stamp = (r.get("started_utc") or "")[:16] + " UTC" if r.get("started_utc") else None
