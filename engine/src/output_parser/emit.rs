@@ -138,6 +138,35 @@ pub(super) fn partial_tag_len(text: &str, tags: &[&str]) -> usize {
     best
 }
 
+/// Takes text from the front of `buf` up to the first of `tags`, and that tag. Without a tag
+/// in `buf`, it takes everything that cannot be the start of one (everything, `at_end`).
+pub(super) fn take_until_tag<'t>(
+    buf: &mut String,
+    tags: &[&'t str],
+    at_end: bool,
+) -> (String, Option<&'t str>) {
+    match find_first(buf, tags) {
+        Some((at, tag)) => {
+            let before: String = buf.drain(..at).collect();
+            buf.drain(..tag.len());
+            (before, Some(tag))
+        }
+        None => {
+            let keep = if at_end {
+                0
+            } else {
+                partial_tag_len(buf, tags)
+            };
+            (buf.drain(..buf.len() - keep).collect(), None)
+        }
+    }
+}
+
+/// Whether `text` (a prefix of what will arrive) may still turn out to start with `tag`.
+pub(super) fn may_start_with(text: &str, tag: &str) -> bool {
+    text.starts_with(tag) || tag.starts_with(text)
+}
+
 /// Joins neighbouring events of the same kind, so callers see few, larger pieces.
 pub(super) fn merge_events(events: Vec<Event>) -> Vec<Event> {
     let mut merged: Vec<Event> = Vec::with_capacity(events.len());

@@ -27,16 +27,87 @@
 //!   whitespace between `</think>` and the answer, and whitespace around tool calls.
 
 mod emit;
+mod glm;
+mod harmony;
 mod json_call;
+mod minimax;
+mod pyliteral;
+mod qwen3_coder;
+mod schema;
+mod select;
 mod tagged;
+mod xml_call;
 
 use rand::Rng;
+use serde::{Deserialize, Serialize};
 #[cfg(test)]
 use serde_json::Value;
 
-use crate::core::Event;
+use crate::core::{Event, ToolSpec};
 #[cfg(test)]
 use emit::merge_events;
+pub use select::choose;
+
+/// How a model writes tool calls (and, for harmony, all of its output). Chosen per model
+/// ([`choose`]); `tool_parser` in a model's config settings overrides it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ToolParser {
+    /// `<tool_call>{"name": …, "arguments": …}</tool_call>` (Hermes, Qwen 2.5/3), and Llama 3's
+    /// bare JSON calls at the start of the answer.
+    #[default]
+    Hermes,
+    /// Llama 3's bare JSON calls only (`{"name": …, "parameters": …}`, `<|python_tag|>`).
+    Llama3,
+    /// Qwen3-Coder's `<function=NAME><parameter=P>…` XML calls.
+    Qwen3Coder,
+    /// MiniMax-M2's `<minimax:tool_call><invoke name=…>` XML calls.
+    #[serde(rename = "minimax")]
+    MiniMax,
+    /// GLM-4.5/4.6/4.7's `<tool_call>NAME<arg_key>…</arg_key><arg_value>…` calls.
+    Glm45,
+    /// gpt-oss's harmony channels: analysis, final, and commentary calls to `functions.NAME`.
+    Harmony,
+    /// No tool calls are read (reasoning still is).
+    None,
+}
+
+/// Everything one generation's parser needs.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ParserSetup {
+    pub config: ParserConfig,
+    pub format: ToolParser,
+    /// The tools the request offered: their schemas type the XML formats' values.
+    pub tools: Vec<ToolSpec>,
+}
+
+impl ParserSetup {
+    /// The markup the parser reads. Some models' tokenizers mark these tokens special (all of
+    /// harmony's are), so the detokenizer must keep them rather than skip them.
+    pub fn markup(&self) -> Vec<&'static str> {
+        if self.format == ToolParser::Harmony {
+            return harmony::MARKUP.to_vec();
+        }
+        let mut tags = Vec::new();
+        if self.config.reasoning {
+            tags.extend([tagged::THINK_OPEN, tagged::THINK_CLOSE]);
+        }
+        if self.config.tools {
+            tags.extend(match self.format {
+                ToolParser::Hermes => {
+                    &[tagged::TOOL_OPEN, tagged::TOOL_CLOSE, tagged::PYTHON_TAG][..]
+                }
+                ToolParser::Llama3 => &[tagged::PYTHON_TAG],
+                ToolParser::Qwen3Coder | ToolParser::Glm45 => {
+                    &[tagged::TOOL_OPEN, tagged::TOOL_CLOSE]
+                }
+                ToolParser::MiniMax => &[minimax::BLOCK_OPEN, minimax::BLOCK_CLOSE],
+                ToolParser::Harmony | ToolParser::None => &[],
+            });
+        }
+        tags
+    }
+}
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ParserConfig {
@@ -62,32 +133,59 @@ pub fn new_tool_call_id() -> String {
 /// are certain.
 #[derive(Debug)]
 pub struct OutputParser {
-    inner: tagged::Tagged,
+    inner: Inner,
+}
+
+#[derive(Debug)]
+enum Inner {
+    Tagged(tagged::Tagged),
+    Harmony(harmony::Harmony),
 }
 
 impl OutputParser {
+    /// A parser for `<think>` reasoning and Hermes/Llama JSON calls.
     pub fn new(cfg: ParserConfig) -> Self {
-        Self {
-            inner: tagged::Tagged::new(cfg),
-        }
+        Self::with_setup(ParserSetup {
+            config: cfg,
+            ..ParserSetup::default()
+        })
+    }
+
+    pub fn with_setup(setup: ParserSetup) -> Self {
+        let inner = match setup.format {
+            ToolParser::Harmony => Inner::Harmony(harmony::Harmony::new(setup.config.tools)),
+            format => Inner::Tagged(tagged::Tagged::new(setup.config, format, setup.tools)),
+        };
+        Self { inner }
     }
 
     /// Feeds detokenized text; returns the events it settles.
     pub fn push(&mut self, text: &str) -> Vec<Event> {
-        self.inner.push(text)
+        match &mut self.inner {
+            Inner::Tagged(p) => p.push(text),
+            Inner::Harmony(p) => p.push(text),
+        }
     }
 
     /// Ends the generation: flushes everything held back (see the module docs for how
     /// unterminated markup ends).
     pub fn finish(&mut self) -> Vec<Event> {
-        self.inner.finish()
+        match &mut self.inner {
+            Inner::Tagged(p) => p.finish(),
+            Inner::Harmony(p) => p.finish(),
+        }
     }
 
     /// Whether any tool call has been announced.
     pub fn saw_tool_calls(&self) -> bool {
-        self.inner.saw_tool_calls()
+        match &self.inner {
+            Inner::Tagged(p) => p.saw_tool_calls(),
+            Inner::Harmony(p) => p.saw_tool_calls(),
+        }
     }
 }
 
+#[cfg(test)]
+mod format_tests;
 #[cfg(test)]
 mod tests;

@@ -1,10 +1,12 @@
 //! Formats whose markup is tags inside free text: answer text, `<think>` reasoning, and tool
-//! calls opened by a tag (`<tool_call>`) or, for Llama, a JSON object at the answer's start.
+//! calls opened by a tag (`<tool_call>`, `<minimax:tool_call>`, …) or, for Llama, a JSON
+//! object at the answer's start. The calls' own grammars live in their modules.
 
 use super::emit::{find_first, partial_tag_len, Emitter};
 use super::json_call::{Outcome, ToolScan};
-use super::ParserConfig;
-use crate::core::Event;
+use super::xml_call::Step;
+use super::{glm, minimax, qwen3_coder, ParserConfig, ToolParser};
+use crate::core::{Event, ToolSpec};
 
 pub(super) const THINK_OPEN: &str = "<think>";
 pub(super) const THINK_CLOSE: &str = "</think>";
@@ -25,11 +27,47 @@ enum Mode {
     Llama {
         scan: ToolScan,
     },
+    /// Inside one of the XML call formats' markup.
+    Xml(XmlCall),
+}
+
+#[derive(Debug)]
+enum XmlCall {
+    Qwen3Coder(qwen3_coder::Call),
+    MiniMax(minimax::Call),
+    Glm(glm::Call),
+}
+
+impl XmlCall {
+    fn step(
+        &mut self,
+        buf: &mut String,
+        emit: &mut Emitter,
+        tools: &[ToolSpec],
+        at_end: bool,
+    ) -> Step {
+        match self {
+            Self::Qwen3Coder(call) => call.step(buf, emit, tools, at_end),
+            Self::MiniMax(call) => call.step(buf, emit, tools, at_end),
+            Self::Glm(call) => call.step(buf, emit, tools, at_end),
+        }
+    }
+
+    fn announced(&self) -> bool {
+        match self {
+            Self::Qwen3Coder(call) => call.announced(),
+            Self::MiniMax(call) => call.announced(),
+            Self::Glm(call) => call.announced(),
+        }
+    }
 }
 
 #[derive(Debug)]
 pub(super) struct Tagged {
     cfg: ParserConfig,
+    format: ToolParser,
+    /// The offered tools, whose schemas type the XML formats' values.
+    tools: Vec<ToolSpec>,
     mode: Mode,
     /// Text received but not yet decided.
     buf: String,
@@ -41,10 +79,13 @@ pub(super) struct Tagged {
 }
 
 impl Tagged {
-    pub fn new(cfg: ParserConfig) -> Self {
+    pub fn new(cfg: ParserConfig, format: ToolParser, tools: Vec<ToolSpec>) -> Self {
         let in_reasoning = cfg.reasoning && cfg.starts_in_reasoning;
+        let llama = cfg.tools && matches!(format, ToolParser::Hermes | ToolParser::Llama3);
         Self {
             cfg,
+            format,
+            tools,
             mode: if in_reasoning {
                 Mode::Reasoning
             } else {
@@ -52,7 +93,7 @@ impl Tagged {
             },
             buf: String::new(),
             emit: Emitter::new(in_reasoning),
-            llama_possible: cfg.tools,
+            llama_possible: llama,
             after_llama_call: false,
         }
     }
@@ -85,6 +126,8 @@ impl Tagged {
                     self.content(&raw);
                 }
             }
+            // At the end every call format settles (it never waits).
+            Mode::Xml(_) => unreachable!("an XML call left open at the end"),
         }
         self.emit.finish()
     }
@@ -92,6 +135,7 @@ impl Tagged {
     pub fn saw_tool_calls(&self) -> bool {
         let open_call = match &self.mode {
             Mode::Hermes { scan, .. } | Mode::Llama { scan } => scan.committed,
+            Mode::Xml(call) => call.announced(),
             Mode::Content | Mode::Reasoning => false,
         };
         self.emit.next_index > 0 || open_call
@@ -104,6 +148,7 @@ impl Tagged {
                 Mode::Reasoning => self.step_reasoning(at_end),
                 Mode::Hermes { .. } => self.step_hermes(at_end),
                 Mode::Llama { .. } => self.step_llama(),
+                Mode::Xml(_) => self.step_xml(at_end),
             };
             if !progressed {
                 return;
@@ -118,9 +163,19 @@ impl Tagged {
             tags.push(THINK_OPEN);
         }
         if self.cfg.tools {
-            tags.push(TOOL_OPEN);
+            tags.extend(match self.format {
+                ToolParser::Hermes | ToolParser::Glm45 => &[TOOL_OPEN][..],
+                ToolParser::Qwen3Coder => &[TOOL_OPEN, qwen3_coder::FUNCTION_OPEN],
+                ToolParser::MiniMax => &[minimax::BLOCK_OPEN],
+                ToolParser::Llama3 | ToolParser::Harmony | ToolParser::None => &[],
+            });
         }
         tags
+    }
+
+    /// Whether a Llama JSON call may open the answer.
+    fn llama_enabled(&self) -> bool {
+        self.cfg.tools && matches!(self.format, ToolParser::Hermes | ToolParser::Llama3)
     }
 
     /// Returns whether the mode changed (so the loop should go on).
@@ -166,16 +221,21 @@ impl Tagged {
                 self.content(&before);
                 self.buf.drain(..tag.len());
                 self.emit.markup_follows();
-                if tag == THINK_OPEN {
-                    self.mode = Mode::Reasoning;
-                    self.emit.strip_reasoning_ws = true;
-                } else {
-                    let scan = ToolScan::new(self.emit.next_index, false);
-                    self.mode = Mode::Hermes {
-                        scan,
-                        body: String::new(),
-                    };
-                }
+                self.mode = match (tag, self.format) {
+                    (THINK_OPEN, _) => {
+                        self.emit.strip_reasoning_ws = true;
+                        Mode::Reasoning
+                    }
+                    (TOOL_OPEN, ToolParser::Qwen3Coder) => {
+                        Mode::Xml(XmlCall::Qwen3Coder(qwen3_coder::Call::in_block()))
+                    }
+                    (qwen3_coder::FUNCTION_OPEN, _) => {
+                        Mode::Xml(XmlCall::Qwen3Coder(qwen3_coder::Call::bare()))
+                    }
+                    (TOOL_OPEN, ToolParser::Glm45) => Mode::Xml(XmlCall::Glm(glm::Call::new())),
+                    (minimax::BLOCK_OPEN, _) => Mode::Xml(XmlCall::MiniMax(minimax::Call::new())),
+                    _ => self.hermes_mode(),
+                };
                 true
             }
             None => {
@@ -200,7 +260,7 @@ impl Tagged {
                 self.emit.reasoning_ended();
                 self.mode = Mode::Content;
                 self.emit.strip_content_ws = true;
-                self.llama_possible = self.cfg.tools && !self.emit.content_emitted;
+                self.llama_possible = self.llama_enabled() && !self.emit.content_emitted;
                 true
             }
             None => {
@@ -282,6 +342,37 @@ impl Tagged {
                 }
                 true
             }
+        }
+    }
+
+    fn step_xml(&mut self, at_end: bool) -> bool {
+        let Mode::Xml(call) = &mut self.mode else {
+            unreachable!("step_xml runs in Xml mode")
+        };
+        match call.step(&mut self.buf, &mut self.emit, &self.tools, at_end) {
+            Step::Wait => false,
+            Step::Progress => true,
+            Step::Done => {
+                self.mode = Mode::Content;
+                true
+            }
+            Step::NotACall(text) => {
+                self.mode = Mode::Content;
+                self.content(&text);
+                true
+            }
+            Step::Json => {
+                self.mode = self.hermes_mode();
+                true
+            }
+        }
+    }
+
+    /// Inside `<tool_call>` holding a JSON call.
+    fn hermes_mode(&self) -> Mode {
+        Mode::Hermes {
+            scan: ToolScan::new(self.emit.next_index, false),
+            body: String::new(),
         }
     }
 
