@@ -2,15 +2,20 @@
 //!
 //! The parser is fed detokenized text in arbitrary fragments (a tag may be split anywhere) and
 //! returns [`Event`]s as soon as they are certain. It holds back only what could still turn
-//! out to be markup: a partial tag, whitespace next to markup, or a JSON object at the start
-//! of the answer that may be a Llama-style tool call.
+//! out to be markup: a partial tag, whitespace next to markup, a JSON object at the start of
+//! the answer that may be a Llama-style tool call, or a parameter value that is not a string
+//! (it is typed once complete).
 //!
-//! Understood markup:
+//! Understood markup, by [`ToolParser`] (chosen per model by [`choose`]):
 //! - reasoning: `<think>` … `</think>` (when [`ParserConfig::reasoning`]); a prompt that ends
 //!   inside `<think>` starts the output in reasoning ([`ParserConfig::starts_in_reasoning`]).
-//! - Hermes/Qwen tool calls: `<tool_call>{"name": …, "arguments": {…}}</tool_call>`, any number.
-//! - Llama 3 tool calls: the answer (optionally after `<|python_tag|>`) is
-//!   `{"name": …, "parameters": {…}}`, possibly several separated by `;`.
+//! - `hermes`: `<tool_call>{"name": …, "arguments": {…}}</tool_call>`, any number; and
+//!   Llama 3 calls: the answer (optionally after `<|python_tag|>`) is
+//!   `{"name": …, "parameters": {…}}`, possibly several separated by `;` (`llama3`: only these).
+//! - `qwen3_coder`, `minimax`, `glm45`: XML calls (`qwen3_coder.rs`, `minimax.rs`, `glm.rs`), whose
+//!   values are typed by the offered tool's JSON schema (`schema.rs`).
+//! - `harmony`: gpt-oss's channels (`harmony.rs`); its analysis channel is reasoning whatever
+//!   [`ParserConfig::reasoning`] says.
 //!
 //! Tool calls are only recognized when tools were offered ([`ParserConfig::tools`]).
 //!
@@ -18,10 +23,12 @@
 //! - A tool call is announced (`ToolCallStart`) once its name is known and its arguments
 //!   begin; from then on it is a tool call whatever follows. If the generation stops inside
 //!   the arguments, the call stays a tool call with the arguments received so far (the finish
-//!   reason, `length`, tells the client they are cut).
-//! - Markup that never became a tool call (bad JSON, no `name`, or output ending before the
-//!   call was announced) is returned as text, tags included, so nothing the model wrote is
-//!   lost silently.
+//!   reason, `length`, tells the client they are cut); the XML formats close their JSON.
+//! - Markup that never became a tool call (bad JSON, no `name`, a name that is not one, or
+//!   output ending before the call was announced) is returned as text, tags included, so
+//!   nothing the model wrote is lost silently.
+//! - Inside an XML call, text outside any parameter is ignored, as the reference parsers'
+//!   regexes ignore it; a value that fits none of its schema's types stays a string.
 //! - A `<think>` that is never closed stays reasoning.
 //! - Whitespace around markup is dropped: leading/trailing whitespace of reasoning, the
 //!   whitespace between `</think>` and the answer, and whitespace around tool calls.
@@ -79,6 +86,16 @@ pub struct ParserSetup {
     pub format: ToolParser,
     /// The tools the request offered: their schemas type the XML formats' values.
     pub tools: Vec<ToolSpec>,
+}
+
+/// Hermes/Llama parsing with these settings and no tool schemas.
+impl From<ParserConfig> for ParserSetup {
+    fn from(config: ParserConfig) -> Self {
+        Self {
+            config,
+            ..Self::default()
+        }
+    }
 }
 
 impl ParserSetup {
@@ -145,10 +162,7 @@ enum Inner {
 impl OutputParser {
     /// A parser for `<think>` reasoning and Hermes/Llama JSON calls.
     pub fn new(cfg: ParserConfig) -> Self {
-        Self::with_setup(ParserSetup {
-            config: cfg,
-            ..ParserSetup::default()
-        })
+        Self::with_setup(cfg.into())
     }
 
     pub fn with_setup(setup: ParserSetup) -> Self {
