@@ -175,6 +175,9 @@ impl ChatTemplates {
 
         let messages: Vec<Json> = messages.iter().map(alias_reasoning_fields).collect();
         let mut context: Vec<(String, Value)> = Vec::new();
+        if let Some(effort) = effort_for_budget(extra) {
+            context.push(("reasoning_effort".into(), Value::from(effort)));
+        }
         for (key, value) in special_tokens.iter().chain(extra.iter()) {
             context.push((key.clone(), Value::from_serialize(value)));
         }
@@ -198,6 +201,22 @@ impl ChatTemplates {
             .render(context)
             .map_err(|err| template_error(format!("{err:#}")))
     }
+}
+
+/// A thinking budget (`reasoning_budget`, from Anthropic's `thinking.budget_tokens`) as the
+/// `reasoning_effort` templates such as gpt-oss's read instead, when the request named no
+/// effort: Claude Code's think / think hard / ultrathink budgets (4k, 10k, 32k tokens) become
+/// low / medium / high.
+fn effort_for_budget(extra: &Map<String, Json>) -> Option<&'static str> {
+    if extra.contains_key("reasoning_effort") {
+        return None;
+    }
+    let budget = extra.get("reasoning_budget")?.as_u64()?;
+    Some(match budget {
+        0..4096 => "low",
+        4096..16384 => "medium",
+        _ => "high",
+    })
 }
 
 /// Copies reasoning text given under any of HF's names to both `thinking` and
@@ -604,6 +623,32 @@ mod tests {
             rewrite_generation_tags(source),
             "a{%- if true -%}b{% endif %}c{% if x %}d{% endif %}"
         );
+    }
+
+    #[test]
+    fn thinking_budget_sets_the_reasoning_effort() {
+        let t = ChatTemplates::new(vec![(
+            "default".into(),
+            "{{ reasoning_effort | default('unset') }}".into(),
+        )])
+        .unwrap();
+        let render = |extra: serde_json::Value| {
+            let extra: Map<String, Json> = serde_json::from_value(extra).unwrap();
+            t.render(&[], None, false, &Map::new(), &extra).unwrap()
+        };
+        assert_eq!(render(serde_json::json!({})), "unset");
+        assert_eq!(render(serde_json::json!({"reasoning_budget": 1024})), "low");
+        assert_eq!(
+            render(serde_json::json!({"reasoning_budget": 10000})),
+            "medium"
+        );
+        assert_eq!(
+            render(serde_json::json!({"reasoning_budget": 31999})),
+            "high"
+        );
+        // An effort the request names wins.
+        let named = serde_json::json!({"reasoning_budget": 31999, "reasoning_effort": "low"});
+        assert_eq!(render(named), "low");
     }
 
     #[test]

@@ -114,3 +114,28 @@ fn without_tools_calls_are_text_and_odd_output_is_kept() {
         &[reasoning("print(1)")],
     );
 }
+
+#[test]
+fn the_template_renders_tools_and_effort() {
+    // Tools as the harmony guide's TypeScript namespace; Anthropic's thinking budget as effort.
+    let tools = vec![get_weather()];
+    let messages = json!([{"role": "user", "content": "Weather?"}]);
+    let rendered = render(
+        "gpt_oss.jinja",
+        &messages,
+        &tools,
+        json!({"reasoning_budget": 31999}),
+    );
+    assert!(rendered.contains("Reasoning: high\n"), "{rendered}");
+    assert!(
+        rendered.contains("Calls to these tools must go to the commentary channel: 'functions'.")
+    );
+    assert!(rendered.contains("namespace functions {\n\n// The get_weather tool\ntype get_weather = (_: {\nlocation?: string,\n}) => any;"), "{rendered}");
+    let effort = render(
+        "gpt_oss.jinja",
+        &messages,
+        &[],
+        json!({"reasoning_effort": "low"}),
+    );
+    assert!(effort.contains("Reasoning: low\n"));
+}
