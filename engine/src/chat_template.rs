@@ -87,6 +87,7 @@ impl ChatTemplates {
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_filter("tojson", tojson_filter);
         env.add_filter("string", string_filter);
+        env.add_test("iterable", is_iterable);
         env.add_function("raise_exception", raise_exception);
         env.add_function("strftime_now", strftime_now);
 
@@ -310,6 +311,21 @@ fn strftime_now(format: String) -> Result<String, Error> {
         )
     })?;
     Ok(out)
+}
+
+/// `iterable` as Jinja2 has it: whatever Python can iterate. minijinja iterates `none` and
+/// undefined as empty, so its own test says yes to them, and Qwen3-Coder's template
+/// (`tools is iterable and tools | length > 0`) then fails without tools.
+fn is_iterable(value: Value) -> bool {
+    use minijinja::value::ValueKind;
+    matches!(
+        value.kind(),
+        ValueKind::Seq
+            | ValueKind::Map
+            | ValueKind::String
+            | ValueKind::Bytes
+            | ValueKind::Iterable
+    )
 }
 
 /// `string` as Jinja2 has it, Python's `str()`: containers print as Python literals

@@ -228,6 +228,14 @@ fn chat_cases() -> Vec<ChatCase> {
             extra: json!({"enable_thinking": false}),
         },
         ChatCase {
+            label: "qwen3-coder without tools",
+            template: Some("qwen3_coder.jinja"),
+            messages: simple.clone(),
+            tools: None,
+            add_generation_prompt: true,
+            extra: none.clone(),
+        },
+        ChatCase {
             label: "qwen3-coder tools and a typed call",
             template: Some("qwen3_coder.jinja"),
             messages: typed_call_conversation(),
