@@ -123,6 +123,9 @@ pub struct ModelSettings {
     pub thinking: Option<bool>,
     /// Overrides `idle_ttl_secs` for this model.
     pub idle_ttl_secs: Option<i64>,
+    /// How the model writes tool calls (`hermes`, `llama3`, `qwen3_coder`, `minimax`, `glm45`,
+    /// `harmony`, `none`), when the choice made from its chat template and config is wrong.
+    pub tool_parser: Option<crate::output_parser::ToolParser>,
 }
 
 impl Default for Config {
@@ -760,6 +763,7 @@ context_length = 4096
 temperature = 0.6
 thinking = false
 idle_ttl_secs = 0
+tool_parser = "qwen3_coder"
 "#,
         )
         .unwrap();
@@ -772,9 +776,16 @@ idle_ttl_secs = 0
             (Some(4096), Some(false), Some(0))
         );
         assert!(Config::from_toml("memory_budget = \"lots\"").is_err());
+        assert_eq!(
+            m.tool_parser,
+            Some(crate::output_parser::ToolParser::Qwen3Coder)
+        );
         assert!(Config::from_toml("[models.x]\nbogus = 1")
             .unwrap_err()
             .contains("bogus"));
+        assert!(Config::from_toml("[models.x]\ntool_parser = \"xml\"")
+            .unwrap_err()
+            .contains("tool_parser"));
         let env = env_of(&[
             ("WUWEI_MEMORY_BUDGET", "1GiB"),
             ("WUWEI_PINNED", "a, b"),

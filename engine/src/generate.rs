@@ -114,7 +114,8 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
                 reasoning: false,
                 starts_in_reasoning: false,
                 tools: false,
-            },
+            }
+            .into(),
             events: tx,
             received: Instant::now(),
         })?;

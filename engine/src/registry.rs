@@ -24,7 +24,7 @@ use crate::kv::PrefixStats;
 use crate::loader::{self, is_gguf};
 use crate::memory::{self, format_bytes, Amount};
 use crate::model::{auto_dequantizes, WeightsMode};
-use crate::output_parser::ParserConfig;
+use crate::output_parser::{self, ParserConfig, ParserSetup};
 use crate::prompt::{describe_tools_in_system, hf_messages, hf_tools};
 use crate::scheduler::{Engine, EngineStats, SchedulerConfig, SeqRequest, EVENT_CHANNEL_CAPACITY};
 use crate::tokenizer::Tokenizer;
@@ -1134,10 +1134,21 @@ impl Registry {
             limited_by_context,
             stop: request.stop,
             logprobs: request.logprobs,
-            parser: ParserConfig {
-                reasoning: served.reasoning,
-                starts_in_reasoning,
-                tools,
+            parser: ParserSetup {
+                config: ParserConfig {
+                    reasoning: served.reasoning,
+                    starts_in_reasoning,
+                    tools,
+                },
+                format: output_parser::choose(
+                    served.settings.tool_parser,
+                    served.tokenizer.chat_template_source(),
+                    served.tokenizer.model_type(),
+                ),
+                tools: match &request.prompt {
+                    Prompt::Chat { tools, .. } => tools.clone(),
+                    _ => Vec::new(),
+                },
             },
             events: tx,
             received: Instant::now(),

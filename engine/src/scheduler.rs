@@ -29,7 +29,7 @@ use crate::kv::{KvConfig, PrefixCache, PrefixProbe, SeqBlocks};
 use crate::kv_cache::{DenseKvCache, KvCache};
 use crate::metrics;
 use crate::model::{BatchSeq, LanguageModel, Logits};
-use crate::output_parser::{OutputParser, ParserConfig};
+use crate::output_parser::{OutputParser, ParserSetup};
 use crate::sampler::{self, Choice, Sampled, Sampler};
 use crate::slot_cache::SharedSlots;
 
@@ -53,7 +53,8 @@ pub struct SeqRequest {
     pub limited_by_context: bool,
     pub stop: Vec<String>,
     pub logprobs: Option<usize>,
-    pub parser: ParserConfig,
+    /// The model's output format and the request's tools.
+    pub parser: ParserSetup,
     pub events: mpsc::Sender<Event>,
     pub received: Instant,
 }
@@ -430,10 +431,12 @@ impl Engine {
                 .any(|s| s.pending > 0 && s.sampler.has_penalties())
     }
 
-    fn start(&mut self, req: SeqRequest) -> Sequence {
+    fn start(&mut self, mut req: SeqRequest) -> Sequence {
         let sampler = Sampler::new(req.sampling.clone());
         let stop = StopMatcher::new(&req.stop);
-        let parser = OutputParser::new(req.parser);
+        // Markup the parser reads must reach it even where the tokenizer marks it special.
+        let detok = self.tokenizer.detokenizer_keeping(&req.parser.markup());
+        let parser = OutputParser::with_setup(std::mem::take(&mut req.parser));
         self.started += 1;
         let mut seq = Sequence {
             cache: no_cache(),
@@ -443,7 +446,7 @@ impl Engine {
             tokens: req.prompt.clone(),
             generated: 0,
             sampler,
-            detok: self.tokenizer.detokenizer(),
+            detok,
             stop,
             parser,
             pending_logprobs: Vec::new(),

@@ -120,7 +120,8 @@ fn engine(model: &Path, prompts: &[Vec<u32>]) -> Vec<Streamed> {
                     reasoning: false,
                     starts_in_reasoning: false,
                     tools: false,
-                },
+                }
+                .into(),
                 events: tx,
                 received: Instant::now(),
             })
