@@ -10,13 +10,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 use tokio::sync::{broadcast, mpsc, watch};
 
 use crate::config::ModelSettings;
 use crate::core::{
     Backend, BoxFuture, CoreError, GenerateRequest, Generation, Health, ModelInfo, Prompt,
-    SamplingParams, ToolChoice,
+    SamplingParams,
 };
 use crate::integrity::{self, ModelFacts};
 use crate::kv::ssd::SsdStore;
@@ -25,7 +25,7 @@ use crate::loader::{self, is_gguf};
 use crate::memory::{self, format_bytes, Amount};
 use crate::model::{auto_dequantizes, WeightsMode};
 use crate::output_parser::ParserConfig;
-use crate::prompt::{describe_tools_in_system, hf_messages, hf_tools};
+use crate::prompt::{PromptRenderer, RenderedPrompt};
 use crate::scheduler::{Engine, EngineStats, SchedulerConfig, SeqRequest, EVENT_CHANNEL_CAPACITY};
 use crate::tokenizer::Tokenizer;
 
@@ -998,61 +998,13 @@ impl Registry {
         }))
     }
 
-    /// Tokenizes a prompt for `served`; also says whether it ends inside an open `<think>`.
-    fn tokenize(
-        &self,
-        served: &Served,
-        prompt: &Prompt,
-    ) -> Result<(Vec<u32>, bool, bool), CoreError> {
-        let tok = &served.tokenizer;
-        let bad = |e: crate::tokenizer::TokenizerError| CoreError::Invalid(e.to_string());
-        match prompt {
-            Prompt::Text(text) => Ok((tok.encode(text, true).map_err(bad)?, false, false)),
-            Prompt::Tokens(ids) => {
-                let vocab = tok.vocab_size();
-                if let Some(bad_id) = ids.iter().find(|&&t| t as usize >= vocab) {
-                    return Err(CoreError::Invalid(format!(
-                        "token id {bad_id} is outside the vocabulary (size {vocab})"
-                    )));
-                }
-                Ok((ids.clone(), false, false))
-            }
-            Prompt::Chat {
-                messages,
-                tools,
-                tool_choice,
-                template_kwargs,
-            } => {
-                if !tok.has_chat_template() {
-                    return Err(CoreError::Unsupported(format!(
-                        "model '{}' has no chat template; use the completions endpoint",
-                        served.id
-                    )));
-                }
-                let tools_json = hf_tools(tools, tool_choice);
-                let mut kwargs: Map<String, Value> = template_kwargs.clone();
-                let thinking = served.reasoning && served.settings.thinking.unwrap_or(true);
-                kwargs
-                    .entry("enable_thinking")
-                    .or_insert(Value::Bool(thinking));
-                let mut hf = hf_messages(messages);
-                if let Some(tools) = tools_json
-                    .as_deref()
-                    .filter(|_| !tok.template_renders_tools())
-                {
-                    describe_tools_in_system(&mut hf, tools);
-                }
-                let text = tok
-                    .apply_chat_template(&hf, tools_json.as_deref(), true, &kwargs)
-                    .map_err(bad)?;
-                let in_think = served.reasoning && {
-                    let t = text.trim_end();
-                    t.rfind("<think>")
-                        .is_some_and(|open| !t[open..].contains("</think>"))
-                };
-                let tools_on = tools_json.is_some() && *tool_choice != ToolChoice::None;
-                Ok((tok.encode(&text, false).map_err(bad)?, in_think, tools_on))
-            }
+    /// How `served` reads prompts.
+    fn renderer(served: &Served) -> PromptRenderer<'_> {
+        PromptRenderer {
+            model: &served.id,
+            tokenizer: &served.tokenizer,
+            reasoning: served.reasoning,
+            thinking: served.reasoning && served.settings.thinking.unwrap_or(true),
         }
     }
 
@@ -1082,7 +1034,11 @@ impl Registry {
         }
         let id = self.resolve(request.model.as_deref())?;
         let served = self.ensure_loaded(&id).await?;
-        let (prompt, starts_in_reasoning, tools) = self.tokenize(&served, &request.prompt)?;
+        let RenderedPrompt {
+            tokens: prompt,
+            starts_in_reasoning,
+            tools,
+        } = Self::renderer(&served).render(&request.prompt)?;
         if prompt.is_empty() {
             return Err(CoreError::Invalid("the prompt is empty".into()));
         }
@@ -1558,7 +1514,7 @@ impl Backend for Registry {
         Box::pin(async move {
             let id = self.resolve(model)?;
             let served = self.ensure_loaded(&id).await?;
-            Ok(self.tokenize(&served, prompt)?.0.len())
+            Ok(Self::renderer(&served).render(prompt)?.tokens.len())
         })
     }
 
