@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use serde::Serialize;
-use serde_json::json;
+use wuwei_api::{EventKind, EvictReason};
 
 use crate::config::ModelSettings;
 use crate::core::CoreError;
@@ -47,24 +47,11 @@ impl MemoryPlan {
     }
 }
 
-/// Why a model was unloaded.
+/// Why a model is unloaded: asked for (`model_unloaded`), or evicted (`model_evicted`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EvictReason {
-    MemoryPressure,
-    Budget,
-    Ttl,
+pub enum Unload {
     Manual,
-}
-
-impl EvictReason {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            EvictReason::MemoryPressure => "memory_pressure",
-            EvictReason::Budget => "budget",
-            EvictReason::Ttl => "ttl",
-            EvictReason::Manual => "manual",
-        }
-    }
+    Evicted(EvictReason),
 }
 
 impl Registry {
@@ -220,14 +207,15 @@ impl Registry {
             victims
         };
         for victim in victims {
-            self.finish_unload(victim, EvictReason::Budget).await;
+            self.finish_unload(victim, Unload::Evicted(EvictReason::Budget))
+                .await;
         }
         Ok(())
     }
 
     /// Stops the engine of a model already marked `Unloading`, waits until it has dropped
     /// the model, and marks it available.
-    pub(super) async fn finish_unload(&self, served: Arc<Served>, reason: EvictReason) {
+    pub(super) async fn finish_unload(&self, served: Arc<Served>, why: Unload) {
         served.requests.lock().unwrap().take();
         let mut exited = served.exited.clone();
         let _ = exited.wait_for(|done| *done).await;
@@ -239,19 +227,27 @@ impl Registry {
                 }
             }
         }
-        let freed = served.plan.steady();
-        let fields = json!({"model": served.id, "reason": reason.as_str(), "freed_bytes": freed});
-        if reason == EvictReason::Manual {
-            self.emit("model_unloaded", fields);
-        } else {
-            tracing::info!(model = %served.id, reason = reason.as_str(), "model evicted");
-            self.emit("model_evicted", fields);
+        let (model, freed_bytes) = (served.id.clone(), served.plan.steady());
+        match why {
+            Unload::Manual => self.emit(EventKind::ModelUnloaded {
+                model,
+                reason: Some("manual".into()),
+                freed_bytes,
+            }),
+            Unload::Evicted(reason) => {
+                tracing::info!(model = %served.id, reason = reason.as_str(), "model evicted");
+                self.emit(EventKind::ModelEvicted {
+                    model,
+                    reason,
+                    freed_bytes,
+                });
+            }
         }
     }
 
     /// Unloads `id` if it is loaded and idle and not pinned (or `force_busy`: waits for its
     /// requests). Returns whether it was unloaded.
-    pub(super) async fn evict(&self, id: &str, reason: EvictReason) -> bool {
+    pub(super) async fn evict(&self, id: &str, why: Unload) -> bool {
         let served = {
             let mut models = self.models.lock().unwrap();
             let Some(entry) = models.get_mut(id) else {
@@ -260,14 +256,14 @@ impl Registry {
             let State::Loaded(s) = &entry.state else {
                 return false;
             };
-            if reason != EvictReason::Manual && !is_idle(s) {
+            if why != Unload::Manual && !is_idle(s) {
                 return false;
             }
             let s = s.clone();
             entry.state = State::Unloading(s.clone());
             s
         };
-        self.finish_unload(served, reason).await;
+        self.finish_unload(served, why).await;
         true
     }
 }

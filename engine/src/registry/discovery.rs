@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::UNIX_EPOCH;
 
-use serde_json::{json, Value};
+use wuwei_api::EventKind;
 
 use crate::core::CoreError;
 use crate::integrity;
@@ -151,7 +151,7 @@ impl Registry {
                 _ => fresh.push((id.clone(), new_entry(path.clone()))),
             }
         }
-        let mut events: Vec<(&str, Value)> = Vec::new();
+        let mut events: Vec<EventKind> = Vec::new();
         let mut dropped: Vec<Arc<Served>> = Vec::new();
         {
             let mut models = self.models.lock().unwrap();
@@ -165,21 +165,18 @@ impl Registry {
                         old.fingerprint = entry.fingerprint;
                         old.created = entry.created;
                         old.facts = entry.facts;
-                        if complete && !was_complete {
-                            events.push(("model_discovered", json!({"model": id})));
-                        } else if !complete && was_complete {
-                            events.push((
-                                "model_discovered",
-                                json!({"model": id, "incomplete": reason}),
-                            ));
+                        if complete != was_complete {
+                            events.push(EventKind::ModelDiscovered {
+                                model: id,
+                                incomplete: reason,
+                            });
                         }
                     }
                     None => {
-                        let mut fields = json!({"model": id});
-                        if let Some(r) = reason {
-                            fields["incomplete"] = Value::String(r);
-                        }
-                        events.push(("model_discovered", fields));
+                        events.push(EventKind::ModelDiscovered {
+                            model: id.clone(),
+                            incomplete: reason,
+                        });
                         models.insert(id, entry);
                     }
                 }
@@ -194,21 +191,23 @@ impl Registry {
                     if let State::Loaded(s) | State::Unloading(s) = entry.state {
                         dropped.push(s);
                     }
-                    events.push(("model_removed", json!({"model": id})));
+                    events.push(EventKind::ModelRemoved { model: id });
                 }
             }
         }
         for served in dropped {
             // Its files are gone: the engine finishes what it has and drops the model.
             served.requests.lock().unwrap().take();
-            self.emit(
-                "model_unloaded",
-                json!({"model": served.id, "reason": "removed"}),
-            );
+            self.emit(EventKind::ModelUnloaded {
+                model: served.id.clone(),
+                reason: Some("removed".into()),
+                // Not counted: the engine lets go of the model in its own time.
+                freed_bytes: 0,
+            });
         }
         let changed = !events.is_empty();
-        for (kind, fields) in events {
-            self.emit(kind, fields);
+        for event in events {
+            self.emit(event);
         }
         changed
     }
@@ -343,7 +342,9 @@ mod tests {
         });
         let statuses = registry.model_statuses();
         assert!(
-            statuses.iter().all(|s| s.state == "incomplete"),
+            statuses
+                .iter()
+                .all(|s| s.state == wuwei_api::ModelState::Incomplete),
             "{statuses:?}"
         );
         assert!(registry.list_models().is_empty());

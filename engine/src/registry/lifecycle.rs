@@ -5,8 +5,8 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use serde_json::json;
 use tokio::sync::watch;
+use wuwei_api::{EventKind, EvictReason};
 
 use crate::config::ModelSettings;
 use crate::core::CoreError;
@@ -15,7 +15,8 @@ use crate::loader;
 use crate::memory;
 use crate::scheduler::{Engine, EngineStats, SeqRequest};
 
-use super::budget::{EvictReason, MemoryPlan};
+use super::budget::{MemoryPlan, Unload};
+use super::status::wire_name;
 use super::{is_idle, Registry, Served, State};
 
 impl Registry {
@@ -69,7 +70,10 @@ impl Registry {
                     let settings = self.settings(id);
                     let plan = self.plan(&facts, &settings);
                     if let Err(e) = self.make_room(id, plan.needed()).await {
-                        self.emit("load_failed", json!({"model": id, "error": e.to_string()}));
+                        self.emit(EventKind::LoadFailed {
+                            model: id.into(),
+                            error: e.to_string(),
+                        });
                         return Err(e);
                     }
                     let (done_tx, done_rx) = watch::channel(false);
@@ -88,15 +92,17 @@ impl Registry {
                     };
                     self.set_state(id, state);
                     let _ = done_tx.send(true);
-                    match &result {
-                        Ok(s) => self.emit(
-                            "model_loaded",
-                            json!({"model": id, "memory_bytes": s.plan.steady(), "weights_mode": s.plan.mode}),
-                        ),
-                        Err(e) => {
-                            self.emit("load_failed", json!({"model": id, "error": e.to_string()}))
-                        }
-                    }
+                    self.emit(match &result {
+                        Ok(s) => EventKind::ModelLoaded {
+                            model: id.into(),
+                            memory_bytes: s.plan.steady(),
+                            weights_mode: Some(wire_name(s.plan.mode)),
+                        },
+                        Err(e) => EventKind::LoadFailed {
+                            model: id.into(),
+                            error: e.to_string(),
+                        },
+                    });
                     return result;
                 }
             }
@@ -204,7 +210,7 @@ impl Registry {
                 "model '{id}' is pinned; unpin it before unloading it"
             )));
         }
-        Ok(self.evict(id, EvictReason::Manual).await)
+        Ok(self.evict(id, Unload::Manual).await)
     }
 
     pub(super) fn ttl_of(&self, served: &Served) -> i64 {
@@ -261,7 +267,7 @@ impl Registry {
             }
         }
         for id in &expired {
-            self.evict(id, EvictReason::Ttl).await;
+            self.evict(id, Unload::Evicted(EvictReason::Ttl)).await;
         }
         let threshold = self.runtime.lock().unwrap().pressure_threshold;
         let sys = memory::system_memory();
@@ -272,7 +278,8 @@ impl Registry {
             if let Some((_, id)) = idle_lru.first() {
                 tracing::warn!(model = %id, available = sys.available, threshold = %threshold,
                     "memory pressure: unloading the least recently used idle model");
-                self.evict(id, EvictReason::MemoryPressure).await;
+                self.evict(id, Unload::Evicted(EvictReason::MemoryPressure))
+                    .await;
             }
         }
     }

@@ -16,10 +16,11 @@ mod lifecycle;
 mod settings;
 mod status;
 
-pub use budget::{EvictReason, MemoryPlan};
+pub use budget::MemoryPlan;
 pub use discovery::{discover, validate_id};
+pub use events::event_json;
 pub use settings::RuntimeSettings;
-pub use status::{LoadedStatus, ModelStatus};
+pub use status::wire_name;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::path::PathBuf;
@@ -27,8 +28,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use serde_json::Value;
 use tokio::sync::{broadcast, watch};
+use wuwei_api::Event;
 
 use crate::config::ModelSettings;
 use crate::integrity::ModelFacts;
@@ -168,8 +169,8 @@ pub struct Registry {
     /// every other model settled.
     load_lock: tokio::sync::Mutex<()>,
     serving: AtomicBool,
-    events: broadcast::Sender<Value>,
-    history: Mutex<VecDeque<Value>>,
+    events: broadcast::Sender<Event>,
+    history: Mutex<VecDeque<Event>>,
     event_seq: AtomicU64,
     started: Instant,
 }

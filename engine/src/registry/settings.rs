@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 
 use serde::Serialize;
-use serde_json::{json, Value};
+use wuwei_api::{EventKind, Settings};
 
 use crate::core::CoreError;
 use crate::memory::{self, Amount};
@@ -45,14 +45,12 @@ impl Registry {
             }
         };
         if changed {
-            self.emit(
-                if pinned {
-                    "model_pinned"
-                } else {
-                    "model_unpinned"
-                },
-                json!({"model": id}),
-            );
+            let model = id.to_string();
+            self.emit(if pinned {
+                EventKind::ModelPinned { model }
+            } else {
+                EventKind::ModelUnpinned { model }
+            });
         }
         Ok(changed)
     }
@@ -70,7 +68,7 @@ impl Registry {
     pub fn set_default(&self, id: &str) -> Result<(), CoreError> {
         self.known(id)?;
         self.runtime.lock().unwrap().default_model = Some(id.to_string());
-        self.emit("default_changed", json!({"model": id}));
+        self.emit(EventKind::DefaultChanged { model: id.into() });
         Ok(())
     }
 
@@ -80,25 +78,34 @@ impl Registry {
 
     pub fn set_serving(&self, serving: bool) {
         if self.serving.swap(serving, Ordering::Relaxed) != serving {
-            self.emit("serving_changed", json!({"serving": serving}));
+            self.emit(EventKind::ServingChanged { serving });
         }
     }
 
-    pub fn settings_snapshot(&self) -> Value {
+    pub fn settings_snapshot(&self) -> Settings {
         let runtime = self.runtime.lock().unwrap();
-        json!({
-            "idle_ttl_secs": runtime.idle_ttl_secs,
-            "memory_budget": runtime.memory_budget.map(|a| a.to_string()),
-            "memory_reserve": runtime.memory_reserve.to_string(),
-            "memory_pressure_threshold": runtime.pressure_threshold.to_string(),
-            "kv_reserve_tokens": runtime.kv_reserve_tokens,
-            "aliases": runtime.aliases,
-            "budget_bytes": memory::budget_bytes(runtime.memory_budget, runtime.memory_reserve, memory::models_memory_total()),
-        })
+        Settings {
+            idle_ttl_secs: runtime.idle_ttl_secs,
+            memory_budget: runtime.memory_budget.map(|a| a.to_string()),
+            memory_reserve: runtime.memory_reserve.to_string(),
+            memory_pressure_threshold: runtime.pressure_threshold.to_string(),
+            kv_reserve_tokens: runtime.kv_reserve_tokens as u64,
+            aliases: runtime.aliases.clone(),
+            budget_bytes: memory::budget_bytes(
+                runtime.memory_budget,
+                runtime.memory_reserve,
+                memory::models_memory_total(),
+            ),
+        }
+    }
+
+    /// Available system memory below which idle models are unloaded.
+    pub fn pressure_threshold(&self) -> Amount {
+        self.runtime.lock().unwrap().pressure_threshold
     }
 
     /// Changes runtime settings; all or nothing.
-    pub fn update_settings(&self, change: RuntimeSettings) -> Result<Value, CoreError> {
+    pub fn update_settings(&self, change: RuntimeSettings) -> Result<Settings, CoreError> {
         let budget = match change.memory_budget.as_deref() {
             None => None,
             Some("default") | Some("") => Some(None),
@@ -131,7 +138,9 @@ impl Registry {
         }
         memory::apply_mlx_limits(self.budget());
         let snapshot = self.settings_snapshot();
-        self.emit("settings_changed", json!({"settings": snapshot.clone()}));
+        self.emit(EventKind::SettingsChanged {
+            settings: snapshot.clone(),
+        });
         Ok(snapshot)
     }
 }

@@ -5,60 +5,39 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use serde::Serialize;
+use wuwei_api::{LoadedStatus, ModelState, ModelStatus, PrefixCache, RamCache, SsdCache};
 
 use crate::integrity::ModelFacts;
 use crate::kv::ssd::SsdStore;
 use crate::kv::PrefixStats;
 use crate::loader::is_gguf;
 use crate::memory;
-use crate::model::WeightsMode;
 
 use super::discovery::dir_size;
 use super::{unix_ms, Registry, Served, State};
 
-/// The state as the admin API shows it.
-#[derive(Debug, Clone, Serialize)]
-pub struct ModelStatus {
-    pub id: String,
-    pub path: PathBuf,
-    pub format: &'static str,
-    /// `available`, `loading`, `loaded`, `unloading`, `incomplete`, `failed`.
-    pub state: &'static str,
-    /// 0..1 while loading.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub progress: Option<f64>,
-    /// Why it is incomplete or why its last load failed.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
-    pub size_bytes: u64,
-    /// Memory it takes (or would take) when loaded: weights plus reserved KV.
-    pub estimated_memory_bytes: u64,
-    pub context_length: usize,
-    pub pinned: bool,
-    pub default: bool,
-    pub aliases: Vec<String>,
+/// A config value by the name it has in files and on the wire (`native`, `float32`, …).
+pub fn wire_name(value: impl serde::Serialize) -> String {
+    serde_json::to_value(value)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
 }
 
-/// A loaded model's live numbers for the status endpoint.
-#[derive(Debug, Clone, Serialize)]
-pub struct LoadedStatus {
-    pub id: String,
-    pub memory_bytes: u64,
-    pub weights_bytes: u64,
-    pub weights_mode: WeightsMode,
-    pub kv_bytes: u64,
-    pub kv_reserved_bytes: u64,
-    pub running: usize,
-    pub waiting: usize,
-    pub pinned: bool,
-    pub idle_ttl_secs: i64,
-    /// Unix milliseconds.
-    pub last_used: u64,
-    pub loaded_at: u64,
-    pub unloading: bool,
-    /// The model's RAM prefix-cache tier (`None`: prefix caching is off).
-    pub prefix_cache: Option<PrefixStats>,
+fn prefix_cache(p: PrefixStats) -> PrefixCache {
+    PrefixCache {
+        block_size: p.block_size as u64,
+        blocks_used: p.blocks_used as u64,
+        blocks_referenced: p.blocks_referenced as u64,
+        blocks_free: p.blocks_free as u64,
+        bytes: p.bytes as u64,
+        budget_bytes: p.budget_bytes as u64,
+        evictions: p.evictions,
+        queries: p.queries,
+        hits: p.hits,
+        hit_tokens_ram: p.hit_tokens_ram,
+        hit_tokens_ssd: p.hit_tokens_ssd,
+    }
 }
 
 impl Registry {
@@ -67,6 +46,53 @@ impl Registry {
     pub fn ssd_cache(&self) -> Option<&Arc<SsdStore>> {
         let kv = &self.config.scheduler.kv;
         kv.ssd.as_ref().filter(|_| kv.enabled)
+    }
+
+    /// The SSD tier as the admin API shows it. Counters run since the daemon started.
+    pub fn ssd_cache_status(&self) -> SsdCache {
+        let Some(ssd) = self.ssd_cache() else {
+            // No folder configured, or prefix caching off: nothing to switch.
+            return SsdCache::default();
+        };
+        let st = ssd.stats();
+        SsdCache {
+            enabled: st.enabled,
+            available: true,
+            dir: Some(ssd.dir().to_string_lossy().into_owned()),
+            scanning: st.scanning,
+            bytes_used: st.bytes,
+            cap_bytes: st.cap_bytes,
+            blocks: st.files,
+            hits: st.read_hits,
+            misses: st.misses(),
+            hit_rate: st.hit_rate(),
+            writes: st.writes,
+            writes_dropped: st.dropped,
+            write_errors: st.write_errors,
+            read_errors: st.read_failures - st.read_timeouts,
+            read_timeouts: st.read_timeouts,
+            corrupt_dropped: st.checksum_failures,
+            evictions: st.evictions,
+            errors: st.errors(),
+            last_error: ssd.last_error(),
+        }
+    }
+
+    /// The RAM tier of every loaded model, with totals.
+    pub fn ram_cache_status(&self) -> RamCache {
+        let mut ram = RamCache::default();
+        for m in self.loaded_statuses() {
+            if let Some(p) = m.prefix_cache {
+                ram.blocks_used += p.blocks_used;
+                ram.blocks_free += p.blocks_free;
+                ram.bytes += p.bytes;
+                ram.hit_tokens += p.hit_tokens_ram + p.hit_tokens_ssd;
+                ram.queries += p.queries;
+                ram.hits += p.hits;
+                ram.models.insert(m.id, p);
+            }
+        }
+        ram
     }
 
     /// Every discovered model, as the admin API lists them.
@@ -100,10 +126,10 @@ impl Registry {
                     ),
                     Err(_) => (dir_size(&path), 0, 0),
                 };
-                let (state_name, progress, reason, estimate) = match (&facts, &state) {
-                    (Err(r), _) => ("incomplete", None, Some(r.clone()), estimate),
-                    (_, State::Available) => ("available", None, None, estimate),
-                    (_, State::Failed(e)) => ("failed", None, Some(e.clone()), estimate),
+                let (state, progress, reason, estimate) = match (&facts, &state) {
+                    (Err(r), _) => (ModelState::Incomplete, None, Some(r.clone()), estimate),
+                    (_, State::Available) => (ModelState::Available, None, None, estimate),
+                    (_, State::Failed(e)) => (ModelState::Failed, None, Some(e.clone()), estimate),
                     (
                         _,
                         State::Loading {
@@ -113,10 +139,17 @@ impl Registry {
                         },
                     ) => {
                         let p = active.saturating_sub(*base_active) as f64 / *expected as f64;
-                        ("loading", Some(p.clamp(0.0, 0.99)), None, estimate)
+                        (
+                            ModelState::Loading,
+                            Some(p.clamp(0.0, 0.99)),
+                            None,
+                            estimate,
+                        )
                     }
-                    (_, State::Loaded(s)) => ("loaded", None, None, s.plan.steady()),
-                    (_, State::Unloading(s)) => ("unloading", None, None, s.plan.steady()),
+                    (_, State::Loaded(s)) => (ModelState::Loaded, None, None, s.plan.steady()),
+                    (_, State::Unloading(s)) => {
+                        (ModelState::Unloading, None, None, s.plan.steady())
+                    }
                 };
                 let model_aliases = aliases
                     .iter()
@@ -127,17 +160,17 @@ impl Registry {
                     .map(|(pattern, _)| pattern.clone())
                     .collect();
                 ModelStatus {
-                    format: if is_gguf(&path) { "gguf" } else { "mlx" },
+                    format: if is_gguf(&path) { "gguf" } else { "mlx" }.into(),
                     pinned: pinned.contains(&id),
                     default: default.as_ref() == Some(&id),
                     aliases: model_aliases,
-                    state: state_name,
+                    state,
                     progress,
                     reason,
                     size_bytes: size,
                     estimated_memory_bytes: estimate,
-                    context_length: context,
-                    path,
+                    context_length: context as u64,
+                    path: path.to_string_lossy().into_owned(),
                     id,
                 }
             })
@@ -169,17 +202,17 @@ impl Registry {
                     id: s.id.clone(),
                     memory_bytes: s.plan.weights_bytes + kv.max(s.plan.kv_reserved_bytes),
                     weights_bytes: s.plan.weights_bytes,
-                    weights_mode: s.plan.mode,
+                    weights_mode: wire_name(s.plan.mode),
                     kv_bytes: kv,
                     kv_reserved_bytes: s.plan.kv_reserved_bytes,
-                    running,
-                    waiting,
+                    running: running as u64,
+                    waiting: waiting as u64,
                     pinned: pinned.contains(&s.id),
                     idle_ttl_secs: self.ttl_of(&s),
                     last_used: unix_ms(last_used),
                     loaded_at: unix_ms(s.loaded_at),
                     unloading,
-                    prefix_cache: s.stats.prefix.stats(),
+                    prefix_cache: s.stats.prefix.stats().map(prefix_cache),
                 }
             })
             .collect()
