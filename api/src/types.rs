@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 /// `GET /admin/api/status`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(ts_rs::TS))]
 #[serde(default)]
 pub struct Status {
     pub serving: bool,
@@ -36,6 +37,7 @@ pub struct Status {
 
 /// `status.device`: the device MLX computes on and the precision models run in.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(ts_rs::TS))]
 #[serde(default)]
 pub struct DeviceStatus {
     /// `cpu`, `metal` or `cuda`.
@@ -52,6 +54,7 @@ pub struct DeviceStatus {
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(ts_rs::TS))]
 #[serde(default)]
 pub struct Memory {
     pub system: SystemMemory,
@@ -65,6 +68,7 @@ pub struct Memory {
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(ts_rs::TS))]
 #[serde(default)]
 pub struct SystemMemory {
     pub total_bytes: u64,
@@ -75,6 +79,7 @@ pub struct SystemMemory {
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(ts_rs::TS))]
 #[serde(default)]
 pub struct MlxMemory {
     pub active_bytes: u64,
@@ -84,6 +89,7 @@ pub struct MlxMemory {
 
 /// One entry of `status.loaded`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(ts_rs::TS))]
 #[serde(default)]
 pub struct LoadedStatus {
     pub id: String,
@@ -109,6 +115,7 @@ pub struct LoadedStatus {
 /// One model's RAM tier of the KV prefix cache (`status.loaded[].prefix_cache`), since it
 /// loaded.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(ts_rs::TS))]
 #[serde(default)]
 pub struct PrefixCache {
     /// Token positions per block.
@@ -135,6 +142,7 @@ pub struct PrefixCache {
 /// The SSD tier of the KV prefix cache (one store shared by every model): `status.ssd_cache`,
 /// `GET /admin/api/cache` and the cache events. Counters run since the daemon started.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(ts_rs::TS))]
 #[serde(default)]
 pub struct SsdCache {
     /// Reads and writes happen now.
@@ -180,6 +188,7 @@ pub struct SsdCache {
 /// The RAM tier of every loaded model, with totals (`GET /admin/api/cache`'s `ram`, and the
 /// `cache_stats` event's).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(ts_rs::TS))]
 #[serde(default)]
 pub struct RamCache {
     pub blocks_used: u64,
@@ -195,6 +204,7 @@ pub struct RamCache {
 
 /// `GET /admin/api/cache`: the SSD tier, and the RAM tier of every loaded model.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(ts_rs::TS))]
 #[serde(default)]
 pub struct CacheState {
     #[serde(flatten)]
@@ -204,6 +214,7 @@ pub struct CacheState {
 
 /// `GET /admin/api/models`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(ts_rs::TS))]
 #[serde(default)]
 pub struct ModelList {
     pub models: Vec<ModelStatus>,
@@ -211,6 +222,7 @@ pub struct ModelList {
 
 /// A discovered model.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(ts_rs::TS))]
 #[serde(default)]
 pub struct ModelStatus {
     pub id: String,
@@ -220,9 +232,11 @@ pub struct ModelStatus {
     pub state: ModelState,
     /// 0..1, only while loading.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(test, ts(optional))]
     pub progress: Option<f64>,
     /// Why it is incomplete or why its last load failed.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(test, ts(optional))]
     pub reason: Option<String>,
     pub size_bytes: u64,
     pub estimated_memory_bytes: u64,
@@ -234,6 +248,7 @@ pub struct ModelStatus {
 
 /// A model's state; values this app does not know yet read as `Other`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(ts_rs::TS))]
 #[serde(rename_all = "snake_case")]
 pub enum ModelState {
     #[default]
@@ -244,6 +259,8 @@ pub enum ModelState {
     Incomplete,
     Failed,
     #[serde(other)]
+    // Not a value on the wire: what this build reads for values it does not know.
+    #[cfg_attr(test, ts(skip))]
     Other,
 }
 
@@ -270,6 +287,7 @@ impl ModelState {
 /// The runtime settings: `GET /admin/api/settings`, the answer of `PATCH` (or `POST`) to it,
 /// and the `settings_changed` event's `settings`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(ts_rs::TS))]
 #[serde(default)]
 pub struct Settings {
     /// Default idle TTL: 0 unloads after each request, negative never.
@@ -289,16 +307,19 @@ pub struct Settings {
 /// `POST /admin/api/models/{load,unload,pin,unpin}`: the model after the action (`unloaded`
 /// only from `unload`: whether it was loaded).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(ts_rs::TS))]
 #[serde(default)]
 pub struct ModelAnswer {
     pub ok: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(test, ts(optional))]
     pub unloaded: Option<bool>,
     pub model: Option<ModelStatus>,
 }
 
 /// `POST /admin/api/models/default`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(ts_rs::TS))]
 #[serde(default)]
 pub struct DefaultAnswer {
     pub ok: bool,
@@ -308,25 +329,30 @@ pub struct DefaultAnswer {
 /// `POST /admin/api/models/rescan` (`changed`: models were found, changed or gone) and
 /// `POST /admin/api/cache` (`changed`: the switch moved; `ssd_cache`: the tier after it).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(ts_rs::TS))]
 #[serde(default)]
 pub struct ChangedAnswer {
     pub ok: bool,
     pub changed: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(test, ts(optional))]
     pub ssd_cache: Option<SsdCache>,
 }
 
 /// `GET /admin/api/serving` (without `ok`) and `POST /admin/api/serving/{start,stop}`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(ts_rs::TS))]
 #[serde(default)]
 pub struct ServingAnswer {
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(test, ts(optional))]
     pub ok: Option<bool>,
     pub serving: bool,
 }
 
 /// `POST /admin/api/shutdown` (202): the daemon drains for `grace_secs`, then exits.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(ts_rs::TS))]
 #[serde(default)]
 pub struct ShutdownAnswer {
     pub ok: bool,
@@ -336,6 +362,7 @@ pub struct ShutdownAnswer {
 
 /// One admin event (`GET /admin/api/events`): `{"type", "seq", "time", ...fields}`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(ts_rs::TS))]
 pub struct Event {
     #[serde(default)]
     pub seq: u64,
@@ -348,12 +375,15 @@ pub struct Event {
 
 /// Why a model was evicted (`model_evicted.reason`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(ts_rs::TS))]
 #[serde(rename_all = "snake_case")]
 pub enum EvictReason {
     MemoryPressure,
     Budget,
     Ttl,
     #[serde(other)]
+    // Not a value on the wire: what this build reads for values it does not know.
+    #[cfg_attr(test, ts(skip))]
     Other,
 }
 
@@ -371,6 +401,7 @@ impl EvictReason {
 
 /// The event types of docs/ADMIN_API.md. Unknown types (a newer daemon) read as `Unknown`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(ts_rs::TS))]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum EventKind {
     ModelLoaded {
@@ -404,6 +435,7 @@ pub enum EventKind {
         model: String,
         /// The reason, when it is incomplete.
         #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[cfg_attr(test, ts(optional))]
         incomplete: Option<String>,
     },
     ModelRemoved {
@@ -445,6 +477,8 @@ pub enum EventKind {
         missed: u64,
     },
     #[serde(other)]
+    // Not a value on the wire: what this build reads for values it does not know.
+    #[cfg_attr(test, ts(skip))]
     Unknown,
 }
 
