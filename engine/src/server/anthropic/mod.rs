@@ -1,10 +1,12 @@
 //! Anthropic's Messages API: `POST /v1/messages` and `POST /v1/messages/count_tokens`.
 //!
-//! Requests are flattened into the canonical [`GenerateRequest`] (`request`); the
+//! Requests are flattened into the canonical [`GenerateRequest`] (`request`, its typed
+//! content blocks in `content`); the
 //! generation's events are encoded as Anthropic's content blocks (`response`), streamed
 //! (`message_start` … `message_stop`, `stream`) or whole. Errors on these routes use
 //! Anthropic's shape (`errors`).
 
+mod content;
 mod errors;
 mod request;
 mod response;
