@@ -1,14 +1,13 @@
 //! Errors on Anthropic's routes, in its shape:
 //! `{"type": "error", "error": {"type", "message"}, "request_id"}`.
 
-use axum::body::Body;
 use axum::extract::{FromRequest, Request};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::de::DeserializeOwned;
-use serde_json::{json, Value};
+use serde_json::json;
 
 use super::super::errors::{ApiError, ApiJson};
 use super::super::generation::random_id;
@@ -84,12 +83,19 @@ impl IntoResponse for AnthropicError {
             }
             _ => e.message.clone(),
         };
-        error_response(e.status, e.kind, &message, e.retry_after_secs)
+        let mut response = error_response(e.status, e.kind, &message, e.retry_after_secs);
+        response.extensions_mut().insert(Rendered);
+        response
     }
 }
 
-/// Rewrites errors produced outside this module (authentication, body limit, unknown route,
-/// wrong method: all rendered in OpenAI's shape) into Anthropic's shape on Anthropic paths.
+/// Marks a response already rendered in Anthropic's shape.
+#[derive(Debug, Clone, Copy)]
+struct Rendered;
+
+/// Renders errors produced outside this API's handlers (authentication, body limit, unknown
+/// route, wrong method: typed `ApiError`s rendered in the default shape) in Anthropic's shape
+/// on Anthropic's paths, from the error the response carries.
 pub async fn anthropic_error_shape(request: Request, next: Next) -> Response {
     if !is_anthropic_path(request.uri().path()) {
         return next.run(request).await;
@@ -99,6 +105,19 @@ pub async fn anthropic_error_shape(request: Request, next: Next) -> Response {
     if !(status.is_client_error() || status.is_server_error()) {
         return response;
     }
+    if let Some(error) = response.extensions().get::<ApiError>() {
+        return error_response(
+            error.status,
+            error.kind,
+            &error.message,
+            error.retry_after_secs,
+        );
+    }
+    if response.extensions().get::<Rendered>().is_some() {
+        // Already in Anthropic's shape (this API's own handlers).
+        return response;
+    }
+    // Not ours (no layer here answers that way today): its status, and its text if any.
     let (parts, body) = response.into_parts();
     let retry = parts
         .headers
@@ -108,27 +127,16 @@ pub async fn anthropic_error_shape(request: Request, next: Next) -> Response {
     let bytes = axum::body::to_bytes(body, 1 << 20)
         .await
         .unwrap_or_default();
-    let value: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-    if value.get("type").and_then(Value::as_str) == Some("error") {
-        // Already Anthropic's shape (from this module): unchanged.
-        return Response::from_parts(parts, Body::from(bytes));
-    }
-    let message = value["error"]["message"]
-        .as_str()
-        .map(str::to_string)
-        .unwrap_or_else(|| {
-            let text = String::from_utf8_lossy(&bytes).trim().to_string();
-            if text.is_empty() {
-                status
-                    .canonical_reason()
-                    .unwrap_or("request failed")
-                    .to_string()
-            } else {
-                text
-            }
-        });
-    let kind = value["error"]["type"].as_str().unwrap_or("");
-    error_response(status, kind, &message, retry)
+    let text = String::from_utf8_lossy(&bytes).trim().to_string();
+    let message = if text.is_empty() {
+        status
+            .canonical_reason()
+            .unwrap_or("request failed")
+            .to_string()
+    } else {
+        text
+    };
+    error_response(status, "", &message, retry)
 }
 
 /// A JSON body whose failures render in Anthropic's shape.
