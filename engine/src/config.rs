@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::kv::{self, ssd, KvConfig};
 use crate::memory::Amount;
 
 /// The port the daemon listens on unless told otherwise (chosen to stay clear of the ports
@@ -152,7 +153,7 @@ impl Default for Config {
             watch_models: true,
             per_model: BTreeMap::new(),
             kv_cache: true,
-            kv_block_size: crate::kv::DEFAULT_BLOCK_SIZE,
+            kv_block_size: kv::DEFAULT_BLOCK_SIZE,
             kv_ram_bytes: None,
             kv_ssd: true,
             kv_ssd_dir: None,
@@ -464,6 +465,32 @@ impl Config {
             self.api_key = None;
         }
         Ok(())
+    }
+
+    /// The prefix-cache settings, opening the SSD tier when it has a folder. The store is
+    /// shared by every model; the admin API toggles it through `KvConfig::ssd`.
+    pub fn kv_config(&self) -> KvConfig {
+        let ssd = self
+            .kv_ssd_dir
+            .clone()
+            .or_else(ssd::default_dir)
+            .map(|dir| {
+                let mut c = ssd::SsdConfig::new(dir);
+                c.enabled = self.kv_ssd;
+                c.max_bytes = self.kv_ssd_max_bytes;
+                c.read_timeout = std::time::Duration::from_millis(self.kv_ssd_read_timeout_ms);
+                ssd::SsdStore::open(c)
+            });
+        KvConfig {
+            enabled: self.kv_cache,
+            block_size: self.kv_block_size,
+            ram_bytes: self
+                .kv_ram_bytes
+                .map_or_else(kv::default_ram_bytes, |b| b as usize),
+            ssd,
+            model_path: None,
+            weights_mode: format!("{:?}", self.weights),
+        }
     }
 
     /// The model an alias pattern maps `requested` to, if any. Exact keys win over patterns;

@@ -157,7 +157,7 @@ fn serve(args: wuwei::config::ServeArgs) -> anyhow::Result<()> {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(500);
-    let kv = wuwei::kv::KvConfig::from_config(&cfg);
+    let kv = cfg.kv_config();
     let ssd = kv.ssd.clone();
     let registry = wuwei::registry::Registry::new(wuwei::registry::RegistryConfig {
         model_dirs: cfg.models_dirs.clone(),

@@ -59,34 +59,6 @@ impl Default for KvConfig {
     }
 }
 
-impl KvConfig {
-    /// The prefix-cache settings of `config`, opening the SSD tier when it has a folder. The
-    /// store is shared by every model; the admin API toggles it through `KvConfig::ssd`.
-    pub fn from_config(config: &crate::config::Config) -> Self {
-        let ssd = config
-            .kv_ssd_dir
-            .clone()
-            .or_else(ssd::default_dir)
-            .map(|dir| {
-                let mut c = ssd::SsdConfig::new(dir);
-                c.enabled = config.kv_ssd;
-                c.max_bytes = config.kv_ssd_max_bytes;
-                c.read_timeout = std::time::Duration::from_millis(config.kv_ssd_read_timeout_ms);
-                SsdStore::open(c)
-            });
-        Self {
-            enabled: config.kv_cache,
-            block_size: config.kv_block_size,
-            ram_bytes: config
-                .kv_ram_bytes
-                .map_or_else(default_ram_bytes, |b| b as usize),
-            ssd,
-            model_path: None,
-            weights_mode: format!("{:?}", config.weights),
-        }
-    }
-}
-
 /// An eighth of physical memory, at most 4 GiB.
 pub fn default_ram_bytes() -> usize {
     let mut sys = sysinfo::System::new();
@@ -395,9 +367,9 @@ impl PrefixCache {
         // The pool learns the block size from its first block; the layout knows it already.
         pool.free_blocks =
             pool.budget_bytes.saturating_sub(pool.bytes) / self.layout.block_bytes().max(1);
-        metrics::set_kv_blocks(&self.model, &pool);
+        pool.publish(&self.model);
         if let Some(ssd) = &self.ssd {
-            metrics::set_ssd_stats(&ssd.stats());
+            ssd.stats().publish();
         }
         *self.probe.stats.lock().unwrap() = Some(PrefixStats {
             block_size: self.layout.block_size,

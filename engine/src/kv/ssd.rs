@@ -104,6 +104,23 @@ pub struct SsdStats {
 
 impl SsdStats {
     /// Blocks looked up and not served from disk.
+    /// The tier's counters on `/metrics` (process-wide: the store keeps the totals).
+    pub fn publish(&self) {
+        use crate::metrics::*;
+        use ::metrics::{counter, gauge};
+        counter!(SSD_WRITES).absolute(self.writes);
+        counter!(SSD_WRITE_ERRORS).absolute(self.write_errors);
+        counter!(SSD_DROPS).absolute(self.dropped);
+        counter!(SSD_READ_HITS).absolute(self.read_hits);
+        counter!(SSD_LOOKUPS).absolute(self.lookups);
+        counter!(SSD_READ_FAILURES).absolute(self.read_failures);
+        counter!(SSD_READ_TIMEOUTS).absolute(self.read_timeouts);
+        counter!(SSD_CHECKSUM_FAILURES).absolute(self.checksum_failures);
+        counter!(SSD_EVICTIONS).absolute(self.evictions);
+        gauge!(SSD_BYTES).set(self.bytes as f64);
+        gauge!(SSD_ENABLED).set(if self.enabled { 1.0 } else { 0.0 });
+    }
+
     pub fn misses(&self) -> u64 {
         self.lookups.saturating_sub(self.read_hits)
     }
@@ -223,7 +240,7 @@ impl Shared {
     /// Keeps `/metrics` current from the tier's own threads: the engine publishes only while
     /// it steps, and writes finish after the request that caused them.
     fn publish_metrics(&self) {
-        crate::metrics::set_ssd_stats(&self.stats());
+        self.stats().publish();
     }
 
     fn note_error(&self, what: &str, err: &dyn std::fmt::Display) {
