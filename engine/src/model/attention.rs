@@ -17,7 +17,7 @@ use mlx_rs::Array;
 use super::batch::BatchSeq;
 use super::layers::Rope;
 use crate::mlx_ext::slice_axis;
-use crate::slot_cache::SharedSlots;
+use crate::slot_cache::{SharedSlots, SlotKvCache};
 
 type Result<T> = std::result::Result<T, Exception>;
 
@@ -51,14 +51,12 @@ pub fn attend(
 fn shared_pool(batch: &[BatchSeq<'_>]) -> Option<SharedSlots> {
     batch
         .iter()
-        .find_map(|s| s.cache.slot_ref().map(|(p, _)| p.clone()))
+        .find_map(|s| SlotKvCache::of(&*s.cache).map(|c| c.pool().clone()))
 }
 
 /// Whether `seq` lives in `pool`.
 fn in_pool(seq: &BatchSeq<'_>, pool: &SharedSlots) -> Option<usize> {
-    seq.cache
-        .slot_ref()
-        .and_then(|(p, slot)| p.same(pool).then_some(slot))
+    SlotKvCache::of(&*seq.cache).and_then(|c| c.pool().same(pool).then_some(c.slot()))
 }
 
 /// `a[:, start..end]` transposed to `[1, heads, end - start, dim]`.
