@@ -10,9 +10,10 @@ use std::time::{Duration, Instant};
 
 use wuwei_api::{Event, EventKind, EvictReason, ModelStatus, Status};
 
+use crate::action::MenuAction;
 use crate::login::LoginStatus;
-use crate::menu::MenuAction;
 use crate::supervisor::Backoff;
+use crate::units::{bytes, secs};
 
 /// The daemon as the app sees it.
 #[derive(Debug, Clone, PartialEq)]
@@ -336,7 +337,7 @@ impl AppState {
                 format!("Unloaded {model}"),
                 format!(
                     "Memory was running low, so Wuwei unloaded {model} (freed {}).",
-                    crate::menu::bytes(freed_bytes)
+                    bytes(freed_bytes)
                 ),
             )),
             EventKind::LoadFailed { model, error } => {
@@ -495,15 +496,5 @@ fn notify(title: impl Into<String>, body: impl Into<String>) -> Effect {
     Effect::Notify {
         title: title.into(),
         body: body.into(),
-    }
-}
-
-/// "1 s", "30 s", "2 min".
-pub fn secs(d: Duration) -> String {
-    let s = d.as_secs();
-    if s >= 120 {
-        format!("{} min", s / 60)
-    } else {
-        format!("{} s", s.max(1))
     }
 }
