@@ -153,10 +153,6 @@ fn serve(args: wuwei::config::ServeArgs) -> anyhow::Result<()> {
         .or_insert_with(|| "default".into());
     wuwei::device::set_activations(cfg.activations);
     log_device(cfg.weights);
-    let monitor_ms = std::env::var("WUWEI_MONITOR_INTERVAL_MS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(500);
     let kv = cfg.kv_config();
     let ssd = kv.ssd.clone();
     let registry = wuwei::registry::Registry::new(wuwei::registry::RegistryConfig {
@@ -179,7 +175,7 @@ fn serve(args: wuwei::config::ServeArgs) -> anyhow::Result<()> {
         idle_ttl_secs: cfg.idle_ttl_secs,
         kv_reserve_tokens: cfg.kv_reserve_tokens,
         per_model: cfg.per_model.clone(),
-        monitor_interval: std::time::Duration::from_millis(monitor_ms),
+        monitor_interval: std::time::Duration::from_millis(cfg.monitor_interval_ms),
     });
     let ids = registry.model_ids();
     tracing::info!(dirs = ?cfg.models_dirs, models = ?ids, budget = %wuwei::memory::format_bytes(registry.budget()), "models found");
