@@ -9,7 +9,7 @@ use tokio::sync::mpsc;
 use crate::config::ModelSettings;
 use crate::core::{
     Backend, BoxFuture, CoreError, GenerateRequest, Generation, Health, ModelInfo, Prompt,
-    SamplingParams,
+    SamplingRequest,
 };
 use crate::memory::format_bytes;
 use crate::output_parser::ParserConfig;
@@ -17,6 +17,17 @@ use crate::prompt::{PromptRenderer, RenderedPrompt};
 use crate::scheduler::{SeqRequest, EVENT_CHANNEL_CAPACITY};
 
 use super::{Registry, Served, State};
+
+/// A model's default sampling (`[models."id"]`): what a request leaves out.
+fn model_sampling(settings: &ModelSettings) -> SamplingRequest {
+    SamplingRequest {
+        temperature: settings.temperature,
+        top_p: settings.top_p,
+        top_k: settings.top_k,
+        min_p: settings.min_p,
+        ..SamplingRequest::default()
+    }
+}
 
 impl Registry {
     /// How `served` reads prompts.
@@ -26,26 +37,6 @@ impl Registry {
             tokenizer: &served.tokenizer,
             reasoning: served.reasoning,
             thinking: served.reasoning && served.settings.thinking.unwrap_or(true),
-        }
-    }
-
-    /// The model's default sampling for settings the request left at the API's defaults.
-    pub(super) fn apply_sampling_defaults(settings: &ModelSettings, sampling: &mut SamplingParams) {
-        let api = SamplingParams::default();
-        if let Some(t) = settings
-            .temperature
-            .filter(|_| sampling.temperature == api.temperature)
-        {
-            sampling.temperature = t;
-        }
-        if let Some(p) = settings.top_p.filter(|_| sampling.top_p == api.top_p) {
-            sampling.top_p = p;
-        }
-        if let Some(k) = settings.top_k.filter(|_| sampling.top_k == api.top_k) {
-            sampling.top_k = k;
-        }
-        if let Some(m) = settings.min_p.filter(|_| sampling.min_p == api.min_p) {
-            sampling.min_p = m;
         }
     }
 
@@ -101,8 +92,7 @@ impl Registry {
                 retry_after_secs: 2,
             });
         }
-        let mut sampling = request.sampling;
-        Self::apply_sampling_defaults(&served.settings, &mut sampling);
+        let sampling = request.sampling.resolve(&model_sampling(&served.settings));
         let (tx, rx) = mpsc::channel(EVENT_CHANNEL_CAPACITY);
         let prompt_tokens = prompt.len();
         let cached_tokens = served.stats.prefix.estimate_cached_tokens(&prompt);
@@ -195,5 +185,42 @@ impl Backend for Registry {
         } else {
             Health::Ok
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn what_a_request_sets_wins_even_when_it_equals_the_api_default() {
+        let model = model_sampling(&ModelSettings {
+            temperature: Some(0.6),
+            top_k: Some(20),
+            ..ModelSettings::default()
+        });
+        // Temperature 1 and top-k 0 are the API's defaults, sent explicitly: they stay.
+        let asked = SamplingRequest {
+            temperature: Some(1.0),
+            top_k: Some(0),
+            ..SamplingRequest::default()
+        };
+        let p = asked.resolve(&model);
+        assert_eq!((p.temperature, p.top_k), (1.0, 0));
+        // Left out: the model's default, then the API's.
+        let p = SamplingRequest::default().resolve(&model);
+        assert_eq!((p.temperature, p.top_k, p.top_p), (0.6, 20, 1.0));
+        let p = SamplingRequest {
+            seed: Some(7),
+            ..SamplingRequest::default()
+        }
+        .resolve(&SamplingRequest::default());
+        assert_eq!(
+            p,
+            crate::core::SamplingParams {
+                seed: Some(7),
+                ..crate::core::SamplingParams::default()
+            }
+        );
     }
 }

@@ -7,7 +7,7 @@ use serde_json::{Map, Value};
 
 use super::super::errors::ApiError;
 use super::content::{messages_from, Block, Content, InMessage};
-use crate::core::{GenerateRequest, Prompt, SamplingParams, ToolChoice, ToolSpec};
+use crate::core::{GenerateRequest, Prompt, SamplingRequest, ToolChoice, ToolSpec};
 
 /// Most stop sequences accepted.
 const MAX_STOP_SEQUENCES: usize = 16;
@@ -207,8 +207,8 @@ pub fn translate(req: MessagesRequest, id: &str) -> Result<Translated, ApiError>
     check_range("temperature", req.temperature, 0.0, 1.0)?;
     check_range("top_p", req.top_p, 0.0, 1.0)?;
     let top_k = match req.top_k {
-        None => 0,
-        Some(k) if k >= 0 => k as usize,
+        None => None,
+        Some(k) if k >= 0 => Some(k as usize),
         Some(k) => {
             return Err(invalid(
                 "top_k",
@@ -230,12 +230,11 @@ pub fn translate(req: MessagesRequest, id: &str) -> Result<Translated, ApiError>
         ));
     }
     let (prompt, reasoning_budget) = prompt_from(&req)?;
-    let defaults = SamplingParams::default();
-    let sampling = SamplingParams {
-        temperature: req.temperature.map_or(defaults.temperature, |v| v as f32),
-        top_p: req.top_p.map_or(defaults.top_p, |v| v as f32),
+    let sampling = SamplingRequest {
+        temperature: req.temperature.map(|v| v as f32),
+        top_p: req.top_p.map(|v| v as f32),
         top_k,
-        ..defaults
+        ..SamplingRequest::default()
     };
     Ok(Translated {
         request: GenerateRequest {

@@ -7,7 +7,7 @@ use serde_json::{json, Map, Value};
 use super::super::errors::ApiError;
 use super::super::generation::random_id;
 use crate::core::{
-    ChatMessage, GenerateRequest, Prompt, Role, SamplingParams, ToolCall, ToolChoice, ToolSpec,
+    ChatMessage, GenerateRequest, Prompt, Role, SamplingRequest, ToolCall, ToolChoice, ToolSpec,
 };
 
 /// Most stop strings accepted (OpenAI allows 4; local clients send a few more).
@@ -177,7 +177,7 @@ fn check_range(
     Ok(())
 }
 
-fn sampling_from(common: &CommonFields) -> Result<SamplingParams, ApiError> {
+fn sampling_from(common: &CommonFields) -> Result<SamplingRequest, ApiError> {
     check_range("temperature", common.temperature, 0.0, 2.0, false)?;
     check_range("top_p", common.top_p, 0.0, 1.0, true)?;
     check_range("min_p", common.min_p, 0.0, 1.0, false)?;
@@ -203,8 +203,9 @@ fn sampling_from(common: &CommonFields) -> Result<SamplingParams, ApiError> {
         false,
     )?;
     let top_k = match common.top_k {
-        None | Some(-1) | Some(0) => 0,
-        Some(k) if k > 0 => k as usize,
+        None => None,
+        Some(-1) | Some(0) => Some(0),
+        Some(k) if k > 0 => Some(k as usize),
         Some(k) => {
             return Err(ApiError::invalid(
                 "top_k",
@@ -212,19 +213,15 @@ fn sampling_from(common: &CommonFields) -> Result<SamplingParams, ApiError> {
             ))
         }
     };
-    let defaults = SamplingParams::default();
-    Ok(SamplingParams {
-        temperature: common
-            .temperature
-            .map_or(defaults.temperature, |v| v as f32),
-        top_p: common.top_p.map_or(defaults.top_p, |v| v as f32),
+    let narrow = |v: Option<f64>| v.map(|v| v as f32);
+    Ok(SamplingRequest {
+        temperature: narrow(common.temperature),
+        top_p: narrow(common.top_p),
         top_k,
-        min_p: common.min_p.map_or(defaults.min_p, |v| v as f32),
-        repetition_penalty: common
-            .repetition_penalty
-            .map_or(defaults.repetition_penalty, |v| v as f32),
-        presence_penalty: common.presence_penalty.map_or(0.0, |v| v as f32),
-        frequency_penalty: common.frequency_penalty.map_or(0.0, |v| v as f32),
+        min_p: narrow(common.min_p),
+        repetition_penalty: narrow(common.repetition_penalty),
+        presence_penalty: narrow(common.presence_penalty),
+        frequency_penalty: narrow(common.frequency_penalty),
         // Negative seeds are valid in OpenAI's API; any 64 bits do.
         seed: common.seed.map(|s| s as u64),
     })
