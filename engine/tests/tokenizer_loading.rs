@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use serde_json::{json, Map, Value as Json};
-use wuwei::tokenizer::{Tokenizer, TokenizerError};
+use wuwei::text::tokenizer::{Tokenizer, TokenizerError};
 
 /// A small real tokenizer.json: SmolLM2's, built from the test GGUF by transformers
 /// (tokenizer_parity.rs leaves one per run; build our own so the tests stay independent).

@@ -1,4 +1,6 @@
-//! Prefix reuse of KV across requests: a RAM block pool keyed by chained block hashes, and an
+//! Every KV cache: the live ones of running sequences (`cache`: the per-sequence trait and the
+//! dense cache; `slots`: the slot pool the running sequences share), and, in this module,
+//! prefix reuse of KV across requests: a RAM block pool keyed by chained block hashes, and an
 //! SSD tier behind it.
 //!
 //! The engine thread owns one [`PrefixCache`] per model. On admission it looks up the longest
@@ -8,8 +10,10 @@
 //! that concurrent and later requests with the same prefix reuse it.
 
 pub mod block_pool;
+pub mod cache;
 pub mod paged;
 pub mod prefix;
+pub mod slots;
 pub mod ssd;
 
 use std::collections::HashSet;
@@ -21,7 +25,7 @@ use paged::{blocks_from_cache, fill_cache_from_blocks, KvBlock, KvLayout};
 use prefix::{chain_hashes, chain_hashes_from, chain_root, BlockHash, ModelIdentity};
 use ssd::SsdStore;
 
-use crate::kv_cache::KvCache;
+use crate::kv::cache::KvCache;
 use crate::metrics;
 
 /// Default positions per block. Measured with SmolLM2-135M on CPU (bench/cache_bench.py and

@@ -16,8 +16,8 @@ use mlx_rs::Array;
 
 use super::batch::BatchSeq;
 use super::layers::Rope;
+use crate::kv::slots::{SharedSlots, SlotKvCache, SlotPool};
 use crate::mlx_ext::slice_axis;
-use crate::slot_cache::{SharedSlots, SlotKvCache, SlotPool};
 
 type Result<T> = std::result::Result<T, Exception>;
 

@@ -12,9 +12,9 @@ use crate::core::{
     SamplingRequest,
 };
 use crate::memory::format_bytes;
-use crate::output_parser::ParserConfig;
-use crate::prompt::{PromptRenderer, RenderedPrompt};
 use crate::scheduler::{SeqRequest, EVENT_CHANNEL_CAPACITY};
+use crate::text::output_parser::ParserConfig;
+use crate::text::prompt::{PromptRenderer, RenderedPrompt};
 
 use super::{Registry, Served, State};
 

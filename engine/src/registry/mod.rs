@@ -36,7 +36,7 @@ use crate::integrity::ModelFacts;
 use crate::memory::{self, Amount};
 use crate::model::WeightsMode;
 use crate::scheduler::{EngineStats, SchedulerConfig, SeqRequest};
-use crate::tokenizer::Tokenizer;
+use crate::text::tokenizer::Tokenizer;
 
 use discovery::new_entry;
 

@@ -16,7 +16,7 @@ use mlx_rs::error::Exception;
 use mlx_rs::ops::{concatenate, zeros_dtype};
 use mlx_rs::Array;
 
-use crate::kv_cache::{AsAny, KvCache};
+use crate::kv::cache::{AsAny, KvCache};
 use crate::mlx_ext::{scatter, slice, slice_axis, slice_update};
 
 /// Capacity grows in steps of this many positions.
@@ -294,7 +294,7 @@ impl KvCache for SlotKvCache {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kv_cache::DenseKvCache;
+    use crate::kv::cache::DenseKvCache;
 
     fn ramp(heads: i32, n: i32, dim: i32, base: f32) -> Array {
         let v: Vec<f32> = (0..heads * n * dim).map(|i| base + i as f32).collect();

@@ -4,7 +4,7 @@
 use serde_json::{json, Map, Value};
 
 use crate::core::{ChatMessage, CoreError, Prompt, Role, ToolChoice, ToolSpec};
-use crate::tokenizer::{Tokenizer, TokenizerError};
+use crate::text::tokenizer::{Tokenizer, TokenizerError};
 
 /// A prompt as token ids, and what the output parser must know about how it ends.
 #[derive(Debug, Clone, PartialEq, Eq)]

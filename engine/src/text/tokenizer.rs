@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 use serde_json::{Map, Value as Json};
 
-use crate::chat_template::{ChatTemplates, TemplateError};
-use crate::detokenizer::IncrementalDetokenizer;
+use crate::text::chat_template::{ChatTemplates, TemplateError};
+use crate::text::detokenizer::IncrementalDetokenizer;
 
 /// Named special tokens `transformers` hands to chat templates (`SPECIAL_TOKENS_ATTRIBUTES`).
 const SPECIAL_TOKEN_FIELDS: [&str; 7] = [
