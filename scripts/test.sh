@@ -24,6 +24,11 @@ cargo fmt --all -- --check
 step "cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 
+# The dashboard's TypeScript types are generated from the admin API's Rust types: the
+# checked-in file must be what they generate now.
+step "ui/src/api-types.ts is what api/src/types.rs generates"
+cargo test -p wuwei-api --lib typescript_types_are_current
+
 # The models the tests serve: the embedded default model as GGUF and converted by `wuwei convert`.
 # (This also builds target/debug/wuwei-app, which the app's tests below run.)
 step "test models"

@@ -9,7 +9,10 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::sse::SseParser;
-use crate::types::{Event, ModelList, ModelStatus, Settings, SsdCache, Status};
+use crate::types::{
+    ChangedAnswer, Event, ModelAnswer, ModelList, ModelStatus, ServingAnswer, Settings, SsdCache,
+    Status,
+};
 
 /// What can go wrong talking to the daemon.
 #[derive(Debug, thiserror::Error)]
@@ -78,23 +81,6 @@ struct ErrorDetail {
     message: String,
     #[serde(default)]
     code: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct ServingAnswer {
-    serving: bool,
-}
-
-#[derive(Deserialize)]
-struct CacheAnswer {
-    #[serde(default)]
-    ssd_cache: SsdCache,
-}
-
-#[derive(Deserialize)]
-struct ModelAnswer {
-    #[serde(default)]
-    model: Option<ModelStatus>,
 }
 
 impl Client {
@@ -220,8 +206,8 @@ impl Client {
     /// Turns the SSD cache on or off; answers its new state. Turning it on when the daemon
     /// has no SSD tier is an `Api` error (409, `ssd_cache_unavailable`).
     pub fn set_cache(&self, enabled: bool) -> Result<SsdCache> {
-        let a: CacheAnswer = self.post("/admin/api/cache", json!({ "enabled": enabled }))?;
-        Ok(a.ssd_cache)
+        let a: ChangedAnswer = self.post("/admin/api/cache", json!({ "enabled": enabled }))?;
+        Ok(a.ssd_cache.unwrap_or_default())
     }
 
     /// Starts or stops serving `/v1`; answers the new state.

@@ -6,5 +6,8 @@ pub mod client;
 pub mod sse;
 pub mod types;
 
+#[cfg(test)]
+mod typescript;
+
 pub use client::{Client, Error, EventStream};
 pub use types::*;

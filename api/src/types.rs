@@ -1,14 +1,19 @@
-//! The admin API's JSON as the app reads it (docs/ADMIN_API.md).
+//! The admin API's JSON (docs/ADMIN_API.md): the one schema of it. The daemon serialises
+//! these types, the menu-bar app and `wuwei ls|ps|…` read them, and the dashboard's
+//! TypeScript types (`ui/src/api-types.ts`) are generated from them.
 //!
 //! Every struct takes `#[serde(default)]` and ignores unknown fields: a newer daemon may add
 //! fields or omit ones it no longer reports, and the menu-bar app must keep working against it.
 //! Strings that name a closed set (a model's state, an event's type) are kept open-ended for
 //! the same reason: an unknown value deserializes to `Other`/`Unknown` instead of failing.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 /// `GET /admin/api/status`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(ts_rs::TS))]
 #[serde(default)]
 pub struct Status {
     pub serving: bool,
@@ -22,16 +27,17 @@ pub struct Status {
     pub pid: u32,
     /// The folders searched for models.
     pub models_dirs: Vec<String>,
+    /// What the models run on.
+    pub device: DeviceStatus,
     pub memory: Memory,
     pub default_model: Option<String>,
     pub loaded: Vec<LoadedStatus>,
     pub ssd_cache: SsdCache,
-    /// What the models run on.
-    pub device: DeviceStatus,
 }
 
 /// `status.device`: the device MLX computes on and the precision models run in.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(ts_rs::TS))]
 #[serde(default)]
 pub struct DeviceStatus {
     /// `cpu`, `metal` or `cuda`.
@@ -48,6 +54,7 @@ pub struct DeviceStatus {
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(ts_rs::TS))]
 #[serde(default)]
 pub struct Memory {
     pub system: SystemMemory,
@@ -61,6 +68,7 @@ pub struct Memory {
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(ts_rs::TS))]
 #[serde(default)]
 pub struct SystemMemory {
     pub total_bytes: u64,
@@ -71,6 +79,7 @@ pub struct SystemMemory {
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(ts_rs::TS))]
 #[serde(default)]
 pub struct MlxMemory {
     pub active_bytes: u64,
@@ -80,6 +89,7 @@ pub struct MlxMemory {
 
 /// One entry of `status.loaded`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(ts_rs::TS))]
 #[serde(default)]
 pub struct LoadedStatus {
     pub id: String,
@@ -98,22 +108,113 @@ pub struct LoadedStatus {
     /// Unix ms.
     pub loaded_at: u64,
     pub unloading: bool,
+    /// The model's RAM tier of the KV prefix cache; `null` when prefix caching is off.
+    pub prefix_cache: Option<PrefixCache>,
 }
 
-/// `status.ssd_cache` and `GET /admin/api/cache`.
+/// One model's RAM tier of the KV prefix cache (`status.loaded[].prefix_cache`), since it
+/// loaded.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(ts_rs::TS))]
+#[serde(default)]
+pub struct PrefixCache {
+    /// Token positions per block.
+    pub block_size: u64,
+    /// Blocks cached in RAM.
+    pub blocks_used: u64,
+    /// Of those, blocks held by running sequences.
+    pub blocks_referenced: u64,
+    /// Blocks that still fit the RAM budget.
+    pub blocks_free: u64,
+    pub bytes: u64,
+    pub budget_bytes: u64,
+    pub evictions: u64,
+    /// Admissions that looked up a prefix.
+    pub queries: u64,
+    /// Admissions that reused one.
+    pub hits: u64,
+    /// Prompt tokens reused from RAM.
+    pub hit_tokens_ram: u64,
+    /// Prompt tokens read back from the SSD tier.
+    pub hit_tokens_ssd: u64,
+}
+
+/// The SSD tier of the KV prefix cache (one store shared by every model): `status.ssd_cache`,
+/// `GET /admin/api/cache` and the cache events. Counters run since the daemon started.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(ts_rs::TS))]
 #[serde(default)]
 pub struct SsdCache {
+    /// Reads and writes happen now.
     pub enabled: bool,
     /// Whether this daemon has an SSD cache at all; the toggle means nothing while false.
     pub available: bool,
+    /// The cache folder; `null` when not available.
+    pub dir: Option<String>,
+    /// The startup index scan is still running (blocks not yet seen are misses).
+    pub scanning: bool,
+    /// Block files on disk.
     pub bytes_used: u64,
+    /// The size cap in force.
     pub cap_bytes: u64,
+    /// Block files on disk.
+    pub blocks: u64,
+    /// Blocks read back and served.
+    pub hits: u64,
+    /// Blocks looked up (missing from RAM) and not served from disk.
+    pub misses: u64,
+    /// hits / (hits + misses); `null` before the first lookup.
     pub hit_rate: Option<f64>,
+    /// Blocks written.
+    pub writes: u64,
+    /// Not written: queue full, tier off, or no room on disk.
+    pub writes_dropped: u64,
+    /// Writes that failed (read-only folder, disk full…).
+    pub write_errors: u64,
+    /// Reads that failed on I/O.
+    pub read_errors: u64,
+    /// Reads that ran past the read timeout (recomputed instead).
+    pub read_timeouts: u64,
+    /// Files that failed the checksum or header checks: deleted, never served.
+    pub corrupt_dropped: u64,
+    /// Files removed by the size cap.
+    pub evictions: u64,
+    /// write_errors + read_errors.
+    pub errors: u64,
+    /// The most recent I/O error.
+    pub last_error: Option<String>,
+}
+
+/// The RAM tier of every loaded model, with totals (`GET /admin/api/cache`'s `ram`, and the
+/// `cache_stats` event's).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(ts_rs::TS))]
+#[serde(default)]
+pub struct RamCache {
+    pub blocks_used: u64,
+    pub blocks_free: u64,
+    pub bytes: u64,
+    pub queries: u64,
+    pub hits: u64,
+    /// Prompt tokens reused, from RAM and from the SSD tier.
+    pub hit_tokens: u64,
+    /// Each loaded model's RAM tier, by model id.
+    pub models: BTreeMap<String, PrefixCache>,
+}
+
+/// `GET /admin/api/cache`: the SSD tier, and the RAM tier of every loaded model.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(ts_rs::TS))]
+#[serde(default)]
+pub struct CacheState {
+    #[serde(flatten)]
+    pub ssd: SsdCache,
+    pub ram: RamCache,
 }
 
 /// `GET /admin/api/models`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(ts_rs::TS))]
 #[serde(default)]
 pub struct ModelList {
     pub models: Vec<ModelStatus>,
@@ -121,6 +222,7 @@ pub struct ModelList {
 
 /// A discovered model.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(ts_rs::TS))]
 #[serde(default)]
 pub struct ModelStatus {
     pub id: String,
@@ -129,8 +231,12 @@ pub struct ModelStatus {
     pub format: String,
     pub state: ModelState,
     /// 0..1, only while loading.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(test, ts(optional))]
     pub progress: Option<f64>,
     /// Why it is incomplete or why its last load failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(test, ts(optional))]
     pub reason: Option<String>,
     pub size_bytes: u64,
     pub estimated_memory_bytes: u64,
@@ -142,6 +248,7 @@ pub struct ModelStatus {
 
 /// A model's state; values this app does not know yet read as `Other`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(ts_rs::TS))]
 #[serde(rename_all = "snake_case")]
 pub enum ModelState {
     #[default]
@@ -152,30 +259,110 @@ pub enum ModelState {
     Incomplete,
     Failed,
     #[serde(other)]
+    // Not a value on the wire: what this build reads for values it does not know.
+    #[cfg_attr(test, ts(skip))]
     Other,
 }
 
 impl ModelState {
+    /// The wire name (`available`, `loading`, …; `other` for states this build does not know).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ModelState::Available => "available",
+            ModelState::Loading => "loading",
+            ModelState::Loaded => "loaded",
+            ModelState::Unloading => "unloading",
+            ModelState::Incomplete => "incomplete",
+            ModelState::Failed => "failed",
+            ModelState::Other => "other",
+        }
+    }
+
     /// Whether the model can be loaded (and so chosen as the default or pinned).
     pub fn usable(self) -> bool {
         !matches!(self, ModelState::Incomplete)
     }
 }
 
-/// `POST /admin/api/settings` and friends answer the settings object; the app only reads the
-/// budget from it, the rest is kept as JSON.
+/// The runtime settings: `GET /admin/api/settings`, the answer of `PATCH` (or `POST`) to it,
+/// and the `settings_changed` event's `settings`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(ts_rs::TS))]
 #[serde(default)]
 pub struct Settings {
+    /// Default idle TTL: 0 unloads after each request, negative never.
     pub idle_ttl_secs: i64,
+    /// `"24GiB"`, `"75%"` or bytes; `null`: total RAM minus the reserve.
     pub memory_budget: Option<String>,
+    pub memory_reserve: String,
+    pub memory_pressure_threshold: String,
+    /// KV counted per model, in tokens (0: its context length).
+    pub kv_reserve_tokens: u64,
+    /// Model-name patterns → model ids.
+    pub aliases: BTreeMap<String, String>,
+    /// Read-only: the budget in bytes.
     pub budget_bytes: u64,
-    #[serde(flatten)]
-    pub other: serde_json::Map<String, serde_json::Value>,
+}
+
+/// `POST /admin/api/models/{load,unload,pin,unpin}`: the model after the action (`unloaded`
+/// only from `unload`: whether it was loaded).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(ts_rs::TS))]
+#[serde(default)]
+pub struct ModelAnswer {
+    pub ok: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(test, ts(optional))]
+    pub unloaded: Option<bool>,
+    pub model: Option<ModelStatus>,
+}
+
+/// `POST /admin/api/models/default`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(ts_rs::TS))]
+#[serde(default)]
+pub struct DefaultAnswer {
+    pub ok: bool,
+    pub default_model: String,
+}
+
+/// `POST /admin/api/models/rescan` (`changed`: models were found, changed or gone) and
+/// `POST /admin/api/cache` (`changed`: the switch moved; `ssd_cache`: the tier after it).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(ts_rs::TS))]
+#[serde(default)]
+pub struct ChangedAnswer {
+    pub ok: bool,
+    pub changed: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(test, ts(optional))]
+    pub ssd_cache: Option<SsdCache>,
+}
+
+/// `GET /admin/api/serving` (without `ok`) and `POST /admin/api/serving/{start,stop}`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(ts_rs::TS))]
+#[serde(default)]
+pub struct ServingAnswer {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(test, ts(optional))]
+    pub ok: Option<bool>,
+    pub serving: bool,
+}
+
+/// `POST /admin/api/shutdown` (202): the daemon drains for `grace_secs`, then exits.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(ts_rs::TS))]
+#[serde(default)]
+pub struct ShutdownAnswer {
+    pub ok: bool,
+    pub stopping: bool,
+    pub grace_secs: u64,
 }
 
 /// One admin event (`GET /admin/api/events`): `{"type", "seq", "time", ...fields}`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(ts_rs::TS))]
 pub struct Event {
     #[serde(default)]
     pub seq: u64,
@@ -188,17 +375,33 @@ pub struct Event {
 
 /// Why a model was evicted (`model_evicted.reason`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(ts_rs::TS))]
 #[serde(rename_all = "snake_case")]
 pub enum EvictReason {
     MemoryPressure,
     Budget,
     Ttl,
     #[serde(other)]
+    // Not a value on the wire: what this build reads for values it does not know.
+    #[cfg_attr(test, ts(skip))]
     Other,
+}
+
+impl EvictReason {
+    /// The wire name (`memory_pressure`, `budget`, `ttl`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EvictReason::MemoryPressure => "memory_pressure",
+            EvictReason::Budget => "budget",
+            EvictReason::Ttl => "ttl",
+            EvictReason::Other => "other",
+        }
+    }
 }
 
 /// The event types of docs/ADMIN_API.md. Unknown types (a newer daemon) read as `Unknown`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(ts_rs::TS))]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum EventKind {
     ModelLoaded {
@@ -213,7 +416,8 @@ pub enum EventKind {
         /// `manual`, or `removed` when its files went away.
         #[serde(default)]
         reason: Option<String>,
-        #[serde(default)]
+        /// Not sent for a `removed` model.
+        #[serde(default, skip_serializing_if = "is_zero")]
         freed_bytes: u64,
     },
     ModelEvicted {
@@ -230,7 +434,8 @@ pub enum EventKind {
     ModelDiscovered {
         model: String,
         /// The reason, when it is incomplete.
-        #[serde(default)]
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[cfg_attr(test, ts(optional))]
         incomplete: Option<String>,
     },
     ModelRemoved {
@@ -250,7 +455,7 @@ pub enum EventKind {
     },
     SettingsChanged {
         #[serde(default)]
-        settings: serde_json::Value,
+        settings: Settings,
     },
     /// The SSD tier was switched on or off (`ssd_cache`: the tier after the switch).
     CacheToggled {
@@ -263,6 +468,8 @@ pub enum EventKind {
     CacheStats {
         #[serde(default)]
         ssd_cache: Option<SsdCache>,
+        #[serde(default)]
+        ram: Option<RamCache>,
     },
     /// The client fell behind and missed `missed` events: refetch the state.
     Lagged {
@@ -270,7 +477,36 @@ pub enum EventKind {
         missed: u64,
     },
     #[serde(other)]
+    // Not a value on the wire: what this build reads for values it does not know.
+    #[cfg_attr(test, ts(skip))]
     Unknown,
+}
+
+impl EventKind {
+    /// The event's `type`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            EventKind::ModelLoaded { .. } => "model_loaded",
+            EventKind::ModelUnloaded { .. } => "model_unloaded",
+            EventKind::ModelEvicted { .. } => "model_evicted",
+            EventKind::LoadFailed { .. } => "load_failed",
+            EventKind::ModelDiscovered { .. } => "model_discovered",
+            EventKind::ModelRemoved { .. } => "model_removed",
+            EventKind::ModelPinned { .. } => "model_pinned",
+            EventKind::ModelUnpinned { .. } => "model_unpinned",
+            EventKind::DefaultChanged { .. } => "default_changed",
+            EventKind::ServingChanged { .. } => "serving_changed",
+            EventKind::SettingsChanged { .. } => "settings_changed",
+            EventKind::CacheToggled { .. } => "cache_toggled",
+            EventKind::CacheStats { .. } => "cache_stats",
+            EventKind::Lagged { .. } => "lagged",
+            EventKind::Unknown => "unknown",
+        }
+    }
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 #[cfg(test)]
@@ -394,6 +630,7 @@ mod tests {
                     ssd_cache: Some(SsdCache {
                         enabled: true,
                         available: true,
+                        dir: Some("/k".into()),
                         bytes_used: 7,
                         ..Default::default()
                     }),
@@ -404,6 +641,10 @@ mod tests {
                 EventKind::CacheStats {
                     ssd_cache: Some(SsdCache {
                         hit_rate: Some(0.5),
+                        ..Default::default()
+                    }),
+                    ram: Some(RamCache {
+                        hits: 1,
                         ..Default::default()
                     }),
                 },

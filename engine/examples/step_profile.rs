@@ -5,9 +5,9 @@
 use std::time::Instant;
 
 use mlx_rs::Array;
-use wuwei::kv_cache::{DenseKvCache, KvCache};
+use wuwei::kv::cache::{DenseKvCache, KvCache};
+use wuwei::kv::slots::SharedSlots;
 use wuwei::model::{load_model_dir, BatchSeq, Logits, WeightsMode};
-use wuwei::slot_cache::SharedSlots;
 
 fn main() {
     let dir = std::env::args().nth(1).expect("model dir");

@@ -12,13 +12,17 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, Notify};
+use wuwei_api::{
+    CacheState, ChangedAnswer, DefaultAnswer, DeviceStatus, Event, EventKind, Memory, MlxMemory,
+    ModelAnswer, ModelList, ModelStatus, ServingAnswer, Settings, ShutdownAnswer, SsdCache, Status,
+    SystemMemory,
+};
 
 use crate::config::Config;
 use crate::memory;
-use crate::registry::{validate_id, Registry, RuntimeSettings};
+use crate::registry::{event_json, validate_id, wire_name, Registry, RuntimeSettings};
 use crate::server::errors::{ApiError, ApiJson};
 use crate::server::sse::{keep_alive_frame, sse_response};
 
@@ -78,96 +82,19 @@ fn checked(body: &ModelBody) -> Result<&str, ApiError> {
     Ok(&body.model)
 }
 
-/// The SSD tier of the KV prefix cache as `status.ssd_cache`, `GET /cache` and the
-/// `cache_toggled`/`cache_stats` events show it. Counters run since the daemon started.
-pub fn ssd_cache(r: &Registry) -> Value {
-    let Some(ssd) = r.ssd_cache() else {
-        // No folder configured, or prefix caching off: nothing to switch.
-        return json!({
-            "enabled": false,
-            "available": false,
-            "dir": null,
-            "scanning": false,
-            "bytes_used": 0,
-            "cap_bytes": 0,
-            "blocks": 0,
-            "hits": 0,
-            "misses": 0,
-            "hit_rate": null,
-            "writes": 0,
-            "writes_dropped": 0,
-            "write_errors": 0,
-            "read_errors": 0,
-            "read_timeouts": 0,
-            "corrupt_dropped": 0,
-            "evictions": 0,
-            "errors": 0,
-            "last_error": null,
-        });
-    };
-    let st = ssd.stats();
-    json!({
-        "enabled": st.enabled,
-        "available": true,
-        "dir": ssd.dir(),
-        "scanning": st.scanning,
-        "bytes_used": st.bytes,
-        "cap_bytes": st.cap_bytes,
-        "blocks": st.files,
-        "hits": st.read_hits,
-        "misses": st.misses(),
-        "hit_rate": st.hit_rate(),
-        "writes": st.writes,
-        "writes_dropped": st.dropped,
-        "write_errors": st.write_errors,
-        "read_errors": st.read_failures - st.read_timeouts,
-        "read_timeouts": st.read_timeouts,
-        "corrupt_dropped": st.checksum_failures,
-        "evictions": st.evictions,
-        "errors": st.errors(),
-        "last_error": ssd.last_error(),
-    })
-}
-
-/// The RAM tier of every loaded model, with totals.
-fn ram_cache(r: &Registry) -> Value {
-    let mut models = serde_json::Map::new();
-    let (mut used, mut free, mut bytes, mut hit_tokens, mut queries, mut hits) = (0, 0, 0, 0, 0, 0);
-    for m in r.loaded_statuses() {
-        if let Some(p) = m.prefix_cache {
-            used += p.blocks_used;
-            free += p.blocks_free;
-            bytes += p.bytes;
-            hit_tokens += p.hit_tokens_ram + p.hit_tokens_ssd;
-            queries += p.queries;
-            hits += p.hits;
-            models.insert(m.id, json!(p));
-        }
-    }
-    json!({
-        "blocks_used": used,
-        "blocks_free": free,
-        "bytes": bytes,
-        "queries": queries,
-        "hits": hits,
-        "hit_tokens": hit_tokens,
-        "models": models,
-    })
-}
-
-/// `status.device` (wuwei_api::DeviceStatus).
-fn device_status(weights: crate::model::WeightsMode) -> Value {
+/// `status.device`: what the models run on.
+fn device_status(weights: crate::model::WeightsMode) -> DeviceStatus {
     let d = crate::device::info();
-    json!({
-        "backend": d.backend,
-        "name": d.name,
-        "memory_bytes": d.memory_bytes,
-        "activations": crate::device::activations(),
-        "weights": weights,
-    })
+    DeviceStatus {
+        backend: wire_name(d.backend),
+        name: d.name.clone(),
+        memory_bytes: d.memory_bytes,
+        activations: wire_name(crate::device::activations()),
+        weights: wire_name(weights),
+    }
 }
 
-async fn status(State(s): State<AdminState>) -> Json<Value> {
+async fn status(State(s): State<AdminState>) -> Json<Status> {
     let r = &s.registry;
     let sys = memory::system_memory();
     let mlx = memory::mlx_memory();
@@ -176,83 +103,87 @@ async fn status(State(s): State<AdminState>) -> Json<Value> {
         .iter()
         .map(|m| m.weights_bytes + m.kv_reserved_bytes)
         .sum();
-    let settings = r.settings_snapshot();
-    let threshold: memory::Amount = settings["memory_pressure_threshold"]
-        .as_str()
-        .and_then(|t| t.parse().ok())
-        .unwrap_or(memory::Amount::Bytes(0));
-    Json(json!({
-        "serving": r.serving(),
-        "state": if r.serving() { "serving" } else { "stopped" },
-        "version": env!("CARGO_PKG_VERSION"),
-        "host": &*s.host,
-        "port": s.port,
-        "uptime_secs": r.uptime().as_secs_f64(),
+    let serving = r.serving();
+    Json(Status {
+        serving,
+        state: if serving { "serving" } else { "stopped" }.into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        host: s.host.to_string(),
+        port: s.port,
+        uptime_secs: r.uptime().as_secs_f64(),
         // Which daemon answers: a client that sees the pid change knows the daemon restarted
         // (event `seq` numbers start again at 1).
-        "pid": std::process::id(),
-        "models_dirs": r.model_dirs(),
-        "device": device_status(r.weights_mode()),
-        "memory": {
-            "system": {
-                "total_bytes": sys.total,
-                "used_bytes": sys.used,
-                "available_bytes": sys.available,
+        pid: std::process::id(),
+        models_dirs: r
+            .model_dirs()
+            .iter()
+            .map(|d| d.to_string_lossy().into_owned())
+            .collect(),
+        device: device_status(r.weights_mode()),
+        memory: Memory {
+            system: SystemMemory {
+                total_bytes: sys.total,
+                used_bytes: sys.used,
+                available_bytes: sys.available,
                 // Not reported by the OS interface we use; the app reads it natively on macOS.
-                "wired_bytes": null,
+                wired_bytes: None,
             },
-            "mlx": {
-                "active_bytes": mlx.active,
-                "cache_bytes": mlx.cache,
-                "peak_bytes": mlx.peak,
+            mlx: MlxMemory {
+                active_bytes: mlx.active,
+                cache_bytes: mlx.cache,
+                peak_bytes: mlx.peak,
             },
-            "budget_bytes": r.budget(),
-            "counted_bytes": counted,
-            "pressure_threshold_bytes": threshold.of(sys.total),
+            budget_bytes: r.budget(),
+            counted_bytes: counted,
+            pressure_threshold_bytes: r.pressure_threshold().of(sys.total),
         },
-        "default_model": r.default_model(),
-        "loaded": loaded,
-        "ssd_cache": ssd_cache(r),
-    }))
+        default_model: r.default_model(),
+        loaded,
+        ssd_cache: r.ssd_cache_status(),
+    })
 }
 
-async fn models(State(s): State<AdminState>) -> Json<Value> {
-    Json(json!({ "models": s.registry.model_statuses() }))
+async fn models(State(s): State<AdminState>) -> Json<ModelList> {
+    Json(ModelList {
+        models: s.registry.model_statuses(),
+    })
 }
 
-fn model_status(r: &Registry, id: &str) -> Value {
-    r.model_statuses()
-        .into_iter()
-        .find(|m| m.id == id)
-        .map_or(Value::Null, |m| json!(m))
+fn model_status(r: &Registry, id: &str) -> Option<ModelStatus> {
+    r.model_statuses().into_iter().find(|m| m.id == id)
+}
+
+/// `{"ok": true, "model": …}` after an action on `id`.
+fn model_answer(r: &Registry, id: &str, unloaded: Option<bool>) -> Json<ModelAnswer> {
+    Json(ModelAnswer {
+        ok: true,
+        unloaded,
+        model: model_status(r, id),
+    })
 }
 
 async fn load(
     State(s): State<AdminState>,
     ApiJson(body): ApiJson<ModelBody>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<ModelAnswer>, ApiError> {
     let id = checked(&body)?;
     s.registry.load(id).await?;
-    Ok(Json(
-        json!({"ok": true, "model": model_status(&s.registry, id)}),
-    ))
+    Ok(model_answer(&s.registry, id, None))
 }
 
 async fn unload(
     State(s): State<AdminState>,
     ApiJson(body): ApiJson<ModelBody>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<ModelAnswer>, ApiError> {
     let id = checked(&body)?;
     let unloaded = s.registry.unload(id).await?;
-    Ok(Json(
-        json!({"ok": true, "unloaded": unloaded, "model": model_status(&s.registry, id)}),
-    ))
+    Ok(model_answer(&s.registry, id, Some(unloaded)))
 }
 
 async fn pin(
     State(s): State<AdminState>,
     ApiJson(body): ApiJson<ModelBody>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<ModelAnswer>, ApiError> {
     let id = checked(&body)?;
     let newly = s.registry.pin(id, true)?;
     // Pinned models are kept loaded: load it now. A pin whose model cannot load (507, a broken
@@ -263,67 +194,91 @@ async fn pin(
         }
         return Err(e.into());
     }
-    Ok(Json(
-        json!({"ok": true, "model": model_status(&s.registry, id)}),
-    ))
+    Ok(model_answer(&s.registry, id, None))
 }
 
 async fn unpin(
     State(s): State<AdminState>,
     ApiJson(body): ApiJson<ModelBody>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<ModelAnswer>, ApiError> {
     let id = checked(&body)?;
     s.registry.pin(id, false)?;
-    Ok(Json(
-        json!({"ok": true, "model": model_status(&s.registry, id)}),
-    ))
+    Ok(model_answer(&s.registry, id, None))
 }
 
 async fn set_default(
     State(s): State<AdminState>,
     ApiJson(body): ApiJson<ModelBody>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<DefaultAnswer>, ApiError> {
     let id = checked(&body)?;
     s.registry.set_default(id)?;
-    Ok(Json(json!({"ok": true, "default_model": id})))
+    Ok(Json(DefaultAnswer {
+        ok: true,
+        default_model: id.into(),
+    }))
 }
 
-async fn rescan(State(s): State<AdminState>) -> Json<Value> {
-    let changed = s.registry.rescan();
-    Json(json!({"ok": true, "changed": changed}))
+async fn rescan(State(s): State<AdminState>) -> Json<ChangedAnswer> {
+    Json(ChangedAnswer {
+        ok: true,
+        changed: s.registry.rescan(),
+        ssd_cache: None,
+    })
 }
 
-async fn serving(State(s): State<AdminState>) -> Json<Value> {
-    Json(json!({"serving": s.registry.serving()}))
+async fn serving(State(s): State<AdminState>) -> Json<ServingAnswer> {
+    Json(ServingAnswer {
+        ok: None,
+        serving: s.registry.serving(),
+    })
 }
 
-async fn start(State(s): State<AdminState>) -> Json<Value> {
+async fn start(State(s): State<AdminState>) -> Json<ServingAnswer> {
     s.registry.set_serving(true);
-    Json(json!({"ok": true, "serving": true}))
+    Json(ServingAnswer {
+        ok: Some(true),
+        serving: true,
+    })
 }
 
-async fn stop(State(s): State<AdminState>) -> Json<Value> {
+async fn stop(State(s): State<AdminState>) -> Json<ServingAnswer> {
     s.registry.set_serving(false);
-    Json(json!({"ok": true, "serving": false}))
+    Json(ServingAnswer {
+        ok: Some(true),
+        serving: false,
+    })
 }
 
 /// Ends the daemon the way SIGTERM does: no new connections, running streams get
 /// `shutdown_grace_secs`, exit 0 (which a launchd login item does not restart). For the
 /// menu-bar app's "Quit and stop the daemon" when the daemon is not its child.
-async fn shutdown(State(s): State<AdminState>) -> (StatusCode, Json<Value>) {
+async fn shutdown(State(s): State<AdminState>) -> (StatusCode, Json<ShutdownAnswer>) {
     tracing::info!("shutdown asked through the admin API");
     // notify_one keeps the request if the server is not waiting yet.
     s.stop.notify_one();
     (
         StatusCode::ACCEPTED,
-        Json(json!({"ok": true, "stopping": true, "grace_secs": s.grace_secs})),
+        Json(ShutdownAnswer {
+            ok: true,
+            stopping: true,
+            grace_secs: s.grace_secs,
+        }),
     )
 }
 
-async fn cache(State(s): State<AdminState>) -> Json<Value> {
-    let mut v = ssd_cache(&s.registry);
-    v["ram"] = ram_cache(&s.registry);
-    Json(v)
+async fn cache(State(s): State<AdminState>) -> Json<CacheState> {
+    Json(CacheState {
+        ssd: s.registry.ssd_cache_status(),
+        ram: s.registry.ram_cache_status(),
+    })
+}
+
+/// The 409 of `POST /cache {"enabled": true}` without an SSD tier: the error, and the tier.
+#[derive(Serialize)]
+struct Unavailable {
+    #[serde(flatten)]
+    error: serde_json::Value,
+    ssd_cache: SsdCache,
 }
 
 #[derive(Debug, Deserialize)]
@@ -337,30 +292,40 @@ struct CacheBody {
 /// the config file is never rewritten behind the user's back.
 async fn set_cache(State(s): State<AdminState>, ApiJson(body): ApiJson<CacheBody>) -> Response {
     let r = &s.registry;
+    let answer = |changed, state| {
+        Json(ChangedAnswer {
+            ok: true,
+            changed,
+            ssd_cache: Some(state),
+        })
+        .into_response()
+    };
     let Some(ssd) = r.ssd_cache() else {
         if !body.enabled {
-            return Json(json!({"ok": true, "changed": false, "ssd_cache": ssd_cache(r)}))
-                .into_response();
+            return answer(false, r.ssd_cache_status());
         }
-        let mut err = ApiError::new(
+        let error = ApiError::new(
             StatusCode::CONFLICT,
             "invalid_request_error",
             "the SSD cache is not available: no cache folder is configured or prefix caching is off (kv_cache)",
         )
         .with_code("ssd_cache_unavailable")
         .body();
-        err["ssd_cache"] = ssd_cache(r);
-        return (StatusCode::CONFLICT, Json(err)).into_response();
+        let body = Unavailable {
+            error,
+            ssd_cache: r.ssd_cache_status(),
+        };
+        return (StatusCode::CONFLICT, Json(body)).into_response();
     };
     let changed = ssd.set_enabled(body.enabled);
-    let state = ssd_cache(r);
+    let state = r.ssd_cache_status();
     if changed {
-        r.emit(
-            "cache_toggled",
-            json!({"enabled": body.enabled, "ssd_cache": state.clone()}),
-        );
+        r.emit(EventKind::CacheToggled {
+            enabled: Some(body.enabled),
+            ssd_cache: Some(state.clone()),
+        });
     }
-    Json(json!({"ok": true, "changed": changed, "ssd_cache": state})).into_response()
+    answer(changed, state)
 }
 
 /// How often `cache_stats` events may go out.
@@ -370,27 +335,30 @@ const CACHE_STATS_INTERVAL: Duration = Duration::from_secs(1);
 /// at most once per second, so that gauges follow the event stream without polling. Not kept
 /// in the replay history (it would crowd out the events that matter).
 pub async fn publish_cache_stats(registry: Arc<Registry>) {
-    let mut last = Value::Null;
+    let mut last = None;
     let mut tick = tokio::time::interval(CACHE_STATS_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let now = json!({"ssd_cache": ssd_cache(&registry), "ram": ram_cache(&registry)});
-        if now != last {
-            registry.emit_live("cache_stats", now.clone());
-            last = now;
+        let now = (registry.ssd_cache_status(), registry.ram_cache_status());
+        if last.as_ref() != Some(&now) {
+            registry.emit_live(EventKind::CacheStats {
+                ssd_cache: Some(now.0.clone()),
+                ram: Some(now.1.clone()),
+            });
+            last = Some(now);
         }
     }
 }
 
-async fn settings(State(s): State<AdminState>) -> Json<Value> {
+async fn settings(State(s): State<AdminState>) -> Json<Settings> {
     Json(s.registry.settings_snapshot())
 }
 
 async fn update_settings(
     State(s): State<AdminState>,
     ApiJson(change): ApiJson<RuntimeSettings>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Settings>, ApiError> {
     Ok(Json(s.registry.update_settings(change)?))
 }
 
@@ -400,21 +368,27 @@ struct EventsQuery {
     since: Option<u64>,
 }
 
-fn event_frame(event: &Value) -> Bytes {
-    let kind = event["type"].as_str().unwrap_or("message");
-    let seq = event["seq"].as_u64().unwrap_or(0);
-    Bytes::from(format!("id: {seq}\nevent: {kind}\ndata: {event}\n\n"))
+/// `id: <seq>`, `event: <type>`, `data: <event>` (`time` left out of the stream's own
+/// `lagged` notice, which no clock stamped).
+fn event_frame(seq: u64, time: Option<u64>, kind: &EventKind) -> Bytes {
+    let data = event_json(seq, time, kind);
+    let name = kind.name();
+    Bytes::from(format!("id: {seq}\nevent: {name}\ndata: {data}\n\n"))
+}
+
+fn stamped_frame(event: &Event) -> Bytes {
+    event_frame(event.seq, Some(event.time), &event.kind)
 }
 
 async fn events(State(s): State<AdminState>, Query(q): Query<EventsQuery>) -> Response {
     let (past, rx) = s.registry.subscribe(q.since);
-    let replay = futures_util::stream::iter(past.iter().map(event_frame).collect::<Vec<_>>());
+    let replay = futures_util::stream::iter(past.iter().map(stamped_frame).collect::<Vec<_>>());
     let live = futures_util::stream::unfold(rx, |mut rx| async move {
         let frame = match tokio::time::timeout(Duration::from_secs(15), rx.recv()).await {
             Err(_) => keep_alive_frame(),
-            Ok(Ok(event)) => event_frame(&event),
-            Ok(Err(broadcast::error::RecvError::Lagged(n))) => {
-                event_frame(&json!({"type": "lagged", "seq": 0, "missed": n}))
+            Ok(Ok(event)) => stamped_frame(&event),
+            Ok(Err(broadcast::error::RecvError::Lagged(missed))) => {
+                event_frame(0, None, &EventKind::Lagged { missed })
             }
             Ok(Err(broadcast::error::RecvError::Closed)) => return None,
         };

@@ -3,9 +3,12 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
 
+use serde::de::value::StrDeserializer;
 use serde::{Deserialize, Serialize};
 
+use crate::kv::{self, ssd, KvConfig};
 use crate::memory::Amount;
 
 /// The port the daemon listens on unless told otherwise (chosen to stay clear of the ports
@@ -103,6 +106,8 @@ pub struct Config {
     pub kv_reserve_tokens: usize,
     /// Whether to watch the models folders for models added, removed or renamed.
     pub watch_models: bool,
+    /// How often the monitor looks at available memory and idle TTLs, in milliseconds.
+    pub monitor_interval_ms: u64,
     /// Per-model settings, `[models."org/name"]` in the file.
     #[serde(rename = "models")]
     pub per_model: BTreeMap<String, ModelSettings>,
@@ -125,7 +130,7 @@ pub struct ModelSettings {
     pub idle_ttl_secs: Option<i64>,
     /// How the model writes tool calls (`hermes`, `llama3`, `qwen3_coder`, `minimax`, `glm45`,
     /// `harmony`, `none`), when the choice made from its chat template and config is wrong.
-    pub tool_parser: Option<crate::output_parser::ToolParser>,
+    pub tool_parser: Option<crate::text::output_parser::ToolParser>,
 }
 
 impl Default for Config {
@@ -153,9 +158,10 @@ impl Default for Config {
             idle_ttl_secs: -1,
             kv_reserve_tokens: 0,
             watch_models: true,
+            monitor_interval_ms: 500,
             per_model: BTreeMap::new(),
             kv_cache: true,
-            kv_block_size: crate::kv::DEFAULT_BLOCK_SIZE,
+            kv_block_size: kv::DEFAULT_BLOCK_SIZE,
             kv_ram_bytes: None,
             kv_ssd: true,
             kv_ssd_dir: None,
@@ -285,117 +291,50 @@ impl Config {
         toml::from_str(text).map_err(|e| e.to_string())
     }
 
+    /// The `WUWEI_*` variables, each named once with the field it sets.
     fn apply_env(&mut self, env: &impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
-        fn parse<T: std::str::FromStr>(var: &str, value: String) -> Result<T, ConfigError>
-        where
-            T::Err: std::fmt::Display,
-        {
-            value.trim().parse().map_err(|e: T::Err| ConfigError::Env {
-                var: var.to_string(),
-                value: value.clone(),
-                message: e.to_string(),
-            })
-        }
-        let get = |name: &str| env(name).filter(|v| !v.is_empty());
-
-        if let Some(v) = get("WUWEI_HOST") {
-            self.host = v;
-        }
-        if let Some(v) = get("WUWEI_PORT") {
-            self.port = parse("WUWEI_PORT", v)?;
-        }
-        if let Some(v) = get("WUWEI_MODELS") {
-            self.models_dirs = std::env::split_paths(&v)
+        let var = EnvVars(env);
+        var.text("WUWEI_HOST", &mut self.host);
+        var.parse("WUWEI_PORT", &mut self.port)?;
+        var.with("WUWEI_MODELS", &mut self.models_dirs, |v| {
+            Ok(std::env::split_paths(v)
                 .filter(|p| !p.as_os_str().is_empty())
-                .collect();
-        }
-        if let Some(v) = get("WUWEI_API_KEY") {
-            self.api_key = Some(v);
-        }
-        if let Some(v) = get("WUWEI_ALLOWED_ORIGINS") {
-            self.allowed_origins = comma_list(&v);
-        }
-        if let Some(v) = get("WUWEI_DEFAULT_MODEL") {
-            self.default_model = Some(v);
-        }
-        if let Some(v) = get("WUWEI_MAX_RUNNING") {
-            self.max_running = parse("WUWEI_MAX_RUNNING", v)?;
-        }
-        if let Some(v) = get("WUWEI_MAX_QUEUE") {
-            self.max_queue = parse("WUWEI_MAX_QUEUE", v)?;
-        }
-        if let Some(v) = get("WUWEI_MAX_BODY_BYTES") {
-            self.max_body_bytes = parse("WUWEI_MAX_BODY_BYTES", v)?;
-        }
-        if let Some(v) = get("WUWEI_LOG") {
-            self.log_level = v;
-        }
-        let amount = |var: &str, v: String| -> Result<Amount, ConfigError> {
-            v.parse().map_err(|message| ConfigError::Env {
-                var: var.into(),
-                value: v.clone(),
-                message,
-            })
-        };
-        if let Some(v) = get("WUWEI_MEMORY_BUDGET") {
-            self.memory_budget = Some(amount("WUWEI_MEMORY_BUDGET", v)?);
-        }
-        if let Some(v) = get("WUWEI_MEMORY_RESERVE") {
-            self.memory_reserve = amount("WUWEI_MEMORY_RESERVE", v)?;
-        }
-        if let Some(v) = get("WUWEI_PRESSURE_THRESHOLD") {
-            self.memory_pressure_threshold = amount("WUWEI_PRESSURE_THRESHOLD", v)?;
-        }
-        if let Some(v) = get("WUWEI_PINNED") {
-            self.pinned = comma_list(&v);
-        }
-        if let Some(v) = get("WUWEI_IDLE_TTL") {
-            self.idle_ttl_secs = parse("WUWEI_IDLE_TTL", v)?;
-        }
-        if let Some(v) = get("WUWEI_KV_RESERVE_TOKENS") {
-            self.kv_reserve_tokens = parse("WUWEI_KV_RESERVE_TOKENS", v)?;
-        }
-        if let Some(v) = get("WUWEI_WATCH_MODELS") {
-            self.watch_models = parse("WUWEI_WATCH_MODELS", v)?;
-        }
-        if let Some(v) = get("WUWEI_WEIGHTS") {
-            self.weights = match v.as_str() {
-                "auto" => crate::model::WeightsMode::Auto,
-                "native" => crate::model::WeightsMode::Native,
-                "dequantized" => crate::model::WeightsMode::Dequantized,
-                _ => {
-                    return Err(ConfigError::Env {
-                        var: "WUWEI_WEIGHTS".into(),
-                        message: "expected `auto`, `native` or `dequantized`".into(),
-                        value: v,
-                    })
-                }
-            };
-        }
-        if let Some(v) = get("WUWEI_ACTIVATIONS") {
-            self.activations = parse("WUWEI_ACTIVATIONS", v)?;
-        }
-        if let Some(v) = get("WUWEI_KV_CACHE") {
-            self.kv_cache = parse_bool("WUWEI_KV_CACHE", v)?;
-        }
-        if let Some(v) = get("WUWEI_KV_BLOCK_SIZE") {
-            self.kv_block_size = parse("WUWEI_KV_BLOCK_SIZE", v)?;
-        }
-        if let Some(v) = get("WUWEI_KV_RAM_BYTES") {
-            self.kv_ram_bytes = Some(parse("WUWEI_KV_RAM_BYTES", v)?);
-        }
-        if let Some(v) = get("WUWEI_KV_SSD") {
-            self.kv_ssd = parse_bool("WUWEI_KV_SSD", v)?;
-        }
-        if let Some(v) = get("WUWEI_KV_SSD_DIR") {
-            self.kv_ssd_dir = Some(PathBuf::from(v));
-        }
-        if let Some(v) = get("WUWEI_KV_SSD_MAX_BYTES") {
-            self.kv_ssd_max_bytes = Some(parse("WUWEI_KV_SSD_MAX_BYTES", v)?);
-        }
-        if let Some(v) = get("WUWEI_KV_SSD_READ_TIMEOUT_MS") {
-            self.kv_ssd_read_timeout_ms = parse("WUWEI_KV_SSD_READ_TIMEOUT_MS", v)?;
-        }
+                .collect())
+        })?;
+        var.some_text("WUWEI_API_KEY", &mut self.api_key);
+        var.with("WUWEI_ALLOWED_ORIGINS", &mut self.allowed_origins, |v| {
+            Ok(comma_list(v))
+        })?;
+        var.some_text("WUWEI_DEFAULT_MODEL", &mut self.default_model);
+        var.parse("WUWEI_MAX_RUNNING", &mut self.max_running)?;
+        var.parse("WUWEI_MAX_QUEUE", &mut self.max_queue)?;
+        var.parse("WUWEI_MAX_BODY_BYTES", &mut self.max_body_bytes)?;
+        var.text("WUWEI_LOG", &mut self.log_level);
+        var.some("WUWEI_MEMORY_BUDGET", &mut self.memory_budget)?;
+        var.parse("WUWEI_MEMORY_RESERVE", &mut self.memory_reserve)?;
+        var.parse(
+            "WUWEI_PRESSURE_THRESHOLD",
+            &mut self.memory_pressure_threshold,
+        )?;
+        var.with("WUWEI_PINNED", &mut self.pinned, |v| Ok(comma_list(v)))?;
+        var.parse("WUWEI_IDLE_TTL", &mut self.idle_ttl_secs)?;
+        var.parse("WUWEI_KV_RESERVE_TOKENS", &mut self.kv_reserve_tokens)?;
+        var.parse("WUWEI_WATCH_MODELS", &mut self.watch_models)?;
+        var.named("WUWEI_WEIGHTS", &mut self.weights)?;
+        var.parse("WUWEI_ACTIVATIONS", &mut self.activations)?;
+        var.with("WUWEI_KV_CACHE", &mut self.kv_cache, parse_bool)?;
+        var.parse("WUWEI_KV_BLOCK_SIZE", &mut self.kv_block_size)?;
+        var.some("WUWEI_KV_RAM_BYTES", &mut self.kv_ram_bytes)?;
+        var.with("WUWEI_KV_SSD", &mut self.kv_ssd, parse_bool)?;
+        var.with("WUWEI_KV_SSD_DIR", &mut self.kv_ssd_dir, |v| {
+            Ok(Some(PathBuf::from(v)))
+        })?;
+        var.some("WUWEI_KV_SSD_MAX_BYTES", &mut self.kv_ssd_max_bytes)?;
+        var.parse(
+            "WUWEI_KV_SSD_READ_TIMEOUT_MS",
+            &mut self.kv_ssd_read_timeout_ms,
+        )?;
+        var.parse("WUWEI_MONITOR_INTERVAL_MS", &mut self.monitor_interval_ms)?;
         Ok(())
     }
 
@@ -469,6 +408,32 @@ impl Config {
         Ok(())
     }
 
+    /// The prefix-cache settings, opening the SSD tier when it has a folder. The store is
+    /// shared by every model; the admin API toggles it through `KvConfig::ssd`.
+    pub fn kv_config(&self) -> KvConfig {
+        let ssd = self
+            .kv_ssd_dir
+            .clone()
+            .or_else(ssd::default_dir)
+            .map(|dir| {
+                let mut c = ssd::SsdConfig::new(dir);
+                c.enabled = self.kv_ssd;
+                c.max_bytes = self.kv_ssd_max_bytes;
+                c.read_timeout = std::time::Duration::from_millis(self.kv_ssd_read_timeout_ms);
+                ssd::SsdStore::open(c)
+            });
+        KvConfig {
+            enabled: self.kv_cache,
+            block_size: self.kv_block_size,
+            ram_bytes: self
+                .kv_ram_bytes
+                .map_or_else(kv::default_ram_bytes, |b| b as usize),
+            ssd,
+            model_path: None,
+            weights_mode: format!("{:?}", self.weights),
+        }
+    }
+
     /// The model an alias pattern maps `requested` to, if any. Exact keys win over patterns;
     /// among patterns, the longest (most specific) wins.
     pub fn resolve_alias(&self, requested: &str) -> Option<&str> {
@@ -486,15 +451,78 @@ fn comma_list(value: &str) -> Vec<String> {
         .collect()
 }
 
-fn parse_bool(var: &str, value: String) -> Result<bool, ConfigError> {
+/// A switch: true/false, 1/0, on/off, yes/no.
+fn parse_bool(value: &str) -> Result<bool, String> {
     match value.trim().to_ascii_lowercase().as_str() {
         "1" | "true" | "on" | "yes" => Ok(true),
         "0" | "false" | "off" | "no" => Ok(false),
-        _ => Err(ConfigError::Env {
+        _ => Err("expected true/false (or 1/0, on/off)".to_string()),
+    }
+}
+
+/// The environment as `apply_env` reads it: a variable that is unset or empty leaves its
+/// field alone; one that does not parse is an error naming it and its value.
+struct EnvVars<'a, F>(&'a F);
+
+impl<F: Fn(&str) -> Option<String>> EnvVars<'_, F> {
+    /// Sets `field` from `var` through `parse`.
+    fn with<T>(
+        &self,
+        var: &str,
+        field: &mut T,
+        parse: impl FnOnce(&str) -> Result<T, String>,
+    ) -> Result<(), ConfigError> {
+        let Some(value) = (self.0)(var).filter(|v| !v.is_empty()) else {
+            return Ok(());
+        };
+        *field = parse(&value).map_err(|message| ConfigError::Env {
             var: var.to_string(),
-            value,
-            message: "expected true/false (or 1/0, on/off)".to_string(),
-        }),
+            value: value.clone(),
+            message,
+        })?;
+        Ok(())
+    }
+
+    fn text(&self, var: &str, field: &mut String) {
+        let _ = self.with(var, field, |v| Ok(v.to_string()));
+    }
+
+    fn some_text(&self, var: &str, field: &mut Option<String>) {
+        let _ = self.with(var, field, |v| Ok(Some(v.to_string())));
+    }
+
+    /// Through `FromStr`, trimmed.
+    fn parse<T: FromStr>(&self, var: &str, field: &mut T) -> Result<(), ConfigError>
+    where
+        T::Err: std::fmt::Display,
+    {
+        self.with(var, field, |v| {
+            v.trim().parse().map_err(|e: T::Err| e.to_string())
+        })
+    }
+
+    fn some<T: FromStr>(&self, var: &str, field: &mut Option<T>) -> Result<(), ConfigError>
+    where
+        T::Err: std::fmt::Display,
+    {
+        self.with(var, field, |v| {
+            v.trim()
+                .parse()
+                .map(Some)
+                .map_err(|e: T::Err| e.to_string())
+        })
+    }
+
+    /// By the name the config file uses (the type's `Deserialize`), e.g. `native`.
+    fn named<T: serde::de::DeserializeOwned>(
+        &self,
+        var: &str,
+        field: &mut T,
+    ) -> Result<(), ConfigError> {
+        self.with(var, field, |v| {
+            T::deserialize(StrDeserializer::<serde::de::value::Error>::new(v.trim()))
+                .map_err(|e| e.to_string())
+        })
     }
 }
 
@@ -778,7 +806,7 @@ tool_parser = "qwen3_coder"
         assert!(Config::from_toml("memory_budget = \"lots\"").is_err());
         assert_eq!(
             m.tool_parser,
-            Some(crate::output_parser::ToolParser::Qwen3Coder)
+            Some(crate::text::output_parser::ToolParser::Qwen3Coder)
         );
         assert!(Config::from_toml("[models.x]\nbogus = 1")
             .unwrap_err()
@@ -802,6 +830,30 @@ tool_parser = "qwen3_coder"
         )
         .unwrap_err();
         assert!(err.to_string().contains("WUWEI_MEMORY_RESERVE"), "{err}");
+    }
+
+    #[test]
+    fn weights_by_name_and_the_monitor_interval_from_env() {
+        let env = env_of(&[
+            ("WUWEI_WEIGHTS", "dequantized"),
+            ("WUWEI_MONITOR_INTERVAL_MS", "250"),
+            ("WUWEI_KV_SSD", "off"),
+        ]);
+        let cfg = Config::resolve(&ServeArgs::default(), env, None).unwrap();
+        assert_eq!(cfg.weights, crate::model::WeightsMode::Dequantized);
+        assert_eq!(cfg.monitor_interval_ms, 250);
+        assert!(!cfg.kv_ssd);
+        for (var, bad) in [
+            ("WUWEI_WEIGHTS", "fast"),
+            ("WUWEI_MONITOR_INTERVAL_MS", "soon"),
+            ("WUWEI_KV_SSD", "maybe"),
+        ] {
+            let err = Config::resolve(&ServeArgs::default(), env_of(&[(var, bad)]), None)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(var) && err.contains(bad), "{err}");
+        }
+        assert_eq!(Config::default().monitor_interval_ms, 500);
     }
 
     #[test]

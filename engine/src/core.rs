@@ -122,6 +122,57 @@ impl SamplingParams {
     }
 }
 
+/// Sampling as a request asks for it: a setting the request leaves out is `None`, and falls
+/// to the model's default (its `[models."id"]` settings), then to the API's (`resolve`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SamplingRequest {
+    pub temperature: Option<f32>,
+    pub top_p: Option<f32>,
+    /// `Some(0)` disables top-k.
+    pub top_k: Option<usize>,
+    pub min_p: Option<f32>,
+    pub repetition_penalty: Option<f32>,
+    pub presence_penalty: Option<f32>,
+    pub frequency_penalty: Option<f32>,
+    pub seed: Option<u64>,
+}
+
+impl SamplingRequest {
+    /// The sampling the engine runs: each setting as the request gives it, else as
+    /// `defaults` (the model's) gives it, else the API default.
+    pub fn resolve(&self, defaults: &SamplingRequest) -> SamplingParams {
+        let mut p = SamplingParams::default();
+        let pick = |asked: Option<f32>, model: Option<f32>, api: &mut f32| {
+            if let Some(v) = asked.or(model) {
+                *api = v;
+            }
+        };
+        pick(self.temperature, defaults.temperature, &mut p.temperature);
+        pick(self.top_p, defaults.top_p, &mut p.top_p);
+        pick(self.min_p, defaults.min_p, &mut p.min_p);
+        pick(
+            self.repetition_penalty,
+            defaults.repetition_penalty,
+            &mut p.repetition_penalty,
+        );
+        pick(
+            self.presence_penalty,
+            defaults.presence_penalty,
+            &mut p.presence_penalty,
+        );
+        pick(
+            self.frequency_penalty,
+            defaults.frequency_penalty,
+            &mut p.frequency_penalty,
+        );
+        if let Some(k) = self.top_k.or(defaults.top_k) {
+            p.top_k = k;
+        }
+        p.seed = self.seed.or(defaults.seed);
+        p
+    }
+}
+
 /// The one request type every API is translated into.
 #[derive(Debug, Clone, PartialEq)]
 pub struct GenerateRequest {
@@ -130,7 +181,7 @@ pub struct GenerateRequest {
     /// The model as the client named it (`None`: the default model). Aliases resolve in the backend.
     pub model: Option<String>,
     pub prompt: Prompt,
-    pub sampling: SamplingParams,
+    pub sampling: SamplingRequest,
     /// `None`: up to the end of the context. Larger than the remaining context: clamped.
     pub max_tokens: Option<usize>,
     pub stop: Vec<String>,

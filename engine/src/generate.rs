@@ -12,8 +12,8 @@ use serde_json::{json, Map};
 use crate::core::{Event, SamplingParams};
 use crate::loader;
 use crate::model::WeightsMode;
-use crate::output_parser::ParserConfig;
 use crate::scheduler::{Engine, EngineStats, SchedulerConfig, SeqRequest, EVENT_CHANNEL_CAPACITY};
+use crate::text::output_parser::ParserConfig;
 
 #[derive(Debug, clap::Args)]
 pub struct GenerateArgs {

@@ -11,7 +11,7 @@ use crate::model::{
     build_model, compute_dtype, load_model_dir, materialize, weights::cast_floats, LanguageModel,
     ModelError, Quantization, Tensors, WeightsMode,
 };
-use crate::tokenizer::Tokenizer;
+use crate::text::tokenizer::Tokenizer;
 
 /// A model ready to serve.
 pub struct Loaded {
@@ -32,7 +32,7 @@ pub enum LoadError {
     Tokenizer {
         path: String,
         #[source]
-        source: crate::tokenizer::TokenizerError,
+        source: crate::text::tokenizer::TokenizerError,
     },
 }
 

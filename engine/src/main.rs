@@ -153,11 +153,7 @@ fn serve(args: wuwei::config::ServeArgs) -> anyhow::Result<()> {
         .or_insert_with(|| "default".into());
     wuwei::device::set_activations(cfg.activations);
     log_device(cfg.weights);
-    let monitor_ms = std::env::var("WUWEI_MONITOR_INTERVAL_MS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(500);
-    let kv = wuwei::kv::KvConfig::from_config(&cfg);
+    let kv = cfg.kv_config();
     let ssd = kv.ssd.clone();
     let registry = wuwei::registry::Registry::new(wuwei::registry::RegistryConfig {
         model_dirs: cfg.models_dirs.clone(),
@@ -179,7 +175,7 @@ fn serve(args: wuwei::config::ServeArgs) -> anyhow::Result<()> {
         idle_ttl_secs: cfg.idle_ttl_secs,
         kv_reserve_tokens: cfg.kv_reserve_tokens,
         per_model: cfg.per_model.clone(),
-        monitor_interval: std::time::Duration::from_millis(monitor_ms),
+        monitor_interval: std::time::Duration::from_millis(cfg.monitor_interval_ms),
     });
     let ids = registry.model_ids();
     tracing::info!(dirs = ?cfg.models_dirs, models = ?ids, budget = %wuwei::memory::format_bytes(registry.budget()), "models found");
@@ -225,97 +221,67 @@ fn serve(args: wuwei::config::ServeArgs) -> anyhow::Result<()> {
     unsafe { libc::_exit(code) }
 }
 
-/// `wuwei ls|ps|load|…`: clients of the running daemon's admin API.
+/// `wuwei ls|ps|load|…`: clients of the running daemon's admin API, through the same typed
+/// client the menu-bar app uses.
 mod client {
-    use anyhow::{bail, Context};
-    use serde_json::Value;
+    use wuwei_api::Client;
 
     use super::{ClientArgs, ModelArgs};
     use wuwei::memory::format_bytes;
 
-    fn target(args: &ClientArgs) -> anyhow::Result<(String, Option<String>)> {
+    fn connect(args: &ClientArgs) -> Client {
         let cfg = wuwei::config::Config::load(&wuwei::config::ServeArgs::default()).ok();
         let url = match &args.url {
-            Some(u) => u.trim_end_matches('/').to_string(),
+            Some(u) => u.clone(),
             None => {
                 let port = cfg.as_ref().map_or(wuwei::config::DEFAULT_PORT, |c| c.port);
                 format!("http://127.0.0.1:{port}")
             }
         };
         let key = args.api_key.clone().or_else(|| cfg.and_then(|c| c.api_key));
-        Ok((url, key))
+        Client::new(&url, key)
     }
 
-    fn call(
-        args: &ClientArgs,
-        method: &str,
-        path: &str,
-        body: Option<Value>,
-    ) -> anyhow::Result<Value> {
-        let (url, key) = target(args)?;
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .build()
-            .into();
-        let full = format!("{url}/admin/api{path}");
-        let auth = key.map(|k| format!("Bearer {k}"));
-        let mut response = if method == "GET" {
-            let mut req = agent.get(&full);
-            if let Some(a) = &auth {
-                req = req.header("Authorization", a);
-            }
-            req.call()
+    /// A failure as one line; an unreachable daemon says what to start.
+    fn explain(client: &Client, e: wuwei_api::Error) -> anyhow::Error {
+        if e.is_unreachable() {
+            anyhow::Error::new(e).context(format!(
+                "cannot reach the Wuwei daemon at {} (is `wuwei serve` running?)",
+                client.base_url()
+            ))
         } else {
-            let mut req = agent.post(&full);
-            if let Some(a) = &auth {
-                req = req.header("Authorization", a);
-            }
-            req.send_json(body.unwrap_or(Value::Object(Default::default())))
+            e.into()
         }
-        .with_context(|| {
-            format!("cannot reach the Wuwei daemon at {url} (is `wuwei serve` running?)")
-        })?;
-        let status = response.status();
-        let value: Value = response
-            .body_mut()
-            .read_json()
-            .with_context(|| format!("{full}: the answer is not JSON"))?;
-        if !status.is_success() {
-            let message = value["error"]["message"]
-                .as_str()
-                .unwrap_or("request failed");
-            bail!("{message} (HTTP {})", status.as_u16());
-        }
-        Ok(value)
     }
 
     pub fn ls(args: &ClientArgs) -> anyhow::Result<()> {
-        let v = call(args, "GET", "/models", None)?;
+        let client = connect(args);
+        let models = client.models().map_err(|e| explain(&client, e))?;
         println!(
             "{:<44} {:<11} {:>10} {:>10}  FLAGS",
             "ID", "STATE", "SIZE", "MEMORY"
         );
-        for m in v["models"].as_array().into_iter().flatten() {
+        for m in models {
             let mut flags = Vec::new();
-            if m["default"] == true {
+            if m.default {
                 flags.push("default".to_string());
             }
-            if m["pinned"] == true {
+            if m.pinned {
                 flags.push("pinned".to_string());
             }
-            let mut state = m["state"].as_str().unwrap_or("?").to_string();
-            if let Some(p) = m["progress"].as_f64() {
+            let mut state = m.state.as_str().to_string();
+            if let Some(p) = m.progress {
                 state = format!("{state} {:.0}%", p * 100.0);
             }
-            if let Some(reason) = m["reason"].as_str() {
-                flags.push(reason.to_string());
+            if let Some(reason) = m.reason {
+                flags.push(reason);
             }
             println!(
                 "{:<44} {:<11} {:>10} {:>10}  {}",
-                m["id"].as_str().unwrap_or("?"),
+                m.id,
                 state,
-                format_bytes(m["size_bytes"].as_u64().unwrap_or(0)),
-                format_bytes(m["estimated_memory_bytes"].as_u64().unwrap_or(0)),
+                format_bytes(m.size_bytes),
+                format_bytes(m.estimated_memory_bytes),
                 flags.join(", ")
             );
         }
@@ -323,37 +289,37 @@ mod client {
     }
 
     pub fn ps(args: &ClientArgs) -> anyhow::Result<()> {
-        let v = call(args, "GET", "/status", None)?;
-        let mem = &v["memory"];
-        let b = |x: &Value| format_bytes(x.as_u64().unwrap_or(0));
+        let client = connect(args);
+        let s = client.status().map_err(|e| explain(&client, e))?;
+        let mem = &s.memory;
         println!(
             "{} · budget {} · counted {} · MLX active {} · system available {} of {}",
-            v["state"].as_str().unwrap_or("?"),
-            b(&mem["budget_bytes"]),
-            b(&mem["counted_bytes"]),
-            b(&mem["mlx"]["active_bytes"]),
-            b(&mem["system"]["available_bytes"]),
-            b(&mem["system"]["total_bytes"]),
+            s.state,
+            format_bytes(mem.budget_bytes),
+            format_bytes(mem.counted_bytes),
+            format_bytes(mem.mlx.active_bytes),
+            format_bytes(mem.system.available_bytes),
+            format_bytes(mem.system.total_bytes),
         );
         println!(
             "{:<44} {:>10} {:>10} {:>8} {:>8}  FLAGS",
             "MODEL", "MEMORY", "KV", "RUNNING", "WAITING"
         );
-        for m in v["loaded"].as_array().into_iter().flatten() {
+        for m in &s.loaded {
             let mut flags = Vec::new();
-            if m["pinned"] == true {
+            if m.pinned {
                 flags.push("pinned");
             }
-            if m["unloading"] == true {
+            if m.unloading {
                 flags.push("unloading");
             }
             println!(
                 "{:<44} {:>10} {:>10} {:>8} {:>8}  {}",
-                m["id"].as_str().unwrap_or("?"),
-                b(&m["memory_bytes"]),
-                b(&m["kv_bytes"]),
-                m["running"].as_u64().unwrap_or(0),
-                m["waiting"].as_u64().unwrap_or(0),
+                m.id,
+                format_bytes(m.memory_bytes),
+                format_bytes(m.kv_bytes),
+                m.running,
+                m.waiting,
                 flags.join(", ")
             );
         }
@@ -361,24 +327,23 @@ mod client {
     }
 
     pub fn model_action(args: &ModelArgs, action: &str) -> anyhow::Result<()> {
-        let body = serde_json::json!({"model": args.model});
-        call(
-            &args.client,
-            "POST",
-            &format!("/models/{action}"),
-            Some(body),
-        )?;
-        println!("{action}: {}", args.model);
+        let client = connect(&args.client);
+        let model = args.model.as_str();
+        let done = match action {
+            "load" => client.load(model),
+            "unload" => client.unload(model),
+            "pin" => client.pin(model),
+            "unpin" => client.unpin(model),
+            other => anyhow::bail!("unknown action {other}"),
+        };
+        done.map_err(|e| explain(&client, e))?;
+        println!("{action}: {model}");
         Ok(())
     }
 
     pub fn serving(args: &ClientArgs, on: bool) -> anyhow::Result<()> {
-        let path = if on {
-            "/serving/start"
-        } else {
-            "/serving/stop"
-        };
-        call(args, "POST", path, None)?;
+        let client = connect(args);
+        client.set_serving(on).map_err(|e| explain(&client, e))?;
         println!("{}", if on { "serving" } else { "stopped" });
         Ok(())
     }

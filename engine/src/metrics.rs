@@ -201,27 +201,6 @@ pub fn record_prefix_lookup(model: &str, cached: usize, from_ssd: usize) {
         .increment(from_ssd as u64);
 }
 
-pub fn set_kv_blocks(model: &str, pool: &crate::kv::block_pool::PoolStats) {
-    gauge!(KV_BLOCKS_USED, "model" => model.to_string()).set(pool.blocks as f64);
-    gauge!(KV_BLOCKS_FREE, "model" => model.to_string()).set(pool.free_blocks as f64);
-    counter!(KV_BLOCK_EVICTIONS, "model" => model.to_string()).absolute(pool.evictions);
-}
-
-/// The SSD tier's counters (process-wide, the store keeps the totals).
-pub fn set_ssd_stats(s: &crate::kv::ssd::SsdStats) {
-    counter!(SSD_WRITES).absolute(s.writes);
-    counter!(SSD_WRITE_ERRORS).absolute(s.write_errors);
-    counter!(SSD_DROPS).absolute(s.dropped);
-    counter!(SSD_READ_HITS).absolute(s.read_hits);
-    counter!(SSD_LOOKUPS).absolute(s.lookups);
-    counter!(SSD_READ_FAILURES).absolute(s.read_failures);
-    counter!(SSD_READ_TIMEOUTS).absolute(s.read_timeouts);
-    counter!(SSD_CHECKSUM_FAILURES).absolute(s.checksum_failures);
-    counter!(SSD_EVICTIONS).absolute(s.evictions);
-    gauge!(SSD_BYTES).set(s.bytes as f64);
-    gauge!(SSD_ENABLED).set(if s.enabled { 1.0 } else { 0.0 });
-}
-
 pub fn add_cancellation(model: &str) {
     counter!(CANCELLATIONS, "model" => model.to_string()).increment(1);
 }

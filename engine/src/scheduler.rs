@@ -22,16 +22,16 @@ use mlx_rs::{Array, Dtype};
 use tokio::sync::mpsc;
 
 use crate::core::{Event, FinishReason, SamplingParams, Timings, TokenLogprob, Usage};
-use crate::detokenizer::IncrementalDetokenizer;
+use crate::kv::cache::{DenseKvCache, KvCache};
 use crate::kv::paged::layout_of;
 use crate::kv::prefix::ModelIdentity;
+use crate::kv::slots::SharedSlots;
 use crate::kv::{KvConfig, PrefixCache, PrefixProbe, SeqBlocks};
-use crate::kv_cache::{DenseKvCache, KvCache};
 use crate::metrics;
 use crate::model::{BatchSeq, LanguageModel, Logits};
-use crate::output_parser::{OutputParser, ParserSetup};
-use crate::sampler::{self, Choice, Sampled, Sampler};
-use crate::slot_cache::SharedSlots;
+use crate::text::detokenizer::IncrementalDetokenizer;
+use crate::text::output_parser::{OutputParser, ParserSetup};
+use crate::text::sampler::{self, Choice, Sampled, Sampler};
 
 /// Prompts up to this many tokens run in the engine's slot pool (batched decode attention);
 /// longer ones keep their own KV buffers and attend alone. Every slot of the pool is as long
@@ -39,8 +39,8 @@ use crate::slot_cache::SharedSlots;
 /// short ones would otherwise cost eight long slots), while for long contexts attention's
 /// own work dwarfs the per-sequence overhead that pooling saves.
 const POOLED_PROMPT_MAX: usize = 2048;
-use crate::stop::{StopMatcher, StopOutcome};
-use crate::tokenizer::Tokenizer;
+use crate::text::stop::{StopMatcher, StopOutcome};
+use crate::text::tokenizer::Tokenizer;
 
 /// A tokenized request, ready for the engine thread.
 pub struct SeqRequest {

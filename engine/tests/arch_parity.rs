@@ -13,9 +13,9 @@ use std::process::Command;
 
 use mlx_rs::Array;
 use serde_json::{json, Value};
-use wuwei::kv_cache::{DenseKvCache, KvCache};
+use wuwei::kv::cache::{DenseKvCache, KvCache};
+use wuwei::kv::slots::SharedSlots;
 use wuwei::model::{load_model_dir, BatchSeq, LanguageModel, Logits, WeightsMode};
-use wuwei::slot_cache::SharedSlots;
 
 const TOLERANCE: f32 = 1e-4;
 

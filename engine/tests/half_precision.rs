@@ -16,8 +16,8 @@ use serde_json::{json, Value};
 use wuwei::core::{Event, SamplingParams};
 use wuwei::device::{set_activations, Activations};
 use wuwei::model::WeightsMode;
-use wuwei::output_parser::ParserConfig;
 use wuwei::scheduler::{Engine, EngineStats, SchedulerConfig, SeqRequest, EVENT_CHANNEL_CAPACITY};
+use wuwei::text::output_parser::ParserConfig;
 
 const MAX_TOKENS: usize = 8;
 

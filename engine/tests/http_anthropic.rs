@@ -421,9 +421,9 @@ async fn non_stream_text() {
     );
     let req = backend.last.lock().unwrap().clone().unwrap();
     assert_eq!(req.max_tokens, Some(64));
-    assert_eq!(req.sampling.temperature, 0.5);
-    assert_eq!(req.sampling.top_p, 0.9);
-    assert_eq!(req.sampling.top_k, 40);
+    assert_eq!(req.sampling.temperature, Some(0.5));
+    assert_eq!(req.sampling.top_p, Some(0.9));
+    assert_eq!(req.sampling.top_k, Some(40));
     assert_eq!(req.stop, vec!["\n\n".to_string()]);
 }
 

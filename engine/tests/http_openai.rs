@@ -274,8 +274,8 @@ async fn non_stream_chat() {
     let request = backend.last.lock().unwrap().clone().unwrap();
     assert_eq!(request.max_tokens, Some(5));
     assert_eq!(request.stop, vec!["\n".to_string()]);
-    assert_eq!(request.sampling.temperature, 0.5);
-    assert_eq!(request.sampling.top_k, 40);
+    assert_eq!(request.sampling.temperature, Some(0.5));
+    assert_eq!(request.sampling.top_k, Some(40));
     assert_eq!(request.sampling.seed, Some((-3i64) as u64));
     assert_eq!(request.logprobs, None);
 }

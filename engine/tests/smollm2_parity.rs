@@ -9,10 +9,10 @@ use std::sync::OnceLock;
 use mlx_rs::Array;
 use serde_json::{json, Map, Value};
 use wuwei::core::SamplingParams;
-use wuwei::kv_cache::DenseKvCache;
+use wuwei::kv::cache::DenseKvCache;
 use wuwei::loader::{self, Loaded};
 use wuwei::model::{BatchSeq, Logits, WeightsMode};
-use wuwei::sampler::{self, Sampler};
+use wuwei::text::sampler::{self, Sampler};
 
 const MAX_TOKENS: usize = 64;
 

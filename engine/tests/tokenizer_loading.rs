@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use serde_json::{json, Map, Value as Json};
-use wuwei::tokenizer::{Tokenizer, TokenizerError};
+use wuwei::text::tokenizer::{Tokenizer, TokenizerError};
 
 /// A small real tokenizer.json: SmolLM2's, built from the test GGUF by transformers
 /// (tokenizer_parity.rs leaves one per run; build our own so the tests stay independent).
@@ -174,7 +174,7 @@ fn parser_markup_survives_detokenizing_and_model_facts_are_kept() {
         Some("{{ '<|start|>assistant' }}")
     );
     let ids = tok.encode("<|im_start|>hi<|im_end|>", false).unwrap();
-    let stream = |mut d: wuwei::detokenizer::IncrementalDetokenizer| {
+    let stream = |mut d: wuwei::text::detokenizer::IncrementalDetokenizer| {
         let mut text: String = ids.iter().map(|&id| d.push(id)).collect();
         text.push_str(&d.flush());
         text

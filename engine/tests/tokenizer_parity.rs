@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 
 use serde_json::{json, Map, Value as Json};
-use wuwei::tokenizer::Tokenizer;
+use wuwei::text::tokenizer::Tokenizer;
 
 fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")

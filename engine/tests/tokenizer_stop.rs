@@ -1,6 +1,6 @@
 //! StopMatcher behaviour on streamed text.
 
-use wuwei::stop::{StopMatcher, StopOutcome};
+use wuwei::text::stop::{StopMatcher, StopOutcome};
 
 fn matcher(stops: &[&str]) -> StopMatcher {
     StopMatcher::new(&stops.iter().map(|s| s.to_string()).collect::<Vec<_>>())

@@ -5,6 +5,7 @@
 //! how each input changes it), `menu` (the menu as data), `controller` (threads and effects
 //! behind a `Ui` trait). `tray` is the only part that touches tauri's native menus.
 
+pub mod action;
 pub mod config;
 pub mod controller;
 pub mod login;
@@ -13,6 +14,7 @@ pub mod prefs;
 pub mod state;
 pub mod supervisor;
 pub mod tray;
+pub mod units;
 
 #[cfg(test)]
 mod logic_tests;

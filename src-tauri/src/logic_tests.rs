@@ -196,6 +196,7 @@ fn ssd_cache_item_when_the_daemon_has_one() {
         bytes_used: 2_000_000_000,
         cap_bytes: 50_000_000_000,
         hit_rate: Some(0.5),
+        ..Default::default()
     };
     let m = menu::build(&s);
     let cache = item(&m, "ssd-cache");
@@ -732,11 +733,13 @@ fn cache_events_update_the_item_without_refreshing_every_second() {
         bytes_used: 3_000_000_000,
         cap_bytes: 10_000_000_000,
         hit_rate: Some(0.25),
+        ..Default::default()
     };
     assert_eq!(
         s.update(
             event(EventKind::CacheStats {
-                ssd_cache: Some(tier.clone())
+                ssd_cache: Some(tier.clone()),
+                ram: None,
             }),
             t
         ),

@@ -8,68 +8,11 @@
 
 use wuwei_api::{ModelState, ModelStatus};
 
+pub use crate::action::MenuAction;
 use crate::login::LoginStatus;
-use crate::state::{secs, AppState, Daemon};
-
-/// What a click asks for.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum MenuAction {
-    /// Starts the daemon after it was stopped or could not be started.
-    StartDaemon,
-    StartServing,
-    StopServing,
-    SetDefault(String),
-    TogglePin(String),
-    ToggleSsdCache,
-    OpenDashboard,
-    OpenModelsFolder,
-    ToggleLoginItem,
-    OpenLoginItemsSettings,
-    /// Quits the app; the daemon keeps running.
-    Quit,
-    /// Quits the app and stops the daemon it started.
-    QuitAndStopDaemon,
-}
-
-impl MenuAction {
-    /// The menu item id. Model ids may contain `/`: only the first `/` separates the kind.
-    pub fn id(&self) -> String {
-        match self {
-            MenuAction::StartDaemon => "daemon/start".into(),
-            MenuAction::StartServing => "serving/start".into(),
-            MenuAction::StopServing => "serving/stop".into(),
-            MenuAction::SetDefault(m) => format!("default/{m}"),
-            MenuAction::TogglePin(m) => format!("pin/{m}"),
-            MenuAction::ToggleSsdCache => "ssd-cache".into(),
-            MenuAction::OpenDashboard => "open-dashboard".into(),
-            MenuAction::OpenModelsFolder => "open-models-folder".into(),
-            MenuAction::ToggleLoginItem => "login-item".into(),
-            MenuAction::OpenLoginItemsSettings => "login-item-settings".into(),
-            MenuAction::Quit => "quit".into(),
-            MenuAction::QuitAndStopDaemon => "quit-stop-daemon".into(),
-        }
-    }
-
-    pub fn from_id(id: &str) -> Option<Self> {
-        Some(match id {
-            "daemon/start" => MenuAction::StartDaemon,
-            "serving/start" => MenuAction::StartServing,
-            "serving/stop" => MenuAction::StopServing,
-            "ssd-cache" => MenuAction::ToggleSsdCache,
-            "open-dashboard" => MenuAction::OpenDashboard,
-            "open-models-folder" => MenuAction::OpenModelsFolder,
-            "login-item" => MenuAction::ToggleLoginItem,
-            "login-item-settings" => MenuAction::OpenLoginItemsSettings,
-            "quit" => MenuAction::Quit,
-            "quit-stop-daemon" => MenuAction::QuitAndStopDaemon,
-            _ => match id.split_once('/')? {
-                ("default", m) if !m.is_empty() => MenuAction::SetDefault(m.into()),
-                ("pin", m) if !m.is_empty() => MenuAction::TogglePin(m.into()),
-                _ => return None,
-            },
-        })
-    }
-}
+use crate::state::{AppState, Daemon};
+pub use crate::units::bytes;
+use crate::units::secs;
 
 /// One menu entry.
 #[derive(Debug, Clone, PartialEq)]
@@ -196,22 +139,6 @@ pub const PINNED_MENU_ID: &str = "pinned";
 /// Text from outside shown literally (no mnemonic).
 fn literal(s: &str) -> String {
     s.replace('&', "&&")
-}
-
-/// Decimal units, one decimal: "512 MB", "1.2 GB".
-pub fn bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KB", "MB", "GB", "TB"];
-    let mut v = n as f64;
-    let mut unit = 0;
-    while v >= 1000.0 && unit < UNITS.len() - 1 {
-        v /= 1000.0;
-        unit += 1;
-    }
-    if unit == 0 || v >= 100.0 {
-        format!("{v:.0} {}", UNITS[unit])
-    } else {
-        format!("{v:.1} {}", UNITS[unit])
-    }
 }
 
 /// The status line.

@@ -10,9 +10,10 @@ use std::time::{Duration, Instant};
 
 use wuwei_api::{Event, EventKind, EvictReason, ModelStatus, Status};
 
+use crate::action::MenuAction;
 use crate::login::LoginStatus;
-use crate::menu::MenuAction;
 use crate::supervisor::Backoff;
+use crate::units::{bytes, secs};
 
 /// The daemon as the app sees it.
 #[derive(Debug, Clone, PartialEq)]
@@ -87,6 +88,9 @@ pub enum Effect {
 }
 
 /// Something that happened.
+// An `Event` carries the cache numbers (a few hundred bytes); inputs pass one at a time
+// through a channel, so moving that much costs nothing worth a box.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum Input {
     /// The event stream is open.
@@ -333,7 +337,7 @@ impl AppState {
                 format!("Unloaded {model}"),
                 format!(
                     "Memory was running low, so Wuwei unloaded {model} (freed {}).",
-                    crate::menu::bytes(freed_bytes)
+                    bytes(freed_bytes)
                 ),
             )),
             EventKind::LoadFailed { model, error } => {
@@ -350,7 +354,7 @@ impl AppState {
             }
             // Sent every second while the cache works: it carries all the menu shows of the
             // cache, and a refresh per second would be waste.
-            EventKind::CacheStats { ssd_cache } => {
+            EventKind::CacheStats { ssd_cache, .. } => {
                 if let (Some(s), Some(cache)) = (&mut self.status, ssd_cache) {
                     s.ssd_cache = cache;
                 }
@@ -492,15 +496,5 @@ fn notify(title: impl Into<String>, body: impl Into<String>) -> Effect {
     Effect::Notify {
         title: title.into(),
         body: body.into(),
-    }
-}
-
-/// "1 s", "30 s", "2 min".
-pub fn secs(d: Duration) -> String {
-    let s = d.as_secs();
-    if s >= 120 {
-        format!("{} min", s / 60)
-    } else {
-        format!("{} s", s.max(1))
     }
 }

@@ -1,108 +1,30 @@
 /** The daemon's admin API (docs/ADMIN_API.md), spoken from the browser. */
 
 import { SseParser } from './sse';
+import type {
+  ChangedAnswer,
+  DefaultAnswer,
+  EventKind,
+  ModelAnswer,
+  ModelList,
+  ModelStatus,
+  ServingAnswer,
+  Settings,
+  Status,
+} from './api-types';
 
-export interface LoadedModel {
-  id: string;
-  memory_bytes: number;
-  weights_bytes: number;
-  weights_mode: string;
-  kv_bytes: number;
-  kv_reserved_bytes: number;
-  running: number;
-  waiting: number;
-  pinned: boolean;
-  idle_ttl_secs: number;
-  last_used: number;
-  loaded_at: number;
-  unloading: boolean;
-  prefix_cache?: PrefixCache | null;
-}
+// The daemon's JSON, generated from the Rust types the daemon serialises (api/src/types.rs).
+export type * from './api-types';
 
-/** The SSD tier of the KV prefix cache (`status.ssd_cache`, `GET /cache`, cache events). */
-export interface SsdCache {
-  enabled: boolean;
-  available: boolean;
-  dir?: string | null;
-  scanning?: boolean;
-  bytes_used: number;
-  cap_bytes: number;
-  blocks?: number;
-  hits?: number;
-  misses?: number;
-  hit_rate: number | null;
-  writes?: number;
-  writes_dropped?: number;
-  write_errors?: number;
-  read_errors?: number;
-  read_timeouts?: number;
-  corrupt_dropped?: number;
-  evictions?: number;
-  errors?: number;
-  last_error?: string | null;
-}
+/** A model as `GET /models` lists it. */
+export type ModelInfo = ModelStatus;
 
-/** One model's RAM tier of the prefix cache (`status.loaded[].prefix_cache`). */
-export interface PrefixCache {
-  block_size: number;
-  blocks_used: number;
-  blocks_referenced: number;
-  blocks_free: number;
-  bytes: number;
-  budget_bytes: number;
-  evictions: number;
-  queries: number;
-  hits: number;
-  hit_tokens_ram: number;
-  hit_tokens_ssd: number;
-}
-
-export interface Status {
-  serving: boolean;
-  state: string;
-  version: string;
-  host: string;
-  port: number;
-  uptime_secs: number;
-  memory: {
-    system: { total_bytes: number; used_bytes: number; available_bytes: number; wired_bytes: number | null };
-    mlx: { active_bytes: number; cache_bytes: number; peak_bytes: number };
-    budget_bytes: number;
-    counted_bytes: number;
-    pressure_threshold_bytes: number;
-  };
-  default_model: string | null;
-  loaded: LoadedModel[];
-  ssd_cache: SsdCache;
-}
-
-export interface ModelInfo {
-  id: string;
-  path: string;
-  format: string;
-  state: string;
-  progress?: number;
-  reason?: string;
-  size_bytes: number;
-  estimated_memory_bytes: number;
-  context_length: number | null;
-  pinned: boolean;
-  default: boolean;
-  aliases: string[];
-}
-
-export interface Settings {
-  idle_ttl_secs: number;
-  memory_budget: string | null;
-  memory_reserve: string;
-  memory_pressure_threshold: string;
-  kv_reserve_tokens: number;
-  aliases: Record<string, string>;
-  budget_bytes: number;
-}
-
+/**
+ * One admin event as it arrives. Typed loosely on purpose: fields are read by name from
+ * whichever event came (the precise shapes are `EventKind` in api-types.ts).
+ */
 export interface AdminEvent {
-  type: string;
+  type: EventKind['type'];
   seq: number;
   time: number;
   [field: string]: unknown;
@@ -168,14 +90,14 @@ export class AdminApi {
   }
 
   status = () => this.request<Status>('GET', '/status');
-  models = async () => (await this.request<{ models: ModelInfo[] }>('GET', '/models')).models;
+  models = async () => (await this.request<ModelList>('GET', '/models')).models;
   settings = () => this.request<Settings>('GET', '/settings');
   updateSettings = (change: Partial<Settings>) => this.request<Settings>('PATCH', '/settings', change);
   modelAction = (action: 'load' | 'unload' | 'pin' | 'unpin' | 'default', model: string) =>
-    this.request<unknown>('POST', `/models/${action}`, { model });
-  rescan = () => this.request<unknown>('POST', '/models/rescan');
-  setServing = (on: boolean) => this.request<unknown>('POST', on ? '/serving/start' : '/serving/stop');
-  setSsdCache = (enabled: boolean) => this.request<unknown>('POST', '/cache', { enabled });
+    this.request<ModelAnswer | DefaultAnswer>('POST', `/models/${action}`, { model });
+  rescan = () => this.request<ChangedAnswer>('POST', '/models/rescan');
+  setServing = (on: boolean) => this.request<ServingAnswer>('POST', on ? '/serving/start' : '/serving/stop');
+  setSsdCache = (enabled: boolean) => this.request<ChangedAnswer>('POST', '/cache', { enabled });
 
   async metricsText(): Promise<string> {
     const response = await fetch(`${this.base}/metrics`);

@@ -5,9 +5,23 @@ import { applyCacheEvent, formatHitRate, ramDetail, ssdDetail } from './cache';
 const ssd = (over: Partial<SsdCache> = {}): SsdCache => ({
   enabled: true,
   available: true,
+  dir: null,
+  scanning: false,
   bytes_used: 0,
   cap_bytes: 1000,
+  blocks: 0,
+  hits: 0,
+  misses: 0,
   hit_rate: null,
+  writes: 0,
+  writes_dropped: 0,
+  write_errors: 0,
+  read_errors: 0,
+  read_timeouts: 0,
+  corrupt_dropped: 0,
+  evictions: 0,
+  errors: 0,
+  last_error: null,
   ...over,
 });
 

@@ -34,6 +34,18 @@ pub struct PoolStats {
     pub refused_inserts: u64,
 }
 
+impl PoolStats {
+    /// The pool's numbers on `/metrics`. (Published here, so that `metrics` knows names and
+    /// not the KV cache's types.)
+    pub fn publish(&self, model: &str) {
+        use crate::metrics::{KV_BLOCKS_FREE, KV_BLOCKS_USED, KV_BLOCK_EVICTIONS};
+        use ::metrics::{counter, gauge};
+        gauge!(KV_BLOCKS_USED, "model" => model.to_string()).set(self.blocks as f64);
+        gauge!(KV_BLOCKS_FREE, "model" => model.to_string()).set(self.free_blocks as f64);
+        counter!(KV_BLOCK_EVICTIONS, "model" => model.to_string()).absolute(self.evictions);
+    }
+}
+
 /// Why an insert did not cache the block.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum InsertError {

@@ -1,4 +1,6 @@
-//! Prefix reuse of KV across requests: a RAM block pool keyed by chained block hashes, and an
+//! Every KV cache: the live ones of running sequences (`cache`: the per-sequence trait and the
+//! dense cache; `slots`: the slot pool the running sequences share), and, in this module,
+//! prefix reuse of KV across requests: a RAM block pool keyed by chained block hashes, and an
 //! SSD tier behind it.
 //!
 //! The engine thread owns one [`PrefixCache`] per model. On admission it looks up the longest
@@ -8,8 +10,10 @@
 //! that concurrent and later requests with the same prefix reuse it.
 
 pub mod block_pool;
+pub mod cache;
 pub mod paged;
 pub mod prefix;
+pub mod slots;
 pub mod ssd;
 
 use std::collections::HashSet;
@@ -21,7 +25,7 @@ use paged::{blocks_from_cache, fill_cache_from_blocks, KvBlock, KvLayout};
 use prefix::{chain_hashes, chain_hashes_from, chain_root, BlockHash, ModelIdentity};
 use ssd::SsdStore;
 
-use crate::kv_cache::KvCache;
+use crate::kv::cache::KvCache;
 use crate::metrics;
 
 /// Default positions per block. Measured with SmolLM2-135M on CPU (bench/cache_bench.py and
@@ -55,34 +59,6 @@ impl Default for KvConfig {
             ssd: None,
             model_path: None,
             weights_mode: String::new(),
-        }
-    }
-}
-
-impl KvConfig {
-    /// The prefix-cache settings of `config`, opening the SSD tier when it has a folder. The
-    /// store is shared by every model; the admin API toggles it through `KvConfig::ssd`.
-    pub fn from_config(config: &crate::config::Config) -> Self {
-        let ssd = config
-            .kv_ssd_dir
-            .clone()
-            .or_else(ssd::default_dir)
-            .map(|dir| {
-                let mut c = ssd::SsdConfig::new(dir);
-                c.enabled = config.kv_ssd;
-                c.max_bytes = config.kv_ssd_max_bytes;
-                c.read_timeout = std::time::Duration::from_millis(config.kv_ssd_read_timeout_ms);
-                SsdStore::open(c)
-            });
-        Self {
-            enabled: config.kv_cache,
-            block_size: config.kv_block_size,
-            ram_bytes: config
-                .kv_ram_bytes
-                .map_or_else(default_ram_bytes, |b| b as usize),
-            ssd,
-            model_path: None,
-            weights_mode: format!("{:?}", config.weights),
         }
     }
 }
@@ -395,9 +371,9 @@ impl PrefixCache {
         // The pool learns the block size from its first block; the layout knows it already.
         pool.free_blocks =
             pool.budget_bytes.saturating_sub(pool.bytes) / self.layout.block_bytes().max(1);
-        metrics::set_kv_blocks(&self.model, &pool);
+        pool.publish(&self.model);
         if let Some(ssd) = &self.ssd {
-            metrics::set_ssd_stats(&ssd.stats());
+            ssd.stats().publish();
         }
         *self.probe.stats.lock().unwrap() = Some(PrefixStats {
             block_size: self.layout.block_size,

@@ -15,8 +15,8 @@ use mlx_rs::error::Exception;
 use mlx_rs::{Array, Dtype};
 
 #[cfg(test)]
-use crate::kv_cache::DenseKvCache;
-use crate::kv_cache::KvCache;
+use crate::kv::cache::DenseKvCache;
+use crate::kv::cache::KvCache;
 
 /// Shape of one block's KV, fixed per model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -16,8 +16,8 @@ use mlx_rs::Array;
 
 use super::batch::BatchSeq;
 use super::layers::Rope;
+use crate::kv::slots::{SharedSlots, SlotKvCache, SlotPool};
 use crate::mlx_ext::slice_axis;
-use crate::slot_cache::SharedSlots;
 
 type Result<T> = std::result::Result<T, Exception>;
 
@@ -41,7 +41,15 @@ pub fn attend(
     scale: f32,
 ) -> Result<Array> {
     match shared_pool(batch) {
-        Some(pool) => attend_pooled(queries, keys, values, batch, layer, rope, scale, &pool),
+        Some(pool) => PooledPass {
+            queries,
+            keys,
+            values,
+            layer,
+            rope,
+            scale,
+        }
+        .run(batch, &pool),
         None => attend_each(queries, keys, values, batch, layer, rope, scale),
     }
 }
@@ -51,14 +59,12 @@ pub fn attend(
 fn shared_pool(batch: &[BatchSeq<'_>]) -> Option<SharedSlots> {
     batch
         .iter()
-        .find_map(|s| s.cache.slot_ref().map(|(p, _)| p.clone()))
+        .find_map(|s| SlotKvCache::of(&*s.cache).map(|c| c.pool().clone()))
 }
 
 /// Whether `seq` lives in `pool`.
 fn in_pool(seq: &BatchSeq<'_>, pool: &SharedSlots) -> Option<usize> {
-    seq.cache
-        .slot_ref()
-        .and_then(|(p, slot)| p.same(pool).then_some(slot))
+    SlotKvCache::of(&*seq.cache).and_then(|c| c.pool().same(pool).then_some(c.slot()))
 }
 
 /// `a[:, start..end]` transposed to `[1, heads, end - start, dim]`.
@@ -133,43 +139,105 @@ struct Chunk {
     v: Array,
 }
 
-#[allow(clippy::too_many_arguments)]
-fn attend_pooled(
-    queries: &Array,
-    keys: &Array,
-    values: &Array,
-    batch: &mut [BatchSeq<'_>],
+/// One layer's pooled pass: the batch's rows and how to attend them.
+struct PooledPass<'q> {
+    queries: &'q Array,
+    keys: &'q Array,
+    values: &'q Array,
     layer: usize,
-    rope: &Rope,
+    rope: &'q Rope,
     scale: f32,
-    pool: &SharedSlots,
-) -> Result<Array> {
-    // Where each sequence's rows start, and which sequences decode one token.
-    let mut starts = Vec::with_capacity(batch.len());
-    let mut at = 0i32;
-    for seq in batch.iter() {
-        starts.push(at);
-        at += seq.len as i32;
-    }
-    let total = at;
-    let slots: Vec<Option<usize>> = batch.iter().map(|s| in_pool(s, pool)).collect();
-    let decoding: Vec<usize> = (0..batch.len())
-        .filter(|&i| batch[i].len == 1 && slots[i].is_some())
-        .collect();
-    let slot_of = |i: usize| slots[i].expect("pooled");
+}
 
-    // Decoders: their rows as a batch `[B, heads, 1, dim]`, RoPE'd at their own offsets.
-    let n_dec = decoding.len() as i32;
-    let dec_slots: Vec<i32> = decoding.iter().map(|&i| slot_of(i) as i32).collect();
-    let dec_offsets: Vec<i32> = decoding
-        .iter()
-        .map(|&i| batch[i].cache.offset() as i32)
-        .collect();
-    let decoders = if n_dec == 0 {
-        None
-    } else {
-        let row_index = (n_dec != total).then(|| {
-            let rows: Vec<i32> = decoding.iter().map(|&i| starts[i]).collect();
+/// Where each sequence of the batch is: its first row, its slot (`None`: outside the pool),
+/// and which sequences decode one token (indices into the batch).
+struct Layout {
+    starts: Vec<i32>,
+    total: i32,
+    slots: Vec<Option<usize>>,
+    decoding: Vec<usize>,
+    /// The decoders' slots and offsets, in decoding order.
+    dec_slots: Vec<i32>,
+    dec_offsets: Vec<i32>,
+}
+
+impl Layout {
+    fn of(batch: &[BatchSeq<'_>], pool: &SharedSlots) -> Self {
+        let mut starts = Vec::with_capacity(batch.len());
+        let mut at = 0i32;
+        for seq in batch {
+            starts.push(at);
+            at += seq.len as i32;
+        }
+        let slots: Vec<Option<usize>> = batch.iter().map(|s| in_pool(s, pool)).collect();
+        let decoding: Vec<usize> = (0..batch.len())
+            .filter(|&i| batch[i].len == 1 && slots[i].is_some())
+            .collect();
+        let dec_slots = decoding
+            .iter()
+            .map(|&i| slots[i].expect("pooled") as i32)
+            .collect();
+        let dec_offsets = decoding
+            .iter()
+            .map(|&i| batch[i].cache.offset() as i32)
+            .collect();
+        Self {
+            starts,
+            total: at,
+            slots,
+            decoding,
+            dec_slots,
+            dec_offsets,
+        }
+    }
+
+    fn n_dec(&self) -> i32 {
+        self.decoding.len() as i32
+    }
+}
+
+/// Queries, keys and values of the decoders as a batch `[B, heads, 1, dim]`.
+type DecoderRows = (Array, Array, Array);
+
+impl PooledPass<'_> {
+    /// The pass in its steps: the decoders' rows, stand-alone sequences, prefill chunks; then,
+    /// with the pool locked, every write, the decoders' attention and the chunks'; last, the
+    /// outputs in batch order.
+    fn run(&self, batch: &mut [BatchSeq<'_>], pool: &SharedSlots) -> Result<Array> {
+        let layout = Layout::of(batch, pool);
+        let decoders = self.decoder_rows(&layout)?;
+        // Sequences outside the pool (too long for it) attend alone, before the pool is
+        // locked (their caches are their own).
+        let alone = self.attend_alone(batch, &layout)?;
+        let chunks = self.prefill_chunks(batch, &layout)?;
+
+        let mut pool = pool.lock();
+        // Every write of the layer before any read: a read is a view of the buffer, and MLX
+        // can update a buffer in place only while nothing else refers to it.
+        if let Some((_, k, v)) = &decoders {
+            pool.write_decode(self.layer, &layout.dec_slots, &layout.dec_offsets, k, v)?;
+        }
+        for c in &chunks {
+            pool.write(self.layer, c.slot, c.offset, &c.k, &c.v)?;
+        }
+        let dec_out = match decoders {
+            Some((q, _, _)) => Some(self.attend_decoders(&pool, &layout, q)?),
+            None => None,
+        };
+        let chunk_outs = self.attend_chunks(&pool, chunks)?;
+        drop(pool);
+
+        in_batch_order(batch, &layout, alone, dec_out, chunk_outs)
+    }
+
+    /// The decoders' rows as a batch, RoPE'd at their own offsets.
+    fn decoder_rows(&self, layout: &Layout) -> Result<Option<DecoderRows>> {
+        let n_dec = layout.n_dec();
+        if n_dec == 0 {
+            return Ok(None);
+        }
+        let row_index = (n_dec != layout.total).then(|| {
+            let rows: Vec<i32> = layout.decoding.iter().map(|&i| layout.starts[i]).collect();
             Array::from_slice(&rows, &[n_dec])
         });
         let pick = |a: &Array| -> Result<Array> {
@@ -181,104 +249,123 @@ fn attend_pooled(
             a.reshape(&[n_dec, 1, s[2], s[3]])?
                 .transpose_axes(&[0, 2, 1, 3])
         };
-        let offsets = Array::from_slice(&dec_offsets, &[n_dec]);
-        Some((
-            rope.forward_rows(&pick(queries)?, &offsets)?,
-            rope.forward_rows(&pick(keys)?, &offsets)?,
-            pick(values)?,
-        ))
-    };
-    // Sequences outside the pool (too long for it) attend alone, before the pool is locked
-    // (their caches are their own).
-    let mut alone: Vec<Option<Array>> = vec![None; batch.len()];
-    for (i, seq) in batch.iter_mut().enumerate() {
-        if slots[i].is_none() {
-            let (start, end) = (starts[i], starts[i] + seq.len as i32);
-            let rows = [queries, keys, values].map(|a| rows_of(a, start, end));
-            alone[i] = Some(attend_one(seq, rows, layer, rope, scale)?);
-        }
-    }
-    // Prefill chunks of pooled sequences, one sequence each.
-    let mut chunks = Vec::new();
-    for (i, seq) in batch.iter().enumerate() {
-        if seq.len == 1 || slots[i].is_none() {
-            continue;
-        }
-        let (start, len) = (starts[i], seq.len as i32);
-        let offset = seq.cache.offset() as i32;
-        chunks.push(Chunk {
-            slot: slot_of(i),
-            offset,
-            len,
-            q: rope.forward(&rows_of(queries, start, start + len)?, offset)?,
-            k: rope.forward(&rows_of(keys, start, start + len)?, offset)?,
-            v: rows_of(values, start, start + len)?,
-        });
+        let offsets = Array::from_slice(&layout.dec_offsets, &[n_dec]);
+        Ok(Some((
+            self.rope.forward_rows(&pick(self.queries)?, &offsets)?,
+            self.rope.forward_rows(&pick(self.keys)?, &offsets)?,
+            pick(self.values)?,
+        )))
     }
 
-    let mut pool = pool.lock();
-    // Every write of the layer before any read: a read is a view of the buffer, and MLX can
-    // update a buffer in place only while nothing else refers to it.
-    if let Some((_, k, v)) = &decoders {
-        pool.write_decode(layer, &dec_slots, &dec_offsets, k, v)?;
-    }
-    for c in &chunks {
-        pool.write(layer, c.slot, c.offset, &c.k, &c.v)?;
+    /// The outputs of the sequences outside the pool, each through its own cache.
+    fn attend_alone(
+        &self,
+        batch: &mut [BatchSeq<'_>],
+        layout: &Layout,
+    ) -> Result<Vec<Option<Array>>> {
+        let mut alone: Vec<Option<Array>> = vec![None; batch.len()];
+        for (i, seq) in batch.iter_mut().enumerate() {
+            if layout.slots[i].is_none() {
+                let (start, end) = (layout.starts[i], layout.starts[i] + seq.len as i32);
+                let rows = [self.queries, self.keys, self.values].map(|a| rows_of(a, start, end));
+                alone[i] = Some(attend_one(seq, rows, self.layer, self.rope, self.scale)?);
+            }
+        }
+        Ok(alone)
     }
 
-    let dec_out = match decoders {
-        None => None,
-        Some((q, _, _)) => {
-            // Group by padded length (see DECODE_BUCKET).
-            let mut groups: BTreeMap<i32, Vec<usize>> = BTreeMap::new();
-            for (j, off) in dec_offsets.iter().enumerate() {
-                let padded = (off + 1 + DECODE_BUCKET - 1) / DECODE_BUCKET * DECODE_BUCKET;
-                groups.entry(padded).or_default().push(j);
-            }
-            let mut outs = Vec::with_capacity(groups.len());
-            let mut order = Vec::with_capacity(decoding.len());
-            for (padded, members) in &groups {
-                let m = members.len() as i32;
-                let slots: Vec<i32> = members.iter().map(|&j| dec_slots[j]).collect();
-                let (k, v) = pool.read_slots(layer, &slots, *padded)?;
-                let q = if members.len() == decoding.len() {
-                    q.clone()
-                } else {
-                    let idx: Vec<i32> = members.iter().map(|&j| j as i32).collect();
-                    q.take_axis(Array::from_slice(&idx, &[m]), 0)?
-                };
-                let lens: Vec<i32> = members.iter().map(|&j| dec_offsets[j] + 1).collect();
-                let mask = arange::<_, i32>(0, *padded, None)?
-                    .lt(Array::from_slice(&lens, &[m, 1, 1, 1]))?;
-                let mask = ScaledDotProductAttentionMask::Array(&mask);
-                outs.push(scaled_dot_product_attention(q, k, v, scale, mask, None)?);
-                order.extend(members.iter().copied());
-            }
-            // Back to decoding order, then `[B, heads, 1, dim]` → `[B, heads * dim]` rows.
-            let out = if outs.len() == 1 {
-                outs.pop().expect("one group")
-            } else {
-                let mut inverse = vec![0i32; order.len()];
-                for (pos, &j) in order.iter().enumerate() {
-                    inverse[j] = pos as i32;
-                }
-                concatenate(&outs, 0)?.take_axis(Array::from_slice(&inverse, &[n_dec]), 0)?
+    /// The prefill chunks of pooled sequences, one sequence each, RoPE'd.
+    fn prefill_chunks(&self, batch: &[BatchSeq<'_>], layout: &Layout) -> Result<Vec<Chunk>> {
+        let mut chunks = Vec::new();
+        for (i, seq) in batch.iter().enumerate() {
+            let Some(slot) = layout.slots[i].filter(|_| seq.len != 1) else {
+                continue;
             };
-            Some(out.reshape(&[1, n_dec, -1])?)
+            let (start, len) = (layout.starts[i], seq.len as i32);
+            let offset = seq.cache.offset() as i32;
+            chunks.push(Chunk {
+                slot,
+                offset,
+                len,
+                q: self
+                    .rope
+                    .forward(&rows_of(self.queries, start, start + len)?, offset)?,
+                k: self
+                    .rope
+                    .forward(&rows_of(self.keys, start, start + len)?, offset)?,
+                v: rows_of(self.values, start, start + len)?,
+            });
         }
-    };
-    let mut chunk_outs = Vec::with_capacity(chunks.len());
-    for c in chunks {
-        let (k, v) = pool.read(layer, c.slot, 0, c.offset + c.len)?;
-        let mask = ScaledDotProductAttentionMask::Causal;
-        let out = scaled_dot_product_attention(c.q, k, v, scale, mask, None)?;
-        chunk_outs.push(merge_heads(out, c.len)?);
+        Ok(chunks)
     }
-    drop(pool);
 
-    // Rows back in batch order.
+    /// One attention per group of decoders of equal padded length (see DECODE_BUCKET);
+    /// `[1, B, heads * dim]` in decoding order.
+    fn attend_decoders(&self, pool: &SlotPool, layout: &Layout, q: Array) -> Result<Array> {
+        let n_dec = layout.n_dec();
+        let mut groups: BTreeMap<i32, Vec<usize>> = BTreeMap::new();
+        for (j, off) in layout.dec_offsets.iter().enumerate() {
+            let padded = (off + 1 + DECODE_BUCKET - 1) / DECODE_BUCKET * DECODE_BUCKET;
+            groups.entry(padded).or_default().push(j);
+        }
+        let mut outs = Vec::with_capacity(groups.len());
+        let mut order = Vec::with_capacity(layout.decoding.len());
+        for (padded, members) in &groups {
+            let m = members.len() as i32;
+            let slots: Vec<i32> = members.iter().map(|&j| layout.dec_slots[j]).collect();
+            let (k, v) = pool.read_slots(self.layer, &slots, *padded)?;
+            let q = if members.len() == layout.decoding.len() {
+                q.clone()
+            } else {
+                let idx: Vec<i32> = members.iter().map(|&j| j as i32).collect();
+                q.take_axis(Array::from_slice(&idx, &[m]), 0)?
+            };
+            let lens: Vec<i32> = members.iter().map(|&j| layout.dec_offsets[j] + 1).collect();
+            let mask =
+                arange::<_, i32>(0, *padded, None)?.lt(Array::from_slice(&lens, &[m, 1, 1, 1]))?;
+            let mask = ScaledDotProductAttentionMask::Array(&mask);
+            outs.push(scaled_dot_product_attention(
+                q, k, v, self.scale, mask, None,
+            )?);
+            order.extend(members.iter().copied());
+        }
+        // Back to decoding order, then `[B, heads, 1, dim]` → `[B, heads * dim]` rows.
+        let out = if outs.len() == 1 {
+            outs.pop().expect("one group")
+        } else {
+            let mut inverse = vec![0i32; order.len()];
+            for (pos, &j) in order.iter().enumerate() {
+                inverse[j] = pos as i32;
+            }
+            concatenate(&outs, 0)?.take_axis(Array::from_slice(&inverse, &[n_dec]), 0)?
+        };
+        out.reshape(&[1, n_dec, -1])
+    }
+
+    /// Each prefill chunk against its slot's positions so far, causal.
+    fn attend_chunks(&self, pool: &SlotPool, chunks: Vec<Chunk>) -> Result<Vec<Array>> {
+        let mut outs = Vec::with_capacity(chunks.len());
+        for c in chunks {
+            let (k, v) = pool.read(self.layer, c.slot, 0, c.offset + c.len)?;
+            let mask = ScaledDotProductAttentionMask::Causal;
+            let out = scaled_dot_product_attention(c.q, k, v, self.scale, mask, None)?;
+            outs.push(merge_heads(out, c.len)?);
+        }
+        Ok(outs)
+    }
+}
+
+/// The outputs back in batch order: alone sequences, decoders and prefill chunks interleaved
+/// as the batch has them.
+fn in_batch_order(
+    batch: &[BatchSeq<'_>],
+    layout: &Layout,
+    mut alone: Vec<Option<Array>>,
+    dec_out: Option<Array>,
+    chunk_outs: Vec<Array>,
+) -> Result<Array> {
     if let Some(out) = &dec_out {
-        if decoding.len() == batch.len() {
+        if layout.decoding.len() == batch.len() {
             return Ok(out.clone());
         }
     }

@@ -2,7 +2,7 @@
 //! (`[1, N]`), so the projections and MLPs run once for all of them, while attention runs per
 //! sequence against its own cache.
 
-use crate::kv_cache::KvCache;
+use crate::kv::cache::KvCache;
 
 /// A sequence's share of a forward pass.
 pub struct BatchSeq<'a> {

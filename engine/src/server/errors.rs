@@ -1,5 +1,7 @@
-//! Errors in OpenAI's shape, `{"error": {"message", "type", "param", "code"}}`, and the JSON
-//! extractor that turns every malformed body into one (never axum's plain-text rejections).
+//! Errors as one typed value, [`ApiError`], rendered per API: in OpenAI's shape,
+//! `{"error": {"message", "type", "param", "code"}}`, by default (here), in Anthropic's on its
+//! routes (`anthropic::errors`); and the JSON extractor that turns every malformed body into
+//! one (never axum's plain-text rejections).
 
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Request};
@@ -147,6 +149,9 @@ impl From<CoreError> for ApiError {
     }
 }
 
+/// Rendered in OpenAI's shape, the server's default (the admin API's too). The response
+/// also carries the error itself (an extension), so that a route of another API renders it
+/// in that API's shape without reading the body back (`anthropic::anthropic_error_shape`).
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut response = (self.status, axum::Json(self.body())).into_response();
@@ -155,6 +160,7 @@ impl IntoResponse for ApiError {
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
+        response.extensions_mut().insert(self);
         response
     }
 }

@@ -5,7 +5,8 @@ pub mod anthropic;
 pub mod browser_guard;
 pub mod dashboard;
 pub mod errors;
-
+pub mod generation;
+pub mod models;
 pub mod openai;
 pub mod sse;
 
@@ -54,8 +55,8 @@ pub fn router_with_admin(
         metrics: metrics::prometheus_handle(),
     };
     let api = Router::new()
-        .route("/v1/models", get(openai::list_models))
-        .route("/v1/models/{id}", get(openai::get_model))
+        .route("/v1/models", get(models::list_models))
+        .route("/v1/models/{id}", get(models::get_model))
         .route("/v1/chat/completions", post(openai::chat_completions))
         .route("/v1/completions", post(openai::completions))
         .route("/v1/messages", post(anthropic::messages))

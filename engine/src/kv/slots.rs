@@ -16,7 +16,7 @@ use mlx_rs::error::Exception;
 use mlx_rs::ops::{concatenate, zeros_dtype};
 use mlx_rs::Array;
 
-use crate::kv_cache::KvCache;
+use crate::kv::cache::{AsAny, KvCache};
 use crate::mlx_ext::{scatter, slice, slice_axis, slice_update};
 
 /// Capacity grows in steps of this many positions.
@@ -224,6 +224,18 @@ impl SlotKvCache {
     pub fn slot(&self) -> usize {
         self.slot
     }
+
+    /// The pool this cache's slot belongs to.
+    pub fn pool(&self) -> &SharedSlots {
+        &self.pool
+    }
+
+    /// `cache` as a slot of a pool, if it is one: sequences of one pool decode with one
+    /// batched attention.
+    pub fn of(cache: &dyn KvCache) -> Option<&SlotKvCache> {
+        // Qualified: on a reference, `as_any` could resolve to the reference's own impl.
+        <dyn KvCache as AsAny>::as_any(cache).downcast_ref()
+    }
 }
 
 impl Drop for SlotKvCache {
@@ -277,16 +289,12 @@ impl KvCache for SlotKvCache {
         // The slot's old contents are overwritten before they are read again.
         self.offset = 0;
     }
-
-    fn slot_ref(&self) -> Option<(&SharedSlots, usize)> {
-        Some((&self.pool, self.slot))
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kv_cache::DenseKvCache;
+    use crate::kv::cache::DenseKvCache;
 
     fn ramp(heads: i32, n: i32, dim: i32, base: f32) -> Array {
         let v: Vec<f32> = (0..heads * n * dim).map(|i| base + i as f32).collect();
@@ -349,6 +357,19 @@ mod tests {
         }
         let (k, _) = pool.lock().read_slots(0, &[0, 1], 3).unwrap();
         assert_eq!(k.shape(), &[2, 1, 3, 2]);
+    }
+
+    #[test]
+    fn a_pooled_cache_is_known_behind_the_trait_and_others_are_not() {
+        let pool = SharedSlots::new(1);
+        let _first = pool.acquire();
+        let second = pool.acquire();
+        let as_trait: &dyn KvCache = &second;
+        let found = SlotKvCache::of(as_trait).expect("a slot of the pool");
+        assert_eq!(found.slot(), 1);
+        assert!(found.pool().same(&pool));
+        let dense = DenseKvCache::new(1);
+        assert!(SlotKvCache::of(&dense).is_none());
     }
 
     #[test]

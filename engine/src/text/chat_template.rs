@@ -11,7 +11,17 @@ use minijinja::value::{Kwargs, Value};
 use minijinja::{Environment, Error, ErrorKind};
 use serde_json::{Map, Value as Json};
 
-use crate::tokenizer::TokenizerError;
+/// What can be wrong with a model's chat templates. (Its own error, not the tokenizer's, so
+/// that templates do not depend on the tokenizer that uses them.)
+#[derive(Debug, thiserror::Error)]
+pub enum TemplateError {
+    /// `tokenizer_config.json`'s `chat_template` is not what HF writes there.
+    #[error("tokenizer_config.json field `{field}`: {reason}")]
+    Config { field: String, reason: String },
+    /// A template does not compile or does not render.
+    #[error("chat template `{name}`: {message}")]
+    Template { name: String, message: String },
+}
 
 /// Name HF gives the template used when no other one is asked for.
 pub const DEFAULT_TEMPLATE: &str = "default";
@@ -43,8 +53,8 @@ impl std::fmt::Debug for ChatTemplates {
 impl ChatTemplates {
     /// Reads the `chat_template` field of tokenizer_config.json: either one template string or
     /// a list of `{"name": .., "template": ..}`.
-    pub fn from_config_field(field: &Json) -> Result<Self, TokenizerError> {
-        let bad = |reason: String| TokenizerError::Config {
+    pub fn from_config_field(field: &Json) -> Result<Self, TemplateError> {
+        let bad = |reason: String| TemplateError::Config {
             field: "chat_template".into(),
             reason,
         };
@@ -79,7 +89,7 @@ impl ChatTemplates {
     }
 
     /// Compiles `(name, source)` pairs.
-    pub fn new(templates: Vec<(String, String)>) -> Result<Self, TokenizerError> {
+    pub fn new(templates: Vec<(String, String)>) -> Result<Self, TemplateError> {
         let mut env = Environment::new();
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
@@ -96,7 +106,7 @@ impl ChatTemplates {
         for (name, source) in templates {
             sources.push(source.clone());
             env.add_template_owned(name.clone(), rewrite_generation_tags(&source))
-                .map_err(|err| TokenizerError::ChatTemplate {
+                .map_err(|err| TemplateError::Template {
                     name: name.clone(),
                     message: format!("{err:#}"),
                 })?;
@@ -134,7 +144,7 @@ impl ChatTemplates {
 
     /// Picks the template the way `transformers` does: the only one if there is one;
     /// otherwise `tool_use` when tools are given and it exists, else `default`.
-    pub fn select(&self, with_tools: bool) -> Result<&str, TokenizerError> {
+    pub fn select(&self, with_tools: bool) -> Result<&str, TemplateError> {
         if let [only] = self.names.as_slice() {
             return Ok(only);
         }
@@ -145,7 +155,7 @@ impl ChatTemplates {
         if has(DEFAULT_TEMPLATE) {
             return Ok(DEFAULT_TEMPLATE);
         }
-        Err(TokenizerError::Config {
+        Err(TemplateError::Config {
             field: "chat_template".into(),
             reason: format!(
                 "several templates ({}) and none is named `default`",
@@ -163,9 +173,9 @@ impl ChatTemplates {
         add_generation_prompt: bool,
         special_tokens: &Map<String, Json>,
         extra: &Map<String, Json>,
-    ) -> Result<String, TokenizerError> {
+    ) -> Result<String, TemplateError> {
         let name = self.select(tools.is_some())?;
-        let template_error = |message: String| TokenizerError::ChatTemplate {
+        let template_error = |message: String| TemplateError::Template {
             name: name.to_owned(),
             message,
         };

@@ -2,15 +2,16 @@
 //! each layer's keys and values in one growing buffer (as mlx-lm's `KVCache` does); the paged
 //! cache plugs in behind the same trait.
 
+use std::any::Any;
+
 use mlx_rs::error::Exception;
 use mlx_rs::ops::{concatenate, zeros_dtype};
 use mlx_rs::Array;
 
 use crate::mlx_ext::{slice_axis, slice_update_axis};
-use crate::slot_cache::SharedSlots;
 
 /// Keys and values of one sequence, for every layer.
-pub trait KvCache: Send {
+pub trait KvCache: Send + AsAny {
     /// Positions already stored: the position of the next token.
     fn offset(&self) -> usize;
     /// Stores `keys`/`values` (`[1, kv_heads, new, head_dim]`) of `layer` at `offset()` and
@@ -39,14 +40,21 @@ pub trait KvCache: Send {
     fn num_layers(&self) -> usize;
     /// Forgets everything stored (the next write starts at position 0).
     fn reset(&mut self);
-    /// The shared slot pool this cache lives in, and its slot: sequences of one pool decode
-    /// with one batched attention (see `slot_cache`).
-    fn slot_ref(&self) -> Option<(&SharedSlots, usize)> {
-        None
-    }
     /// Bytes held by this cache alone (a slot pool's shared buffers are counted by the pool).
     fn own_bytes(&self) -> usize {
         0
+    }
+}
+
+/// The concrete cache behind a `dyn KvCache`: batched attention asks whether a cache lives in
+/// a slot pool (`SlotKvCache::of`) without this trait knowing about pools.
+pub trait AsAny {
+    fn as_any(&self) -> &dyn Any;
+}
+
+impl<T: Any> AsAny for T {
+    fn as_any(&self) -> &dyn Any {
+        self
     }
 }
 

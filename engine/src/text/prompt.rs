@@ -1,8 +1,97 @@
-//! Canonical chat messages and tools in the shape Hugging Face chat templates expect.
+//! What the model reads: a canonical prompt rendered through the model's chat template (its
+//! messages and tools in the shape Hugging Face chat templates expect) and tokenized.
 
 use serde_json::{json, Map, Value};
 
-use crate::core::{ChatMessage, Role, ToolChoice, ToolSpec};
+use crate::core::{ChatMessage, CoreError, Prompt, Role, ToolChoice, ToolSpec};
+use crate::text::tokenizer::{Tokenizer, TokenizerError};
+
+/// A prompt as token ids, and what the output parser must know about how it ends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RenderedPrompt {
+    pub tokens: Vec<u32>,
+    /// The rendered chat ends inside an open `<think>`: the model's first tokens are reasoning.
+    pub starts_in_reasoning: bool,
+    /// Tools were offered to the model, so its output may hold tool calls.
+    pub tools: bool,
+}
+
+/// One model's way of reading prompts: its tokenizer and chat template, and whether it
+/// reasons (writes `<think>`).
+pub struct PromptRenderer<'a> {
+    /// The model's id, for errors.
+    pub model: &'a str,
+    pub tokenizer: &'a Tokenizer,
+    /// Whether the model writes `<think>` reasoning.
+    pub reasoning: bool,
+    /// The model's default for `enable_thinking` when the request does not set it.
+    pub thinking: bool,
+}
+
+impl PromptRenderer<'_> {
+    /// Renders and tokenizes `prompt`: chats through the chat template (tools described in
+    /// the system prompt when the template ignores them), text with the tokenizer's special
+    /// tokens (like mlx-lm), token ids as they are (checked against the vocabulary).
+    pub fn render(&self, prompt: &Prompt) -> Result<RenderedPrompt, CoreError> {
+        let tok = self.tokenizer;
+        let bad = |e: TokenizerError| CoreError::Invalid(e.to_string());
+        let plain = |tokens| RenderedPrompt {
+            tokens,
+            starts_in_reasoning: false,
+            tools: false,
+        };
+        match prompt {
+            Prompt::Text(text) => Ok(plain(tok.encode(text, true).map_err(bad)?)),
+            Prompt::Tokens(ids) => {
+                let vocab = tok.vocab_size();
+                if let Some(bad_id) = ids.iter().find(|&&t| t as usize >= vocab) {
+                    return Err(CoreError::Invalid(format!(
+                        "token id {bad_id} is outside the vocabulary (size {vocab})"
+                    )));
+                }
+                Ok(plain(ids.clone()))
+            }
+            Prompt::Chat {
+                messages,
+                tools,
+                tool_choice,
+                template_kwargs,
+            } => {
+                if !tok.has_chat_template() {
+                    return Err(CoreError::Unsupported(format!(
+                        "model '{}' has no chat template; use the completions endpoint",
+                        self.model
+                    )));
+                }
+                let tools_json = hf_tools(tools, tool_choice);
+                let mut kwargs: Map<String, Value> = template_kwargs.clone();
+                kwargs
+                    .entry("enable_thinking")
+                    .or_insert(Value::Bool(self.thinking));
+                let mut hf = hf_messages(messages);
+                if let Some(tools) = tools_json
+                    .as_deref()
+                    .filter(|_| !tok.template_renders_tools())
+                {
+                    describe_tools_in_system(&mut hf, tools);
+                }
+                let text = tok
+                    .apply_chat_template(&hf, tools_json.as_deref(), true, &kwargs)
+                    .map_err(bad)?;
+                let starts_in_reasoning = self.reasoning && {
+                    let t = text.trim_end();
+                    t.rfind("<think>")
+                        .is_some_and(|open| !t[open..].contains("</think>"))
+                };
+                Ok(RenderedPrompt {
+                    tokens: tok.encode(&text, false).map_err(bad)?,
+                    starts_in_reasoning,
+                    tools: tools_json.is_some() && *tool_choice != ToolChoice::None,
+                })
+            }
+        }
+    }
+}
 
 /// `messages` for a chat template. Tool-call arguments become objects when they are valid
 /// JSON, since templates serialise them themselves (`arguments | tojson`).

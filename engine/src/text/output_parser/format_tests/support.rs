@@ -5,8 +5,8 @@ use serde_json::{json, Map, Value};
 
 use super::super::emit::merge_events;
 use super::super::{OutputParser, ParserConfig, ParserSetup, ToolParser};
-use crate::chat_template::ChatTemplates;
 use crate::core::{Event, ToolSpec};
+use crate::text::chat_template::ChatTemplates;
 
 pub fn setup(format: ToolParser, reasoning: bool, tools: Vec<ToolSpec>) -> ParserSetup {
     ParserSetup {

@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use serde_json::{Map, Value as Json};
 
-use crate::chat_template::ChatTemplates;
-use crate::detokenizer::IncrementalDetokenizer;
+use crate::text::chat_template::{ChatTemplates, TemplateError};
+use crate::text::detokenizer::IncrementalDetokenizer;
 
 /// Named special tokens `transformers` hands to chat templates (`SPECIAL_TOKENS_ATTRIBUTES`).
 const SPECIAL_TOKEN_FIELDS: [&str; 7] = [
@@ -50,8 +50,8 @@ pub enum TokenizerError {
     Decode(String),
     #[error("the model has no chat template (tokenizer_config.json `chat_template` or chat_template.jinja)")]
     NoChatTemplate,
-    #[error("chat template `{name}`: {message}")]
-    ChatTemplate { name: String, message: String },
+    #[error(transparent)]
+    Template(#[from] TemplateError),
 }
 
 /// A loaded tokenizer. Cheap to clone (the heavy parts are shared); `Send + Sync`.
@@ -282,13 +282,13 @@ impl Tokenizer {
             .chat_templates
             .as_ref()
             .ok_or(TokenizerError::NoChatTemplate)?;
-        templates.render(
+        Ok(templates.render(
             messages,
             tools,
             add_generation_prompt,
             &self.special_tokens,
             extra,
-        )
+        )?)
     }
 
     /// The prompt tokens `apply_chat_template(..., tokenize=True)` gives: the rendered text

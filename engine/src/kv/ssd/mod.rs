@@ -17,27 +17,27 @@
 //!   free again, further lookups skip the tier at once instead of queueing behind it.
 //!
 //! Layout: `<dir>/v1/<model identity, 16 hex>/<2 hex>/<block hash, 32 hex>.kv`.
+//!
+//! `format` is the files (paths, bytes, writes), `io` the tier's threads (writer, reader,
+//! scan); this module holds the store, its index and the state the threads share.
 
 use std::collections::HashMap;
-use std::fs::{self, File};
-use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::mpsc::{self, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
-use super::paged::{KvBlock, KvDtype, KvLayout};
+use super::paged::{KvBlock, KvLayout};
 use super::prefix::{BlockHash, ModelIdentity};
+
+mod format;
+mod io;
+
+use io::{reader_loop, refresh_cap, scan, writer_loop};
 
 /// Folder of this on-disk layout under the cache dir; a new layout gets a new folder.
 pub const LAYOUT_DIR: &str = "v1";
-const MAGIC: &[u8; 8] = b"WUWEIKV\0";
-const FORMAT_VERSION: u32 = 1;
-/// magic, version, identity, hash, dtype + 3 pad, 4 × u32 layout, payload length.
-const HEADER_BYTES: usize = 8 + 4 + 32 + 16 + 4 + 16 + 8;
-const CRC_BYTES: usize = 4;
-const EXTENSION: &str = "kv";
 
 /// Settings of the SSD tier.
 #[derive(Debug, Clone)]
@@ -104,6 +104,23 @@ pub struct SsdStats {
 
 impl SsdStats {
     /// Blocks looked up and not served from disk.
+    /// The tier's counters on `/metrics` (process-wide: the store keeps the totals).
+    pub fn publish(&self) {
+        use crate::metrics::*;
+        use ::metrics::{counter, gauge};
+        counter!(SSD_WRITES).absolute(self.writes);
+        counter!(SSD_WRITE_ERRORS).absolute(self.write_errors);
+        counter!(SSD_DROPS).absolute(self.dropped);
+        counter!(SSD_READ_HITS).absolute(self.read_hits);
+        counter!(SSD_LOOKUPS).absolute(self.lookups);
+        counter!(SSD_READ_FAILURES).absolute(self.read_failures);
+        counter!(SSD_READ_TIMEOUTS).absolute(self.read_timeouts);
+        counter!(SSD_CHECKSUM_FAILURES).absolute(self.checksum_failures);
+        counter!(SSD_EVICTIONS).absolute(self.evictions);
+        gauge!(SSD_BYTES).set(self.bytes as f64);
+        gauge!(SSD_ENABLED).set(if self.enabled { 1.0 } else { 0.0 });
+    }
+
     pub fn misses(&self) -> u64 {
         self.lookups.saturating_sub(self.read_hits)
     }
@@ -223,7 +240,7 @@ impl Shared {
     /// Keeps `/metrics` current from the tier's own threads: the engine publishes only while
     /// it steps, and writes finish after the request that caused them.
     fn publish_metrics(&self) {
-        crate::metrics::set_ssd_stats(&self.stats());
+        self.stats().publish();
     }
 
     fn note_error(&self, what: &str, err: &dyn std::fmt::Display) {
@@ -520,380 +537,13 @@ impl SsdStore {
     }
 }
 
-fn file_path(root: &Path, model: &ModelIdentity, hash: &BlockHash) -> PathBuf {
-    let h = hash.to_hex();
-    root.join(&model.to_hex()[..16])
-        .join(&h[..2])
-        .join(format!("{h}.{EXTENSION}"))
-}
-
-fn log_once(flag: &AtomicBool, what: &str, path: &Path, err: &dyn std::fmt::Display) {
-    if !flag.swap(true, Ordering::Relaxed) {
-        tracing::warn!(path = %path.display(), error = %err, "{what} (further errors of this kind are counted in /metrics, not logged)");
-    }
-}
-
-/// Sets the cap in force: the configured one (default 10% of the filesystem) and at most 90%
-/// of the space the cache could occupy (its own bytes plus the free space).
-fn refresh_cap(shared: &Shared) {
-    let ours = shared.index.lock().unwrap().bytes;
-    let mut probe = shared.root.clone();
-    while !probe.exists() {
-        if !probe.pop() {
-            break;
-        }
-    }
-    let cap = match fs_space(&probe) {
-        Some((total, free)) => {
-            let configured = shared.configured_cap.unwrap_or(total / 10);
-            configured.min((ours + free) / 10 * 9)
-        }
-        None => shared.configured_cap.unwrap_or(u64::MAX),
-    };
-    shared.cap.store(cap, Ordering::Relaxed);
-}
-
-/// (total, available) bytes of the filesystem holding `path`.
-fn fs_space(path: &Path) -> Option<(u64, u64)> {
-    use std::os::unix::ffi::OsStrExt;
-    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    // SAFETY: `c` is a valid NUL-terminated path and `st` a properly sized out-parameter.
-    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
-        return None;
-    }
-    let frsize = st.f_frsize as u64;
-    Some((st.f_blocks as u64 * frsize, st.f_bavail as u64 * frsize))
-}
-
-fn encode(model: &ModelIdentity, hash: &BlockHash, block: &KvBlock) -> Vec<u8> {
-    let l = &block.layout;
-    let mut out = Vec::with_capacity(HEADER_BYTES + block.data.len() + CRC_BYTES);
-    out.extend_from_slice(MAGIC);
-    out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
-    out.extend_from_slice(&model.0);
-    out.extend_from_slice(&hash.0);
-    out.extend_from_slice(&[l.dtype as u8, 0, 0, 0]);
-    for v in [l.layers, l.kv_heads, l.head_dim, l.block_size] {
-        out.extend_from_slice(&(v as u32).to_le_bytes());
-    }
-    out.extend_from_slice(&(block.data.len() as u64).to_le_bytes());
-    out.extend_from_slice(&block.data);
-    let crc = crc32fast::hash(&out);
-    out.extend_from_slice(&crc.to_le_bytes());
-    out
-}
-
-/// Why a file was rejected.
-#[derive(Debug, PartialEq, Eq)]
-enum Reject {
-    Corrupt(&'static str),
-}
-
-fn decode(
-    bytes: &[u8],
-    model: &ModelIdentity,
-    hash: &BlockHash,
-    layout: &KvLayout,
-) -> Result<KvBlock, Reject> {
-    if bytes.len() < HEADER_BYTES + CRC_BYTES {
-        return Err(Reject::Corrupt("truncated"));
-    }
-    if &bytes[..8] != MAGIC {
-        return Err(Reject::Corrupt("bad magic"));
-    }
-    let u32_at = |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes"));
-    if u32_at(8) != FORMAT_VERSION {
-        return Err(Reject::Corrupt("foreign format version"));
-    }
-    let (body, crc) = bytes.split_at(bytes.len() - CRC_BYTES);
-    if crc32fast::hash(body) != u32::from_le_bytes(crc.try_into().expect("4 bytes")) {
-        return Err(Reject::Corrupt("checksum mismatch"));
-    }
-    if bytes[12..44] != model.0 || bytes[44..60] != hash.0 {
-        return Err(Reject::Corrupt("written for another model or block"));
-    }
-    let dtype = KvDtype::from_code(bytes[60]).ok_or(Reject::Corrupt("unknown dtype"))?;
-    let stored = KvLayout {
-        dtype,
-        layers: u32_at(64) as usize,
-        kv_heads: u32_at(68) as usize,
-        head_dim: u32_at(72) as usize,
-        block_size: u32_at(76) as usize,
-    };
-    let len = u64::from_le_bytes(bytes[80..88].try_into().expect("8 bytes")) as usize;
-    if stored != *layout || len != layout.block_bytes() || HEADER_BYTES + len != body.len() {
-        return Err(Reject::Corrupt("layout differs from the model's"));
-    }
-    Ok(KvBlock {
-        layout: stored,
-        data: body[HEADER_BYTES..].to_vec(),
-    })
-}
-
-fn write_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = path.parent().expect("block files live in a folder");
-    fs::create_dir_all(dir)?;
-    let tmp = dir.join(format!(
-        ".{}.{}.tmp",
-        path.file_name().unwrap_or_default().to_string_lossy(),
-        std::process::id()
-    ));
-    let result = (|| {
-        let mut f = File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        drop(f);
-        fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result
-}
-
-fn writer_loop(shared: Arc<Shared>, jobs: Receiver<WriteJob>) {
-    let mut last_cap_refresh = Instant::now();
-    for job in jobs {
-        write_one(&shared, job, &mut last_cap_refresh);
-        shared.pending.fetch_sub(1, Ordering::Relaxed);
-        shared.publish_metrics();
-    }
-}
-
-fn write_one(shared: &Shared, job: WriteJob, last_cap_refresh: &mut Instant) {
-    if !shared.enabled.load(Ordering::Relaxed) {
-        shared.counters.dropped.fetch_add(1, Ordering::Relaxed);
-        return;
-    }
-    if shared.index.lock().unwrap().files.contains_key(&job.hash) {
-        return;
-    }
-    if last_cap_refresh.elapsed() > Duration::from_secs(2) {
-        refresh_cap(shared);
-        *last_cap_refresh = Instant::now();
-    }
-    let bytes = encode(&job.model, &job.hash, &job.block);
-    let cap = shared.cap.load(Ordering::Relaxed);
-    if bytes.len() as u64 > cap {
-        // No room at all (the filesystem is full): the block is not kept.
-        shared.counters.dropped.fetch_add(1, Ordering::Relaxed);
-        return;
-    }
-    make_room(shared, cap.saturating_sub(bytes.len() as u64));
-    let path = file_path(&shared.root, &job.model, &job.hash);
-    match write_file(&path, &bytes) {
-        Ok(()) => {
-            shared.counters.writes.fetch_add(1, Ordering::Relaxed);
-            let mut idx = shared.index.lock().unwrap();
-            let t = idx.tick();
-            idx.add(job.hash, path, bytes.len() as u64, t);
-        }
-        Err(e) => {
-            shared.counters.write_errors.fetch_add(1, Ordering::Relaxed);
-            shared.note_error("cannot write", &e);
-            log_once(
-                &shared.write_error_logged,
-                "cannot write the SSD KV cache",
-                &path,
-                &e,
-            );
-            // Disk full: recompute the cap from the free space left.
-            refresh_cap(shared);
-        }
-    }
-}
-
-/// Deletes least recently used files until the cache holds at most `limit` bytes.
-fn make_room(shared: &Shared, limit: u64) {
-    let victims: Vec<PathBuf> = {
-        let mut idx = shared.index.lock().unwrap();
-        if idx.bytes <= limit {
-            return;
-        }
-        // Evict down to 90% of the limit so that eviction is not paid on every write.
-        let target = limit / 10 * 9;
-        let mut order: Vec<(u64, BlockHash)> =
-            idx.files.iter().map(|(h, e)| (e.last_used, *h)).collect();
-        order.sort_unstable();
-        let mut out = Vec::new();
-        for (_, h) in order {
-            if idx.bytes <= target {
-                break;
-            }
-            if let Some(e) = idx.remove(&h) {
-                out.push(e.path);
-            }
-        }
-        out
-    };
-    shared
-        .counters
-        .evictions
-        .fetch_add(victims.len() as u64, Ordering::Relaxed);
-    for p in victims {
-        let _ = fs::remove_file(p);
-    }
-}
-
-fn reader_loop(shared: Arc<Shared>, jobs: Receiver<ReadJob>) {
-    for job in jobs {
-        for hash in &job.hashes {
-            if job.abandoned.load(Ordering::Relaxed) || !shared.enabled.load(Ordering::Relaxed) {
-                break;
-            }
-            let block = read_one(&shared, &job.model, hash, &job.layout);
-            let stop = block.is_none();
-            if job.reply.send(block).is_err() || stop {
-                break;
-            }
-        }
-        let _ = job.reply.send(None);
-        job.done.store(true, Ordering::SeqCst);
-        if job.abandoned.load(Ordering::SeqCst) {
-            shared.reader_stalled.store(false, Ordering::SeqCst);
-        }
-        shared.publish_metrics();
-    }
-}
-
-fn read_one(
-    shared: &Shared,
-    model: &ModelIdentity,
-    hash: &BlockHash,
-    layout: &KvLayout,
-) -> Option<KvBlock> {
-    let path = {
-        let mut idx = shared.index.lock().unwrap();
-        let t = idx.tick();
-        let e = idx.files.get_mut(hash)?;
-        e.last_used = t;
-        e.path.clone()
-    };
-    let expected = (HEADER_BYTES + layout.block_bytes() + CRC_BYTES) as u64;
-    let mut bytes = Vec::with_capacity(expected as usize);
-    let read = File::open(&path).and_then(|f| f.take(expected + 1).read_to_end(&mut bytes));
-    if let Err(e) = read {
-        shared.index.lock().unwrap().remove(hash);
-        if e.kind() == std::io::ErrorKind::NotFound {
-            // Deleted behind our back (someone cleaned the cache folder): a plain miss.
-            return None;
-        }
-        shared
-            .counters
-            .read_failures
-            .fetch_add(1, Ordering::Relaxed);
-        shared.note_error("cannot read", &e);
-        log_once(
-            &shared.read_error_logged,
-            "cannot read the SSD KV cache",
-            &path,
-            &e,
-        );
-        return None;
-    }
-    match decode(&bytes, model, hash, layout) {
-        Ok(block) => Some(block),
-        Err(Reject::Corrupt(why)) => {
-            shared.index.lock().unwrap().remove(hash);
-            shared
-                .counters
-                .checksum_failures
-                .fetch_add(1, Ordering::Relaxed);
-            log_once(
-                &shared.corrupt_logged,
-                "corrupt SSD KV cache file deleted",
-                &path,
-                &why,
-            );
-            let _ = fs::remove_file(&path);
-            None
-        }
-    }
-}
-
-/// Whether a temp file (`.<name>.<pid>.tmp`) was left by a writer that is gone (a crash
-/// mid-write). Our own writer's temp files are in progress (the scan runs beside the writer),
-/// and so are those of another live daemon sharing the folder, unless they are old.
-fn is_stray_temp(name: &str, entry: &fs::DirEntry) -> bool {
-    let pid = name
-        .strip_suffix(".tmp")
-        .and_then(|s| s.rsplit('.').next())
-        .and_then(|p| p.parse::<i32>().ok());
-    let Some(pid) = pid else {
-        return true;
-    };
-    if pid as u32 == std::process::id() {
-        return false;
-    }
-    // SAFETY: signal 0 only checks that the process exists; nothing is sent.
-    let alive = pid > 0 && unsafe { libc::kill(pid, 0) } == 0;
-    let old = entry
-        .metadata()
-        .and_then(|m| m.modified())
-        .ok()
-        .and_then(|t| t.elapsed().ok())
-        .is_some_and(|age| age > Duration::from_secs(600));
-    !alive || old
-}
-
-/// Rebuilds the index from the files on disk: most recently modified counts as most recently
-/// used. Stray temp files (a crash mid-write) are removed.
-fn scan(shared: &Shared) {
-    let mut found: Vec<(SystemTime, BlockHash, PathBuf, u64)> = Vec::new();
-    let dirs = |p: &Path| -> Vec<PathBuf> {
-        fs::read_dir(p)
-            .into_iter()
-            .flatten()
-            .flatten()
-            .map(|e| e.path())
-            .filter(|p| p.is_dir())
-            .collect()
-    };
-    for model_dir in dirs(&shared.root) {
-        for sub in dirs(&model_dir) {
-            for entry in fs::read_dir(&sub).into_iter().flatten().flatten() {
-                let path = entry.path();
-                let name = entry.file_name().to_string_lossy().into_owned();
-                if name.ends_with(".tmp") {
-                    if is_stray_temp(&name, &entry) {
-                        let _ = fs::remove_file(&path);
-                    }
-                    continue;
-                }
-                let Some(hash) = name
-                    .strip_suffix(&format!(".{EXTENSION}"))
-                    .and_then(BlockHash::from_hex)
-                else {
-                    continue;
-                };
-                if let Ok(meta) = entry.metadata() {
-                    let mtime = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
-                    found.push((mtime, hash, path, meta.len()));
-                }
-            }
-        }
-    }
-    found.sort_by_key(|(t, ..)| *t);
-    let mut idx = shared.index.lock().unwrap();
-    for (_, hash, path, bytes) in found {
-        if !idx.files.contains_key(&hash) {
-            let t = idx.tick();
-            idx.add(hash, path, bytes, t);
-        }
-    }
-    // Files written while scanning are newer than every scanned one.
-    let clock = idx.clock;
-    for e in idx.files.values_mut() {
-        if e.last_used > clock {
-            e.last_used = clock;
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use std::fs::{self, File};
+
+    use super::format::{encode, file_path, HEADER_BYTES};
     use super::*;
+    use crate::kv::paged::KvDtype;
 
     fn layout() -> KvLayout {
         KvLayout {

@@ -1,0 +1,237 @@
+//! Admission: a request resolved to its model, rendered, checked against the context and the KV
+//! budget, given its sampling and queued on the model's engine; the `Backend` the HTTP layer calls.
+
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use tokio::sync::mpsc;
+
+use crate::config::ModelSettings;
+use crate::core::{
+    Backend, BoxFuture, CoreError, GenerateRequest, Generation, Health, ModelInfo, Prompt,
+    SamplingRequest,
+};
+use crate::memory::format_bytes;
+use crate::scheduler::{SeqRequest, EVENT_CHANNEL_CAPACITY};
+use crate::text::output_parser::{self, ParserConfig, ParserSetup};
+use crate::text::prompt::{PromptRenderer, RenderedPrompt};
+
+use super::{Registry, Served, State};
+
+/// A model's default sampling (`[models."id"]`): what a request leaves out.
+fn model_sampling(settings: &ModelSettings) -> SamplingRequest {
+    SamplingRequest {
+        temperature: settings.temperature,
+        top_p: settings.top_p,
+        top_k: settings.top_k,
+        min_p: settings.min_p,
+        ..SamplingRequest::default()
+    }
+}
+
+impl Registry {
+    /// How `served` reads prompts.
+    pub(super) fn renderer(served: &Served) -> PromptRenderer<'_> {
+        PromptRenderer {
+            model: &served.id,
+            tokenizer: &served.tokenizer,
+            reasoning: served.reasoning,
+            thinking: served.reasoning && served.settings.thinking.unwrap_or(true),
+        }
+    }
+
+    pub(super) async fn submit_inner(
+        &self,
+        request: GenerateRequest,
+    ) -> Result<Generation, CoreError> {
+        if !self.serving.load(Ordering::Relaxed) {
+            return Err(CoreError::Stopped);
+        }
+        let id = self.resolve(request.model.as_deref())?;
+        let served = self.ensure_loaded(&id).await?;
+        let RenderedPrompt {
+            tokens: prompt,
+            starts_in_reasoning,
+            tools,
+        } = Self::renderer(&served).render(&request.prompt)?;
+        if prompt.is_empty() {
+            return Err(CoreError::Invalid("the prompt is empty".into()));
+        }
+        let context = served.context_length;
+        if prompt.len() >= context {
+            return Err(CoreError::PromptTooLong {
+                tokens: prompt.len(),
+                max: context - 1,
+            });
+        }
+        // A prompt whose KV alone exceeds the model's KV budget would wait forever: refuse it.
+        // (One that fits waits in the engine's queue until running sequences leave room.)
+        let kv_need = prompt.len() as u64 * served.kv_bytes_per_token;
+        if kv_need > served.plan.kv_reserved_bytes {
+            return Err(CoreError::InsufficientMemory(format!(
+                "the prompt's KV cache ({} tokens, {}) exceeds the KV budget of '{id}' ({}; raise kv_reserve_tokens)",
+                prompt.len(),
+                format_bytes(kv_need),
+                format_bytes(served.plan.kv_reserved_bytes),
+            )));
+        }
+        // Room for output: the context, and the KV budget, which a sequence running alone
+        // may fill (its last sampled token never enters the KV, hence the + 1). Beyond the
+        // budget the scheduler could not keep it running.
+        let budget_tokens = served
+            .plan
+            .kv_positions(served.kv_bytes_per_token)
+            .unwrap_or(usize::MAX);
+        let room = (context - prompt.len()).min(budget_tokens.saturating_add(1) - prompt.len());
+        let (max_tokens, limited_by_context) = match request.max_tokens {
+            Some(n) if n <= room => (n, false),
+            _ => (room, true),
+        };
+        if served.stats.waiting.load(Ordering::Relaxed) >= self.config.max_queue {
+            return Err(CoreError::Overloaded {
+                retry_after_secs: 2,
+            });
+        }
+        let sampling = request.sampling.resolve(&model_sampling(&served.settings));
+        let (tx, rx) = mpsc::channel(EVENT_CHANNEL_CAPACITY);
+        let prompt_tokens = prompt.len();
+        let cached_tokens = served.stats.prefix.estimate_cached_tokens(&prompt);
+        let seq = SeqRequest {
+            id: request.id,
+            prompt,
+            sampling,
+            max_tokens,
+            limited_by_context,
+            stop: request.stop,
+            logprobs: request.logprobs,
+            parser: ParserSetup {
+                config: ParserConfig {
+                    reasoning: served.reasoning,
+                    starts_in_reasoning,
+                    tools,
+                },
+                format: output_parser::choose(
+                    served.settings.tool_parser,
+                    served.tokenizer.chat_template_source(),
+                    served.tokenizer.model_type(),
+                ),
+                tools: match &request.prompt {
+                    Prompt::Chat { tools, .. } => tools.clone(),
+                    _ => Vec::new(),
+                },
+            },
+            events: tx,
+            received: Instant::now(),
+        };
+        served.stats.waiting.fetch_add(1, Ordering::Relaxed);
+        served.touch();
+        let sent = match served.requests.lock().unwrap().as_ref() {
+            Some(sender) => sender.send(seq).is_ok(),
+            None => false,
+        };
+        if !sent {
+            served.stats.waiting.fetch_sub(1, Ordering::Relaxed);
+            return Err(CoreError::Internal(format!(
+                "the engine of '{id}' has stopped"
+            )));
+        }
+        Ok(Generation {
+            model: id,
+            prompt_tokens,
+            cached_tokens,
+            events: rx,
+        })
+    }
+}
+
+impl Backend for Registry {
+    fn list_models(&self) -> Vec<ModelInfo> {
+        let models = self.models.lock().unwrap();
+        models
+            .iter()
+            .filter(|(_, e)| e.facts.is_ok())
+            .map(|(id, e)| {
+                let (loaded, context_length) = match &e.state {
+                    State::Loaded(s) => (true, s.context_length),
+                    _ => (
+                        false,
+                        e.facts
+                            .as_ref()
+                            .map_or(0, |f| Self::capped_context(f, &self.settings(id))),
+                    ),
+                };
+                ModelInfo {
+                    id: id.clone(),
+                    created: e.created,
+                    loaded,
+                    context_length,
+                }
+            })
+            .collect()
+    }
+
+    fn count_tokens<'a>(
+        &'a self,
+        model: Option<&'a str>,
+        prompt: &'a Prompt,
+    ) -> BoxFuture<'a, Result<usize, CoreError>> {
+        Box::pin(async move {
+            let id = self.resolve(model)?;
+            let served = self.ensure_loaded(&id).await?;
+            Ok(Self::renderer(&served).render(prompt)?.tokens.len())
+        })
+    }
+
+    fn submit(&self, request: GenerateRequest) -> BoxFuture<'_, Result<Generation, CoreError>> {
+        Box::pin(self.submit_inner(request))
+    }
+
+    fn health(&self) -> Health {
+        let models = self.models.lock().unwrap();
+        if models
+            .values()
+            .any(|e| matches!(e.state, State::Loading { .. }))
+        {
+            Health::Loading
+        } else {
+            Health::Ok
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn what_a_request_sets_wins_even_when_it_equals_the_api_default() {
+        let model = model_sampling(&ModelSettings {
+            temperature: Some(0.6),
+            top_k: Some(20),
+            ..ModelSettings::default()
+        });
+        // Temperature 1 and top-k 0 are the API's defaults, sent explicitly: they stay.
+        let asked = SamplingRequest {
+            temperature: Some(1.0),
+            top_k: Some(0),
+            ..SamplingRequest::default()
+        };
+        let p = asked.resolve(&model);
+        assert_eq!((p.temperature, p.top_k), (1.0, 0));
+        // Left out: the model's default, then the API's.
+        let p = SamplingRequest::default().resolve(&model);
+        assert_eq!((p.temperature, p.top_k, p.top_p), (0.6, 20, 1.0));
+        let p = SamplingRequest {
+            seed: Some(7),
+            ..SamplingRequest::default()
+        }
+        .resolve(&SamplingRequest::default());
+        assert_eq!(
+            p,
+            crate::core::SamplingParams {
+                seed: Some(7),
+                ..crate::core::SamplingParams::default()
+            }
+        );
+    }
+}
