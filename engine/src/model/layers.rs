@@ -1,16 +1,19 @@
-//! Building blocks shared by the architectures: linear layers (dense or MLX affine-quantized),
+//! Building blocks shared by the architectures: linear layers (dense or MLX-quantized),
 //! embeddings, RMSNorm, RoPE, the SwiGLU MLP, and the model head.
 
 use mlx_rs::error::Exception;
 use mlx_rs::fast::{rms_norm, rope, rope_dynamic};
-use mlx_rs::ops::{addmm, dequantize, matmul, multiply, quantized_matmul, sigmoid};
+use mlx_rs::ops::{addmm, matmul, multiply, sigmoid};
 use mlx_rs::{Array, Dtype};
 
 use super::batch::BatchSeq;
+pub use crate::mlx_ext::QuantMode;
+use crate::mlx_ext::{dequantize, quantized_matmul};
 
 type Result<T> = std::result::Result<T, Exception>;
 
-/// A weight matrix `[out, in]`, stored as is or MLX affine-quantized (packed uint32).
+/// A weight matrix `[out, in]` (or a stack of them, `[experts, out, in]`), stored as is or
+/// MLX-quantized (packed uint32; `biases` only in affine mode).
 pub enum Matrix {
     Dense(Array),
     Quantized {
@@ -19,6 +22,7 @@ pub enum Matrix {
         biases: Option<Array>,
         group_size: i32,
         bits: i32,
+        mode: QuantMode,
     },
 }
 
@@ -33,7 +37,17 @@ impl Matrix {
                 biases,
                 group_size,
                 bits,
-            } => quantized_matmul(x, weight, scales, biases.as_ref(), true, *group_size, *bits),
+                mode,
+            } => Ok(quantized_matmul(
+                x,
+                weight,
+                scales,
+                biases.as_ref(),
+                true,
+                *group_size,
+                *bits,
+                *mode,
+            )?),
         }
     }
 
@@ -47,15 +61,19 @@ impl Matrix {
                 biases,
                 group_size,
                 bits,
+                mode,
             } => {
                 let b = biases.as_ref().map(|b| b.take_axis(ids, 0)).transpose()?;
-                dequantize(
-                    weight.take_axis(ids, 0)?,
-                    scales.take_axis(ids, 0)?,
+                // MLX's default output dtype, as mlx-lm's QuantizedEmbedding gets.
+                Ok(dequantize(
+                    &weight.take_axis(ids, 0)?,
+                    &scales.take_axis(ids, 0)?,
                     b.as_ref(),
                     *group_size,
                     *bits,
-                )
+                    *mode,
+                    None,
+                )?)
             }
         }
     }
@@ -70,9 +88,17 @@ impl Matrix {
                 biases,
                 group_size,
                 bits,
+                mode,
             } => {
-                let w = dequantize(&weight, &scales, biases.as_ref(), group_size, bits)?
-                    .as_dtype(dtype)?;
+                let w = dequantize(
+                    &weight,
+                    &scales,
+                    biases.as_ref(),
+                    group_size,
+                    bits,
+                    mode,
+                    Some(dtype),
+                )?;
                 w.eval()?;
                 Ok(Matrix::Dense(w))
             }

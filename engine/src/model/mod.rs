@@ -19,7 +19,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 pub use batch::{BatchSeq, Logits};
-use layers::{Linear, Matrix, RmsNorm, Rope};
+use layers::{Linear, Matrix, QuantMode, RmsNorm, Rope};
 
 /// Why a model could not be loaded. Every variant names the file at fault.
 #[derive(Debug, thiserror::Error)]
@@ -197,11 +197,79 @@ pub fn make_rope(
     Ok(rope)
 }
 
-/// `config.quantization`: the default `(group_size, bits)` and per-layer overrides.
+/// How one matrix is quantized (mlx-lm's `group_size`, `bits`, `mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QuantParams {
+    pub group_size: i32,
+    pub bits: i32,
+    pub mode: QuantMode,
+}
+
+impl QuantParams {
+    /// A config entry: `{"group_size", "bits"[, "mode"]}`. Without `mode` it is affine, as
+    /// `to_quantized` defaults it (mlx-lm's 8-bit router overrides name no mode, also under
+    /// an mxfp4 default); a Hugging Face `quant_method` names the float modes.
+    fn from_entry(v: &Value) -> Option<Self> {
+        let mode_name = v
+            .get("mode")
+            .or_else(|| v.get("quant_method"))
+            .and_then(Value::as_str);
+        let mode = match mode_name {
+            Some(name) => QuantMode::parse(name)?,
+            None => QuantMode::Affine,
+        };
+        let (default_group, default_bits) = match mode {
+            QuantMode::Affine => (None, None),
+            QuantMode::Mxfp4 => (Some(32), Some(4)),
+            QuantMode::Mxfp8 => (Some(32), Some(8)),
+            QuantMode::Nvfp4 => (Some(16), Some(4)),
+        };
+        let int = |k: &str| v.get(k).and_then(Value::as_i64).map(|n| n as i32);
+        Some(Self {
+            group_size: int("group_size").or(default_group)?,
+            bits: int("bits").or(default_bits)?,
+            mode,
+        })
+    }
+
+    /// Whether a packed `weight` with these `scales` can be of this kind: the scales' dtype
+    /// (uint8 only in the float modes) and their count per row agree.
+    fn fits(&self, weight_cols: i32, scales_cols: i32, uint8_scales: bool) -> bool {
+        let inputs = weight_cols * 32 / self.bits.max(1);
+        uint8_scales == (self.mode != QuantMode::Affine)
+            && self.group_size > 0
+            && inputs == scales_cols * self.group_size
+    }
+
+    /// mlx-lm's `infer_quant_config` without the layer's input size: the float modes each
+    /// allow one (bits, group) pair, told apart by the packing ratio; affine assumes groups
+    /// of 64.
+    fn infer(weight_cols: i32, scales_cols: i32, uint8_scales: bool) -> Option<Self> {
+        let ratio = weight_cols / scales_cols.max(1);
+        let (group_size, bits, mode) = if uint8_scales {
+            match ratio {
+                2 => (16, 4, QuantMode::Nvfp4),
+                4 => (32, 4, QuantMode::Mxfp4),
+                8 => (32, 8, QuantMode::Mxfp8),
+                _ => return None,
+            }
+        } else {
+            (64, weight_cols * 32 / (scales_cols * 64), QuantMode::Affine)
+        };
+        Some(Self {
+            group_size,
+            bits,
+            mode,
+        })
+    }
+}
+
+/// `config.quantization`: the default parameters and per-layer overrides (`false`: the layer
+/// is not quantized).
 #[derive(Debug, Clone, Default)]
 pub struct Quantization {
-    default: Option<(i32, i32)>,
-    per_layer: HashMap<String, Option<(i32, i32)>>,
+    default: Option<QuantParams>,
+    per_layer: HashMap<String, Option<QuantParams>>,
 }
 
 impl Quantization {
@@ -213,21 +281,16 @@ impl Quantization {
         else {
             return Self::default();
         };
-        let pair = |v: &Value| -> Option<(i32, i32)> {
-            let gs = v.get("group_size")?.as_i64()? as i32;
-            let bits = v.get("bits")?.as_i64()? as i32;
-            Some((gs, bits))
-        };
-        let default = pair(&Value::Object(q.clone()));
+        let default = QuantParams::from_entry(&Value::Object(q.clone()));
         let per_layer = q
             .iter()
             .filter(|(_, v)| v.is_object() || v.is_boolean())
-            .map(|(k, v)| (k.clone(), pair(v)))
+            .map(|(k, v)| (k.clone(), QuantParams::from_entry(v)))
             .collect();
         Self { default, per_layer }
     }
 
-    fn for_layer(&self, prefix: &str) -> Option<(i32, i32)> {
+    fn for_layer(&self, prefix: &str) -> Option<QuantParams> {
         match self.per_layer.get(prefix) {
             Some(setting) => *setting,
             None => self.default,
@@ -264,7 +327,9 @@ impl Tensors {
         self.map.contains_key(name)
     }
 
-    /// The `[out, in]` matrix at `prefix`, quantized when `prefix.scales` exists.
+    /// The `[out, in]` matrix (or `[experts, out, in]` stack) at `prefix`, quantized when
+    /// `prefix.scales` exists, as the config says or, where it says nothing that fits the
+    /// shapes, as the shapes say (mlx-lm infers unlisted layers too).
     pub fn matrix(&mut self, prefix: &str) -> Result<Matrix, ModelError> {
         let weight = self.take(&format!("{prefix}.weight"))?;
         if !self.contains(&format!("{prefix}.scales")) {
@@ -272,21 +337,25 @@ impl Tensors {
         }
         let scales = self.take(&format!("{prefix}.scales"))?;
         let biases = self.map.remove(&format!("{prefix}.biases"));
-        let (group_size, bits) = match self.quantization.for_layer(prefix) {
-            Some(q) => q,
-            None => {
-                // No config entry: infer from shapes (in = scales_cols * group; bits from packing).
-                let group_size = 64;
-                let inputs = scales.shape()[1] * group_size;
-                (group_size, weight.shape()[1] * 32 / inputs)
-            }
-        };
+        let last = |a: &Array| a.shape().last().copied().unwrap_or(0);
+        let (w_cols, s_cols) = (last(&weight), last(&scales));
+        let uint8_scales = scales.dtype() == Dtype::Uint8;
+        let params = self
+            .quantization
+            .for_layer(prefix)
+            .filter(|p| p.fits(w_cols, s_cols, uint8_scales))
+            .or_else(|| QuantParams::infer(w_cols, s_cols, uint8_scales))
+            .ok_or_else(|| ModelError::Invalid {
+                path: self.source.join("config.json"),
+                reason: format!("cannot tell how '{prefix}' is quantized"),
+            })?;
         Ok(Matrix::Quantized {
             weight,
             scales,
             biases,
-            group_size,
-            bits,
+            group_size: params.group_size,
+            bits: params.bits,
+            mode: params.mode,
         })
     }
 
@@ -321,8 +390,8 @@ impl Tensors {
                 let quantized = self.map.contains_key(&format!("{prefix}.scales"));
                 match self.quantization.for_layer(prefix) {
                     // Packed uint32 rows of `in * bits / 32` words.
-                    Some((_, bits)) if quantized && a.dtype() == Dtype::Uint32 => {
-                        a.size() * 32 / bits as usize * 4
+                    Some(q) if quantized && a.dtype() == Dtype::Uint32 => {
+                        a.size() * 32 / q.bits as usize * 4
                     }
                     _ => a.size() * 4,
                 }
