@@ -1,7 +1,8 @@
 //! Each supported architecture, with small random weights written by mlx-lm's own model classes
-//! (dense and 4-bit quantized), gives the same logits as mlx-lm over a prompt and several
-//! cached decode steps. Also checks that chunked prefill and batching with another sequence do
-//! not change a sequence's logits.
+//! (dense and quantized as `mlx_lm convert` quantizes), gives the same logits as mlx-lm over a
+//! prompt and several cached decode steps. Also checks that chunked prefill and batching with
+//! other sequences do not change a sequence's logits, and, for quantized Mixture-of-Experts
+//! models, that greedy decoding picks mlx-lm's tokens.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -34,7 +35,17 @@ fn python(args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
-fn make_model(arch: &str, bits: u32) -> tempfile::TempDir {
+/// How the reference script quantizes a model (`--bits`, `--group-size`, `--mode`).
+#[derive(Clone, Copy)]
+enum Quant {
+    Float,
+    /// Affine with groups of 32.
+    Affine(u32),
+    /// A float mode at its own bits and group size (mxfp4, mxfp8, nvfp4).
+    Mode(&'static str),
+}
+
+fn make_model(arch: &str, quant: Quant) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     let script = root().join("tests/reference/make_random_model.py");
     let mut args = vec![
@@ -42,13 +53,15 @@ fn make_model(arch: &str, bits: u32) -> tempfile::TempDir {
         arch.into(),
         dir.path().to_str().unwrap().into(),
     ];
-    if bits > 0 {
-        args.extend([
+    match quant {
+        Quant::Float => {}
+        Quant::Affine(bits) => args.extend([
             "--bits".into(),
             bits.to_string(),
             "--group-size".into(),
             "32".into(),
-        ]);
+        ]),
+        Quant::Mode(mode) => args.extend(["--mode".into(), mode.into()]),
     }
     python(&args.iter().map(String::as_str).collect::<Vec<_>>());
     dir
@@ -65,6 +78,10 @@ fn tokens(ids: &[u32]) -> Array {
 }
 
 fn assert_close(what: &str, ours: &[f32], reference: &[f32]) {
+    assert_within(what, ours, reference, TOLERANCE);
+}
+
+fn assert_within(what: &str, ours: &[f32], reference: &[f32], tolerance: f32) {
     assert_eq!(ours.len(), reference.len(), "{what}: length");
     let worst = ours
         .iter()
@@ -72,8 +89,8 @@ fn assert_close(what: &str, ours: &[f32], reference: &[f32]) {
         .map(|(a, b)| (a - b).abs())
         .fold(0f32, f32::max);
     assert!(
-        worst <= TOLERANCE,
-        "{what}: max |diff| {worst} > {TOLERANCE}"
+        worst <= tolerance,
+        "{what}: max |diff| {worst} > {tolerance}"
     );
 }
 
@@ -119,40 +136,94 @@ fn run_ours(
 }
 
 fn check(arch: &str, bits: u32) {
-    let dir = make_model(arch, bits);
+    let quant = if bits > 0 {
+        Quant::Affine(bits)
+    } else {
+        Quant::Float
+    };
+    let dir = make_model(arch, quant);
     let prompt: Vec<u32> = vec![1, 17, 300, 42, 7, 99, 256, 3, 511, 64, 128];
+    let case = Case {
+        what: format!("{arch} bits={bits}"),
+        prompt,
+        tolerance: TOLERANCE,
+        exact_batches: bits > 0,
+        greedy: 0,
+    };
+    check_dir(dir.path(), &case);
+}
+
+/// A Mixture-of-Experts model: a prompt long enough that its (token, expert) pairs are sorted
+/// by expert (as mlx-lm sorts 64 or more), decode steps that are not, and, quantized, greedy
+/// tokens.
+fn check_moe(arch: &str, quant: Quant) {
+    let dir = make_model(arch, quant);
+    let prompt: Vec<u32> = (0..40).map(|i| (i * 37 % 509) as u32 + 1).collect();
+    let quantized = !matches!(quant, Quant::Float);
+    let case = Case {
+        what: format!(
+            "{arch} {}",
+            match quant {
+                Quant::Float => "float".to_string(),
+                Quant::Affine(bits) => format!("{bits}-bit"),
+                Quant::Mode(mode) => mode.to_string(),
+            }
+        ),
+        prompt,
+        tolerance: TOLERANCE,
+        exact_batches: quantized,
+        greedy: if quantized { 12 } else { 0 },
+    };
+    check_dir(dir.path(), &case);
+}
+
+/// One parity check of the model in a folder against mlx-lm.
+struct Case {
+    what: String,
+    prompt: Vec<u32>,
+    /// Largest |ours - mlx-lm| allowed in any logit.
+    tolerance: f32,
+    /// Whether batching must leave a sequence's logits bit for bit the same.
+    exact_batches: bool,
+    /// Greedy tokens to compare with mlx-lm's (0: none).
+    greedy: usize,
+}
+
+fn check_dir(dir: &Path, case: &Case) {
+    let (what, prompt, tolerance) = (case.what.as_str(), &case.prompt, case.tolerance);
+    let close =
+        |w: &str, ours: &[f32], reference: &[f32]| assert_within(w, ours, reference, tolerance);
     let decode: Vec<u32> = vec![5, 400, 33, 2];
-    let spec = json!({"prompt": prompt, "decode": decode}).to_string();
+    let spec = json!({"prompt": prompt, "decode": decode, "greedy": case.greedy}).to_string();
     let script = root().join("tests/reference/mlx_lm_logits.py");
     let reference: Value = serde_json::from_str(&python(&[
         script.to_str().unwrap(),
-        dir.path().to_str().unwrap(),
+        dir.to_str().unwrap(),
         &spec,
     ]))
     .unwrap();
 
-    let (_, model) = load_model_dir(dir.path(), WeightsMode::Native).unwrap();
+    let (_, model) = load_model_dir(dir, WeightsMode::Native).unwrap();
     let mut dense = DenseKvCache::new(model.num_layers());
-    let (p, steps) = run_ours(model.as_ref(), &prompt, &decode, &mut dense);
-    let what = format!("{arch} bits={bits}");
+    let (p, steps) = run_ours(model.as_ref(), prompt, &decode, &mut dense);
     // The engine's slot pool (batched decode attention) agrees with the reference too.
     let pool = SharedSlots::new(model.num_layers());
-    let (_, pooled) = run_ours(model.as_ref(), &prompt, &decode, &mut pool.acquire());
+    let (_, pooled) = run_ours(model.as_ref(), prompt, &decode, &mut pool.acquire());
     for (i, step) in pooled.iter().enumerate() {
-        assert_close(
+        close(
             &format!("{what} pooled decode {i}"),
             step,
             &flatten(&reference["decode"][i]),
         );
     }
-    pooled_batches_are_invariant(model.as_ref(), &what, bits > 0);
-    assert_close(
+    pooled_batches_are_invariant(model.as_ref(), what, case.exact_batches);
+    close(
         &format!("{what} prompt"),
         &p,
         &flatten(&reference["prompt"]),
     );
     for (i, step) in steps.iter().enumerate() {
-        assert_close(
+        close(
             &format!("{what} decode {i}"),
             step,
             &flatten(&reference["decode"][i]),
@@ -178,7 +249,7 @@ fn check(arch: &str, bits: u32) {
             .unwrap(),
     );
     let vocab = chunked.len();
-    assert_close(
+    close(
         &format!("{what} chunked prefill"),
         &chunked,
         &p[p.len() - vocab..],
@@ -195,7 +266,7 @@ fn check(arch: &str, bits: u32) {
         .unwrap();
     let mut mine = DenseKvCache::new(model.num_layers());
     let mut both: Vec<u32> = vec![6];
-    both.extend(&prompt);
+    both.extend(prompt);
     let mut b = [
         BatchSeq {
             len: 1,
@@ -207,11 +278,63 @@ fn check(arch: &str, bits: u32) {
         },
     ];
     let batched = to_vec(&model.forward(&tokens(&both), &mut b, Logits::Last).unwrap());
-    assert_close(
+    close(
         &format!("{what} batched"),
         &batched[vocab..],
         &p[p.len() - vocab..],
     );
+
+    if case.greedy > 0 {
+        let want: Vec<u32> = reference["greedy"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t.as_u64().unwrap() as u32)
+            .collect();
+        let pool = SharedSlots::new(model.num_layers());
+        let got = greedy(model.as_ref(), prompt, case.greedy, &mut pool.acquire());
+        assert_eq!(got, want, "{what}: greedy tokens");
+    }
+}
+
+/// The first of the largest logits, as `mx.argmax` picks.
+fn argmax(logits: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &l) in logits.iter().enumerate() {
+        if l > logits[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+/// `n` greedy tokens after `prompt`.
+fn greedy(
+    model: &dyn LanguageModel,
+    prompt: &[u32],
+    n: usize,
+    cache: &mut dyn KvCache,
+) -> Vec<u32> {
+    let mut b = [BatchSeq {
+        len: prompt.len(),
+        cache: &mut *cache,
+    }];
+    let mut logits = to_vec(
+        &model
+            .forward(&tokens(prompt), &mut b, Logits::Last)
+            .unwrap(),
+    );
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = argmax(&logits);
+        out.push(t);
+        let mut b = [BatchSeq {
+            len: 1,
+            cache: &mut *cache,
+        }];
+        logits = to_vec(&model.forward(&tokens(&[t]), &mut b, Logits::Last).unwrap());
+    }
+    out
 }
 
 /// Sequences of different lengths (one past a decode bucket boundary) decoding in one pooled
@@ -360,4 +483,41 @@ fn qwen3_dense() {
 #[test]
 fn qwen3_q4() {
     check("qwen3", 4);
+}
+
+#[test]
+fn qwen3_moe_float() {
+    check_moe("qwen3_moe", Quant::Float);
+}
+#[test]
+fn qwen3_moe_q4() {
+    check_moe("qwen3_moe", Quant::Affine(4));
+}
+#[test]
+fn minimax_float() {
+    check_moe("minimax", Quant::Float);
+}
+#[test]
+fn minimax_q4() {
+    check_moe("minimax", Quant::Affine(4));
+}
+#[test]
+fn glm4_moe_float() {
+    check_moe("glm4_moe", Quant::Float);
+}
+#[test]
+fn glm4_moe_q4() {
+    check_moe("glm4_moe", Quant::Affine(4));
+}
+#[test]
+fn qwen3_moe_mxfp4() {
+    check_moe("qwen3_moe", Quant::Mode("mxfp4"));
+}
+#[test]
+fn minimax_mxfp8() {
+    check_moe("minimax", Quant::Mode("mxfp8"));
+}
+#[test]
+fn glm4_moe_nvfp4() {
+    check_moe("glm4_moe", Quant::Mode("nvfp4"));
 }

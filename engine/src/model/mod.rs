@@ -1,13 +1,18 @@
 //! Model architectures and loading. One file per architecture, each readable beside mlx-lm's
 //! file of the same name; the shared pieces live in `layers`.
 
+pub mod architectures;
 pub mod attention;
 pub mod batch;
 pub mod decoder;
+pub mod glm4_moe;
 pub mod layers;
 pub mod llama;
+pub mod minimax;
 pub mod qwen2;
 pub mod qwen3;
+pub mod qwen3_moe;
+pub mod switch_layers;
 pub mod weights;
 
 use std::collections::HashMap;
@@ -28,7 +33,7 @@ pub enum ModelError {
     MissingFile { path: PathBuf, reason: String },
     #[error("{}: {reason}", path.display())]
     Invalid { path: PathBuf, reason: String },
-    #[error("{}: unsupported model_type '{model_type}' (supported: llama, mistral, qwen2, qwen3)", path.display())]
+    #[error("{}: unsupported model_type '{model_type}' (supported: {})", path.display(), architectures::model_types())]
     UnsupportedArchitecture { path: PathBuf, model_type: String },
     #[error("{}: tensor '{name}' is missing", path.display())]
     MissingTensor { path: PathBuf, name: String },
@@ -109,6 +114,12 @@ pub struct ModelArgs {
     /// transformers >= 5 nests rope_theta/rope_scaling here.
     pub rope_parameters: Option<serde_json::Map<String, Value>>,
     pub tie_word_embeddings: Option<bool>,
+    /// Partial rotary embeddings: the rotated features of each head (minimax), or their
+    /// fraction of `head_dim` (glm4_moe).
+    pub rotary_dim: Option<i32>,
+    pub partial_rotary_factor: Option<f32>,
+    /// RMSNorm on queries and keys (minimax, glm4_moe).
+    pub use_qk_norm: Option<bool>,
 }
 
 impl ModelArgs {
@@ -142,7 +153,17 @@ pub fn make_rope(
     base: f32,
     source: &Path,
 ) -> Result<Rope, ModelError> {
-    let dims = args.head_dim();
+    make_rope_dims(args, args.head_dim(), traditional, base, source)
+}
+
+/// [`make_rope`] rotating the first `dims` features of each head (partial rotary).
+pub fn make_rope_dims(
+    args: &ModelArgs,
+    dims: i32,
+    traditional: bool,
+    base: f32,
+    source: &Path,
+) -> Result<Rope, ModelError> {
     let mut rope = Rope {
         dims,
         traditional,
@@ -437,33 +458,13 @@ pub fn build_model(
             path: config_path.clone(),
             reason: format!("bad config: {e}"),
         })?;
-    let model: Box<dyn LanguageModel> = match args.model_type.as_str() {
-        "llama" | "mistral" => Box::new(llama::Model::load(
-            &args,
-            tensors,
-            mode,
-            llama::TIE_DEFAULT,
-        )?),
-        "qwen2" => Box::new(qwen2::Model::load(
-            &args,
-            tensors,
-            mode,
-            qwen2::TIE_DEFAULT,
-        )?),
-        "qwen3" => Box::new(qwen3::Model::load(
-            &args,
-            tensors,
-            mode,
-            qwen3::TIE_DEFAULT,
-        )?),
-        other => {
-            return Err(ModelError::UnsupportedArchitecture {
-                path: config_path,
-                model_type: other.into(),
-            })
-        }
+    let Some(arch) = architectures::find(&args.model_type) else {
+        return Err(ModelError::UnsupportedArchitecture {
+            path: config_path,
+            model_type: args.model_type,
+        });
     };
-    Ok(model)
+    (arch.load)(config, &args, tensors, mode)
 }
 
 /// Applies the weights mode to one matrix (`Auto` must have been resolved already).
@@ -499,7 +500,7 @@ pub fn load_model_dir(
         .get("model_type")
         .and_then(Value::as_str)
         .unwrap_or("");
-    if !matches!(model_type, "llama" | "mistral" | "qwen2" | "qwen3") {
+    if architectures::find(model_type).is_none() {
         return Err(ModelError::UnsupportedArchitecture {
             path: dir.join("config.json"),
             model_type: model_type.into(),
