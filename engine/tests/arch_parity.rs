@@ -175,6 +175,67 @@ fn check_moe(arch: &str, quant: Quant) {
         greedy: if quantized { 12 } else { 0 },
     };
     check_dir(dir.path(), &case);
+    memory_estimate_counts_every_expert(dir.path(), quantized);
+    if quantized {
+        dequantized_mode_agrees(dir.path(), &case);
+    }
+}
+
+/// `--weights dequantized` (the other matrices expanded to float32, the experts as stored)
+/// agrees with mlx-lm too (float matmuls against the expanded weights round differently from
+/// quantized matmuls: ~4e-7 here).
+fn dequantized_mode_agrees(dir: &Path, case: &Case) {
+    let spec = json!({"prompt": case.prompt, "decode": []}).to_string();
+    let script = root().join("tests/reference/mlx_lm_logits.py");
+    let reference: Value = serde_json::from_str(&python(&[
+        script.to_str().unwrap(),
+        dir.to_str().unwrap(),
+        &spec,
+    ]))
+    .unwrap();
+    let (_, model) = load_model_dir(dir, WeightsMode::Dequantized).unwrap();
+    let pool = SharedSlots::new(model.num_layers());
+    let (p, _) = run_ours(model.as_ref(), &case.prompt, &[], &mut pool.acquire());
+    assert_within(
+        &format!("{} dequantized prompt", case.what),
+        &p,
+        &flatten(&reference["prompt"]),
+        case.tolerance,
+    );
+}
+
+/// The registry's estimate of a model's weight memory (read from the safetensors headers,
+/// without loading) is every tensor's bytes as loaded: all experts, not the active ones.
+fn memory_estimate_counts_every_expert(dir: &Path, quantized: bool) {
+    std::fs::write(dir.join("tokenizer.json"), "{}").unwrap();
+    let facts = wuwei::integrity::check_model(dir).unwrap();
+    let mut tensors = Array::load_safetensors(dir.join("model.safetensors")).unwrap();
+    if let Some(dtype) = wuwei::model::compute_dtype() {
+        wuwei::model::weights::cast_floats(&mut tensors, dtype).unwrap();
+    }
+    let experts: usize = tensors
+        .iter()
+        .filter(|(name, _)| name.contains(".switch_mlp.") || name.contains(".experts."))
+        .map(|(_, a)| a.nbytes())
+        .sum();
+    let all: usize = tensors.values().map(Array::nbytes).sum();
+    assert!(experts > all / 2, "the experts are most of the model");
+    assert_eq!(facts.weights_native, all as u64);
+    // Dequantized, the experts stay as stored while the rest expands (at most 8x, 4-bit).
+    let (deq, experts, rest) = (
+        facts.weights_dequantized,
+        experts as u64,
+        (all - experts) as u64,
+    );
+    if quantized {
+        assert!(
+            deq > facts.weights_native && deq <= experts + 8 * rest,
+            "{deq}"
+        );
+    } else {
+        assert_eq!(deq, facts.weights_native);
+    }
+    std::fs::remove_file(dir.join("tokenizer.json")).unwrap();
 }
 
 /// One parity check of the model in a folder against mlx-lm.

@@ -125,13 +125,7 @@ pub fn load(
                 scores_in_x_dtype: true,
             },
             top_k: moe.num_experts_per_tok,
-            switch_mlp: SwitchGlu::load(
-                t,
-                &format!("{p}.switch_mlp"),
-                false,
-                Activation::SwiGlu,
-                mode,
-            )?,
+            switch_mlp: SwitchGlu::load(t, &format!("{p}.switch_mlp"), false, Activation::SwiGlu)?,
             shared_experts: None,
         }))
     })

@@ -401,20 +401,29 @@ impl Tensors {
         &self.source
     }
 
-    /// Bytes the weights take once every quantized matrix is expanded to float32.
+    /// Bytes the weights take once every quantized matrix is expanded to float32 (expert
+    /// stacks stay as stored: [`switch_layers::stays_quantized`]).
     pub fn dequantized_bytes(&self) -> usize {
+        let packed = |prefix: &str| {
+            self.map.get(&format!("{prefix}.weight")).filter(|w| {
+                w.dtype() == Dtype::Uint32 && self.map.contains_key(&format!("{prefix}.scales"))
+            })
+        };
         self.map
             .iter()
-            .filter(|(name, _)| !name.ends_with(".scales") && !name.ends_with(".biases"))
             .map(|(name, a)| {
-                let prefix = name.trim_end_matches(".weight");
-                let quantized = self.map.contains_key(&format!("{prefix}.scales"));
-                match self.quantization.for_layer(prefix) {
+                let (prefix, part) = name.rsplit_once('.').unwrap_or((name, ""));
+                match packed(prefix) {
+                    Some(w) if switch_layers::stays_quantized(w.ndim()) => a.nbytes(),
+                    // Scales and biases disappear once their matrix is expanded.
+                    Some(_) if part != "weight" => 0,
                     // Packed uint32 rows of `in * bits / 32` words.
-                    Some(q) if quantized && a.dtype() == Dtype::Uint32 => {
-                        a.size() * 32 / q.bits as usize * 4
-                    }
-                    _ => a.size() * 4,
+                    Some(_) => match self.quantization.for_layer(prefix) {
+                        Some(q) => a.size() * 32 / q.bits as usize * 4,
+                        None => a.size() * 8 * 4,
+                    },
+                    None if name.ends_with(".scales") || name.ends_with(".biases") => 0,
+                    None => a.size() * 4,
                 }
             })
             .sum()

@@ -64,13 +64,7 @@ pub fn load(
                 norm_topk_prob: moe.norm_topk_prob,
             },
             top_k: moe.num_experts_per_tok,
-            switch_mlp: SwitchGlu::load(
-                t,
-                &format!("{p}.switch_mlp"),
-                false,
-                Activation::SwiGlu,
-                mode,
-            )?,
+            switch_mlp: SwitchGlu::load(t, &format!("{p}.switch_mlp"), false, Activation::SwiGlu)?,
             shared_experts: None,
         }))
     })

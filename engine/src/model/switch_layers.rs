@@ -18,7 +18,7 @@ use mlx_rs::{Array, Dtype};
 
 use super::decoder::{linear, FeedForward};
 use super::layers::{Linear, Matrix, Mlp};
-use super::{prepare, ModelError, Tensors, WeightsMode};
+use super::{ModelError, Tensors, WeightsMode};
 use crate::mlx_ext::{gather_mm, gather_qmm, slice_axis};
 
 type Result<T> = std::result::Result<T, Exception>;
@@ -35,14 +35,23 @@ pub struct SwitchLinear {
     pub bias: Option<Array>,
 }
 
+/// Whether a packed weight of `ndim` axes stays quantized in every weights mode: expert stacks
+/// (3-D) do. Expanding them would not speed anything up, as MLX's CPU `gather_mm` multiplies
+/// one (token, expert) pair at a time just as `gather_qmm` does (and measured slower: the
+/// float32 expert is 8x the bytes to read), while it would take 8x the memory of 4-bit
+/// experts, which are most of an MoE model. The registry's estimate follows the same rule.
+pub fn stays_quantized(ndim: usize) -> bool {
+    ndim >= 3
+}
+
 impl SwitchLinear {
+    /// The expert stack at `prefix`, as stored (see [`stays_quantized`]).
     pub fn load(
         t: &mut Tensors,
         prefix: &str,
         bias: bool,
-        mode: WeightsMode,
     ) -> std::result::Result<Self, ModelError> {
-        let weight = prepare(t.matrix(prefix)?, mode)?;
+        let weight = t.matrix(prefix)?;
         let bias = if bias {
             Some(t.take(&format!("{prefix}.bias"))?)
         } else {
@@ -125,12 +134,11 @@ impl SwitchGlu {
         prefix: &str,
         bias: bool,
         activation: Activation,
-        mode: WeightsMode,
     ) -> std::result::Result<Self, ModelError> {
         Ok(Self {
-            gate_proj: SwitchLinear::load(t, &format!("{prefix}.gate_proj"), bias, mode)?,
-            up_proj: SwitchLinear::load(t, &format!("{prefix}.up_proj"), bias, mode)?,
-            down_proj: SwitchLinear::load(t, &format!("{prefix}.down_proj"), bias, mode)?,
+            gate_proj: SwitchLinear::load(t, &format!("{prefix}.gate_proj"), bias)?,
+            up_proj: SwitchLinear::load(t, &format!("{prefix}.up_proj"), bias)?,
+            down_proj: SwitchLinear::load(t, &format!("{prefix}.down_proj"), bias)?,
             activation,
         })
     }
