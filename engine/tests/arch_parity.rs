@@ -316,6 +316,39 @@ fn check_dir(dir: &Path, case: &Case) {
         &p[p.len() - vocab..],
     );
 
+    // A prefix reused from another sequence's cache (as a prefix-cache hit loads it, longer
+    // than gpt_oss's sliding window), then the rest of the prompt: the same logits.
+    let reused = prompt.len() * 3 / 4;
+    let mut donor = DenseKvCache::new(model.num_layers());
+    let mut b = [BatchSeq {
+        len: reused,
+        cache: &mut donor,
+    }];
+    model
+        .forward(&tokens(&prompt[..reused]), &mut b, Logits::Last)
+        .unwrap();
+    let pool = SharedSlots::new(model.num_layers());
+    let mut hit = pool.acquire();
+    for layer in 0..model.num_layers() {
+        let (k, v) = donor.range(layer, 0, reused as i32).unwrap().unwrap();
+        hit.load_layer(layer, k, v).unwrap();
+    }
+    hit.advance(reused);
+    let mut b = [BatchSeq {
+        len: prompt.len() - reused,
+        cache: &mut hit,
+    }];
+    let after_hit = to_vec(
+        &model
+            .forward(&tokens(&prompt[reused..]), &mut b, Logits::Last)
+            .unwrap(),
+    );
+    close(
+        &format!("{what} after a reused prefix"),
+        &after_hit,
+        &p[p.len() - vocab..],
+    );
+
     // Batched with another sequence that is mid-decode: our sequence's logits are unchanged.
     let mut other = DenseKvCache::new(model.num_layers());
     let mut b = [BatchSeq {
@@ -581,4 +614,12 @@ fn minimax_mxfp8() {
 #[test]
 fn glm4_moe_nvfp4() {
     check_moe("glm4_moe", Quant::Mode("nvfp4"));
+}
+#[test]
+fn gpt_oss_float() {
+    check_moe("gpt_oss", Quant::Float);
+}
+#[test]
+fn gpt_oss_mxfp4() {
+    check_moe("gpt_oss", Quant::Mode("mxfp4"));
 }

@@ -67,6 +67,17 @@ CONFIGS = {
         rms_norm_eps=1e-5, vocab_size=512, rope_theta=1000000.0, rope_scaling=None,
         tie_word_embeddings=False, max_position_embeddings=4096,
     ),
+    # Sliding-window layers (a window far shorter than the test prompts) alternating with full
+    # ones, attention sinks, YaRN RoPE, biased experts with gpt-oss's clipped SwiGLU.
+    "gpt_oss": dict(
+        model_type="gpt_oss", hidden_size=128, num_hidden_layers=4, intermediate_size=64,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=32, rms_norm_eps=1e-5,
+        vocab_size=512, num_local_experts=16, num_experts_per_tok=4, sliding_window=16,
+        layer_types=["sliding_attention", "full_attention"] * 2, rope_theta=150000.0,
+        rope_scaling=dict(rope_type="yarn", factor=32.0, beta_fast=32.0, beta_slow=1.0,
+                          truncate=False, original_max_position_embeddings=4096),
+        tie_word_embeddings=False, max_position_embeddings=131072,
+    ),
 }
 
 # Routers get larger weights than the rest, so that experts' scores are well apart and a

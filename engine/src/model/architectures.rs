@@ -5,8 +5,8 @@
 use serde_json::Value;
 
 use super::{
-    glm4_moe, llama, minimax, qwen2, qwen3, qwen3_moe, LanguageModel, ModelArgs, ModelError,
-    Tensors, WeightsMode,
+    glm4_moe, gpt_oss, llama, minimax, qwen2, qwen3, qwen3_moe, LanguageModel, ModelArgs,
+    ModelError, Tensors, WeightsMode,
 };
 
 /// Builds the model from config.json, its common fields and the tensors.
@@ -93,6 +93,12 @@ pub const ARCHITECTURES: &[Architecture] = &[
         gguf: None,
         hf_class: "Glm4MoeForCausalLM",
         load: |config, args, t, mode| Ok(Box::new(glm4_moe::load(config, args, t, mode)?)),
+    },
+    Architecture {
+        model_type: "gpt_oss",
+        gguf: None,
+        hf_class: "GptOssForCausalLM",
+        load: |config, args, t, mode| Ok(Box::new(gpt_oss::load(config, args, t, mode)?)),
     },
 ];
 

@@ -3,12 +3,12 @@
 
 use mlx_rs::error::Exception;
 use mlx_rs::fast::{rms_norm, rope, rope_dynamic};
-use mlx_rs::ops::{addmm, matmul, multiply, sigmoid};
+use mlx_rs::ops::{addmm, concatenate, matmul, multiply, sigmoid};
 use mlx_rs::{Array, Dtype};
 
 use super::batch::BatchSeq;
 pub use crate::mlx_ext::QuantMode;
-use crate::mlx_ext::{dequantize, quantized_matmul};
+use crate::mlx_ext::{dequantize, quantized_matmul, slice_axis};
 
 type Result<T> = std::result::Result<T, Exception>;
 
@@ -148,23 +148,41 @@ impl RmsNorm {
     }
 }
 
-/// Rotary position embedding (`nn.RoPE`, or llama3-scaled frequencies).
+/// Rotary position embedding (`nn.RoPE`, or llama3/YaRN-scaled frequencies).
 pub struct Rope {
     pub dims: i32,
     pub traditional: bool,
     pub base: f32,
     pub scale: f32,
-    /// Precomputed frequencies (llama3 scaling); `base` is ignored when set.
+    /// Precomputed frequencies (llama3, YaRN); `base` is ignored when set.
     pub freqs: Option<Array>,
+    /// YaRN's attention scaling: the rotated features are multiplied by it first (1: none).
+    pub mscale: f32,
 }
 
 impl Rope {
+    /// mlx-lm's `YarnRoPE` scales `x[..., :dims]` before rotating.
+    fn prescale(&self, x: &Array) -> Result<Array> {
+        if self.mscale == 1.0 {
+            return Ok(x.clone());
+        }
+        let m = Array::from_f32(self.mscale);
+        let head = *x.shape().last().expect("feature axis");
+        if self.dims == head {
+            return multiply(x, &m);
+        }
+        let axis = x.ndim() - 1;
+        let rotated = multiply(slice_axis(x, axis, 0, self.dims)?, &m)?;
+        concatenate(&[rotated, slice_axis(x, axis, self.dims, head)?], -1)
+    }
+
     pub fn forward(&self, x: &Array, offset: i32) -> Result<Array> {
         let base = if self.freqs.is_some() {
             None
         } else {
             Some(self.base)
         };
+        let x = &self.prescale(x)?;
         rope(
             x,
             self.dims,
@@ -183,6 +201,7 @@ impl Rope {
         } else {
             Some(self.base)
         };
+        let x = &self.prescale(x)?;
         rope_dynamic(
             x,
             self.dims,

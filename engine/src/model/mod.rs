@@ -6,6 +6,7 @@ pub mod attention;
 pub mod batch;
 pub mod decoder;
 pub mod glm4_moe;
+pub mod gpt_oss;
 pub mod layers;
 pub mod llama;
 pub mod minimax;
@@ -120,6 +121,10 @@ pub struct ModelArgs {
     pub partial_rotary_factor: Option<f32>,
     /// RMSNorm on queries and keys (minimax, glm4_moe).
     pub use_qk_norm: Option<bool>,
+    /// Sliding-window attention (gpt_oss): the window, and which layers use it
+    /// (`"sliding_attention"` / `"full_attention"`).
+    pub sliding_window: Option<i32>,
+    pub layer_types: Option<Vec<String>>,
 }
 
 impl ModelArgs {
@@ -170,6 +175,7 @@ pub fn make_rope_dims(
         base,
         scale: 1.0,
         freqs: None,
+        mscale: 1.0,
     };
     let Some(scaling) = args.rope_scaling() else {
         return Ok(rope);
@@ -208,6 +214,11 @@ pub fn make_rope_dims(
                 .collect();
             rope.freqs = Some(Array::from_slice(&freqs, &[dims / 2]));
         }
+        "yarn" => {
+            let (freqs, mscale) = yarn(dims, base, &num)?;
+            rope.freqs = Some(freqs);
+            rope.mscale = mscale;
+        }
         other => {
             return Err(ModelError::Invalid {
                 path: source.join("config.json"),
@@ -216,6 +227,42 @@ pub fn make_rope_dims(
         }
     }
     Ok(rope)
+}
+
+/// mlx-lm's `YarnRoPE`: frequencies (computed with the same float32 MLX ops) and the scale
+/// of the rotated features.
+fn yarn(dims: i32, base: f32, num: &dyn Fn(&str, f64) -> f64) -> Result<(Array, f32), ModelError> {
+    use mlx_rs::ops::{arange, clip};
+    let factor = num("factor", 1.0);
+    let original = num("original_max_position_embeddings", 4096.0);
+    let (beta_fast, beta_slow) = (num("beta_fast", 32.0), num("beta_slow", 1.0));
+    let (mscale, mscale_all_dim) = (num("mscale", 1.0), num("mscale_all_dim", 0.0));
+    let d = dims as f64;
+    let correction_dim = |rotations: f64| {
+        d * (original / (rotations * 2.0 * std::f64::consts::PI)).ln() / (2.0 * (base as f64).ln())
+    };
+    let low = correction_dim(beta_fast).floor().max(0.0);
+    let mut high = correction_dim(beta_slow).ceil().min(d - 1.0);
+    if low == high {
+        high += 0.001;
+    }
+    let get_mscale = |scale: f64, m: f64| {
+        if scale <= 1.0 {
+            1.0
+        } else {
+            0.1 * m * scale.ln() + 1.0
+        }
+    };
+    let attention_scale = get_mscale(factor, mscale) / get_mscale(factor, mscale_all_dim);
+    let freq_extra = Array::from_f32(base).power(arange::<_, f32>(0, dims, 2)? / dims as f32)?;
+    let freq_inter = &freq_extra * factor as f32;
+    let ramp = (arange::<_, f32>(0, dims / 2, None)? - low as f32) / (high - low) as f32;
+    let one = Array::from_f32(1.0);
+    let freq_mask = &one - clip(&ramp, (0.0f32, 1.0f32))?;
+    let freqs = (&freq_inter * &freq_extra)
+        / (&freq_inter * &freq_mask + &freq_extra * (&one - &freq_mask));
+    freqs.eval()?;
+    Ok((freqs, attention_scale as f32))
 }
 
 /// How one matrix is quantized (mlx-lm's `group_size`, `bits`, `mode`).

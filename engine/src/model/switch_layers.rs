@@ -332,8 +332,8 @@ impl SparseMoeBlock {
         } else {
             x.clone()
         };
-        match (&self.gate.matrix, &self.gate.bias) {
-            (Matrix::Dense(w), None) => {
+        match &self.gate.matrix {
+            Matrix::Dense(w) => {
                 let shape = x.shape().to_vec();
                 let hidden = shape[shape.len() - 1];
                 // `[tokens, 1, hidden] @ [1, hidden, experts]`: a 3-D right side keeps MLX
@@ -342,9 +342,13 @@ impl SparseMoeBlock {
                 let logits = matmul(x.reshape(&[-1, 1, hidden])?, wt)?;
                 let mut out_shape = shape;
                 *out_shape.last_mut().expect("feature axis") = w.shape()[0];
-                logits.reshape(&out_shape)
+                let logits = logits.reshape(&out_shape)?;
+                match &self.gate.bias {
+                    Some(b) => Ok(logits + b),
+                    None => Ok(logits),
+                }
             }
-            _ => self.gate.forward(&x),
+            Matrix::Quantized { .. } => self.gate.forward(&x),
         }
     }
 }
