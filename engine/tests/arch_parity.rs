@@ -623,3 +623,58 @@ fn gpt_oss_float() {
 fn gpt_oss_mxfp4() {
     check_moe("gpt_oss", Quant::Mode("mxfp4"));
 }
+
+/// A checkpoint in the Hugging Face layout (each expert's projections apart, minimax's named
+/// w1/w2/w3) loads as mlx-lm's `sanitize` stacks it: the same logits as the stacked one.
+fn per_expert_layout_loads(arch: &str) {
+    let dir = make_model(arch, Quant::Affine(4));
+    let stacked = Array::load_safetensors(dir.path().join("model.safetensors")).unwrap();
+    let hf_names = if arch == "minimax" {
+        [("gate_proj", "w1"), ("up_proj", "w3"), ("down_proj", "w2")]
+    } else {
+        [
+            ("gate_proj", "gate_proj"),
+            ("up_proj", "up_proj"),
+            ("down_proj", "down_proj"),
+        ]
+    };
+    let mut split = std::collections::HashMap::new();
+    for (name, a) in &stacked {
+        let Some((block, rest)) = name.split_once(".switch_mlp.") else {
+            split.insert(name.clone(), a.clone());
+            continue;
+        };
+        let (proj, part) = rest.split_once('.').unwrap();
+        let hf = hf_names.iter().find(|(ours, _)| *ours == proj).unwrap().1;
+        for e in 0..a.shape()[0] {
+            let expert = a.take_axis(Array::from_int(e), 0).unwrap();
+            split.insert(format!("{block}.experts.{e}.{hf}.{part}"), expert);
+        }
+    }
+    let hf = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        dir.path().join("config.json"),
+        hf.path().join("config.json"),
+    )
+    .unwrap();
+    Array::save_safetensors(split.iter(), None, hf.path().join("model.safetensors")).unwrap();
+
+    let prompt: Vec<u32> = (0..40).map(|i| (i * 37 % 509) as u32 + 1).collect();
+    let logits = |dir: &Path| {
+        let (_, model) = load_model_dir(dir, WeightsMode::Native).unwrap();
+        let mut cache = DenseKvCache::new(model.num_layers());
+        run_ours(model.as_ref(), &prompt, &[5], &mut cache)
+    };
+    assert_eq!(
+        logits(hf.path()),
+        logits(dir.path()),
+        "{arch}: per-expert layout"
+    );
+}
+
+#[test]
+fn per_expert_layouts_load() {
+    for arch in ["qwen3_moe", "minimax", "glm4_moe"] {
+        per_expert_layout_loads(arch);
+    }
+}

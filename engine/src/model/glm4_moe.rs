@@ -13,7 +13,7 @@ use super::architectures::parse_args;
 use super::attention::attend;
 use super::decoder::{linear, mlp, Decoder, SelfAttention};
 use super::layers::{Linear, RmsNorm, Rope};
-use super::switch_layers::{Activation, Routing, SparseMoeBlock, SwitchGlu};
+use super::switch_layers::{Activation, PerExpert, Routing, SparseMoeBlock, SwitchGlu};
 use super::{make_rope_dims, BatchSeq, ModelArgs, ModelError, Tensors, WeightsMode};
 
 pub type Model = Decoder<Attention>;
@@ -175,7 +175,16 @@ pub fn load(
                 scores_in_x_dtype: false,
             },
             top_k: moe.num_experts_per_tok,
-            switch_mlp: SwitchGlu::load(t, &format!("{p}.switch_mlp"), false, Activation::SwiGlu)?,
+            switch_mlp: SwitchGlu::load(
+                t,
+                &format!("{p}.switch_mlp"),
+                false,
+                Activation::SwiGlu,
+                Some(PerExpert {
+                    experts: &format!("{p}.experts"),
+                    names: ["gate_proj", "up_proj", "down_proj"],
+                }),
+            )?,
             shared_experts,
         }))
     })

@@ -146,6 +146,7 @@ pub fn load(
                     alpha: 1.702,
                     limit: 7.0,
                 },
+                None,
             )?,
             shared_experts: None,
         }))

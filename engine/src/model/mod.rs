@@ -395,6 +395,11 @@ impl Tensors {
         self.map.contains_key(name)
     }
 
+    /// Adds a tensor made from others (stacked experts).
+    pub fn insert(&mut self, name: String, tensor: Array) {
+        self.map.insert(name, tensor);
+    }
+
     /// The `[out, in]` matrix (or `[experts, out, in]` stack) at `prefix`, quantized when
     /// `prefix.scales` exists, as the config says or, where it says nothing that fits the
     /// shapes, as the shapes say (mlx-lm infers unlisted layers too).

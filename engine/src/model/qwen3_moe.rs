@@ -8,7 +8,7 @@ use serde_json::Value;
 
 use super::architectures::parse_args;
 use super::decoder::{mlp, Decoder};
-use super::switch_layers::{Activation, Routing, SparseMoeBlock, SwitchGlu};
+use super::switch_layers::{Activation, PerExpert, Routing, SparseMoeBlock, SwitchGlu};
 use super::{qwen3, ModelArgs, ModelError, Tensors, WeightsMode};
 
 pub type Model = Decoder<qwen3::Attention>;
@@ -64,7 +64,16 @@ pub fn load(
                 norm_topk_prob: moe.norm_topk_prob,
             },
             top_k: moe.num_experts_per_tok,
-            switch_mlp: SwitchGlu::load(t, &format!("{p}.switch_mlp"), false, Activation::SwiGlu)?,
+            switch_mlp: SwitchGlu::load(
+                t,
+                &format!("{p}.switch_mlp"),
+                false,
+                Activation::SwiGlu,
+                Some(PerExpert {
+                    experts: &format!("{p}.experts"),
+                    names: ["gate_proj", "up_proj", "down_proj"],
+                }),
+            )?,
             shared_experts: None,
         }))
     })

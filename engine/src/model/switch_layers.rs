@@ -128,13 +128,57 @@ pub struct SwitchGlu {
     pub activation: Activation,
 }
 
+/// Where a checkpoint in the Hugging Face layout keeps each expert on its own: the experts'
+/// prefix and the names of their gate, up and down projections.
+pub struct PerExpert<'a> {
+    pub experts: &'a str,
+    pub names: [&'a str; 3],
+}
+
+/// mlx-lm's `sanitize` for such checkpoints: stacks `{experts}.{e}.{name}.{part}`, e = 0, 1, …,
+/// into `{into}.{part}` (`[experts, out, in]`), one projection at a time.
+fn stack_experts(
+    t: &mut Tensors,
+    experts: &str,
+    name: &str,
+    into: &str,
+) -> std::result::Result<(), ModelError> {
+    for part in ["weight", "scales", "biases", "bias"] {
+        let mut parts = Vec::new();
+        loop {
+            let key = format!("{experts}.{}.{name}.{part}", parts.len());
+            if !t.contains(&key) {
+                break;
+            }
+            parts.push(t.take(&key)?);
+        }
+        if !parts.is_empty() {
+            let stacked = mlx_rs::ops::stack(&parts, 0)?;
+            // Now, so that the per-expert copies are freed before the next projection.
+            stacked.eval()?;
+            t.insert(format!("{into}.{part}"), stacked);
+        }
+    }
+    Ok(())
+}
+
 impl SwitchGlu {
+    /// The experts at `prefix` (`gate_proj`, `up_proj`, `down_proj` stacks), or stacked from
+    /// `per_expert` when the checkpoint keeps them apart.
     pub fn load(
         t: &mut Tensors,
         prefix: &str,
         bias: bool,
         activation: Activation,
+        per_expert: Option<PerExpert<'_>>,
     ) -> std::result::Result<Self, ModelError> {
+        if let Some(pe) = per_expert {
+            if !t.contains(&format!("{prefix}.gate_proj.weight")) {
+                for (name, into) in pe.names.iter().zip(["gate_proj", "up_proj", "down_proj"]) {
+                    stack_experts(t, pe.experts, name, &format!("{prefix}.{into}"))?;
+                }
+            }
+        }
         Ok(Self {
             gate_proj: SwitchLinear::load(t, &format!("{prefix}.gate_proj"), bias)?,
             up_proj: SwitchLinear::load(t, &format!("{prefix}.up_proj"), bias)?,
@@ -337,8 +381,8 @@ impl SparseMoeBlock {
                 let shape = x.shape().to_vec();
                 let hidden = shape[shape.len() - 1];
                 // `[tokens, 1, hidden] @ [1, hidden, experts]`: a 3-D right side keeps MLX
-                // from folding the tokens into one matrix.
-                let wt = w.t().reshape(&[1, hidden, -1])?;
+                // from folding the tokens into one matrix (a view of `w`, not a copy).
+                let wt = w.reshape(&[1, -1, hidden])?.swap_axes(-1, -2)?;
                 let logits = matmul(x.reshape(&[-1, 1, hidden])?, wt)?;
                 let mut out_shape = shape;
                 *out_shape.last_mut().expect("feature axis") = w.shape()[0];
