@@ -13,13 +13,15 @@ Ratios matter; absolute numbers move with machine load.
 """
 
 
-def write_section(key, title, command, body):
+def write_section(key, title, command, body, machine=None, stamp=None):
+    """`machine` and `stamp` name where and when it was measured when that was not here and now
+    (bench/gpu/ measures on a borrowed machine and writes the section back here)."""
     text = DOC.read_text() if DOC.exists() else HEADER
-    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    stamp = stamp or datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    machine = machine or f"{platform.machine()} {platform.system()} ({_cpu()})"
     section = (
         f"<!-- bench:{key} -->\n## {title}\n\n"
-        f"Command: `{command}`  \nMeasured: {stamp} on {platform.machine()} "
-        f"{platform.system()} ({_cpu()}).\n\n{body}\n<!-- /bench:{key} -->\n"
+        f"Command: `{command}`  \nMeasured: {stamp} on {machine}.\n\n{body}\n<!-- /bench:{key} -->\n"
     )
     pattern = re.compile(rf"<!-- bench:{key} -->.*?<!-- /bench:{key} -->\n", re.S)
     text = pattern.sub(lambda _: section, text) if pattern.search(text) else text.rstrip() + "\n\n" + section

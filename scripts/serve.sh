@@ -5,8 +5,16 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-cargo build --release --bin wuwei
+# On a Mac, the Metal build: MLX's default device is then the GPU, and the daemon runs models
+# in their checkpoint dtype with quantized weights kept as stored (see engine/src/device.rs).
+FEATURES=""
+[ "$(uname -s)" = Darwin ] && FEATURES="--features metal"
+# shellcheck disable=SC2086
+cargo build --release --bin wuwei $FEATURES
 BIN=$PWD/target/release/wuwei
+# MLX's CUDA backend compiles some kernels at run time and looks for the CUDA headers next to
+# libmlx (the venv's nvidia/cu13/include), else in CUDA_HOME: name setup's toolkit tree too.
+if [ -z "${CUDA_HOME:-}" ] && [ -d .deps/cuda/include ]; then export CUDA_HOME=$PWD/.deps/cuda; fi
 
 case "$(uname -s)" in
   Darwin) DATA="$HOME/Library/Application Support/Wuwei" ;;

@@ -4,6 +4,12 @@
 # controller against the real daemon), then the end-to-end tests that drive the real
 # daemon with the real model through the official client SDKs, the dashboard in Chromium,
 # the menu-bar app under Xvfb, and a type check of the app's macOS-only code.
+#
+# The GPU configuration (activations in the checkpoint's dtype, quantized weights as stored)
+# runs here on the CPU as well, against mlx-lm in the same dtype: bf16/fp16 checkpoints in
+# engine/tests/arch_parity.rs, SmolLM2 in bf16 through the engine in
+# engine/tests/half_precision.rs, and the daemon with WUWEI_ACTIVATIONS=checkpoint in
+# tests/e2e/test_half_precision.py.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD

@@ -26,6 +26,25 @@ pub struct Status {
     pub default_model: Option<String>,
     pub loaded: Vec<LoadedStatus>,
     pub ssd_cache: SsdCache,
+    /// What the models run on.
+    pub device: DeviceStatus,
+}
+
+/// `status.device`: the device MLX computes on and the precision models run in.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct DeviceStatus {
+    /// `cpu`, `metal` or `cuda`.
+    pub backend: String,
+    pub name: String,
+    /// Memory the device offers models (Metal: the recommended working set; CUDA: device
+    /// memory); `null` on the CPU, where the budget comes from RAM.
+    pub memory_bytes: Option<u64>,
+    /// `checkpoint` (the model's own dtype, what GPUs run) or `float32` (the CPU's lever).
+    pub activations: String,
+    /// The configured weights mode (`auto`, `native`, `dequantized`); each loaded model's
+    /// settled mode is in `loaded[].weights_mode`.
+    pub weights: String,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

@@ -155,6 +155,18 @@ fn ram_cache(r: &Registry) -> Value {
     })
 }
 
+/// `status.device` (wuwei_api::DeviceStatus).
+fn device_status(weights: crate::model::WeightsMode) -> Value {
+    let d = crate::device::info();
+    json!({
+        "backend": d.backend,
+        "name": d.name,
+        "memory_bytes": d.memory_bytes,
+        "activations": crate::device::activations(),
+        "weights": weights,
+    })
+}
+
 async fn status(State(s): State<AdminState>) -> Json<Value> {
     let r = &s.registry;
     let sys = memory::system_memory();
@@ -180,6 +192,7 @@ async fn status(State(s): State<AdminState>) -> Json<Value> {
         // (event `seq` numbers start again at 1).
         "pid": std::process::id(),
         "models_dirs": r.model_dirs(),
+        "device": device_status(r.weights_mode()),
         "memory": {
             "system": {
                 "total_bytes": sys.total,

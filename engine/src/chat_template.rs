@@ -25,6 +25,8 @@ const REASONING_FIELDS: [&str; 3] = ["reasoning_content", "thinking", "reasoning
 pub struct ChatTemplates {
     env: Environment<'static>,
     names: Vec<String>,
+    /// Each template's source, as written (the environment keeps only compiled forms).
+    sources: Vec<String>,
     /// Whether the template used with tools mentions `tools` at all (SmolLM2's does not),
     /// decided once here rather than per request.
     renders_tools: bool,
@@ -84,11 +86,15 @@ impl ChatTemplates {
         minijinja_contrib::add_to_environment(&mut env);
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_filter("tojson", tojson_filter);
+        env.add_filter("string", string_filter);
+        env.add_test("iterable", is_iterable);
         env.add_function("raise_exception", raise_exception);
         env.add_function("strftime_now", strftime_now);
 
         let mut names = Vec::with_capacity(templates.len());
+        let mut sources = Vec::with_capacity(templates.len());
         for (name, source) in templates {
+            sources.push(source.clone());
             env.add_template_owned(name.clone(), rewrite_generation_tags(&source))
                 .map_err(|err| TokenizerError::ChatTemplate {
                     name: name.clone(),
@@ -99,6 +105,7 @@ impl ChatTemplates {
         let mut templates = Self {
             env,
             names,
+            sources,
             renders_tools: false,
         };
         templates.renders_tools = templates
@@ -111,6 +118,13 @@ impl ChatTemplates {
 
     pub fn names(&self) -> &[String] {
         &self.names
+    }
+
+    /// The source of the template used with tools (`with_tools`) or without.
+    pub fn source(&self, with_tools: bool) -> Option<&str> {
+        let name = self.select(with_tools).ok()?;
+        let at = self.names.iter().position(|n| n == name)?;
+        Some(&self.sources[at])
     }
 
     /// Whether the template used with tools renders them at all.
@@ -162,6 +176,9 @@ impl ChatTemplates {
 
         let messages: Vec<Json> = messages.iter().map(alias_reasoning_fields).collect();
         let mut context: Vec<(String, Value)> = Vec::new();
+        if let Some(effort) = effort_for_budget(extra) {
+            context.push(("reasoning_effort".into(), Value::from(effort)));
+        }
         for (key, value) in special_tokens.iter().chain(extra.iter()) {
             context.push((key.clone(), Value::from_serialize(value)));
         }
@@ -185,6 +202,22 @@ impl ChatTemplates {
             .render(context)
             .map_err(|err| template_error(format!("{err:#}")))
     }
+}
+
+/// A thinking budget (`reasoning_budget`, from Anthropic's `thinking.budget_tokens`) as the
+/// `reasoning_effort` templates such as gpt-oss's read instead, when the request named no
+/// effort: Claude Code's think / think hard / ultrathink budgets (4k, 10k, 32k tokens) become
+/// low / medium / high.
+fn effort_for_budget(extra: &Map<String, Json>) -> Option<&'static str> {
+    if extra.contains_key("reasoning_effort") {
+        return None;
+    }
+    let budget = extra.get("reasoning_budget")?.as_u64()?;
+    Some(match budget {
+        0..4096 => "low",
+        4096..16384 => "medium",
+        _ => "high",
+    })
 }
 
 /// Copies reasoning text given under any of HF's names to both `thinking` and
@@ -278,6 +311,109 @@ fn strftime_now(format: String) -> Result<String, Error> {
         )
     })?;
     Ok(out)
+}
+
+/// `iterable` as Jinja2 has it: whatever Python can iterate. minijinja iterates `none` and
+/// undefined as empty, so its own test says yes to them, and Qwen3-Coder's template
+/// (`tools is iterable and tools | length > 0`) then fails without tools.
+fn is_iterable(value: Value) -> bool {
+    use minijinja::value::ValueKind;
+    matches!(
+        value.kind(),
+        ValueKind::Seq
+            | ValueKind::Map
+            | ValueKind::String
+            | ValueKind::Bytes
+            | ValueKind::Iterable
+    )
+}
+
+/// `string` as Jinja2 has it, Python's `str()`: containers print as Python literals
+/// (`{'a': True, 'b': None}`). Qwen3-Coder's template shows the model its earlier calls'
+/// arguments this way, so the model writes them back so.
+fn string_filter(value: Value) -> Value {
+    if value.is_undefined() {
+        return Value::from("");
+    }
+    if value.kind() == minijinja::value::ValueKind::String {
+        return value;
+    }
+    match serde_json::to_value(&value) {
+        Ok(json) => {
+            let mut out = String::new();
+            write_python_repr(&json, &mut out);
+            Value::from(out)
+        }
+        Err(_) => Value::from(value.to_string()),
+    }
+}
+
+/// Python's `repr` of a JSON value (`str` of a string is the string itself, handled above).
+fn write_python_repr(value: &Json, out: &mut String) {
+    match value {
+        Json::Null => out.push_str("None"),
+        Json::Bool(true) => out.push_str("True"),
+        Json::Bool(false) => out.push_str("False"),
+        Json::Number(number) => write_python_number(number, out),
+        Json::String(text) => write_python_str_repr(text, out),
+        Json::Array(items) => {
+            out.push('[');
+            for (index, item) in items.iter().enumerate() {
+                if index > 0 {
+                    out.push_str(", ");
+                }
+                write_python_repr(item, out);
+            }
+            out.push(']');
+        }
+        Json::Object(fields) => {
+            out.push('{');
+            for (index, (key, item)) in fields.iter().enumerate() {
+                if index > 0 {
+                    out.push_str(", ");
+                }
+                write_python_str_repr(key, out);
+                out.push_str(": ");
+                write_python_repr(item, out);
+            }
+            out.push('}');
+        }
+    }
+}
+
+/// Python's `repr` of a string: single quotes unless only double quotes avoid escaping.
+fn write_python_str_repr(text: &str, out: &mut String) {
+    let quote = if text.contains('\'') && !text.contains('"') {
+        '"'
+    } else {
+        '\''
+    };
+    out.push(quote);
+    for c in text.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c == quote => {
+                out.push('\\');
+                out.push(c);
+            }
+            // Python escapes what it does not consider printable.
+            c if c.is_control() || (c.is_whitespace() && c != ' ') || c == '\u{feff}' => {
+                let code = c as u32;
+                if code < 0x100 {
+                    out.push_str(&format!("\\x{code:02x}"));
+                } else if code < 0x10000 {
+                    out.push_str(&format!("\\u{code:04x}"));
+                } else {
+                    out.push_str(&format!("\\U{code:08x}"));
+                }
+            }
+            c => out.push(c),
+        }
+    }
+    out.push(quote);
 }
 
 /// `tojson` as transformers defines it: `json.dumps(x, ensure_ascii=False, indent=None,
@@ -502,6 +638,50 @@ mod tests {
         assert_eq!(
             rewrite_generation_tags(source),
             "a{%- if true -%}b{% endif %}c{% if x %}d{% endif %}"
+        );
+    }
+
+    #[test]
+    fn thinking_budget_sets_the_reasoning_effort() {
+        let t = ChatTemplates::new(vec![(
+            "default".into(),
+            "{{ reasoning_effort | default('unset') }}".into(),
+        )])
+        .unwrap();
+        let render = |extra: serde_json::Value| {
+            let extra: Map<String, Json> = serde_json::from_value(extra).unwrap();
+            t.render(&[], None, false, &Map::new(), &extra).unwrap()
+        };
+        assert_eq!(render(serde_json::json!({})), "unset");
+        assert_eq!(render(serde_json::json!({"reasoning_budget": 1024})), "low");
+        assert_eq!(
+            render(serde_json::json!({"reasoning_budget": 10000})),
+            "medium"
+        );
+        assert_eq!(
+            render(serde_json::json!({"reasoning_budget": 31999})),
+            "high"
+        );
+        // An effort the request names wins.
+        let named = serde_json::json!({"reasoning_budget": 31999, "reasoning_effort": "low"});
+        assert_eq!(render(named), "low");
+    }
+
+    #[test]
+    fn string_filter_is_python_str() {
+        let t = ChatTemplates::new(vec![(
+            "default".into(),
+            "{{ v | string }}|{{ s | string }}|{{ n | string }}|{{ missing | string }}".into(),
+        )])
+        .unwrap();
+        let extra: Map<String, Json> = serde_json::from_value(serde_json::json!({
+            "v": {"a": [true, null, 1.5, "it's", "q\"x", "tab\tz"]}, "s": "plain", "n": null
+        }))
+        .unwrap();
+        let out = t.render(&[], None, false, &Map::new(), &extra).unwrap();
+        assert_eq!(
+            out,
+            r#"{'a': [True, None, 1.5, "it's", 'q"x', 'tab\tz']}|plain|None|"#
         );
     }
 

@@ -70,6 +70,9 @@ pub struct Config {
     /// mlx-lm) or `dequantized` (quantized layers expanded to float32: more memory, but CPU
     /// matmuls go through BLAS and batch).
     pub weights: crate::model::WeightsMode,
+    /// The dtype activations are computed in: `auto` (default: the checkpoint's dtype on a
+    /// GPU, float32 on the CPU), `checkpoint` or `float32`.
+    pub activations: crate::device::Activations,
     /// Prefix reuse: prompts that start like an earlier one reuse its KV blocks.
     pub kv_cache: bool,
     /// Positions per KV block (the unit of sharing and of SSD files).
@@ -120,6 +123,9 @@ pub struct ModelSettings {
     pub thinking: Option<bool>,
     /// Overrides `idle_ttl_secs` for this model.
     pub idle_ttl_secs: Option<i64>,
+    /// How the model writes tool calls (`hermes`, `llama3`, `qwen3_coder`, `minimax`, `glm45`,
+    /// `harmony`, `none`), when the choice made from its chat template and config is wrong.
+    pub tool_parser: Option<crate::output_parser::ToolParser>,
 }
 
 impl Default for Config {
@@ -139,6 +145,7 @@ impl Default for Config {
             aliases: BTreeMap::new(),
             log_level: "info".to_string(),
             weights: crate::model::WeightsMode::default(),
+            activations: crate::device::Activations::default(),
             memory_budget: None,
             memory_reserve: Amount::Percent(20.0),
             memory_pressure_threshold: Amount::Percent(5.0),
@@ -364,6 +371,9 @@ impl Config {
                     })
                 }
             };
+        }
+        if let Some(v) = get("WUWEI_ACTIVATIONS") {
+            self.activations = parse("WUWEI_ACTIVATIONS", v)?;
         }
         if let Some(v) = get("WUWEI_KV_CACHE") {
             self.kv_cache = parse_bool("WUWEI_KV_CACHE", v)?;
@@ -753,6 +763,7 @@ context_length = 4096
 temperature = 0.6
 thinking = false
 idle_ttl_secs = 0
+tool_parser = "qwen3_coder"
 "#,
         )
         .unwrap();
@@ -765,9 +776,16 @@ idle_ttl_secs = 0
             (Some(4096), Some(false), Some(0))
         );
         assert!(Config::from_toml("memory_budget = \"lots\"").is_err());
+        assert_eq!(
+            m.tool_parser,
+            Some(crate::output_parser::ToolParser::Qwen3Coder)
+        );
         assert!(Config::from_toml("[models.x]\nbogus = 1")
             .unwrap_err()
             .contains("bogus"));
+        assert!(Config::from_toml("[models.x]\ntool_parser = \"xml\"")
+            .unwrap_err()
+            .contains("tool_parser"));
         let env = env_of(&[
             ("WUWEI_MEMORY_BUDGET", "1GiB"),
             ("WUWEI_PINNED", "a, b"),

@@ -172,6 +172,19 @@ pub struct Usage {
     pub completion_tokens: usize,
     /// Prompt tokens whose KV came from the prefix cache.
     pub cached_tokens: usize,
+    /// The engine's clock (not part of any API's usage object).
+    #[serde(skip)]
+    pub timings: Timings,
+}
+
+/// How long a generation took as the engine saw it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Timings {
+    /// From the request reaching the engine to its first token on the host: queueing and
+    /// prefill (a prefix-cache hit shortens it).
+    pub to_first_token: std::time::Duration,
+    /// From the first token to the last.
+    pub decode: std::time::Duration,
 }
 
 /// What a running generation reports, in order. Text has already been detokenized, cut at stop

@@ -7,6 +7,7 @@
 //! to that window's text. Text that ends in an incomplete character (U+FFFD) is held back
 //! until a later token completes it.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 const REPLACEMENT_CHAR: char = '\u{FFFD}';
@@ -19,6 +20,8 @@ const REPLACEMENT_CHAR: char = '\u{FFFD}';
 pub struct IncrementalDetokenizer {
     tokenizer: Arc<tokenizers::Tokenizer>,
     skip_special_tokens: bool,
+    /// Special tokens to keep although special ones are skipped: (all special ids, the kept).
+    keep: Option<(Arc<HashSet<u32>>, Vec<u32>)>,
     ids: Vec<u32>,
     /// Start of the window whose text has already been emitted up to `read_offset`.
     prefix_offset: usize,
@@ -31,9 +34,22 @@ impl IncrementalDetokenizer {
         Self {
             tokenizer,
             skip_special_tokens,
+            keep: None,
             ids: Vec::new(),
             prefix_offset: 0,
             read_offset: 0,
+        }
+    }
+
+    /// Skips the special tokens `special` except `keep`.
+    pub fn keeping(
+        tokenizer: Arc<tokenizers::Tokenizer>,
+        special: Arc<HashSet<u32>>,
+        keep: Vec<u32>,
+    ) -> Self {
+        Self {
+            keep: Some((special, keep)),
+            ..Self::new(tokenizer, true)
         }
     }
 
@@ -84,7 +100,18 @@ impl IncrementalDetokenizer {
         if ids.is_empty() {
             return String::new();
         }
-        match self.tokenizer.decode(ids, self.skip_special_tokens) {
+        let decoded = match &self.keep {
+            None => self.tokenizer.decode(ids, self.skip_special_tokens),
+            Some((special, keep)) => {
+                let ids: Vec<u32> = ids
+                    .iter()
+                    .copied()
+                    .filter(|id| !special.contains(id) || keep.contains(id))
+                    .collect();
+                self.tokenizer.decode(&ids, false)
+            }
+        };
+        match decoded {
             Ok(text) => text,
             Err(err) => {
                 tracing::warn!(error = %err, "detokenizer: decoding failed, dropping these tokens");

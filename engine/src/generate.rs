@@ -38,6 +38,10 @@ pub struct GenerateArgs {
     /// reference parity) or dequantized (f32, faster batched matmuls on CPU).
     #[arg(long, value_enum, default_value = "auto")]
     pub weights: WeightsArg,
+    /// The dtype activations are computed in: auto (the checkpoint's on a GPU, float32 on
+    /// the CPU), checkpoint or float32.
+    #[arg(long, env = "WUWEI_ACTIVATIONS", default_value = "auto")]
+    pub activations: crate::device::Activations,
     /// Don't print the generated text (benchmarks).
     #[arg(long)]
     pub quiet: bool,
@@ -61,9 +65,9 @@ impl From<WeightsArg> for WeightsMode {
 }
 
 pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
+    crate::device::set_activations(args.activations);
     let (tx, mut rx) = tokio::sync::mpsc::channel(EVENT_CHANNEL_CAPACITY);
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    let received = Instant::now();
     let model_path = args.model.clone();
     let (weights, chat, text, wanted) = (
         args.weights.into(),
@@ -88,6 +92,14 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
             }
         };
         let _ = ready_tx.send(Ok(prompt.len()));
+        let tokenizer = loaded.tokenizer.clone();
+        let engine = Engine::new(
+            "generate".into(),
+            loaded.model,
+            tokenizer,
+            SchedulerConfig::default(),
+            Arc::new(EngineStats::default()),
+        );
         let (req_tx, req_rx) = std::sync::mpsc::channel();
         req_tx.send(SeqRequest {
             id: "generate".into(),
@@ -102,20 +114,13 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
                 reasoning: false,
                 starts_in_reasoning: false,
                 tools: false,
-            },
+            }
+            .into(),
             events: tx,
             received: Instant::now(),
         })?;
         drop(req_tx);
-        let tokenizer = loaded.tokenizer.clone();
-        Engine::new(
-            "generate".into(),
-            loaded.model,
-            tokenizer,
-            SchedulerConfig::default(),
-            Arc::new(EngineStats::default()),
-        )
-        .run(req_rx);
+        engine.run(req_rx);
         Ok(())
     });
     let prompt_tokens = match ready_rx.recv() {
@@ -123,12 +128,8 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         Ok(Err(e)) => bail!("{e}"),
         Err(_) => bail!("the engine thread died while loading"),
     };
-    // Prefill speed counts from the request, not from the start of loading.
-    let received = received.max(Instant::now());
     let mut out = std::io::stdout().lock();
-    let mut first_at = None;
-    let mut last_at = received;
-    let mut generated = 0;
+    let mut usage = None;
     let mut finish = None;
     while let Some(event) = rx.blocking_recv() {
         match event {
@@ -136,29 +137,29 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
                 write!(out, "{t}")?;
                 out.flush()?;
             }
-            Event::Finished { reason, usage } => {
-                generated = usage.completion_tokens;
+            Event::Finished { reason, usage: u } => {
+                usage = Some(u);
                 finish = Some(reason);
             }
             Event::Error(e) => bail!("generation failed: {e}"),
             _ => {}
         }
-        let now = Instant::now();
-        first_at.get_or_insert(now);
-        last_at = now;
     }
     engine_thread
         .join()
         .map_err(|_| anyhow::anyhow!("the engine thread panicked"))??;
-    let first_at = first_at.unwrap_or(last_at);
-    let prefill_s = first_at.duration_since(received).as_secs_f64();
-    let decode_s = last_at.duration_since(first_at).as_secs_f64();
+    let usage = usage.unwrap_or_default();
+    // The engine's clock: prefill ends when the first token reaches the host (not at the first
+    // event, which for a long prompt is a keep-alive after its first chunk).
+    let prefill_s = usage.timings.to_first_token.as_secs_f64();
+    let decode_s = usage.timings.decode.as_secs_f64();
     writeln!(out)?;
     writeln!(
         out,
-        "prompt: {prompt_tokens} tokens, {:.1} tok/s | generation: {generated} tokens, {:.1} tok/s | finish: {:?}",
+        "prompt: {prompt_tokens} tokens, {:.1} tok/s | generation: {} tokens, {:.1} tok/s | finish: {:?}",
         prompt_tokens as f64 / prefill_s.max(1e-9),
-        generated.saturating_sub(1) as f64 / decode_s.max(1e-9),
+        usage.completion_tokens,
+        usage.completion_tokens.saturating_sub(1) as f64 / decode_s.max(1e-9),
         finish.unwrap_or(crate::core::FinishReason::Cancelled),
     )?;
     Ok(())

@@ -5,6 +5,7 @@ pub mod chat_template;
 pub mod config;
 pub mod core;
 pub mod detokenizer;
+pub mod device;
 pub mod generate;
 pub mod gguf;
 pub mod integrity;

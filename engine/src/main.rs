@@ -130,6 +130,20 @@ fn run_local(command: Command) -> anyhow::Result<()> {
     }
 }
 
+/// One line that says what the models will run on and in which precision.
+fn log_device(weights: wuwei::model::WeightsMode) {
+    let device = wuwei::device::info();
+    tracing::info!(
+        backend = ?device.backend,
+        device = %device.name,
+        device_memory = device.memory_bytes.map(wuwei::memory::format_bytes),
+        activations = ?wuwei::device::activations(),
+        weights = ?weights,
+        cpu_levers = wuwei::device::cpu_levers(),
+        "compute device"
+    );
+}
+
 fn serve(args: wuwei::config::ServeArgs) -> anyhow::Result<()> {
     let mut cfg = wuwei::config::Config::load(&args)?;
     init_logs(&cfg.log_level);
@@ -137,6 +151,8 @@ fn serve(args: wuwei::config::ServeArgs) -> anyhow::Result<()> {
     cfg.aliases
         .entry("claude-*".into())
         .or_insert_with(|| "default".into());
+    wuwei::device::set_activations(cfg.activations);
+    log_device(cfg.weights);
     let monitor_ms = std::env::var("WUWEI_MONITOR_INTERVAL_MS")
         .ok()
         .and_then(|v| v.parse().ok())

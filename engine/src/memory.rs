@@ -114,6 +114,14 @@ pub fn system_memory() -> SystemMemory {
     }
 }
 
+/// The memory the models' budget is taken from: the device's where MLX reports it (Metal's
+/// recommended working set, CUDA's device memory), else host RAM (the CPU backend).
+pub fn models_memory_total() -> u64 {
+    crate::device::info()
+        .memory_bytes
+        .unwrap_or_else(|| system_memory().total)
+}
+
 /// MLX's allocator counters (process-wide: every model's arrays together).
 #[derive(Debug, Clone, Copy, Default, Serialize)]
 pub struct MlxMemory {
@@ -141,8 +149,17 @@ pub fn budget_bytes(budget: Option<Amount>, reserve: Amount, total: u64) -> u64 
 
 /// Tells MLX the budget: allocations past the limit (plus a margin for the estimates' error)
 /// fail in MLX rather than pushing the machine into swap or the OOM killer, and freed buffers
-/// MLX keeps for reuse are capped to a tenth of the budget.
+/// MLX keeps for reuse are capped to a tenth of the budget. On Metal the budget is also the
+/// wired limit (as mlx-lm sets it for large models): the weights stay resident instead of
+/// being paged out between steps, within what macOS recommends for the GPU.
 pub fn apply_mlx_limits(budget: u64) {
+    let device = crate::device::info();
+    if device.backend == crate::device::Backend::Metal {
+        let wired = device.memory_bytes.map_or(budget, |m| m.min(budget));
+        if let Err(e) = mlx_rs::memory::set_wired_limit(wired as usize) {
+            tracing::warn!(error = %e, "cannot set MLX's wired limit");
+        }
+    }
     let limit = budget.saturating_add(budget / 10) as usize;
     if let Err(e) = mlx_rs::memory::set_memory_limit(limit) {
         tracing::warn!(error = %e, "cannot set MLX's memory limit");

@@ -24,7 +24,7 @@ use crate::kv::PrefixStats;
 use crate::loader::{self, is_gguf};
 use crate::memory::{self, format_bytes, Amount};
 use crate::model::{auto_dequantizes, WeightsMode};
-use crate::output_parser::ParserConfig;
+use crate::output_parser::{self, ParserConfig, ParserSetup};
 use crate::prompt::{describe_tools_in_system, hf_messages, hf_tools};
 use crate::scheduler::{Engine, EngineStats, SchedulerConfig, SeqRequest, EVENT_CHANNEL_CAPACITY};
 use crate::tokenizer::Tokenizer;
@@ -627,7 +627,7 @@ impl Registry {
         memory::budget_bytes(
             runtime.memory_budget,
             runtime.memory_reserve,
-            memory::system_memory().total,
+            memory::models_memory_total(),
         )
     }
 
@@ -1134,10 +1134,21 @@ impl Registry {
             limited_by_context,
             stop: request.stop,
             logprobs: request.logprobs,
-            parser: ParserConfig {
-                reasoning: served.reasoning,
-                starts_in_reasoning,
-                tools,
+            parser: ParserSetup {
+                config: ParserConfig {
+                    reasoning: served.reasoning,
+                    starts_in_reasoning,
+                    tools,
+                },
+                format: output_parser::choose(
+                    served.settings.tool_parser,
+                    served.tokenizer.chat_template_source(),
+                    served.tokenizer.model_type(),
+                ),
+                tools: match &request.prompt {
+                    Prompt::Chat { tools, .. } => tools.clone(),
+                    _ => Vec::new(),
+                },
             },
             events: tx,
             received: Instant::now(),
@@ -1254,7 +1265,7 @@ impl Registry {
             "memory_pressure_threshold": runtime.pressure_threshold.to_string(),
             "kv_reserve_tokens": runtime.kv_reserve_tokens,
             "aliases": runtime.aliases,
-            "budget_bytes": memory::budget_bytes(runtime.memory_budget, runtime.memory_reserve, memory::system_memory().total),
+            "budget_bytes": memory::budget_bytes(runtime.memory_budget, runtime.memory_reserve, memory::models_memory_total()),
         })
     }
 
@@ -1502,6 +1513,11 @@ impl Registry {
     /// The folders searched for models.
     pub fn model_dirs(&self) -> &[PathBuf] {
         &self.config.model_dirs
+    }
+
+    /// The configured weights mode (each model settles `auto` at load).
+    pub fn weights_mode(&self) -> WeightsMode {
+        self.config.weights_mode
     }
 }
 

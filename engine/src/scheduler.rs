@@ -3,6 +3,13 @@
 //! their client goes away. Each step is one forward pass over every running sequence: one new
 //! token for each decoding sequence, and a chunk of prompt for sequences still reading theirs,
 //! so that long prompts never stall the streams already producing.
+//!
+//! Steps are pipelined the way mlx-lm's `generate_step` is: the next step is built and queued
+//! (`async_eval`) on the tokens the device has just sampled, before the host reads them; the
+//! host then streams the previous step's tokens while the device computes. Only token ids
+//! (and log-probabilities, when asked) cross to the host. Where the host must know every
+//! token first — penalties that depend on them, or pausing a sequence — the step before is
+//! read before the next is built.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -10,10 +17,11 @@ use std::sync::mpsc as std_mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mlx_rs::Array;
+use mlx_rs::ops::concatenate;
+use mlx_rs::{Array, Dtype};
 use tokio::sync::mpsc;
 
-use crate::core::{Event, FinishReason, SamplingParams, TokenLogprob, Usage};
+use crate::core::{Event, FinishReason, SamplingParams, Timings, TokenLogprob, Usage};
 use crate::detokenizer::IncrementalDetokenizer;
 use crate::kv::paged::layout_of;
 use crate::kv::prefix::ModelIdentity;
@@ -21,8 +29,8 @@ use crate::kv::{KvConfig, PrefixCache, PrefixProbe, SeqBlocks};
 use crate::kv_cache::{DenseKvCache, KvCache};
 use crate::metrics;
 use crate::model::{BatchSeq, LanguageModel, Logits};
-use crate::output_parser::{OutputParser, ParserConfig};
-use crate::sampler::{top_logprobs, Sampler};
+use crate::output_parser::{OutputParser, ParserSetup};
+use crate::sampler::{self, Choice, Sampled, Sampler};
 use crate::slot_cache::SharedSlots;
 
 /// Prompts up to this many tokens run in the engine's slot pool (batched decode attention);
@@ -45,7 +53,8 @@ pub struct SeqRequest {
     pub limited_by_context: bool,
     pub stop: Vec<String>,
     pub logprobs: Option<usize>,
-    pub parser: ParserConfig,
+    /// The model's output format and the request's tools.
+    pub parser: ParserSetup,
     pub events: mpsc::Sender<Event>,
     pub received: Instant,
 }
@@ -111,14 +120,44 @@ struct Sequence {
     /// Tokens to read into the cache before the next sample: `tokens` as they were when it
     /// was placed in the batch (the prompt, or after a pause everything so far).
     target: usize,
-    /// When it first started, relative to the others: the newest is paused first.
+    /// When it first started, relative to the others: the newest is paused first. Also its
+    /// key in a step's inputs (unique while it runs).
     admitted: u64,
+    /// Tokens sampled on the device that the host has not read yet (at most two: the step in
+    /// flight and the one being built).
+    pending: usize,
 }
 
 impl Sequence {
     fn prefilling(&self) -> bool {
         self.prefilled < self.target
     }
+
+    /// KV positions it holds once its pending tokens are read.
+    fn positions(&self) -> usize {
+        self.tokens.len() + self.pending
+    }
+}
+
+/// One input of a step: a chunk of a sequence's prompt, or its newest token.
+struct Input {
+    /// The sequence (`Sequence::admitted`).
+    key: u64,
+    /// Its index in `running` when the step was built.
+    index: usize,
+    /// Prompt tokens read (0 for a decode input).
+    prefill: usize,
+    /// Whether the step samples this sequence's next token.
+    samples: bool,
+}
+
+/// A step the device has been given and the host has not read yet.
+struct Launched {
+    inputs: Vec<Input>,
+    /// The sampled rows, in the order of the inputs that sample.
+    sampled: Option<Sampled>,
+    /// Evaluated when nothing samples (a step of prompt chunks only), so the KV is written.
+    logits: Array,
 }
 
 /// Work waiting for room in the batch.
@@ -145,6 +184,89 @@ impl Waiting {
             Waiting::Paused(s) => s.tokens.len(),
         }
     }
+}
+
+impl Launched {
+    /// The row of `sampled` that holds the token sampled for sequence `key`.
+    fn sampled_row(&self, key: u64) -> Option<usize> {
+        self.inputs
+            .iter()
+            .filter(|i| i.samples)
+            .position(|i| i.key == key)
+    }
+}
+
+/// Where an input's tokens come from.
+enum TokenSource {
+    Host(Vec<u32>),
+    /// A row of the step in flight's sampled tokens.
+    Device(usize),
+}
+
+/// The step's input tokens `[1, N]`, in order: host tokens as they are, pending tokens
+/// gathered from the device without a round trip to the host.
+fn token_array(
+    pieces: &[TokenSource],
+    prev: Option<&Sampled>,
+) -> Result<Array, mlx_rs::error::Exception> {
+    if pieces.iter().all(|p| matches!(p, TokenSource::Host(_))) {
+        let flat: Vec<i32> = pieces
+            .iter()
+            .flat_map(|p| match p {
+                TokenSource::Host(t) => t.iter().map(|&t| t as i32),
+                TokenSource::Device(_) => unreachable!(),
+            })
+            .collect();
+        return Ok(Array::from_slice(&flat, &[1, flat.len() as i32]));
+    }
+    let device = prev
+        .expect("device tokens come from the step in flight")
+        .tokens
+        .as_dtype(Dtype::Int32)?;
+    // Runs of host tokens and runs of device rows, each one array.
+    let mut segments: Vec<Array> = Vec::new();
+    let mut host: Vec<i32> = Vec::new();
+    let mut rows: Vec<i32> = Vec::new();
+    let flush_host = |host: &mut Vec<i32>, segments: &mut Vec<Array>| {
+        if !host.is_empty() {
+            segments.push(Array::from_slice(host, &[host.len() as i32]));
+            host.clear();
+        }
+    };
+    let flush_rows =
+        |rows: &mut Vec<i32>, segments: &mut Vec<Array>| -> Result<(), mlx_rs::error::Exception> {
+            if !rows.is_empty() {
+                let all = rows.len() as i32 == device.shape()[0]
+                    && rows.iter().enumerate().all(|(i, &r)| r == i as i32);
+                segments.push(if all {
+                    device.clone()
+                } else {
+                    device.take_axis(Array::from_slice(rows, &[rows.len() as i32]), 0)?
+                });
+                rows.clear();
+            }
+            Ok(())
+        };
+    for p in pieces {
+        match p {
+            TokenSource::Host(t) => {
+                flush_rows(&mut rows, &mut segments)?;
+                host.extend(t.iter().map(|&t| t as i32));
+            }
+            TokenSource::Device(r) => {
+                flush_host(&mut host, &mut segments);
+                rows.push(*r as i32);
+            }
+        }
+    }
+    flush_host(&mut host, &mut segments);
+    flush_rows(&mut rows, &mut segments)?;
+    let all = if segments.len() == 1 {
+        segments.pop().expect("one segment")
+    } else {
+        concatenate(&segments, 0)?
+    };
+    all.reshape(&[1, -1])
 }
 
 /// What a step did for one sequence.
@@ -200,10 +322,12 @@ impl Engine {
     pub fn run(mut self, requests: std_mpsc::Receiver<SeqRequest>) {
         let mut waiting: VecDeque<Waiting> = VecDeque::new();
         let mut running: Vec<Sequence> = Vec::new();
+        // The step the device is computing, whose tokens the host has not read yet.
+        let mut in_flight: Option<Launched> = None;
         let mut open = true;
         loop {
             // Idle: block for work. Busy: take whatever arrived since the last step.
-            if running.is_empty() && waiting.is_empty() {
+            if running.is_empty() && waiting.is_empty() && in_flight.is_none() {
                 if !open {
                     return;
                 }
@@ -248,33 +372,71 @@ impl Engine {
                     Waiting::Paused(seq) => self.resume(*seq),
                 });
             }
-            self.preempt_over_budget(&mut running, &mut waiting);
-            self.publish_gauges(&running, waiting.len());
-            if running.is_empty() {
-                continue;
-            }
-            if let Err(e) = self.step(&mut running) {
-                tracing::error!(model = %self.model_id, error = %e, "engine step failed");
-                for mut seq in running.drain(..) {
-                    if let Some(p) = self.prefix.as_mut() {
-                        p.release(&mut seq.blocks);
-                    }
-                    let _ = seq
-                        .req
-                        .events
-                        .try_send(Event::Error(format!("inference failed: {e}")));
+            // The host must know every sampled token before it pauses a sequence or applies
+            // penalties that depend on them: then the step in flight is read first.
+            if in_flight.is_some() && self.needs_every_token(&running) {
+                let prev = in_flight.take().expect("checked");
+                if let Err(e) = self.complete(prev, &mut running) {
+                    self.fail_all(&mut running, &e);
                 }
             }
-            // Sequences that finished or were cancelled in this step are gone: say so now, the
-            // thread may idle next.
+            self.preempt_over_budget(&mut running, &mut waiting);
+            self.publish_gauges(&running, waiting.len());
+            // Queue the next step on the device, then hand the previous one's tokens out while
+            // it runs.
+            let next = match self.launch(&mut running, in_flight.as_ref()) {
+                Ok(next) => next,
+                Err(e) => {
+                    in_flight = None;
+                    self.fail_all(&mut running, &e);
+                    continue;
+                }
+            };
+            if let Some(prev) = in_flight.take() {
+                if let Err(e) = self.complete(prev, &mut running) {
+                    self.fail_all(&mut running, &e);
+                    continue;
+                }
+            }
+            in_flight = next;
+            // Sequences that finished or were cancelled are gone: say so now, the thread may
+            // idle next.
             self.publish_gauges(&running, waiting.len());
         }
     }
 
-    fn start(&mut self, req: SeqRequest) -> Sequence {
+    /// Ends every running sequence with an error (a step failed: their KV may be incomplete).
+    fn fail_all(&mut self, running: &mut Vec<Sequence>, e: &mlx_rs::error::Exception) {
+        tracing::error!(model = %self.model_id, error = %e, "engine step failed");
+        for mut seq in running.drain(..) {
+            if let Some(p) = self.prefix.as_mut() {
+                p.release(&mut seq.blocks);
+            }
+            let _ = seq
+                .req
+                .events
+                .try_send(Event::Error(format!("inference failed: {e}")));
+        }
+    }
+
+    /// Whether the next step needs every sampled token on the host first.
+    fn needs_every_token(&self, running: &[Sequence]) -> bool {
+        let over_budget = self
+            .config
+            .kv_budget_tokens
+            .is_some_and(|limit| running.len() > 1 && held_positions(running) > limit);
+        over_budget
+            || running
+                .iter()
+                .any(|s| s.pending > 0 && s.sampler.has_penalties())
+    }
+
+    fn start(&mut self, mut req: SeqRequest) -> Sequence {
         let sampler = Sampler::new(req.sampling.clone());
         let stop = StopMatcher::new(&req.stop);
-        let parser = OutputParser::new(req.parser);
+        // Markup the parser reads must reach it even where the tokenizer marks it special.
+        let detok = self.tokenizer.detokenizer_keeping(&req.parser.markup());
+        let parser = OutputParser::with_setup(std::mem::take(&mut req.parser));
         self.started += 1;
         let mut seq = Sequence {
             cache: no_cache(),
@@ -284,7 +446,7 @@ impl Engine {
             tokens: req.prompt.clone(),
             generated: 0,
             sampler,
-            detok: self.tokenizer.detokenizer(),
+            detok,
             stop,
             parser,
             pending_logprobs: Vec::new(),
@@ -292,6 +454,7 @@ impl Engine {
             last_token_at: None,
             target: 0,
             admitted: self.started,
+            pending: 0,
             req,
         };
         self.place(&mut seq);
@@ -345,7 +508,7 @@ impl Engine {
                 .max_by_key(|&i| running[i].admitted)
                 .expect("not empty");
             let mut seq = running.swap_remove(newest);
-            held -= seq.tokens.len();
+            held -= seq.positions();
             if let Some(p) = self.prefix.as_mut() {
                 p.release(&mut seq.blocks);
             }
@@ -395,9 +558,14 @@ impl Engine {
         }
     }
 
-    /// One forward pass over the running batch, then sampling and output for each sequence
-    /// that reached the end of its input.
-    fn step(&mut self, running: &mut Vec<Sequence>) -> Result<(), mlx_rs::error::Exception> {
+    /// Builds one forward pass over the running batch and the sampling of every sequence that
+    /// reaches the end of its input, and queues them on the device. A sequence whose newest
+    /// token is still on the device (`prev` sampled it) reads it from there.
+    fn launch(
+        &mut self,
+        running: &mut Vec<Sequence>,
+        prev: Option<&Launched>,
+    ) -> Result<Option<Launched>, mlx_rs::error::Exception> {
         // Drop sequences whose client went away (or stopped reading): their KV goes with them.
         let prefix = &mut self.prefix;
         running.retain_mut(|s| {
@@ -413,12 +581,13 @@ impl Engine {
             !gone
         });
         if running.is_empty() {
-            return Ok(());
+            return Ok(None);
         }
 
-        // Decide each sequence's input for this step.
+        // Each sequence's input for this step, and where its tokens come from.
         let mut budget = self.config.prefill_chunk;
-        let mut inputs: Vec<(usize, usize, usize)> = Vec::new(); // (seq index, start, len) in seq.tokens
+        let mut inputs: Vec<Input> = Vec::new();
+        let mut pieces: Vec<TokenSource> = Vec::new();
         for (i, seq) in running.iter().enumerate() {
             if seq.prefilling() {
                 if budget == 0 {
@@ -426,94 +595,160 @@ impl Engine {
                 }
                 let len = (seq.target - seq.prefilled).min(budget);
                 budget -= len;
-                inputs.push((i, seq.prefilled, len));
+                pieces.push(TokenSource::Host(
+                    seq.tokens[seq.prefilled..seq.prefilled + len].to_vec(),
+                ));
+                inputs.push(Input {
+                    key: seq.admitted,
+                    index: i,
+                    prefill: len,
+                    samples: seq.prefilled + len == seq.target,
+                });
             } else {
-                inputs.push((i, seq.tokens.len() - 1, 1));
+                // Its pending tokens may already be its last: nothing more to compute.
+                if seq.generated + seq.pending >= seq.req.max_tokens {
+                    continue;
+                }
+                pieces.push(if seq.pending > 0 {
+                    let row = prev
+                        .and_then(|p| p.sampled_row(seq.admitted))
+                        .expect("a pending token was sampled by the step in flight");
+                    TokenSource::Device(row)
+                } else {
+                    TokenSource::Host(vec![*seq
+                        .tokens
+                        .last()
+                        .expect("a decoding sequence has tokens")])
+                });
+                inputs.push(Input {
+                    key: seq.admitted,
+                    index: i,
+                    prefill: 0,
+                    samples: true,
+                });
             }
         }
         if inputs.is_empty() {
-            return Ok(());
+            return Ok(None);
         }
-        let flat: Vec<i32> = inputs
-            .iter()
-            .flat_map(|&(i, start, len)| {
-                running[i].tokens[start..start + len]
-                    .iter()
-                    .map(|&t| t as i32)
-            })
-            .collect();
-        let token_array = Array::from_slice(&flat, &[1, flat.len() as i32]);
+        let token_array = token_array(&pieces, prev.and_then(|p| p.sampled.as_ref()))?;
         metrics::record_batch_size(&self.model_id, inputs.len());
 
         // Split the running list into disjoint &mut caches in input order.
         let logits = {
             let mut chosen: Vec<Option<&mut Sequence>> = running.iter_mut().map(Some).collect();
             let mut batch: Vec<BatchSeq<'_>> = Vec::with_capacity(inputs.len());
-            for &(i, _, len) in &inputs {
-                let seq = chosen[i].take().expect("each sequence appears once");
+            for input in &inputs {
+                let seq = chosen[input.index]
+                    .take()
+                    .expect("each sequence appears once");
                 batch.push(BatchSeq {
-                    len,
+                    len: input.prefill.max(1),
                     cache: seq.cache.as_mut(),
                 });
             }
-            let logits = self.model.forward(&token_array, &mut batch, Logits::Last)?;
-            logits.eval()?;
-            logits
+            self.model.forward(&token_array, &mut batch, Logits::Last)?
         };
-        let vocab = logits.shape()[1] as usize;
-        let all = logits.as_slice::<f32>();
 
-        // Blocks the pass completed become shareable now, so that a concurrent request with
+        // What to sample, row by row; the prompt read so far is known now.
+        let mut rows = Vec::new();
+        let mut sampling_rows = Vec::new();
+        for (r, input) in inputs.iter().enumerate() {
+            let seq = &mut running[input.index];
+            seq.prefilled += input.prefill;
+            if input.samples {
+                rows.push(
+                    seq.sampler
+                        .row(&seq.tokens, seq.generated, seq.req.logprobs),
+                );
+                sampling_rows.push(r as i32);
+                seq.pending += 1;
+            }
+        }
+        let sampled = if rows.is_empty() {
+            mlx_rs::transforms::async_eval([&logits])?;
+            None
+        } else {
+            let sampling_logits = if sampling_rows.len() == inputs.len() {
+                logits.clone()
+            } else {
+                let idx = Array::from_slice(&sampling_rows, &[sampling_rows.len() as i32]);
+                logits.take_axis(&idx, 0)?
+            };
+            let sampled = sampler::sample(&sampling_logits, &rows)?;
+            mlx_rs::transforms::async_eval(sampled.arrays())?;
+            Some(sampled)
+        };
+        Ok(Some(Launched {
+            inputs,
+            sampled,
+            logits,
+        }))
+    }
+
+    /// Reads a launched step's tokens (waiting for the device) and hands them out: prefix
+    /// blocks it completed are published, each sampled token is streamed, and sequences that
+    /// finished leave the batch. Inputs of sequences that left since are skipped.
+    fn complete(
+        &mut self,
+        step: Launched,
+        running: &mut Vec<Sequence>,
+    ) -> Result<(), mlx_rs::error::Exception> {
+        let choices = match &step.sampled {
+            Some(s) => s.read()?,
+            None => {
+                step.logits.eval()?;
+                Vec::new()
+            }
+        };
+        let find = |running: &[Sequence], key: u64| running.iter().position(|s| s.admitted == key);
+
+        // Blocks the step completed become shareable now, so that a concurrent request with
         // the same prefix can reuse them before this one ends.
         if let Some(p) = self.prefix.as_mut() {
-            for &(i, _, _) in &inputs {
-                let seq = &mut running[i];
-                p.publish(&seq.tokens, seq.cache.as_ref(), &mut seq.blocks);
+            for input in &step.inputs {
+                if let Some(i) = find(running, input.key) {
+                    let seq = &mut running[i];
+                    p.publish(&seq.tokens, seq.cache.as_ref(), &mut seq.blocks);
+                }
             }
         }
 
         let now = Instant::now();
-        let mut finished: Vec<(usize, FinishReason)> = Vec::new();
-        for (row, &(i, start, len)) in inputs.iter().enumerate() {
+        let mut choices = choices.into_iter();
+        let mut finished: Vec<(u64, FinishReason)> = Vec::new();
+        for input in &step.inputs {
+            let choice = if input.samples { choices.next() } else { None };
+            let Some(i) = find(running, input.key) else {
+                continue;
+            };
             let seq = &mut running[i];
-            if seq.prefilling() {
-                seq.prefilled = start + len;
-                metrics::add_prompt_tokens(&self.model_id, len, 0);
-                if seq.prefilling() {
-                    // Still reading the prompt: let the adapter keep the connection alive.
-                    let _ = seq.req.events.try_send(Event::KeepAlive);
-                    continue;
-                }
+            if input.prefill > 0 {
+                metrics::add_prompt_tokens(&self.model_id, input.prefill, 0);
             }
-            let row_logits = &all[row * vocab..(row + 1) * vocab];
-            match self.emit_next(seq, row_logits, now) {
-                Outcome::Continue => {}
-                Outcome::Finished(reason) => finished.push((i, reason)),
+            let Some(choice) = choice else {
+                // Still reading the prompt: let the adapter keep the connection alive.
+                let _ = seq.req.events.try_send(Event::KeepAlive);
+                continue;
+            };
+            seq.pending -= 1;
+            if let Outcome::Finished(reason) = self.emit_next(seq, choice, now) {
+                finished.push((input.key, reason));
             }
         }
-        // Remove finished sequences (highest index first so indices stay valid).
-        finished.sort_by_key(|(i, _)| std::cmp::Reverse(*i));
-        for (i, reason) in finished {
-            let seq = running.swap_remove(i);
-            self.finish(seq, reason);
+        for (key, reason) in finished {
+            if let Some(i) = find(running, key) {
+                let seq = running.swap_remove(i);
+                self.finish(seq, reason);
+            }
         }
         Ok(())
     }
 
-    /// Samples the next token of `seq`, streams its text, and says whether it is done.
-    fn emit_next(&self, seq: &mut Sequence, logits: &[f32], now: Instant) -> Outcome {
-        let mut owned;
-        let logits = if seq.sampler.is_greedy() {
-            logits
-        } else {
-            owned = logits.to_vec();
-            seq.sampler
-                .apply_penalties(&mut owned, &seq.tokens, seq.generated);
-            &owned[..]
-        };
-        let token = seq.sampler.sample(logits);
-        if let Some(k) = seq.req.logprobs {
-            let (lp, top) = top_logprobs(logits, token, k);
+    /// Streams a sampled token of `seq` and says whether it is done.
+    fn emit_next(&self, seq: &mut Sequence, choice: Choice, now: Instant) -> Outcome {
+        let token = choice.token;
+        if let Some((lp, top)) = choice.logprobs {
             let piece = |t: u32| {
                 let text = self.tokenizer.decode(&[t], false).unwrap_or_default();
                 let bytes = text.as_bytes().to_vec();
@@ -610,10 +845,22 @@ impl Engine {
         if seq.parser.saw_tool_calls() && matches!(reason, FinishReason::Eos) {
             reason = FinishReason::ToolCalls;
         }
+        let ttft = seq
+            .first_token_at
+            .map(|t| t.duration_since(seq.req.received))
+            .unwrap_or_default();
+        let decode = match (seq.first_token_at, seq.last_token_at) {
+            (Some(a), Some(b)) if seq.generated > 1 => b.duration_since(a),
+            _ => Duration::ZERO,
+        };
         let usage = Usage {
             prompt_tokens: seq.req.prompt.len(),
             completion_tokens: seq.generated,
             cached_tokens: seq.cached,
+            timings: Timings {
+                to_first_token: ttft,
+                decode,
+            },
         };
         events.push(Event::Finished {
             reason: reason.clone(),
@@ -623,14 +870,6 @@ impl Engine {
         self.stats.completed.fetch_add(1, Ordering::Relaxed);
         metrics::add_generation_finished(&self.model_id, finish_label(&reason));
 
-        let ttft = seq
-            .first_token_at
-            .map(|t| t.duration_since(seq.req.received))
-            .unwrap_or_default();
-        let decode = match (seq.first_token_at, seq.last_token_at) {
-            (Some(a), Some(b)) if seq.generated > 1 => b.duration_since(a),
-            _ => Duration::ZERO,
-        };
         let tok_s = if decode.is_zero() {
             0.0
         } else {
@@ -655,7 +894,7 @@ impl Engine {
 /// KV positions the running sequences hold after this step: a decoding sequence's cache
 /// takes its newest token in the step; a prefilling one is counted whole.
 fn held_positions(running: &[Sequence]) -> usize {
-    running.iter().map(|s| s.tokens.len()).sum()
+    running.iter().map(Sequence::positions).sum()
 }
 
 /// The cache of a sequence that holds no KV (not placed yet, or paused).

@@ -2,6 +2,7 @@
 //! what `tokenizer_config.json` adds (special tokens, chat template, decode clean-up) and the
 //! end-of-sequence ids spread over generation_config.json and config.json.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -62,6 +63,10 @@ pub struct Tokenizer {
     special_tokens: Map<String, Json>,
     chat_templates: Option<Arc<ChatTemplates>>,
     clean_up_tokenization_spaces: bool,
+    /// Ids of the tokens marked special (skipped when decoding unless asked for).
+    special_ids: Arc<HashSet<u32>>,
+    /// config.json's `model_type`, when the folder has one.
+    model_type: Option<String>,
 }
 
 impl std::fmt::Debug for Tokenizer {
@@ -98,14 +103,23 @@ impl Tokenizer {
         }
 
         let mut extra_eos = Vec::new();
+        let mut model_type = None;
         for file in ["generation_config.json", "config.json"] {
             let path = dir.join(file);
             if path.exists() {
                 let json = read_json(&path)?;
                 extra_eos.extend(eos_ids_from_model_config(file, &json)?);
+                if file == "config.json" {
+                    model_type = json
+                        .get("model_type")
+                        .and_then(Json::as_str)
+                        .map(str::to_owned);
+                }
             }
         }
-        Self::from_parts(&tokenizer_json, &config, &extra_eos)
+        let mut tokenizer = Self::from_parts(&tokenizer_json, &config, &extra_eos)?;
+        tokenizer.model_type = model_type;
+        Ok(tokenizer)
     }
 
     /// Builds a tokenizer from the bytes of a `tokenizer.json` and a parsed
@@ -170,12 +184,20 @@ impl Tokenizer {
             }
         };
 
+        let special_ids = inner
+            .get_added_tokens_decoder()
+            .into_iter()
+            .filter(|(_, token)| token.special)
+            .map(|(id, _)| id)
+            .collect();
         Ok(Self {
             inner: Arc::new(inner),
             eos_token_ids,
             special_tokens,
             chat_templates,
             clean_up_tokenization_spaces,
+            special_ids: Arc::new(special_ids),
+            model_type: None,
         })
     }
 
@@ -229,6 +251,17 @@ impl Tokenizer {
         self.chat_templates.is_some()
     }
 
+    /// The text of the chat template used with tools (the one that shows how the model
+    /// writes calls).
+    pub fn chat_template_source(&self) -> Option<&str> {
+        self.chat_templates.as_ref().and_then(|t| t.source(true))
+    }
+
+    /// config.json's `model_type` (`None` for a GGUF file or a folder without one).
+    pub fn model_type(&self) -> Option<&str> {
+        self.model_type.as_deref()
+    }
+
     /// Whether the chat template used with tools renders them at all (some, like SmolLM2's,
     /// ignore the `tools` variable).
     pub fn template_renders_tools(&self) -> bool {
@@ -274,6 +307,20 @@ impl Tokenizer {
     /// A streaming decoder that skips special tokens.
     pub fn detokenizer(&self) -> IncrementalDetokenizer {
         IncrementalDetokenizer::new(self.inner.clone(), true)
+    }
+
+    /// A streaming decoder that skips special tokens except those spelled as in `keep` (the
+    /// markup an output parser reads, which some tokenizers mark special).
+    pub fn detokenizer_keeping(&self, keep: &[&str]) -> IncrementalDetokenizer {
+        let keep: Vec<u32> = keep
+            .iter()
+            .filter_map(|t| self.token_to_id(t))
+            .filter(|id| self.special_ids.contains(id))
+            .collect();
+        if keep.is_empty() {
+            return self.detokenizer();
+        }
+        IncrementalDetokenizer::keeping(self.inner.clone(), self.special_ids.clone(), keep)
     }
 
     /// A streaming decoder; `skip_special_tokens` as in [`decode`](Self::decode).

@@ -33,6 +33,7 @@ fn usage(completion_tokens: usize) -> Usage {
         prompt_tokens: PROMPT_TOKENS,
         completion_tokens,
         cached_tokens: CACHED_TOKENS,
+        ..Default::default()
     }
 }
 

@@ -32,6 +32,7 @@ fn usage() -> Usage {
         prompt_tokens: 7,
         completion_tokens: 3,
         cached_tokens: 2,
+        ..Default::default()
     }
 }
 

@@ -8,9 +8,11 @@ use std::sync::OnceLock;
 
 use mlx_rs::Array;
 use serde_json::{json, Map, Value};
+use wuwei::core::SamplingParams;
 use wuwei::kv_cache::DenseKvCache;
 use wuwei::loader::{self, Loaded};
 use wuwei::model::{BatchSeq, Logits, WeightsMode};
+use wuwei::sampler::{self, Sampler};
 
 const MAX_TOKENS: usize = 64;
 
@@ -102,8 +104,9 @@ fn greedy(m: &Loaded, prompt: &[u32]) -> Vec<u32> {
             cache: &mut cache,
         }];
         let logits = m.model.forward(&tokens, &mut batch, Logits::Last).unwrap();
-        logits.eval().unwrap();
-        let next = wuwei::sampler::argmax(logits.as_slice::<f32>());
+        // The engine's greedy rule (mlx-lm's: the arg-max of the log-probabilities).
+        let row = Sampler::new(SamplingParams::greedy()).row(&[], 0, None);
+        let next = sampler::sample(&logits, &[row]).unwrap().read().unwrap()[0].token;
         if m.tokenizer.eos_token_ids().contains(&next) {
             break;
         }

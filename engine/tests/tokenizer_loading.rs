@@ -156,3 +156,35 @@ fn errors_name_the_file_or_field() {
     let err = Tokenizer::from_parts(b"{}", &json!({}), &[]).unwrap_err();
     assert!(err.to_string().contains("tokenizer.json"), "{err}");
 }
+
+#[test]
+fn parser_markup_survives_detokenizing_and_model_facts_are_kept() {
+    let dir = scratch_dir("markup");
+    write(&dir, "tokenizer.json", &smollm2_tokenizer_json());
+    write(
+        &dir,
+        "tokenizer_config.json",
+        br#"{"chat_template": "{{ '<|start|>assistant' }}"}"#,
+    );
+    write(&dir, "config.json", br#"{"model_type": "gpt_oss"}"#);
+    let tok = Tokenizer::from_dir(&dir).unwrap();
+    assert_eq!(tok.model_type(), Some("gpt_oss"));
+    assert_eq!(
+        tok.chat_template_source(),
+        Some("{{ '<|start|>assistant' }}")
+    );
+    let ids = tok.encode("<|im_start|>hi<|im_end|>", false).unwrap();
+    let stream = |mut d: wuwei::detokenizer::IncrementalDetokenizer| {
+        let mut text: String = ids.iter().map(|&id| d.push(id)).collect();
+        text.push_str(&d.flush());
+        text
+    };
+    assert_eq!(stream(tok.detokenizer()), "hi");
+    // The special tokens a parser reads are kept; other special tokens are still skipped.
+    assert_eq!(
+        stream(tok.detokenizer_keeping(&["<|im_start|>", "<think>"])),
+        "<|im_start|>hi"
+    );
+    // Markup that is not a special token (or no token at all) changes nothing.
+    assert_eq!(stream(tok.detokenizer_keeping(&["hi", "<nope>"])), "hi");
+}

@@ -118,6 +118,22 @@ fn tool_conversation() -> Json {
     ])
 }
 
+/// A call with arguments of every JSON type, as the XML call formats' templates print them,
+/// its result, and a reasoned answer.
+fn typed_call_conversation() -> Json {
+    json!([
+        {"role": "system", "content": "You configure things."},
+        {"role": "user", "content": "Configure it."},
+        {"role": "assistant", "content": "", "reasoning_content": "Use the tool.", "tool_calls": [
+            {"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": {
+                "city": "Zürich\nline two", "days": 2, "ratio": 0.5, "exact": true, "tags": ["a", 1, null],
+                "opts": {"k": "v", "n": [1.5, false]}, "note": null}}}
+        ]},
+        {"role": "tool", "tool_call_id": "c1", "content": "done"},
+        {"role": "user", "content": "Thanks"}
+    ])
+}
+
 fn chat_cases() -> Vec<ChatCase> {
     let simple = json!([{"role": "user", "content": "What is 2+2?"}]);
     let multi = json!([
@@ -210,6 +226,54 @@ fn chat_cases() -> Vec<ChatCase> {
             tools: Some(weather_tools()),
             add_generation_prompt: true,
             extra: json!({"enable_thinking": false}),
+        },
+        ChatCase {
+            label: "qwen3-coder without tools",
+            template: Some("qwen3_coder.jinja"),
+            messages: simple.clone(),
+            tools: None,
+            add_generation_prompt: true,
+            extra: none.clone(),
+        },
+        ChatCase {
+            label: "qwen3-coder tools and a typed call",
+            template: Some("qwen3_coder.jinja"),
+            messages: typed_call_conversation(),
+            tools: Some(weather_tools()),
+            add_generation_prompt: true,
+            extra: none.clone(),
+        },
+        ChatCase {
+            label: "minimax-m2 tools, reasoning and a typed call",
+            template: Some("minimax_m2.jinja"),
+            messages: typed_call_conversation(),
+            tools: Some(weather_tools()),
+            add_generation_prompt: true,
+            extra: none.clone(),
+        },
+        ChatCase {
+            label: "glm-4.6 tools and a typed call, thinking off",
+            template: Some("glm4.6.jinja"),
+            messages: typed_call_conversation(),
+            tools: Some(weather_tools()),
+            add_generation_prompt: true,
+            extra: json!({"enable_thinking": false}),
+        },
+        ChatCase {
+            label: "gpt-oss tools, reasoning effort and a call",
+            template: Some("gpt_oss.jinja"),
+            messages: typed_call_conversation(),
+            tools: Some(weather_tools()),
+            add_generation_prompt: true,
+            extra: json!({"reasoning_effort": "high"}),
+        },
+        ChatCase {
+            label: "gpt-oss plain, default effort",
+            template: Some("gpt_oss.jinja"),
+            messages: multi.clone(),
+            tools: None,
+            add_generation_prompt: true,
+            extra: none.clone(),
         },
         ChatCase {
             label: "llama3 system and user",

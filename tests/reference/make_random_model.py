@@ -2,14 +2,23 @@
 implementation of the same architecture can be compared with mlx-lm's, logit for logit.
 
 usage: make_random_model.py ARCH OUT_DIR [--bits N] [--group-size G] [--mode M] [--seed S]
+                            [--dtype float32|bfloat16|float16] [--tokenizer DIR]
 
 Quantized models are quantized as `mlx_lm convert -q` does it (mlx_lm.utils.quantize_model with
 the model's own quant_predicate: MoE routers stay 8-bit affine), with `--mode` affine, mxfp4,
 mxfp8 or nvfp4.
+--dtype writes the checkpoint in that dtype, as published bf16/fp16 models are (quantized
+layers then keep their scales and biases in it, as `nn.quantize` of such a model does; what
+the model's `cast_predicate` exempts, such as MoE score-correction biases, stays float32, as
+mlx_lm convert keeps it).
+--tokenizer DIR makes a servable model: the vocabulary and tokenizer files of DIR (an MLX
+model folder), with the rows of its special tokens zeroed in the output head so that greedy
+decoding of random weights does not stop at once.
 """
 import argparse
 import json
 import re
+import shutil
 from pathlib import Path
 
 import mlx.core as mx
@@ -99,15 +108,33 @@ def main():
     ap.add_argument("--group-size", type=int, default=None)
     ap.add_argument("--mode", default="affine", choices=["affine", "mxfp4", "mxfp8", "nvfp4"])
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    ap.add_argument("--tokenizer", help="an MLX model folder whose tokenizer the model takes")
     a = ap.parse_args()
 
     mx.random.seed(a.seed)
     config = dict(CONFIGS[a.arch])
+    special = []
+    if a.tokenizer:
+        tok = json.loads((Path(a.tokenizer) / "tokenizer.json").read_text())
+        config["vocab_size"] = len(tok["model"]["vocab"]) + sum(
+            1 for t in tok.get("added_tokens", []) if t["id"] >= len(tok["model"]["vocab"]))
+        special = [t["id"] for t in tok.get("added_tokens", []) if t.get("special")]
     module = __import__(f"mlx_lm.models.{config['model_type']}", fromlist=["Model", "ModelArgs"])
     model = module.Model(module.ModelArgs.from_dict(config))
     # Random weights with a realistic scale (default init makes near-uniform logits).
     params = tree_flatten(model.parameters())
-    model.load_weights([(k, mx.random.normal(v.shape) * scale_of(k, v) + (1.0 if "norm" in k else 0.0)) for k, v in params])
+    dtype = getattr(mx, a.dtype)
+    cast = getattr(model, "cast_predicate", lambda _: True)
+    weights = {}
+    for k, v in params:
+        w = mx.random.normal(v.shape) * scale_of(k, v) + (1.0 if "norm" in k else 0.0)
+        weights[k] = w.astype(dtype) if cast(k) else w
+    if special:
+        head = "lm_head.weight" if "lm_head.weight" in weights else "model.embed_tokens.weight"
+        rows = mx.array(special)
+        weights[head][rows] = mx.zeros((len(special), weights[head].shape[1]), dtype=dtype)
+    model.load_weights(list(weights.items()))
     if a.bits or a.mode != "affine":
         model, config = quantize_model(
             model, config, group_size=a.group_size, bits=a.bits or None, mode=a.mode
@@ -118,6 +145,11 @@ def main():
     weights = dict(tree_flatten(model.parameters()))
     mx.save_safetensors(str(out / "model.safetensors"), weights, metadata={"format": "mlx"})
     (out / "config.json").write_text(json.dumps(config, indent=2))
+    if a.tokenizer:
+        for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                     "generation_config.json"):
+            if (Path(a.tokenizer) / name).exists():
+                shutil.copy(Path(a.tokenizer) / name, out / name)
 
 
 if __name__ == "__main__":

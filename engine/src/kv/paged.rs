@@ -231,18 +231,21 @@ pub fn fill_cache_from_blocks<B: std::ops::Deref<Target = KvBlock>>(
 mod tests {
     use super::*;
 
-    fn values(n: usize, base: f32) -> Array {
-        let v: Vec<f32> = (0..n).map(|i| base + i as f32).collect();
+    fn values(n: usize, base: f32, dtype: Dtype) -> Array {
+        // Values that are exact in bf16 and f16 (small integers and halves).
+        let v: Vec<f32> = (0..n).map(|i| (base + i as f32) / 2.0).collect();
         Array::from_slice(&v, &[1, 2, (n / 6) as i32, 3])
+            .as_dtype(dtype)
+            .unwrap()
     }
 
-    fn filled(positions: usize) -> DenseKvCache {
+    fn filled(positions: usize, dtype: Dtype) -> DenseKvCache {
         let mut cache = DenseKvCache::new(2);
         for layer in 0..2 {
             let n = 2 * positions * 3;
-            let base = 1000.0 * layer as f32;
+            let base = 100.0 * layer as f32;
             cache
-                .load_layer(layer, values(n, base), values(n, base + 500.0))
+                .load_layer(layer, values(n, base, dtype), values(n, base + 50.0, dtype))
                 .unwrap();
         }
         cache.advance(positions);
@@ -250,15 +253,32 @@ mod tests {
     }
 
     fn floats(a: &Array) -> Vec<f32> {
-        a.contiguous().unwrap().as_slice::<f32>().to_vec()
+        a.as_dtype(Dtype::Float32)
+            .unwrap()
+            .contiguous()
+            .unwrap()
+            .as_slice::<f32>()
+            .to_vec()
     }
 
     #[test]
     fn blocks_round_trip_through_a_fresh_cache() {
+        for (dtype, kv) in [
+            (Dtype::Float32, KvDtype::F32),
+            (Dtype::Bfloat16, KvDtype::Bf16),
+            (Dtype::Float16, KvDtype::F16),
+        ] {
+            round_trip(dtype, kv);
+        }
+    }
+
+    /// KV of a half-precision model (what a GPU runs) is stored and restored in its own dtype.
+    fn round_trip(dtype: Dtype, kv: KvDtype) {
         // 5 positions, blocks of 2: two full blocks, the fifth position is never a block.
-        let source = filled(5);
+        let source = filled(5, dtype);
         let layout = layout_of(&source, 2).unwrap();
         assert_eq!((layout.layers, layout.kv_heads, layout.head_dim), (2, 2, 3));
+        assert_eq!(layout.dtype, kv);
         let blocks = blocks_from_cache(&source, &layout, 0, 2).unwrap();
         assert_eq!(blocks.len(), 2);
         assert!(blocks.iter().all(|b| b.data.len() == layout.block_bytes()));
@@ -274,6 +294,7 @@ mod tests {
         for layer in 0..2 {
             let (k0, v0) = source.range(layer, 0, 4).unwrap().unwrap();
             let (k1, v1) = target.range(layer, 0, 4).unwrap().unwrap();
+            assert_eq!(k1.dtype(), dtype);
             assert_eq!(floats(&k0), floats(&k1));
             assert_eq!(floats(&v0), floats(&v1));
         }

@@ -78,9 +78,9 @@ impl Matrix {
         }
     }
 
-    /// The same matrix dequantized to `dtype`: more memory, but dense matmuls batch well on
-    /// CPU BLAS where MLX's quantized CPU kernel does not.
-    pub fn dequantized(self, dtype: Dtype) -> Result<Matrix> {
+    /// The same matrix dequantized, to `dtype` (`None`: the scales' dtype): more memory, but
+    /// dense matmuls batch well on CPU BLAS where MLX's quantized CPU kernel does not.
+    pub fn dequantized(self, dtype: Option<Dtype>) -> Result<Matrix> {
         match self {
             Matrix::Quantized {
                 weight,
@@ -97,7 +97,7 @@ impl Matrix {
                     group_size,
                     bits,
                     mode,
-                    Some(dtype),
+                    dtype,
                 )?;
                 w.eval()?;
                 Ok(Matrix::Dense(w))

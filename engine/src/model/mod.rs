@@ -486,25 +486,18 @@ impl Tensors {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum WeightsMode {
-    /// `Dequantized` on CPU when the float32 weights fit comfortably in available memory,
-    /// `Native` otherwise and on GPUs.
+    /// `Dequantized` on the CPU backend with float32 activations when the float32 weights
+    /// fit comfortably in available memory; `Native` otherwise, and always on a GPU.
     #[default]
     Auto,
     /// As stored (quantized stays quantized): exact parity with mlx-lm.
     Native,
-    /// Quantized matrices dequantized to float32 at load: ~4-8x the memory of 4-bit weights,
-    /// but batched CPU matmuls go through BLAS.
+    /// Quantized matrices dequantized at load (to float32 with float32 activations): ~4-8x
+    /// the memory of 4-bit weights, but batched CPU matmuls go through BLAS.
     Dequantized,
 }
 
-/// The float dtype activations and weights use on this backend.
-pub fn compute_dtype() -> Option<Dtype> {
-    if cfg!(feature = "metal") || std::env::var_os("WUWEI_KEEP_DTYPE").is_some() {
-        None
-    } else {
-        Some(Dtype::Float32)
-    }
-}
+pub use crate::device::compute_dtype;
 
 /// Builds the architecture named by `config["model_type"]` from `tensors`.
 pub fn build_model(
@@ -532,7 +525,8 @@ pub fn build_model(
 pub fn prepare(matrix: Matrix, mode: WeightsMode) -> Result<Matrix, ModelError> {
     match mode {
         WeightsMode::Native | WeightsMode::Auto => Ok(matrix),
-        WeightsMode::Dequantized => Ok(matrix.dequantized(Dtype::Float32)?),
+        // In the compute dtype: float32 on the CPU, the checkpoint's dtype otherwise.
+        WeightsMode::Dequantized => Ok(matrix.dequantized(compute_dtype())?),
     }
 }
 
@@ -581,12 +575,13 @@ pub fn materialize(tensors: &HashMap<String, Array>) -> Result<(), ModelError> {
     Ok(())
 }
 
-/// Whether `Auto` expands quantized weights to the compute dtype: only when there is one
-/// (CPU; Metal keeps weights as stored) and the expanded weights take at most a quarter of the
-/// memory available now, so batching goes through BLAS without crowding the machine. The
-/// registry's memory plan and the loader both ask this, so the estimate matches what loads.
+/// Whether `Auto` expands quantized weights to float32: only where the CPU levers apply
+/// ([`crate::device::cpu_levers`]: the CPU backend with float32 activations; a GPU keeps
+/// weights as stored) and the expanded weights take at most a quarter of the memory available
+/// now, so batching goes through BLAS without crowding the machine. The registry's memory plan
+/// and the loader both ask this, so the estimate matches what loads.
 pub fn auto_dequantizes(dequantized_bytes: u64, available: u64) -> bool {
-    compute_dtype().is_some() && dequantized_bytes <= available / 4
+    crate::device::cpu_levers() && dequantized_bytes <= available / 4
 }
 
 /// Settles `Auto` by [`auto_dequantizes`] against the memory available now.
