@@ -166,7 +166,8 @@ impl Rope {
         if self.mscale == 1.0 {
             return Ok(x.clone());
         }
-        let m = Array::from_f32(self.mscale);
+        // In x's dtype, as mlx-lm's Python float is: a float32 array would promote x.
+        let m = Array::from_f32(self.mscale).as_dtype(x.dtype())?;
         let head = *x.shape().last().expect("feature axis");
         if self.dims == head {
             return multiply(x, &m);

@@ -111,10 +111,13 @@ impl Activation {
         match self {
             Activation::SwiGlu => multiply(multiply(gate, sigmoid(gate)?)?, up),
             Activation::SwiGluOai { alpha, limit } => {
-                let gate = minimum(gate, Array::from_f32(limit))?;
-                let up = clip(up, (-limit, limit))?;
-                let glu = multiply(&gate, sigmoid(multiply(&gate, Array::from_f32(alpha))?)?)?;
-                multiply(up + Array::from_f32(1.0), glu)
+                // Constants in the activations' dtype, as Python's floats are (weak scalars):
+                // a float32 array would promote half-precision activations.
+                let c = |v: f32| Array::from_f32(v).as_dtype(gate.dtype());
+                let gate = minimum(gate, c(limit)?)?;
+                let up = clip(up, (&c(-limit)?, &c(limit)?))?;
+                let glu = multiply(&gate, sigmoid(multiply(&gate, c(alpha)?)?)?)?;
+                multiply(up + c(1.0)?, glu)
             }
         }
     }
