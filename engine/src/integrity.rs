@@ -61,8 +61,9 @@ fn int_bytes(dtype: &str) -> u64 {
     }
 }
 
-/// `(dtype, element count)` of each tensor of a safetensors file whose header was checked.
-fn safetensors_tensors(path: &Path) -> Result<Vec<(String, String, u64)>, Incomplete> {
+/// `(name, dtype, element count, axes)` of each tensor of a safetensors file whose header was
+/// checked.
+fn safetensors_tensors(path: &Path) -> Result<Vec<(String, String, u64, usize)>, Incomplete> {
     let mut f = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let mut len = [0u8; 8];
     f.read_exact(&mut len)
@@ -81,11 +82,9 @@ fn safetensors_tensors(path: &Path) -> Result<Vec<(String, String, u64)>, Incomp
                 .and_then(Value::as_str)
                 .unwrap_or("")
                 .to_string();
-            let elements = info
-                .get("shape")
-                .and_then(Value::as_array)
-                .map_or(0, |s| s.iter().filter_map(Value::as_u64).product());
-            (name, dtype, elements)
+            let shape = info.get("shape").and_then(Value::as_array);
+            let elements = shape.map_or(0, |s| s.iter().filter_map(Value::as_u64).product());
+            (name, dtype, elements, shape.map_or(0, Vec::len))
         })
         .collect())
 }
@@ -126,36 +125,45 @@ fn check_mlx_dir(dir: &Path) -> Result<ModelFacts, Incomplete> {
     }
     let files = weights::safetensors_files(dir).map_err(|e| e.to_string())?;
     let mut disk_bytes = 0;
-    let mut tensors: HashMap<String, (String, u64)> = HashMap::new();
+    let mut tensors: HashMap<String, (String, u64, usize)> = HashMap::new();
     for file in &files {
         weights::check_safetensors(file).map_err(|e| e.to_string())?;
         disk_bytes += std::fs::metadata(file).map(|m| m.len()).unwrap_or(0);
-        for (name, dtype, elements) in safetensors_tensors(file)? {
-            tensors.insert(name, (dtype, elements));
+        for (name, dtype, elements, axes) in safetensors_tensors(file)? {
+            tensors.insert(name, (dtype, elements, axes));
         }
     }
     for small in ["config.json", "tokenizer.json", "tokenizer_config.json"] {
         disk_bytes += std::fs::metadata(dir.join(small)).map_or(0, |m| m.len());
     }
     let (mut native, mut dequantized, mut quantized) = (0u64, 0u64, false);
-    for (name, (dtype, elements)) in &tensors {
+    // Expert stacks (3-D packed weights) stay packed in every mode, scales and all.
+    let stays_packed = |prefix: &str| {
+        tensors
+            .get(&format!("{prefix}.weight"))
+            .is_some_and(|(_, _, axes)| crate::model::switch_layers::stays_quantized(*axes))
+    };
+    for (name, (dtype, elements, _)) in &tensors {
         let prefix = name.strip_suffix(".weight").unwrap_or(name);
         let packed = dtype == "U32" && tensors.contains_key(&format!("{prefix}.scales"));
         if packed {
             quantized = true;
             native += elements * 4;
-            let bits = quant_bits(&config, prefix).unwrap_or(4);
-            dequantized += elements * 32 / bits * 4;
+            dequantized += if stays_packed(prefix) {
+                elements * 4
+            } else {
+                let bits = quant_bits(&config, prefix).unwrap_or(4);
+                elements * 32 / bits * 4
+            };
             continue;
         }
         let bytes = float_bytes(dtype).unwrap_or_else(|| int_bytes(dtype)) * elements;
         native += bytes;
         // Scales and biases disappear once their matrix is expanded.
+        let owner = name.rsplit_once('.').map_or("", |(p, _)| p);
         let is_quant_aux = (name.ends_with(".scales") || name.ends_with(".biases"))
-            && tensors.contains_key(&format!(
-                "{}.weight",
-                name.rsplit_once('.').map_or("", |(p, _)| p)
-            ));
+            && tensors.contains_key(&format!("{owner}.weight"))
+            && !stays_packed(owner);
         if !is_quant_aux {
             dequantized += bytes;
         }

@@ -1,5 +1,7 @@
 //! The few MLX operations the engine needs that mlx-rs 0.33 exposes only through its
-//! index-macro machinery: plain strided-free slicing and in-place slice updates.
+//! index-macro machinery (plain strided-free slicing and in-place slice updates, scatter) or
+//! not fully (quantized and gathered matmuls with a quantization mode), called through
+//! mlx-sys.
 
 use mlx_rs::{Array, Stream};
 
@@ -132,5 +134,205 @@ pub fn scatter(
         );
         mlx_sys::mlx_vector_array_free(vec);
         finish(status, res, "scatter")
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Quantized and gathered matmuls with a quantization mode. mlx-rs 0.33 binds these with the
+// mode fixed to "affine" (and leaks an empty array for each absent optional input); MLX 0.32
+// also has "mxfp4", "mxfp8" and "nvfp4" (scales as uint8, no biases), which MoE checkpoints use.
+
+/// MLX's quantization modes (`mode=` of `mx.quantize`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum QuantMode {
+    Affine,
+    Mxfp4,
+    Mxfp8,
+    Nvfp4,
+}
+
+impl QuantMode {
+    pub fn parse(name: &str) -> Option<Self> {
+        Some(match name {
+            "affine" => QuantMode::Affine,
+            "mxfp4" => QuantMode::Mxfp4,
+            "mxfp8" => QuantMode::Mxfp8,
+            "nvfp4" => QuantMode::Nvfp4,
+            _ => return None,
+        })
+    }
+
+    fn c_name(self) -> &'static std::ffi::CStr {
+        match self {
+            QuantMode::Affine => c"affine",
+            QuantMode::Mxfp4 => c"mxfp4",
+            QuantMode::Mxfp8 => c"mxfp8",
+            QuantMode::Nvfp4 => c"nvfp4",
+        }
+    }
+}
+
+fn some_int(value: i32) -> mlx_sys::mlx_optional_int {
+    mlx_sys::mlx_optional_int {
+        value,
+        has_value: true,
+    }
+}
+
+/// An optional input: the array's handle, or an empty one that `Opt` frees.
+struct Opt(mlx_sys::mlx_array, bool);
+
+impl Opt {
+    fn new(a: Option<&Array>) -> Self {
+        match a {
+            Some(a) => Opt(a.as_ptr(), false),
+            // SAFETY: a fresh empty handle, freed in `drop`.
+            None => Opt(unsafe { mlx_sys::mlx_array_new() }, true),
+        }
+    }
+}
+
+impl Drop for Opt {
+    fn drop(&mut self) {
+        if self.1 {
+            // SAFETY: created by mlx_array_new in `new` and not used after this.
+            unsafe { mlx_sys::mlx_array_free(self.0) };
+        }
+    }
+}
+
+/// `x @ w.T` (or `x @ w`) with `w` quantized (`mx.quantized_matmul`).
+#[allow(clippy::too_many_arguments)]
+pub fn quantized_matmul(
+    x: &Array,
+    w: &Array,
+    scales: &Array,
+    biases: Option<&Array>,
+    transpose: bool,
+    group_size: i32,
+    bits: i32,
+    mode: QuantMode,
+) -> Result<Array, MlxOpError> {
+    let stream = Stream::thread_local_or_default();
+    let biases = Opt::new(biases);
+    // SAFETY: every handle is valid for the call; MLX takes its own references.
+    unsafe {
+        let mut res = mlx_sys::mlx_array_new();
+        let status = mlx_sys::mlx_quantized_matmul(
+            &mut res,
+            x.as_ptr(),
+            w.as_ptr(),
+            scales.as_ptr(),
+            biases.0,
+            transpose,
+            some_int(group_size),
+            some_int(bits),
+            mode.c_name().as_ptr(),
+            stream.as_ptr(),
+        );
+        finish(status, res, "quantized_matmul")
+    }
+}
+
+/// `mx.gather_qmm`: for each index of `rhs_indices` (broadcast with `x`'s batch axes), `x`
+/// times that expert's quantized matrix of `w` (`[experts, out, in]` packed).
+#[allow(clippy::too_many_arguments)]
+pub fn gather_qmm(
+    x: &Array,
+    w: &Array,
+    scales: &Array,
+    biases: Option<&Array>,
+    rhs_indices: &Array,
+    transpose: bool,
+    group_size: i32,
+    bits: i32,
+    mode: QuantMode,
+    sorted_indices: bool,
+) -> Result<Array, MlxOpError> {
+    let stream = Stream::thread_local_or_default();
+    let biases = Opt::new(biases);
+    let lhs = Opt::new(None);
+    // SAFETY: as in `quantized_matmul`.
+    unsafe {
+        let mut res = mlx_sys::mlx_array_new();
+        let status = mlx_sys::mlx_gather_qmm(
+            &mut res,
+            x.as_ptr(),
+            w.as_ptr(),
+            scales.as_ptr(),
+            biases.0,
+            lhs.0,
+            rhs_indices.as_ptr(),
+            transpose,
+            some_int(group_size),
+            some_int(bits),
+            mode.c_name().as_ptr(),
+            sorted_indices,
+            stream.as_ptr(),
+        );
+        finish(status, res, "gather_qmm")
+    }
+}
+
+/// `mx.gather_mm(a, b, rhs_indices=…)`: float matmuls against the matrices of `b` the indices
+/// pick (MLX's CPU kernel takes float32 only).
+pub fn gather_mm(
+    a: &Array,
+    b: &Array,
+    rhs_indices: &Array,
+    sorted_indices: bool,
+) -> Result<Array, MlxOpError> {
+    let stream = Stream::thread_local_or_default();
+    let lhs = Opt::new(None);
+    // SAFETY: as in `quantized_matmul`.
+    unsafe {
+        let mut res = mlx_sys::mlx_array_new();
+        let status = mlx_sys::mlx_gather_mm(
+            &mut res,
+            a.as_ptr(),
+            b.as_ptr(),
+            lhs.0,
+            rhs_indices.as_ptr(),
+            sorted_indices,
+            stream.as_ptr(),
+        );
+        finish(status, res, "gather_mm")
+    }
+}
+
+/// `mx.dequantize`; the result has `dtype`, or MLX's default (the scales' dtype for affine,
+/// bfloat16 for the float modes) when `None`.
+pub fn dequantize(
+    w: &Array,
+    scales: &Array,
+    biases: Option<&Array>,
+    group_size: i32,
+    bits: i32,
+    mode: QuantMode,
+    dtype: Option<mlx_rs::Dtype>,
+) -> Result<Array, MlxOpError> {
+    let stream = Stream::thread_local_or_default();
+    let biases = Opt::new(biases);
+    let global_scale = Opt::new(None);
+    let dtype = mlx_sys::mlx_optional_dtype {
+        value: dtype.map_or(mlx_sys::mlx_dtype__MLX_FLOAT32, |d| d as mlx_sys::mlx_dtype),
+        has_value: dtype.is_some(),
+    };
+    // SAFETY: as in `quantized_matmul`.
+    unsafe {
+        let mut res = mlx_sys::mlx_array_new();
+        let status = mlx_sys::mlx_dequantize(
+            &mut res,
+            w.as_ptr(),
+            scales.as_ptr(),
+            biases.0,
+            some_int(group_size),
+            some_int(bits),
+            mode.c_name().as_ptr(),
+            global_scale.0,
+            dtype,
+            stream.as_ptr(),
+        );
+        finish(status, res, "dequantize")
     }
 }

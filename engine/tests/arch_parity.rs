@@ -1,7 +1,8 @@
 //! Each supported architecture, with small random weights written by mlx-lm's own model classes
-//! (dense and 4-bit quantized), gives the same logits as mlx-lm over a prompt and several
-//! cached decode steps. Also checks that chunked prefill and batching with another sequence do
-//! not change a sequence's logits.
+//! (dense and quantized as `mlx_lm convert` quantizes), gives the same logits as mlx-lm over a
+//! prompt and several cached decode steps. Also checks that chunked prefill, a reused prefix and
+//! batching with other sequences do not change a sequence's logits, and, for quantized
+//! Mixture-of-Experts models, that greedy decoding picks mlx-lm's tokens.
 //!
 //! The GPU configuration — activations in the checkpoint's dtype, quantized weights as stored —
 //! runs here on the CPU: every model is computed in its own dtype (`Activations::Checkpoint`,
@@ -55,9 +56,30 @@ impl Dtype {
             Dtype::F16 => "float16",
         }
     }
+
+    /// In half precision our graph is op for op mlx-lm's on the same kernels: the logits are
+    /// bit for bit the same (measured), so that is the bar. In float32, BLAS rounds a row
+    /// differently by how many rows a matmul has.
+    fn tolerance(self) -> f32 {
+        if self == Dtype::F32 {
+            TOLERANCE
+        } else {
+            0.0
+        }
+    }
 }
 
-fn make_model(arch: &str, bits: u32, dtype: Dtype) -> tempfile::TempDir {
+/// How the reference script quantizes a model (`--bits`, `--group-size`, `--mode`).
+#[derive(Clone, Copy)]
+enum Quant {
+    Float,
+    /// Affine with groups of 32.
+    Affine(u32),
+    /// A float mode at its own bits and group size (mxfp4, mxfp8, nvfp4).
+    Mode(&'static str),
+}
+
+fn make_model(arch: &str, quant: Quant, dtype: Dtype) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     let script = root().join("tests/reference/make_random_model.py");
     let mut args = vec![
@@ -67,13 +89,15 @@ fn make_model(arch: &str, bits: u32, dtype: Dtype) -> tempfile::TempDir {
         "--dtype".into(),
         dtype.name().into(),
     ];
-    if bits > 0 {
-        args.extend([
+    match quant {
+        Quant::Float => {}
+        Quant::Affine(bits) => args.extend([
             "--bits".into(),
             bits.to_string(),
             "--group-size".into(),
             "32".into(),
-        ]);
+        ]),
+        Quant::Mode(mode) => args.extend(["--mode".into(), mode.into()]),
     }
     python(&args.iter().map(String::as_str).collect::<Vec<_>>());
     dir
@@ -147,47 +171,158 @@ fn run_ours(
 
 fn check(arch: &str, bits: u32, dtype: Dtype) {
     wuwei::device::set_activations(wuwei::device::Activations::Checkpoint);
-    let dir = make_model(arch, bits, dtype);
+    let quant = if bits > 0 {
+        Quant::Affine(bits)
+    } else {
+        Quant::Float
+    };
+    let dir = make_model(arch, quant, dtype);
     let prompt: Vec<u32> = vec![1, 17, 300, 42, 7, 99, 256, 3, 511, 64, 128];
-    let decode: Vec<u32> = vec![5, 400, 33, 2];
-    let spec = json!({"prompt": prompt, "decode": decode}).to_string();
+    let case = Case {
+        what: format!("{arch} bits={bits} {}", dtype.name()),
+        prompt,
+        tolerance: dtype.tolerance(),
+        exact_batches: bits > 0,
+        greedy: 0,
+    };
+    check_dir(dir.path(), &case);
+}
+
+/// A Mixture-of-Experts model: a prompt long enough that its (token, expert) pairs are sorted
+/// by expert (as mlx-lm sorts 64 or more), decode steps that are not, and, quantized, greedy
+/// tokens.
+fn check_moe(arch: &str, quant: Quant, dtype: Dtype) {
+    wuwei::device::set_activations(wuwei::device::Activations::Checkpoint);
+    let dir = make_model(arch, quant, dtype);
+    let prompt: Vec<u32> = (0..40).map(|i| (i * 37 % 509) as u32 + 1).collect();
+    let quantized = !matches!(quant, Quant::Float);
+    let case = Case {
+        what: format!(
+            "{arch} {} {}",
+            match quant {
+                Quant::Float => "float".to_string(),
+                Quant::Affine(bits) => format!("{bits}-bit"),
+                Quant::Mode(mode) => mode.to_string(),
+            },
+            dtype.name()
+        ),
+        prompt,
+        tolerance: dtype.tolerance(),
+        exact_batches: quantized,
+        greedy: if quantized { 12 } else { 0 },
+    };
+    check_dir(dir.path(), &case);
+    memory_estimate_counts_every_expert(dir.path(), quantized);
+    // Dequantized mode expands to float32 with float32 activations only.
+    if quantized && dtype == Dtype::F32 {
+        dequantized_mode_agrees(dir.path(), &case);
+    }
+}
+
+/// `--weights dequantized` (the other matrices expanded to float32, the experts as stored)
+/// agrees with mlx-lm too (float matmuls against the expanded weights round differently from
+/// quantized matmuls: ~4e-7 here).
+fn dequantized_mode_agrees(dir: &Path, case: &Case) {
+    let spec = json!({"prompt": case.prompt, "decode": []}).to_string();
     let script = root().join("tests/reference/mlx_lm_logits.py");
     let reference: Value = serde_json::from_str(&python(&[
         script.to_str().unwrap(),
-        dir.path().to_str().unwrap(),
+        dir.to_str().unwrap(),
+        &spec,
+    ]))
+    .unwrap();
+    let (_, model) = load_model_dir(dir, WeightsMode::Dequantized).unwrap();
+    let pool = SharedSlots::new(model.num_layers());
+    let (p, _) = run_ours(model.as_ref(), &case.prompt, &[], &mut pool.acquire());
+    assert_within(
+        &format!("{} dequantized prompt", case.what),
+        &p,
+        &flatten(&reference["prompt"]),
+        case.tolerance,
+    );
+}
+
+/// The registry's estimate of a model's weight memory (read from the safetensors headers,
+/// without loading) is every tensor's bytes as loaded: all experts, not the active ones.
+fn memory_estimate_counts_every_expert(dir: &Path, quantized: bool) {
+    std::fs::write(dir.join("tokenizer.json"), "{}").unwrap();
+    let facts = wuwei::integrity::check_model(dir).unwrap();
+    let mut tensors = Array::load_safetensors(dir.join("model.safetensors")).unwrap();
+    if let Some(dtype) = wuwei::model::compute_dtype() {
+        wuwei::model::weights::cast_floats(&mut tensors, dtype).unwrap();
+    }
+    let experts: usize = tensors
+        .iter()
+        .filter(|(name, _)| name.contains(".switch_mlp.") || name.contains(".experts."))
+        .map(|(_, a)| a.nbytes())
+        .sum();
+    let all: usize = tensors.values().map(Array::nbytes).sum();
+    assert!(experts > all / 2, "the experts are most of the model");
+    assert_eq!(facts.weights_native, all as u64);
+    // Dequantized, the experts stay as stored while the rest expands (at most 8x, 4-bit).
+    let (deq, experts, rest) = (
+        facts.weights_dequantized,
+        experts as u64,
+        (all - experts) as u64,
+    );
+    if quantized {
+        assert!(
+            deq > facts.weights_native && deq <= experts + 8 * rest,
+            "{deq}"
+        );
+    } else {
+        assert_eq!(deq, facts.weights_native);
+    }
+    std::fs::remove_file(dir.join("tokenizer.json")).unwrap();
+}
+
+/// One parity check of the model in a folder against mlx-lm.
+struct Case {
+    what: String,
+    prompt: Vec<u32>,
+    /// Largest |ours - mlx-lm| allowed in any logit.
+    tolerance: f32,
+    /// Whether batching must leave a sequence's logits bit for bit the same.
+    exact_batches: bool,
+    /// Greedy tokens to compare with mlx-lm's (0: none).
+    greedy: usize,
+}
+
+fn check_dir(dir: &Path, case: &Case) {
+    let (what, prompt, tolerance) = (case.what.as_str(), &case.prompt, case.tolerance);
+    let close =
+        |w: &str, ours: &[f32], reference: &[f32]| assert_within(w, ours, reference, tolerance);
+    let decode: Vec<u32> = vec![5, 400, 33, 2];
+    let spec = json!({"prompt": prompt, "decode": decode, "greedy": case.greedy}).to_string();
+    let script = root().join("tests/reference/mlx_lm_logits.py");
+    let reference: Value = serde_json::from_str(&python(&[
+        script.to_str().unwrap(),
+        dir.to_str().unwrap(),
         &spec,
     ]))
     .unwrap();
 
-    let (_, model) = load_model_dir(dir.path(), WeightsMode::Native).unwrap();
+    let (_, model) = load_model_dir(dir, WeightsMode::Native).unwrap();
     let mut dense = DenseKvCache::new(model.num_layers());
-    let (p, steps) = run_ours(model.as_ref(), &prompt, &decode, &mut dense);
-    let what = format!("{arch} bits={bits} {}", dtype.name());
-    // In half precision our graph is op for op mlx-lm's on the same kernels: the logits are
-    // bit for bit the same (measured), so that is the bar. In float32, BLAS rounds a row
-    // differently by how many rows a matmul has.
-    let tolerance = if dtype == Dtype::F32 { TOLERANCE } else { 0.0 };
-    let assert_close = |what: &str, ours: &[f32], reference: &[f32]| {
-        assert_within(what, ours, reference, tolerance)
-    };
+    let (p, steps) = run_ours(model.as_ref(), prompt, &decode, &mut dense);
     // The engine's slot pool (batched decode attention) agrees with the reference too.
     let pool = SharedSlots::new(model.num_layers());
-    let (_, pooled) = run_ours(model.as_ref(), &prompt, &decode, &mut pool.acquire());
+    let (_, pooled) = run_ours(model.as_ref(), prompt, &decode, &mut pool.acquire());
     for (i, step) in pooled.iter().enumerate() {
-        assert_close(
+        close(
             &format!("{what} pooled decode {i}"),
             step,
             &flatten(&reference["decode"][i]),
         );
     }
-    pooled_batches_are_invariant(model.as_ref(), &what, bits > 0, tolerance);
-    assert_close(
+    pooled_batches_are_invariant(model.as_ref(), what, case.exact_batches, tolerance);
+    close(
         &format!("{what} prompt"),
         &p,
         &flatten(&reference["prompt"]),
     );
     for (i, step) in steps.iter().enumerate() {
-        assert_close(
+        close(
             &format!("{what} decode {i}"),
             step,
             &flatten(&reference["decode"][i]),
@@ -213,9 +348,42 @@ fn check(arch: &str, bits: u32, dtype: Dtype) {
             .unwrap(),
     );
     let vocab = chunked.len();
-    assert_close(
+    close(
         &format!("{what} chunked prefill"),
         &chunked,
+        &p[p.len() - vocab..],
+    );
+
+    // A prefix reused from another sequence's cache (as a prefix-cache hit loads it, longer
+    // than gpt_oss's sliding window), then the rest of the prompt: the same logits.
+    let reused = prompt.len() * 3 / 4;
+    let mut donor = DenseKvCache::new(model.num_layers());
+    let mut b = [BatchSeq {
+        len: reused,
+        cache: &mut donor,
+    }];
+    model
+        .forward(&tokens(&prompt[..reused]), &mut b, Logits::Last)
+        .unwrap();
+    let pool = SharedSlots::new(model.num_layers());
+    let mut hit = pool.acquire();
+    for layer in 0..model.num_layers() {
+        let (k, v) = donor.range(layer, 0, reused as i32).unwrap().unwrap();
+        hit.load_layer(layer, k, v).unwrap();
+    }
+    hit.advance(reused);
+    let mut b = [BatchSeq {
+        len: prompt.len() - reused,
+        cache: &mut hit,
+    }];
+    let after_hit = to_vec(
+        &model
+            .forward(&tokens(&prompt[reused..]), &mut b, Logits::Last)
+            .unwrap(),
+    );
+    close(
+        &format!("{what} after a reused prefix"),
+        &after_hit,
         &p[p.len() - vocab..],
     );
 
@@ -230,7 +398,7 @@ fn check(arch: &str, bits: u32, dtype: Dtype) {
         .unwrap();
     let mut mine = DenseKvCache::new(model.num_layers());
     let mut both: Vec<u32> = vec![6];
-    both.extend(&prompt);
+    both.extend(prompt);
     let mut b = [
         BatchSeq {
             len: 1,
@@ -242,11 +410,63 @@ fn check(arch: &str, bits: u32, dtype: Dtype) {
         },
     ];
     let batched = to_vec(&model.forward(&tokens(&both), &mut b, Logits::Last).unwrap());
-    assert_close(
+    close(
         &format!("{what} batched"),
         &batched[vocab..],
         &p[p.len() - vocab..],
     );
+
+    if case.greedy > 0 {
+        let want: Vec<u32> = reference["greedy"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t.as_u64().unwrap() as u32)
+            .collect();
+        let pool = SharedSlots::new(model.num_layers());
+        let got = greedy(model.as_ref(), prompt, case.greedy, &mut pool.acquire());
+        assert_eq!(got, want, "{what}: greedy tokens");
+    }
+}
+
+/// The first of the largest logits, as `mx.argmax` picks.
+fn argmax(logits: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &l) in logits.iter().enumerate() {
+        if l > logits[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+/// `n` greedy tokens after `prompt`.
+fn greedy(
+    model: &dyn LanguageModel,
+    prompt: &[u32],
+    n: usize,
+    cache: &mut dyn KvCache,
+) -> Vec<u32> {
+    let mut b = [BatchSeq {
+        len: prompt.len(),
+        cache: &mut *cache,
+    }];
+    let mut logits = to_vec(
+        &model
+            .forward(&tokens(prompt), &mut b, Logits::Last)
+            .unwrap(),
+    );
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = argmax(&logits);
+        out.push(t);
+        let mut b = [BatchSeq {
+            len: 1,
+            cache: &mut *cache,
+        }];
+        logits = to_vec(&model.forward(&tokens(&[t]), &mut b, Logits::Last).unwrap());
+    }
+    out
 }
 
 /// Sequences of different lengths (one past a decode bucket boundary) decoding in one pooled
@@ -401,6 +621,106 @@ fn qwen3_dense() {
 fn qwen3_q4() {
     check("qwen3", 4, Dtype::F32);
 }
+
+#[test]
+fn qwen3_moe_float() {
+    check_moe("qwen3_moe", Quant::Float, Dtype::F32);
+}
+#[test]
+fn qwen3_moe_q4() {
+    check_moe("qwen3_moe", Quant::Affine(4), Dtype::F32);
+}
+#[test]
+fn minimax_float() {
+    check_moe("minimax", Quant::Float, Dtype::F32);
+}
+#[test]
+fn minimax_q4() {
+    check_moe("minimax", Quant::Affine(4), Dtype::F32);
+}
+#[test]
+fn glm4_moe_float() {
+    check_moe("glm4_moe", Quant::Float, Dtype::F32);
+}
+#[test]
+fn glm4_moe_q4() {
+    check_moe("glm4_moe", Quant::Affine(4), Dtype::F32);
+}
+#[test]
+fn qwen3_moe_mxfp4() {
+    check_moe("qwen3_moe", Quant::Mode("mxfp4"), Dtype::F32);
+}
+#[test]
+fn minimax_mxfp8() {
+    check_moe("minimax", Quant::Mode("mxfp8"), Dtype::F32);
+}
+#[test]
+fn glm4_moe_nvfp4() {
+    check_moe("glm4_moe", Quant::Mode("nvfp4"), Dtype::F32);
+}
+#[test]
+fn gpt_oss_float() {
+    check_moe("gpt_oss", Quant::Float, Dtype::F32);
+}
+#[test]
+fn gpt_oss_mxfp4() {
+    check_moe("gpt_oss", Quant::Mode("mxfp4"), Dtype::F32);
+}
+
+/// A checkpoint in the Hugging Face layout (each expert's projections apart, minimax's named
+/// w1/w2/w3) loads as mlx-lm's `sanitize` stacks it: the same logits as the stacked one.
+fn per_expert_layout_loads(arch: &str) {
+    let dir = make_model(arch, Quant::Affine(4), Dtype::F32);
+    let stacked = Array::load_safetensors(dir.path().join("model.safetensors")).unwrap();
+    let hf_names = if arch == "minimax" {
+        [("gate_proj", "w1"), ("up_proj", "w3"), ("down_proj", "w2")]
+    } else {
+        [
+            ("gate_proj", "gate_proj"),
+            ("up_proj", "up_proj"),
+            ("down_proj", "down_proj"),
+        ]
+    };
+    let mut split = std::collections::HashMap::new();
+    for (name, a) in &stacked {
+        let Some((block, rest)) = name.split_once(".switch_mlp.") else {
+            split.insert(name.clone(), a.clone());
+            continue;
+        };
+        let (proj, part) = rest.split_once('.').unwrap();
+        let hf = hf_names.iter().find(|(ours, _)| *ours == proj).unwrap().1;
+        for e in 0..a.shape()[0] {
+            let expert = a.take_axis(Array::from_int(e), 0).unwrap();
+            split.insert(format!("{block}.experts.{e}.{hf}.{part}"), expert);
+        }
+    }
+    let hf = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        dir.path().join("config.json"),
+        hf.path().join("config.json"),
+    )
+    .unwrap();
+    Array::save_safetensors(split.iter(), None, hf.path().join("model.safetensors")).unwrap();
+
+    let prompt: Vec<u32> = (0..40).map(|i| (i * 37 % 509) as u32 + 1).collect();
+    let logits = |dir: &Path| {
+        let (_, model) = load_model_dir(dir, WeightsMode::Native).unwrap();
+        let mut cache = DenseKvCache::new(model.num_layers());
+        run_ours(model.as_ref(), &prompt, &[5], &mut cache)
+    };
+    assert_eq!(
+        logits(hf.path()),
+        logits(dir.path()),
+        "{arch}: per-expert layout"
+    );
+}
+
+#[test]
+fn per_expert_layouts_load() {
+    for arch in ["qwen3_moe", "minimax", "glm4_moe"] {
+        per_expert_layout_loads(arch);
+    }
+}
 #[test]
 fn llama_bf16() {
     check("llama", 0, Dtype::Bf16);
@@ -424,4 +744,22 @@ fn qwen3_bf16() {
 #[test]
 fn qwen3_q8_bf16() {
     check("qwen3", 8, Dtype::Bf16);
+}
+// Quantized MoE checkpoints in half precision, as they are published (MLX's CPU gather_mm
+// takes float32 only, for mlx-lm as for us, so float MoE models run in float32 on the CPU).
+#[test]
+fn qwen3_moe_q4_bf16() {
+    check_moe("qwen3_moe", Quant::Affine(4), Dtype::Bf16);
+}
+#[test]
+fn minimax_q8_bf16() {
+    check_moe("minimax", Quant::Affine(8), Dtype::Bf16);
+}
+#[test]
+fn glm4_moe_q4_f16() {
+    check_moe("glm4_moe", Quant::Affine(4), Dtype::F16);
+}
+#[test]
+fn gpt_oss_mxfp4_bf16() {
+    check_moe("gpt_oss", Quant::Mode("mxfp4"), Dtype::Bf16);
 }

@@ -1,23 +1,29 @@
 """Writes a small random-weight model with mlx-lm's own classes, so that Wuwei's
 implementation of the same architecture can be compared with mlx-lm's, logit for logit.
 
-usage: make_random_model.py ARCH OUT_DIR [--bits N] [--group-size G] [--seed S]
+usage: make_random_model.py ARCH OUT_DIR [--bits N] [--group-size G] [--mode M] [--seed S]
                             [--dtype float32|bfloat16|float16] [--tokenizer DIR]
 
+Quantized models are quantized as `mlx_lm convert -q` does it (mlx_lm.utils.quantize_model with
+the model's own quant_predicate: MoE routers stay 8-bit affine), with `--mode` affine, mxfp4,
+mxfp8 or nvfp4.
 --dtype writes the checkpoint in that dtype, as published bf16/fp16 models are (quantized
-layers then keep their scales and biases in it, as `nn.quantize` of such a model does).
+layers then keep their scales and biases in it, as `nn.quantize` of such a model does; what
+the model's `cast_predicate` exempts, such as MoE score-correction biases, stays float32, as
+mlx_lm convert keeps it).
 --tokenizer DIR makes a servable model: the vocabulary and tokenizer files of DIR (an MLX
 model folder), with the rows of its special tokens zeroed in the output head so that greedy
 decoding of random weights does not stop at once.
 """
 import argparse
 import json
+import re
 import shutil
 from pathlib import Path
 
 import mlx.core as mx
-import mlx.nn as nn
 from mlx.utils import tree_flatten
+from mlx_lm.utils import quantize_model
 
 CONFIGS = {
     "llama": dict(
@@ -43,7 +49,55 @@ CONFIGS = {
         head_dim=64, rope_theta=1000000.0, tie_word_embeddings=False,
         max_position_embeddings=40960,
     ),
+    # Mixture-of-Experts: a few layers, a few experts, the routing features each one has.
+    # Layer 1 of qwen3_moe is a dense MLP (mlp_only_layers).
+    "qwen3_moe": dict(
+        model_type="qwen3_moe", hidden_size=128, num_hidden_layers=3, intermediate_size=256,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=32, rms_norm_eps=1e-6,
+        vocab_size=512, num_experts=16, num_experts_per_tok=4, decoder_sparse_step=1,
+        mlp_only_layers=[1], moe_intermediate_size=64, norm_topk_prob=True,
+        rope_theta=1000000.0, tie_word_embeddings=False, max_position_embeddings=4096,
+    ),
+    "minimax": dict(
+        model_type="minimax", hidden_size=128, num_hidden_layers=2, intermediate_size=64,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=32, rotary_dim=16,
+        rms_norm_eps=1e-6, vocab_size=512, num_local_experts=16, num_experts_per_tok=4,
+        shared_intermediate_size=0, rope_theta=5000000.0, tie_word_embeddings=False,
+        max_position_embeddings=4096, use_qk_norm=True, scoring_func="sigmoid",
+    ),
+    # Layer 0 dense (first_k_dense_replace), then routed experts in 4 groups of which the best
+    # 2 are eligible, a shared expert and a routed scaling factor.
+    "glm4_moe": dict(
+        model_type="glm4_moe", hidden_size=128, num_hidden_layers=3, intermediate_size=256,
+        moe_intermediate_size=64, num_attention_heads=4, num_key_value_heads=2, head_dim=32,
+        partial_rotary_factor=0.5, n_routed_experts=16, n_shared_experts=1,
+        num_experts_per_tok=4, n_group=4, topk_group=2, first_k_dense_replace=1,
+        norm_topk_prob=True, routed_scaling_factor=2.5, use_qk_norm=True, attention_bias=True,
+        rms_norm_eps=1e-5, vocab_size=512, rope_theta=1000000.0, rope_scaling=None,
+        tie_word_embeddings=False, max_position_embeddings=4096,
+    ),
+    # Sliding-window layers (a window far shorter than the test prompts) alternating with full
+    # ones, attention sinks, YaRN RoPE, biased experts with gpt-oss's clipped SwiGLU.
+    "gpt_oss": dict(
+        model_type="gpt_oss", hidden_size=128, num_hidden_layers=4, intermediate_size=64,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=32, rms_norm_eps=1e-5,
+        vocab_size=512, num_local_experts=16, num_experts_per_tok=4, sliding_window=16,
+        layer_types=["sliding_attention", "full_attention"] * 2, rope_theta=150000.0,
+        rope_scaling=dict(rope_type="yarn", factor=32.0, beta_fast=32.0, beta_slow=1.0,
+                          truncate=False, original_max_position_embeddings=4096),
+        tie_word_embeddings=False, max_position_embeddings=131072,
+    ),
 }
+
+# Routers get larger weights than the rest, so that experts' scores are well apart and a
+# rounding difference in the hidden state cannot flip which experts a token picks.
+ROUTER = re.compile(r"\.(gate|router)\.weight$")
+
+
+def scale_of(name, value):
+    if ROUTER.search(name):
+        return 0.1
+    return 0.02 if value.ndim > 1 else 0.1
 
 
 def main():
@@ -51,7 +105,8 @@ def main():
     ap.add_argument("arch", choices=sorted(CONFIGS))
     ap.add_argument("out")
     ap.add_argument("--bits", type=int, default=0)
-    ap.add_argument("--group-size", type=int, default=64)
+    ap.add_argument("--group-size", type=int, default=None)
+    ap.add_argument("--mode", default="affine", choices=["affine", "mxfp4", "mxfp8", "nvfp4"])
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     ap.add_argument("--tokenizer", help="an MLX model folder whose tokenizer the model takes")
@@ -70,16 +125,20 @@ def main():
     # Random weights with a realistic scale (default init makes near-uniform logits).
     params = tree_flatten(model.parameters())
     dtype = getattr(mx, a.dtype)
-    weights = {k: (mx.random.normal(v.shape) * (0.02 if v.ndim > 1 else 0.1) + (1.0 if "norm" in k else 0.0)).astype(dtype)
-               for k, v in params}
+    cast = getattr(model, "cast_predicate", lambda _: True)
+    weights = {}
+    for k, v in params:
+        w = mx.random.normal(v.shape) * scale_of(k, v) + (1.0 if "norm" in k else 0.0)
+        weights[k] = w.astype(dtype) if cast(k) else w
     if special:
         head = "lm_head.weight" if "lm_head.weight" in weights else "model.embed_tokens.weight"
         rows = mx.array(special)
         weights[head][rows] = mx.zeros((len(special), weights[head].shape[1]), dtype=dtype)
     model.load_weights(list(weights.items()))
-    if a.bits:
-        nn.quantize(model, group_size=a.group_size, bits=a.bits)
-        config["quantization"] = {"group_size": a.group_size, "bits": a.bits}
+    if a.bits or a.mode != "affine":
+        model, config = quantize_model(
+            model, config, group_size=a.group_size, bits=a.bits or None, mode=a.mode
+        )
 
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)

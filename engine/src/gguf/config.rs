@@ -5,10 +5,6 @@ use serde_json::{json, Value};
 use super::header::{GgufHeader, MetaValue};
 use super::GgufError;
 
-/// Architectures we convert, as (GGUF `general.architecture`, mlx-lm `model_type`).
-pub const SUPPORTED_ARCHITECTURES: &[(&str, &str)] =
-    &[("llama", "llama"), ("qwen2", "qwen2"), ("qwen3", "qwen3")];
-
 pub struct ModelShape {
     pub arch: String,
     pub n_heads: u64,
@@ -60,10 +56,8 @@ pub fn architecture(header: &GgufHeader) -> Result<(String, &'static str), GgufE
             path: header.path.clone(),
             key: "general.architecture".into(),
         })?;
-    SUPPORTED_ARCHITECTURES
-        .iter()
-        .find(|(name, _)| *name == arch)
-        .map(|(_, model_type)| (arch.to_string(), *model_type))
+    crate::model::architectures::find_gguf(arch)
+        .map(|a| (arch.to_string(), a.model_type))
         .ok_or_else(|| GgufError::UnsupportedArchitecture {
             path: header.path.clone(),
             arch: arch.to_string(),
@@ -97,11 +91,8 @@ pub fn build_config(
 
     let mut config = json!({
         "model_type": model_type,
-        "architectures": [match model_type {
-            "qwen2" => "Qwen2ForCausalLM",
-            "qwen3" => "Qwen3ForCausalLM",
-            _ => "LlamaForCausalLM",
-        }],
+        "architectures": [crate::model::architectures::find(model_type)
+            .map_or("LlamaForCausalLM", |a| a.hf_class)],
         "hidden_size": hidden,
         "num_hidden_layers": n_layers,
         "intermediate_size": ffn,

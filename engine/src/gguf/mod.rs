@@ -18,7 +18,6 @@ use std::path::{Path, PathBuf};
 use mlx_rs::Array;
 use serde_json::Value;
 
-pub use config::SUPPORTED_ARCHITECTURES;
 pub use header::{check_tensor_extent, read_header, GgufHeader, MetaValue, TensorInfo};
 
 /// A GGUF model, converted in memory to what an mlx-lm model folder holds.
@@ -71,7 +70,10 @@ pub enum GgufError {
         expected: &'static str,
         found: String,
     },
-    #[error("{path}: unsupported architecture {arch:?} (supported: llama, qwen2, qwen3)")]
+    #[error(
+        "{path}: unsupported architecture {arch:?} (supported: {})",
+        crate::model::architectures::gguf_architectures()
+    )]
     UnsupportedArchitecture { path: PathBuf, arch: String },
     #[error("{path}: tensor {tensor} has type {ggml_type}, which cannot be converted (supported: F32, F16, BF16, Q4_0, Q4_1, Q8_0)")]
     UnsupportedTensorType {

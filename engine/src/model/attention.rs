@@ -21,6 +21,17 @@ use crate::mlx_ext::slice_axis;
 
 type Result<T> = std::result::Result<T, Exception>;
 
+/// What a layer's attention has beyond causal attention over every earlier position.
+#[derive(Clone, Copy, Default)]
+pub struct Extras<'a> {
+    /// Sliding window: each position attends to itself and the `window - 1` positions before
+    /// it (mlx-lm's `window_size` masks). The cache still holds every position, so a prefix
+    /// reused from the cache or a chunked prefill sees the same window.
+    pub window: Option<i32>,
+    /// Per-head attention sinks (gpt-oss): an extra logit in each head's softmax.
+    pub sinks: Option<&'a Array>,
+}
+
 /// Batched decode attends over keys padded to a multiple of this many positions, the padding
 /// masked out. The padded length is a function of the sequence's own length only (never of
 /// the longest sequence in the batch), and sequences of different padded lengths attend in
@@ -40,6 +51,31 @@ pub fn attend(
     rope: &Rope,
     scale: f32,
 ) -> Result<Array> {
+    attend_with(
+        queries,
+        keys,
+        values,
+        batch,
+        layer,
+        rope,
+        scale,
+        Extras::default(),
+    )
+}
+
+/// [`attend`] with a sliding window and/or attention sinks.
+#[allow(clippy::too_many_arguments)]
+pub fn attend_with(
+    queries: &Array,
+    keys: &Array,
+    values: &Array,
+    batch: &mut [BatchSeq<'_>],
+    layer: usize,
+    rope: &Rope,
+    scale: f32,
+    extras: Extras<'_>,
+) -> Result<Array> {
+    let params = (rope, scale, extras);
     match shared_pool(batch) {
         Some(pool) => PooledPass {
             queries,
@@ -48,9 +84,30 @@ pub fn attend(
             layer,
             rope,
             scale,
+            extras,
         }
         .run(batch, &pool),
-        None => attend_each(queries, keys, values, batch, layer, rope, scale),
+        None => attend_each(queries, keys, values, batch, layer, params),
+    }
+}
+
+/// A layer's RoPE, softmax scale and extras, passed along together.
+type Params<'a> = (&'a Rope, f32, Extras<'a>);
+
+/// The first key position a chunk of queries starting at `offset` can see.
+fn window_start(offset: i32, window: Option<i32>) -> i32 {
+    window.map_or(0, |w| (offset - w + 1).max(0))
+}
+
+/// The mask of queries at positions `offset..offset + len` over keys at `start..offset +
+/// len`: causal, and within the window if there is one.
+fn chunk_mask(offset: i32, len: i32, start: i32, window: Option<i32>) -> Result<Array> {
+    let q_pos = arange::<_, i32>(offset, offset + len, None)?.reshape(&[len, 1])?;
+    let k_pos = arange::<_, i32>(start, offset + len, None)?.reshape(&[1, -1])?;
+    let causal = k_pos.le(&q_pos)?;
+    match window {
+        Some(w) => causal.logical_and(k_pos.gt(q_pos - w)?),
+        None => Ok(causal),
     }
 }
 
@@ -88,15 +145,14 @@ fn attend_each(
     values: &Array,
     batch: &mut [BatchSeq<'_>],
     layer: usize,
-    rope: &Rope,
-    scale: f32,
+    params: Params<'_>,
 ) -> Result<Array> {
     let mut outputs = Vec::with_capacity(batch.len());
     let mut start = 0;
     for seq in batch.iter_mut() {
         let end = start + seq.len as i32;
         let rows = [queries, keys, values].map(|a| rows_of(a, start, end));
-        outputs.push(attend_one(seq, rows, layer, rope, scale)?);
+        outputs.push(attend_one(seq, rows, layer, params)?);
         start = end;
     }
     concat_rows(outputs)
@@ -108,17 +164,38 @@ fn attend_one(
     seq: &mut BatchSeq<'_>,
     rows: [Result<Array>; 3],
     layer: usize,
-    rope: &Rope,
-    scale: f32,
+    (rope, scale, extras): Params<'_>,
 ) -> Result<Array> {
     let [q, k, v] = rows;
     let offset = seq.cache.offset() as i32;
     let q = rope.forward(&q?, offset)?;
     let k = rope.forward(&k?, offset)?;
     let (k, v) = seq.cache.update_and_fetch(layer, k, v?)?;
-    let mask = (seq.len > 1).then_some(ScaledDotProductAttentionMask::Causal);
-    let out = scaled_dot_product_attention(q, k, v, scale, mask, None)?;
-    merge_heads(out, seq.len as i32)
+    let len = seq.len as i32;
+    let out = if extras.window.is_none() {
+        let mask = (len > 1).then_some(ScaledDotProductAttentionMask::Causal);
+        scaled_dot_product_attention(q, k, v, scale, mask, extras.sinks)?
+    } else {
+        // Only the keys some query of the chunk can see; a decode step sees all of them.
+        let start = window_start(offset, extras.window);
+        let (k, v) = if start > 0 {
+            let end = offset + len;
+            (
+                slice_axis(&k, 2, start, end)?,
+                slice_axis(&v, 2, start, end)?,
+            )
+        } else {
+            (k, v)
+        };
+        let mask = if len > 1 {
+            Some(chunk_mask(offset, len, start, extras.window)?)
+        } else {
+            None
+        };
+        let mask = mask.as_ref().map(ScaledDotProductAttentionMask::Array);
+        scaled_dot_product_attention(q, k, v, scale, mask, extras.sinks)?
+    };
+    merge_heads(out, len)
 }
 
 fn concat_rows(mut outputs: Vec<Array>) -> Result<Array> {
@@ -147,6 +224,7 @@ struct PooledPass<'q> {
     layer: usize,
     rope: &'q Rope,
     scale: f32,
+    extras: Extras<'q>,
 }
 
 /// Where each sequence of the batch is: its first row, its slot (`None`: outside the pool),
@@ -268,7 +346,8 @@ impl PooledPass<'_> {
             if layout.slots[i].is_none() {
                 let (start, end) = (layout.starts[i], layout.starts[i] + seq.len as i32);
                 let rows = [self.queries, self.keys, self.values].map(|a| rows_of(a, start, end));
-                alone[i] = Some(attend_one(seq, rows, self.layer, self.rope, self.scale)?);
+                let params = (self.rope, self.scale, self.extras);
+                alone[i] = Some(attend_one(seq, rows, self.layer, params)?);
             }
         }
         Ok(alone)
@@ -321,11 +400,20 @@ impl PooledPass<'_> {
                 q.take_axis(Array::from_slice(&idx, &[m]), 0)?
             };
             let lens: Vec<i32> = members.iter().map(|&j| layout.dec_offsets[j] + 1).collect();
-            let mask =
-                arange::<_, i32>(0, *padded, None)?.lt(Array::from_slice(&lens, &[m, 1, 1, 1]))?;
+            let lens = Array::from_slice(&lens, &[m, 1, 1, 1]);
+            let positions = arange::<_, i32>(0, *padded, None)?;
+            let mut mask = positions.lt(&lens)?;
+            if let Some(w) = self.extras.window {
+                mask = mask.logical_and(positions.ge(lens - w)?)?;
+            }
             let mask = ScaledDotProductAttentionMask::Array(&mask);
             outs.push(scaled_dot_product_attention(
-                q, k, v, self.scale, mask, None,
+                q,
+                k,
+                v,
+                self.scale,
+                mask,
+                self.extras.sinks,
             )?);
             order.extend(members.iter().copied());
         }
@@ -346,9 +434,18 @@ impl PooledPass<'_> {
     fn attend_chunks(&self, pool: &SlotPool, chunks: Vec<Chunk>) -> Result<Vec<Array>> {
         let mut outs = Vec::with_capacity(chunks.len());
         for c in chunks {
-            let (k, v) = pool.read(self.layer, c.slot, 0, c.offset + c.len)?;
-            let mask = ScaledDotProductAttentionMask::Causal;
-            let out = scaled_dot_product_attention(c.q, k, v, self.scale, mask, None)?;
+            let window = self.extras.window;
+            let start = window_start(c.offset, window);
+            let (k, v) = pool.read(self.layer, c.slot, start, c.offset + c.len)?;
+            let sinks = self.extras.sinks;
+            let out = if window.is_none() {
+                let mask = ScaledDotProductAttentionMask::Causal;
+                scaled_dot_product_attention(c.q, k, v, self.scale, mask, sinks)?
+            } else {
+                let mask = chunk_mask(c.offset, c.len, start, window)?;
+                let mask = ScaledDotProductAttentionMask::Array(&mask);
+                scaled_dot_product_attention(c.q, k, v, self.scale, mask, sinks)?
+            };
             outs.push(merge_heads(out, c.len)?);
         }
         Ok(outs)

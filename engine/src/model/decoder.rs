@@ -1,6 +1,7 @@
 //! The decoder stack the supported architectures share (mlx-lm's `TransformerBlock` and
-//! `…Model` classes): pre-norm blocks of attention + SwiGLU MLP, a final norm and a head.
-//! The architectures differ only in their attention, which they plug in here.
+//! `…Model` classes): pre-norm blocks of attention + a feed-forward layer, a final norm and a
+//! head. The architectures differ in their attention, which they plug in here, and in the
+//! feed-forward layer of each block (the SwiGLU MLP, or a sparse MoE block).
 
 use mlx_rs::error::Exception;
 use mlx_rs::Array;
@@ -27,6 +28,31 @@ pub trait SelfAttention: Send + Sized {
     ) -> Result<Array, Exception>;
 }
 
+/// A block's feed-forward layer (`x`: `[1, N, hidden]`, every sequence of the batch).
+pub trait FeedForward: Send {
+    fn forward(&self, x: &Array) -> Result<Array, Exception>;
+}
+
+impl FeedForward for Mlp {
+    fn forward(&self, x: &Array) -> Result<Array, Exception> {
+        Mlp::forward(self, x)
+    }
+}
+
+/// The SwiGLU MLP at `prefix` (`gate_proj`, `up_proj`, `down_proj`).
+pub fn mlp(
+    t: &mut Tensors,
+    prefix: &str,
+    bias: bool,
+    mode: WeightsMode,
+) -> Result<Mlp, ModelError> {
+    Ok(Mlp {
+        gate_proj: linear(t, &format!("{prefix}.gate_proj"), bias, mode)?,
+        up_proj: linear(t, &format!("{prefix}.up_proj"), bias, mode)?,
+        down_proj: linear(t, &format!("{prefix}.down_proj"), bias, mode)?,
+    })
+}
+
 /// A linear layer at `prefix`, prepared for the weights mode.
 pub fn linear(
     t: &mut Tensors,
@@ -39,9 +65,13 @@ pub fn linear(
     Ok(l)
 }
 
+/// Builds block `layer`'s feed-forward layer from the tensors under the block's prefix.
+pub type LoadFeedForward<'a> =
+    dyn FnMut(&mut Tensors, usize, &str) -> Result<Box<dyn FeedForward>, ModelError> + 'a;
+
 pub struct TransformerBlock<A> {
     self_attn: A,
-    mlp: Mlp,
+    mlp: Box<dyn FeedForward>,
     input_layernorm: RmsNorm,
     post_attention_layernorm: RmsNorm,
 }
@@ -52,15 +82,11 @@ impl<A: SelfAttention> TransformerBlock<A> {
         t: &mut Tensors,
         p: &str,
         mode: WeightsMode,
+        mlp: Box<dyn FeedForward>,
     ) -> Result<Self, ModelError> {
-        let bias = args.mlp_bias;
         Ok(Self {
             self_attn: A::load(args, t, &format!("{p}.self_attn"), mode)?,
-            mlp: Mlp {
-                gate_proj: linear(t, &format!("{p}.mlp.gate_proj"), bias, mode)?,
-                up_proj: linear(t, &format!("{p}.mlp.up_proj"), bias, mode)?,
-                down_proj: linear(t, &format!("{p}.mlp.down_proj"), bias, mode)?,
-            },
+            mlp,
             input_layernorm: t.norm(&format!("{p}.input_layernorm"), args.rms_norm_eps)?,
             post_attention_layernorm: t
                 .norm(&format!("{p}.post_attention_layernorm"), args.rms_norm_eps)?,
@@ -93,12 +119,27 @@ pub struct Decoder<A> {
 }
 
 impl<A: SelfAttention> Decoder<A> {
-    /// `tie_default`: whether embeddings are tied when config.json does not say.
+    /// `tie_default`: whether embeddings are tied when config.json does not say. Every block
+    /// has the SwiGLU MLP at `mlp`.
     pub fn load(
+        args: &ModelArgs,
+        t: Tensors,
+        mode: WeightsMode,
+        tie_default: bool,
+    ) -> Result<Self, ModelError> {
+        let bias = args.mlp_bias;
+        Self::load_with(args, t, mode, tie_default, &mut |t, _, p| {
+            Ok(Box::new(mlp(t, &format!("{p}.mlp"), bias, mode)?))
+        })
+    }
+
+    /// As [`Decoder::load`], with each block's feed-forward layer built by `ffn`.
+    pub fn load_with(
         args: &ModelArgs,
         mut t: Tensors,
         mode: WeightsMode,
         tie_default: bool,
+        ffn: &mut LoadFeedForward<'_>,
     ) -> Result<Self, ModelError> {
         let tied = args.tie_word_embeddings.unwrap_or(tie_default) || !t.contains("lm_head.weight");
         let embed_tokens = prepare(t.matrix("model.embed_tokens")?, mode)?;
@@ -108,7 +149,11 @@ impl<A: SelfAttention> Decoder<A> {
             Some(prepare(t.matrix("lm_head")?, mode)?)
         };
         let layers = (0..args.num_hidden_layers)
-            .map(|i| TransformerBlock::load(args, &mut t, &format!("model.layers.{i}"), mode))
+            .map(|i| {
+                let p = format!("model.layers.{i}");
+                let mlp = ffn(&mut t, i, &p)?;
+                TransformerBlock::load(args, &mut t, &p, mode, mlp)
+            })
             .collect::<Result<_, _>>()?;
         let norm = t.norm("model.norm", args.rms_norm_eps)?;
         Ok(Self {

@@ -1,16 +1,19 @@
-//! Building blocks shared by the architectures: linear layers (dense or MLX affine-quantized),
+//! Building blocks shared by the architectures: linear layers (dense or MLX-quantized),
 //! embeddings, RMSNorm, RoPE, the SwiGLU MLP, and the model head.
 
 use mlx_rs::error::Exception;
 use mlx_rs::fast::{rms_norm, rope, rope_dynamic};
-use mlx_rs::ops::{addmm, dequantize, matmul, multiply, quantized_matmul, sigmoid};
+use mlx_rs::ops::{addmm, concatenate, matmul, multiply, sigmoid};
 use mlx_rs::{Array, Dtype};
 
 use super::batch::BatchSeq;
+pub use crate::mlx_ext::QuantMode;
+use crate::mlx_ext::{dequantize, quantized_matmul, slice_axis};
 
 type Result<T> = std::result::Result<T, Exception>;
 
-/// A weight matrix `[out, in]`, stored as is or MLX affine-quantized (packed uint32).
+/// A weight matrix `[out, in]` (or a stack of them, `[experts, out, in]`), stored as is or
+/// MLX-quantized (packed uint32; `biases` only in affine mode).
 pub enum Matrix {
     Dense(Array),
     Quantized {
@@ -19,6 +22,7 @@ pub enum Matrix {
         biases: Option<Array>,
         group_size: i32,
         bits: i32,
+        mode: QuantMode,
     },
 }
 
@@ -33,7 +37,17 @@ impl Matrix {
                 biases,
                 group_size,
                 bits,
-            } => quantized_matmul(x, weight, scales, biases.as_ref(), true, *group_size, *bits),
+                mode,
+            } => Ok(quantized_matmul(
+                x,
+                weight,
+                scales,
+                biases.as_ref(),
+                true,
+                *group_size,
+                *bits,
+                *mode,
+            )?),
         }
     }
 
@@ -47,15 +61,19 @@ impl Matrix {
                 biases,
                 group_size,
                 bits,
+                mode,
             } => {
                 let b = biases.as_ref().map(|b| b.take_axis(ids, 0)).transpose()?;
-                dequantize(
-                    weight.take_axis(ids, 0)?,
-                    scales.take_axis(ids, 0)?,
+                // MLX's default output dtype, as mlx-lm's QuantizedEmbedding gets.
+                Ok(dequantize(
+                    &weight.take_axis(ids, 0)?,
+                    &scales.take_axis(ids, 0)?,
                     b.as_ref(),
                     *group_size,
                     *bits,
-                )
+                    *mode,
+                    None,
+                )?)
             }
         }
     }
@@ -70,11 +88,17 @@ impl Matrix {
                 biases,
                 group_size,
                 bits,
+                mode,
             } => {
-                let mut w = dequantize(&weight, &scales, biases.as_ref(), group_size, bits)?;
-                if let Some(dtype) = dtype {
-                    w = w.as_dtype(dtype)?;
-                }
+                let w = dequantize(
+                    &weight,
+                    &scales,
+                    biases.as_ref(),
+                    group_size,
+                    bits,
+                    mode,
+                    dtype,
+                )?;
                 w.eval()?;
                 Ok(Matrix::Dense(w))
             }
@@ -124,23 +148,42 @@ impl RmsNorm {
     }
 }
 
-/// Rotary position embedding (`nn.RoPE`, or llama3-scaled frequencies).
+/// Rotary position embedding (`nn.RoPE`, or llama3/YaRN-scaled frequencies).
 pub struct Rope {
     pub dims: i32,
     pub traditional: bool,
     pub base: f32,
     pub scale: f32,
-    /// Precomputed frequencies (llama3 scaling); `base` is ignored when set.
+    /// Precomputed frequencies (llama3, YaRN); `base` is ignored when set.
     pub freqs: Option<Array>,
+    /// YaRN's attention scaling: the rotated features are multiplied by it first (1: none).
+    pub mscale: f32,
 }
 
 impl Rope {
+    /// mlx-lm's `YarnRoPE` scales `x[..., :dims]` before rotating.
+    fn prescale(&self, x: &Array) -> Result<Array> {
+        if self.mscale == 1.0 {
+            return Ok(x.clone());
+        }
+        // In x's dtype, as mlx-lm's Python float is: a float32 array would promote x.
+        let m = Array::from_f32(self.mscale).as_dtype(x.dtype())?;
+        let head = *x.shape().last().expect("feature axis");
+        if self.dims == head {
+            return multiply(x, &m);
+        }
+        let axis = x.ndim() - 1;
+        let rotated = multiply(slice_axis(x, axis, 0, self.dims)?, &m)?;
+        concatenate(&[rotated, slice_axis(x, axis, self.dims, head)?], -1)
+    }
+
     pub fn forward(&self, x: &Array, offset: i32) -> Result<Array> {
         let base = if self.freqs.is_some() {
             None
         } else {
             Some(self.base)
         };
+        let x = &self.prescale(x)?;
         rope(
             x,
             self.dims,
@@ -159,6 +202,7 @@ impl Rope {
         } else {
             Some(self.base)
         };
+        let x = &self.prescale(x)?;
         rope_dynamic(
             x,
             self.dims,

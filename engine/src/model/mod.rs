@@ -1,13 +1,19 @@
 //! Model architectures and loading. One file per architecture, each readable beside mlx-lm's
 //! file of the same name; the shared pieces live in `layers`.
 
+pub mod architectures;
 pub mod attention;
 pub mod batch;
 pub mod decoder;
+pub mod glm4_moe;
+pub mod gpt_oss;
 pub mod layers;
 pub mod llama;
+pub mod minimax;
 pub mod qwen2;
 pub mod qwen3;
+pub mod qwen3_moe;
+pub mod switch_layers;
 pub mod weights;
 
 use std::collections::HashMap;
@@ -19,7 +25,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 pub use batch::{BatchSeq, Logits};
-use layers::{Linear, Matrix, RmsNorm, Rope};
+use layers::{Linear, Matrix, QuantMode, RmsNorm, Rope};
 
 /// Why a model could not be loaded. Every variant names the file at fault.
 #[derive(Debug, thiserror::Error)]
@@ -28,7 +34,7 @@ pub enum ModelError {
     MissingFile { path: PathBuf, reason: String },
     #[error("{}: {reason}", path.display())]
     Invalid { path: PathBuf, reason: String },
-    #[error("{}: unsupported model_type '{model_type}' (supported: llama, mistral, qwen2, qwen3)", path.display())]
+    #[error("{}: unsupported model_type '{model_type}' (supported: {})", path.display(), architectures::model_types())]
     UnsupportedArchitecture { path: PathBuf, model_type: String },
     #[error("{}: tensor '{name}' is missing", path.display())]
     MissingTensor { path: PathBuf, name: String },
@@ -109,6 +115,16 @@ pub struct ModelArgs {
     /// transformers >= 5 nests rope_theta/rope_scaling here.
     pub rope_parameters: Option<serde_json::Map<String, Value>>,
     pub tie_word_embeddings: Option<bool>,
+    /// Partial rotary embeddings: the rotated features of each head (minimax), or their
+    /// fraction of `head_dim` (glm4_moe).
+    pub rotary_dim: Option<i32>,
+    pub partial_rotary_factor: Option<f32>,
+    /// RMSNorm on queries and keys (minimax, glm4_moe).
+    pub use_qk_norm: Option<bool>,
+    /// Sliding-window attention (gpt_oss): the window, and which layers use it
+    /// (`"sliding_attention"` / `"full_attention"`).
+    pub sliding_window: Option<i32>,
+    pub layer_types: Option<Vec<String>>,
 }
 
 impl ModelArgs {
@@ -142,13 +158,24 @@ pub fn make_rope(
     base: f32,
     source: &Path,
 ) -> Result<Rope, ModelError> {
-    let dims = args.head_dim();
+    make_rope_dims(args, args.head_dim(), traditional, base, source)
+}
+
+/// [`make_rope`] rotating the first `dims` features of each head (partial rotary).
+pub fn make_rope_dims(
+    args: &ModelArgs,
+    dims: i32,
+    traditional: bool,
+    base: f32,
+    source: &Path,
+) -> Result<Rope, ModelError> {
     let mut rope = Rope {
         dims,
         traditional,
         base,
         scale: 1.0,
         freqs: None,
+        mscale: 1.0,
     };
     let Some(scaling) = args.rope_scaling() else {
         return Ok(rope);
@@ -187,6 +214,11 @@ pub fn make_rope(
                 .collect();
             rope.freqs = Some(Array::from_slice(&freqs, &[dims / 2]));
         }
+        "yarn" => {
+            let (freqs, mscale) = yarn(dims, base, &num)?;
+            rope.freqs = Some(freqs);
+            rope.mscale = mscale;
+        }
         other => {
             return Err(ModelError::Invalid {
                 path: source.join("config.json"),
@@ -197,11 +229,115 @@ pub fn make_rope(
     Ok(rope)
 }
 
-/// `config.quantization`: the default `(group_size, bits)` and per-layer overrides.
+/// mlx-lm's `YarnRoPE`: frequencies (computed with the same float32 MLX ops) and the scale
+/// of the rotated features.
+fn yarn(dims: i32, base: f32, num: &dyn Fn(&str, f64) -> f64) -> Result<(Array, f32), ModelError> {
+    use mlx_rs::ops::{arange, clip};
+    let factor = num("factor", 1.0);
+    let original = num("original_max_position_embeddings", 4096.0);
+    let (beta_fast, beta_slow) = (num("beta_fast", 32.0), num("beta_slow", 1.0));
+    let (mscale, mscale_all_dim) = (num("mscale", 1.0), num("mscale_all_dim", 0.0));
+    let d = dims as f64;
+    let correction_dim = |rotations: f64| {
+        d * (original / (rotations * 2.0 * std::f64::consts::PI)).ln() / (2.0 * (base as f64).ln())
+    };
+    let low = correction_dim(beta_fast).floor().max(0.0);
+    let mut high = correction_dim(beta_slow).ceil().min(d - 1.0);
+    if low == high {
+        high += 0.001;
+    }
+    let get_mscale = |scale: f64, m: f64| {
+        if scale <= 1.0 {
+            1.0
+        } else {
+            0.1 * m * scale.ln() + 1.0
+        }
+    };
+    let attention_scale = get_mscale(factor, mscale) / get_mscale(factor, mscale_all_dim);
+    let freq_extra = Array::from_f32(base).power(arange::<_, f32>(0, dims, 2)? / dims as f32)?;
+    let freq_inter = &freq_extra * factor as f32;
+    let ramp = (arange::<_, f32>(0, dims / 2, None)? - low as f32) / (high - low) as f32;
+    let one = Array::from_f32(1.0);
+    let freq_mask = &one - clip(&ramp, (0.0f32, 1.0f32))?;
+    let freqs = (&freq_inter * &freq_extra)
+        / (&freq_inter * &freq_mask + &freq_extra * (&one - &freq_mask));
+    freqs.eval()?;
+    Ok((freqs, attention_scale as f32))
+}
+
+/// How one matrix is quantized (mlx-lm's `group_size`, `bits`, `mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QuantParams {
+    pub group_size: i32,
+    pub bits: i32,
+    pub mode: QuantMode,
+}
+
+impl QuantParams {
+    /// A config entry: `{"group_size", "bits"[, "mode"]}`. Without `mode` it is affine, as
+    /// `to_quantized` defaults it (mlx-lm's 8-bit router overrides name no mode, also under
+    /// an mxfp4 default); a Hugging Face `quant_method` names the float modes.
+    fn from_entry(v: &Value) -> Option<Self> {
+        let mode_name = v
+            .get("mode")
+            .or_else(|| v.get("quant_method"))
+            .and_then(Value::as_str);
+        let mode = match mode_name {
+            Some(name) => QuantMode::parse(name)?,
+            None => QuantMode::Affine,
+        };
+        let (default_group, default_bits) = match mode {
+            QuantMode::Affine => (None, None),
+            QuantMode::Mxfp4 => (Some(32), Some(4)),
+            QuantMode::Mxfp8 => (Some(32), Some(8)),
+            QuantMode::Nvfp4 => (Some(16), Some(4)),
+        };
+        let int = |k: &str| v.get(k).and_then(Value::as_i64).map(|n| n as i32);
+        Some(Self {
+            group_size: int("group_size").or(default_group)?,
+            bits: int("bits").or(default_bits)?,
+            mode,
+        })
+    }
+
+    /// Whether a packed `weight` with these `scales` can be of this kind: the scales' dtype
+    /// (uint8 only in the float modes) and their count per row agree.
+    fn fits(&self, weight_cols: i32, scales_cols: i32, uint8_scales: bool) -> bool {
+        let inputs = weight_cols * 32 / self.bits.max(1);
+        uint8_scales == (self.mode != QuantMode::Affine)
+            && self.group_size > 0
+            && inputs == scales_cols * self.group_size
+    }
+
+    /// mlx-lm's `infer_quant_config` without the layer's input size: the float modes each
+    /// allow one (bits, group) pair, told apart by the packing ratio; affine assumes groups
+    /// of 64.
+    fn infer(weight_cols: i32, scales_cols: i32, uint8_scales: bool) -> Option<Self> {
+        let ratio = weight_cols / scales_cols.max(1);
+        let (group_size, bits, mode) = if uint8_scales {
+            match ratio {
+                2 => (16, 4, QuantMode::Nvfp4),
+                4 => (32, 4, QuantMode::Mxfp4),
+                8 => (32, 8, QuantMode::Mxfp8),
+                _ => return None,
+            }
+        } else {
+            (64, weight_cols * 32 / (scales_cols * 64), QuantMode::Affine)
+        };
+        Some(Self {
+            group_size,
+            bits,
+            mode,
+        })
+    }
+}
+
+/// `config.quantization`: the default parameters and per-layer overrides (`false`: the layer
+/// is not quantized).
 #[derive(Debug, Clone, Default)]
 pub struct Quantization {
-    default: Option<(i32, i32)>,
-    per_layer: HashMap<String, Option<(i32, i32)>>,
+    default: Option<QuantParams>,
+    per_layer: HashMap<String, Option<QuantParams>>,
 }
 
 impl Quantization {
@@ -213,21 +349,16 @@ impl Quantization {
         else {
             return Self::default();
         };
-        let pair = |v: &Value| -> Option<(i32, i32)> {
-            let gs = v.get("group_size")?.as_i64()? as i32;
-            let bits = v.get("bits")?.as_i64()? as i32;
-            Some((gs, bits))
-        };
-        let default = pair(&Value::Object(q.clone()));
+        let default = QuantParams::from_entry(&Value::Object(q.clone()));
         let per_layer = q
             .iter()
             .filter(|(_, v)| v.is_object() || v.is_boolean())
-            .map(|(k, v)| (k.clone(), pair(v)))
+            .map(|(k, v)| (k.clone(), QuantParams::from_entry(v)))
             .collect();
         Self { default, per_layer }
     }
 
-    fn for_layer(&self, prefix: &str) -> Option<(i32, i32)> {
+    fn for_layer(&self, prefix: &str) -> Option<QuantParams> {
         match self.per_layer.get(prefix) {
             Some(setting) => *setting,
             None => self.default,
@@ -264,7 +395,14 @@ impl Tensors {
         self.map.contains_key(name)
     }
 
-    /// The `[out, in]` matrix at `prefix`, quantized when `prefix.scales` exists.
+    /// Adds a tensor made from others (stacked experts).
+    pub fn insert(&mut self, name: String, tensor: Array) {
+        self.map.insert(name, tensor);
+    }
+
+    /// The `[out, in]` matrix (or `[experts, out, in]` stack) at `prefix`, quantized when
+    /// `prefix.scales` exists, as the config says or, where it says nothing that fits the
+    /// shapes, as the shapes say (mlx-lm infers unlisted layers too).
     pub fn matrix(&mut self, prefix: &str) -> Result<Matrix, ModelError> {
         let weight = self.take(&format!("{prefix}.weight"))?;
         if !self.contains(&format!("{prefix}.scales")) {
@@ -272,21 +410,25 @@ impl Tensors {
         }
         let scales = self.take(&format!("{prefix}.scales"))?;
         let biases = self.map.remove(&format!("{prefix}.biases"));
-        let (group_size, bits) = match self.quantization.for_layer(prefix) {
-            Some(q) => q,
-            None => {
-                // No config entry: infer from shapes (in = scales_cols * group; bits from packing).
-                let group_size = 64;
-                let inputs = scales.shape()[1] * group_size;
-                (group_size, weight.shape()[1] * 32 / inputs)
-            }
-        };
+        let last = |a: &Array| a.shape().last().copied().unwrap_or(0);
+        let (w_cols, s_cols) = (last(&weight), last(&scales));
+        let uint8_scales = scales.dtype() == Dtype::Uint8;
+        let params = self
+            .quantization
+            .for_layer(prefix)
+            .filter(|p| p.fits(w_cols, s_cols, uint8_scales))
+            .or_else(|| QuantParams::infer(w_cols, s_cols, uint8_scales))
+            .ok_or_else(|| ModelError::Invalid {
+                path: self.source.join("config.json"),
+                reason: format!("cannot tell how '{prefix}' is quantized"),
+            })?;
         Ok(Matrix::Quantized {
             weight,
             scales,
             biases,
-            group_size,
-            bits,
+            group_size: params.group_size,
+            bits: params.bits,
+            mode: params.mode,
         })
     }
 
@@ -311,20 +453,29 @@ impl Tensors {
         &self.source
     }
 
-    /// Bytes the weights take once every quantized matrix is expanded to float32.
+    /// Bytes the weights take once every quantized matrix is expanded to float32 (expert
+    /// stacks stay as stored: [`switch_layers::stays_quantized`]).
     pub fn dequantized_bytes(&self) -> usize {
+        let packed = |prefix: &str| {
+            self.map.get(&format!("{prefix}.weight")).filter(|w| {
+                w.dtype() == Dtype::Uint32 && self.map.contains_key(&format!("{prefix}.scales"))
+            })
+        };
         self.map
             .iter()
-            .filter(|(name, _)| !name.ends_with(".scales") && !name.ends_with(".biases"))
             .map(|(name, a)| {
-                let prefix = name.trim_end_matches(".weight");
-                let quantized = self.map.contains_key(&format!("{prefix}.scales"));
-                match self.quantization.for_layer(prefix) {
+                let (prefix, part) = name.rsplit_once('.').unwrap_or((name, ""));
+                match packed(prefix) {
+                    Some(w) if switch_layers::stays_quantized(w.ndim()) => a.nbytes(),
+                    // Scales and biases disappear once their matrix is expanded.
+                    Some(_) if part != "weight" => 0,
                     // Packed uint32 rows of `in * bits / 32` words.
-                    Some((_, bits)) if quantized && a.dtype() == Dtype::Uint32 => {
-                        a.size() * 32 / bits as usize * 4
-                    }
-                    _ => a.size() * 4,
+                    Some(_) => match self.quantization.for_layer(prefix) {
+                        Some(q) => a.size() * 32 / q.bits as usize * 4,
+                        None => a.size() * 8 * 4,
+                    },
+                    None if name.ends_with(".scales") || name.ends_with(".biases") => 0,
+                    None => a.size() * 4,
                 }
             })
             .sum()
@@ -361,33 +512,13 @@ pub fn build_model(
             path: config_path.clone(),
             reason: format!("bad config: {e}"),
         })?;
-    let model: Box<dyn LanguageModel> = match args.model_type.as_str() {
-        "llama" | "mistral" => Box::new(llama::Model::load(
-            &args,
-            tensors,
-            mode,
-            llama::TIE_DEFAULT,
-        )?),
-        "qwen2" => Box::new(qwen2::Model::load(
-            &args,
-            tensors,
-            mode,
-            qwen2::TIE_DEFAULT,
-        )?),
-        "qwen3" => Box::new(qwen3::Model::load(
-            &args,
-            tensors,
-            mode,
-            qwen3::TIE_DEFAULT,
-        )?),
-        other => {
-            return Err(ModelError::UnsupportedArchitecture {
-                path: config_path,
-                model_type: other.into(),
-            })
-        }
+    let Some(arch) = architectures::find(&args.model_type) else {
+        return Err(ModelError::UnsupportedArchitecture {
+            path: config_path,
+            model_type: args.model_type,
+        });
     };
-    Ok(model)
+    (arch.load)(config, &args, tensors, mode)
 }
 
 /// Applies the weights mode to one matrix (`Auto` must have been resolved already).
@@ -424,7 +555,7 @@ pub fn load_model_dir(
         .get("model_type")
         .and_then(Value::as_str)
         .unwrap_or("");
-    if !matches!(model_type, "llama" | "mistral" | "qwen2" | "qwen3") {
+    if architectures::find(model_type).is_none() {
         return Err(ModelError::UnsupportedArchitecture {
             path: dir.join("config.json"),
             model_type: model_type.into(),

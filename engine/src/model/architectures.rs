@@ -1,0 +1,136 @@
+//! The one list of supported architectures: config.json's `model_type`, the GGUF architecture
+//! that converts to it (if any), and how to build it. Loading, error messages and GGUF import
+//! all read this table.
+
+use serde_json::Value;
+
+use super::{
+    glm4_moe, gpt_oss, llama, minimax, qwen2, qwen3, qwen3_moe, LanguageModel, ModelArgs,
+    ModelError, Tensors, WeightsMode,
+};
+
+/// Builds the model from config.json, its common fields and the tensors.
+pub type Load =
+    fn(&Value, &ModelArgs, Tensors, WeightsMode) -> Result<Box<dyn LanguageModel>, ModelError>;
+
+pub struct Architecture {
+    /// config.json's `model_type`, as mlx-lm names its model file.
+    pub model_type: &'static str,
+    /// GGUF `general.architecture` that `wuwei convert` turns into this model type.
+    pub gguf: Option<&'static str>,
+    /// The transformers class (config.json's `architectures`) a converted model names.
+    pub hf_class: &'static str,
+    pub load: Load,
+}
+
+pub const ARCHITECTURES: &[Architecture] = &[
+    Architecture {
+        model_type: "llama",
+        gguf: Some("llama"),
+        hf_class: "LlamaForCausalLM",
+        load: |_, args, t, mode| {
+            Ok(Box::new(llama::Model::load(
+                args,
+                t,
+                mode,
+                llama::TIE_DEFAULT,
+            )?))
+        },
+    },
+    Architecture {
+        model_type: "mistral",
+        gguf: None,
+        hf_class: "MistralForCausalLM",
+        load: |_, args, t, mode| {
+            Ok(Box::new(llama::Model::load(
+                args,
+                t,
+                mode,
+                llama::TIE_DEFAULT,
+            )?))
+        },
+    },
+    Architecture {
+        model_type: "qwen2",
+        gguf: Some("qwen2"),
+        hf_class: "Qwen2ForCausalLM",
+        load: |_, args, t, mode| {
+            Ok(Box::new(qwen2::Model::load(
+                args,
+                t,
+                mode,
+                qwen2::TIE_DEFAULT,
+            )?))
+        },
+    },
+    Architecture {
+        model_type: "qwen3",
+        gguf: Some("qwen3"),
+        hf_class: "Qwen3ForCausalLM",
+        load: |_, args, t, mode| {
+            Ok(Box::new(qwen3::Model::load(
+                args,
+                t,
+                mode,
+                qwen3::TIE_DEFAULT,
+            )?))
+        },
+    },
+    Architecture {
+        model_type: "qwen3_moe",
+        gguf: None,
+        hf_class: "Qwen3MoeForCausalLM",
+        load: |config, args, t, mode| Ok(Box::new(qwen3_moe::load(config, args, t, mode)?)),
+    },
+    Architecture {
+        model_type: "minimax",
+        gguf: None,
+        hf_class: "MiniMaxM2ForCausalLM",
+        load: |config, args, t, mode| Ok(Box::new(minimax::load(config, args, t, mode)?)),
+    },
+    Architecture {
+        model_type: "glm4_moe",
+        gguf: None,
+        hf_class: "Glm4MoeForCausalLM",
+        load: |config, args, t, mode| Ok(Box::new(glm4_moe::load(config, args, t, mode)?)),
+    },
+    Architecture {
+        model_type: "gpt_oss",
+        gguf: None,
+        hf_class: "GptOssForCausalLM",
+        load: |config, args, t, mode| Ok(Box::new(gpt_oss::load(config, args, t, mode)?)),
+    },
+];
+
+/// The architecture of config.json's `model_type`.
+pub fn find(model_type: &str) -> Option<&'static Architecture> {
+    ARCHITECTURES.iter().find(|a| a.model_type == model_type)
+}
+
+/// The architecture a GGUF `general.architecture` converts to.
+pub fn find_gguf(arch: &str) -> Option<&'static Architecture> {
+    ARCHITECTURES.iter().find(|a| a.gguf == Some(arch))
+}
+
+/// "llama, mistral, …" for error messages.
+pub fn model_types() -> String {
+    let names: Vec<&str> = ARCHITECTURES.iter().map(|a| a.model_type).collect();
+    names.join(", ")
+}
+
+/// The GGUF architectures `wuwei convert` takes, for error messages.
+pub fn gguf_architectures() -> String {
+    let names: Vec<&str> = ARCHITECTURES.iter().filter_map(|a| a.gguf).collect();
+    names.join(", ")
+}
+
+/// Parses an architecture's own fields of config.json (beyond [`ModelArgs`]).
+pub fn parse_args<T: serde::de::DeserializeOwned>(
+    config: &Value,
+    t: &Tensors,
+) -> Result<T, ModelError> {
+    serde_json::from_value(config.clone()).map_err(|e| ModelError::Invalid {
+        path: t.source().join("config.json"),
+        reason: format!("bad config: {e}"),
+    })
+}
