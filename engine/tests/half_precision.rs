@@ -168,13 +168,23 @@ fn greedy_tokens_match_mlx_lm(dtype: &str) {
         {"text": "The capital of France is", "chat": false},
         {"text": "Once upon a time,", "chat": false},
     ]);
-    let reference = reference(&model, &prompts);
-    let ours = engine(
-        &model,
-        &reference.iter().map(|r| r.0.clone()).collect::<Vec<_>>(),
-    );
+    // mlx-lm (a Python process) runs beside the engine: it reports the prompt ids it used,
+    // which must be ours.
     let tokenizer = wuwei::loader::load_tokenizer(&model).unwrap();
-    for (i, ((_, want), got)) in reference.iter().zip(&ours).enumerate() {
+    let ids: Vec<Vec<u32>> = prompts
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| tokenizer.encode(p["text"].as_str().unwrap(), true).unwrap())
+        .collect();
+    let reference = {
+        let (model, prompts) = (model.clone(), prompts.clone());
+        std::thread::spawn(move || reference(&model, &prompts))
+    };
+    let ours = engine(&model, &ids);
+    let reference = reference.join().expect("the mlx-lm reference");
+    for (i, ((prompt, want), got)) in reference.iter().zip(&ours).enumerate() {
+        assert_eq!(prompt, &ids[i], "{dtype} prompt {i}: prompt ids");
         let text = tokenizer.decode(want, false).unwrap();
         assert_eq!(got.text, text, "{dtype} prompt {i}: text");
         // The engine counts an EOS it sampled; mlx-lm's list stops before it.

@@ -118,31 +118,55 @@ fn greedy(m: &Loaded, prompt: &[u32]) -> Vec<u32> {
 
 #[test]
 fn greedy_tokens_match_mlx_lm_and_gguf_matches_conversion() {
-    let reference = reference();
-    let mlx = loader::load(converted(), WeightsMode::Native).unwrap();
-    let gguf = loader::load(&gguf(), WeightsMode::Native).unwrap();
+    // Three independent runs of the same prompts — mlx-lm (a Python process), the conversion
+    // and the GGUF — go side by side: the reference reads our prompt ids back to us, so nothing
+    // waits for it, and CI's second core is used.
+    let converted = converted();
+    let reference = std::thread::spawn(reference);
+    let gguf_run = std::thread::spawn(|| {
+        // MLX streams belong to a thread: load where the model runs.
+        let gguf = loader::load(&gguf(), WeightsMode::Native).unwrap();
+        let runs: Vec<(Vec<u32>, Vec<u32>)> = prompts()
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| {
+                let ids = prompt_ids(&gguf, p);
+                let tokens = greedy(&gguf, &ids);
+                (ids, tokens)
+            })
+            .collect();
+        runs
+    });
+    let mlx = loader::load(converted, WeightsMode::Native).unwrap();
     let prompts = prompts();
+    let ours: Vec<(Vec<u32>, Vec<u32>)> = prompts
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            let ids = prompt_ids(&mlx, p);
+            let tokens = greedy(&mlx, &ids);
+            (ids, tokens)
+        })
+        .collect();
+    let reference = reference.join().expect("the mlx-lm reference");
+    let gguf = gguf_run.join().expect("the GGUF run");
     for (i, p) in prompts.as_array().unwrap().iter().enumerate() {
         let (ref_prompt, ref_tokens) = &reference[i];
-        let ours = prompt_ids(&mlx, p);
-        assert_eq!(&ours, ref_prompt, "prompt {i} tokenizes differently");
-        let tokens = greedy(&mlx, &ours);
+        let (prompt, tokens) = &ours[i];
+        assert_eq!(prompt, ref_prompt, "prompt {i} tokenizes differently");
         assert_eq!(
-            &tokens,
+            tokens,
             ref_tokens,
             "prompt {i}: {:?}\nours: {:?}\nref:  {:?}",
             p["text"],
-            mlx.tokenizer.decode(&tokens, false),
+            mlx.tokenizer.decode(tokens, false),
             mlx.tokenizer.decode(ref_tokens, false)
         );
+        assert_eq!(&gguf[i].0, prompt, "prompt {i}: GGUF tokenizer differs");
         assert_eq!(
-            prompt_ids(&gguf, p),
-            ours,
-            "prompt {i}: GGUF tokenizer differs"
-        );
-        assert_eq!(
-            greedy(&gguf, &ours),
-            tokens,
+            &gguf[i].1, tokens,
             "prompt {i}: GGUF output differs from its conversion"
         );
     }
