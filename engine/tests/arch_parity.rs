@@ -197,15 +197,7 @@ fn check_moe(arch: &str, quant: Quant, dtype: Dtype) {
     let prompt: Vec<u32> = (0..40).map(|i| (i * 37 % 509) as u32 + 1).collect();
     let quantized = !matches!(quant, Quant::Float);
     let case = Case {
-        what: format!(
-            "{arch} {} {}",
-            match quant {
-                Quant::Float => "float".to_string(),
-                Quant::Affine(bits) => format!("{bits}-bit"),
-                Quant::Mode(mode) => mode.to_string(),
-            },
-            dtype.name()
-        ),
+        what: format!("{arch} {} {}", quant_name(quant), dtype.name()),
         prompt,
         tolerance: dtype.tolerance(),
         exact_batches: quantized,
@@ -216,6 +208,32 @@ fn check_moe(arch: &str, quant: Quant, dtype: Dtype) {
     // Dequantized mode expands to float32 with float32 activations only.
     if quantized && dtype == Dtype::F32 {
         dequantized_mode_agrees(dir.path(), &case);
+    }
+}
+
+/// A model with sliding-window layers: a prompt several windows long (the random configs use
+/// windows of 16), so that chunked prefill, a reused prefix and cached decode all cross the
+/// window; quantized, greedy tokens too.
+fn check_windowed(arch: &str, quant: Quant, dtype: Dtype) {
+    wuwei::device::set_activations(wuwei::device::Activations::Checkpoint);
+    let dir = make_model(arch, quant, dtype);
+    let prompt: Vec<u32> = (0..40).map(|i| (i * 37 % 509) as u32 + 1).collect();
+    let quantized = !matches!(quant, Quant::Float);
+    let case = Case {
+        what: format!("{arch} {} {}", quant_name(quant), dtype.name()),
+        prompt,
+        tolerance: dtype.tolerance(),
+        exact_batches: quantized,
+        greedy: if quantized { 12 } else { 0 },
+    };
+    check_dir(dir.path(), &case);
+}
+
+fn quant_name(quant: Quant) -> String {
+    match quant {
+        Quant::Float => "float".to_string(),
+        Quant::Affine(bits) => format!("{bits}-bit"),
+        Quant::Mode(mode) => mode.to_string(),
     }
 }
 
@@ -762,4 +780,59 @@ fn glm4_moe_q4_f16() {
 #[test]
 fn gpt_oss_mxfp4_bf16() {
     check_moe("gpt_oss", Quant::Mode("mxfp4"), Dtype::Bf16);
+}
+
+#[test]
+fn gemma3_text_float() {
+    check_windowed("gemma3_text", Quant::Float, Dtype::F32);
+}
+#[test]
+fn gemma3_text_q4() {
+    check_windowed("gemma3_text", Quant::Affine(4), Dtype::F32);
+}
+#[test]
+fn gemma3_text_bf16() {
+    check_windowed("gemma3_text", Quant::Float, Dtype::Bf16);
+}
+// float16 sums each residual in float32, clipped to float16's range (clip_residual).
+#[test]
+fn gemma3_text_q4_f16() {
+    check_windowed("gemma3_text", Quant::Affine(4), Dtype::F16);
+}
+
+/// A `model_type: gemma3` checkpoint (the text model's config under `text_config`, its tensors
+/// under `language_model.`, as mlx-lm's gemma3.py wraps gemma3_text) gives the text model's
+/// logits.
+#[test]
+fn gemma3_wrapper_loads_the_text_model() {
+    let dir = make_model("gemma3_text", Quant::Affine(4), Dtype::F32);
+    let text: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("config.json")).unwrap())
+            .unwrap();
+    let mut inner = text.clone();
+    let quantization = inner.as_object_mut().unwrap().remove("quantization");
+    let mut wrapped = json!({
+        "model_type": "gemma3",
+        "vocab_size": text["vocab_size"],
+        "text_config": inner,
+    });
+    if let Some(q) = quantization {
+        wrapped["quantization"] = q;
+    }
+    let tensors = Array::load_safetensors(dir.path().join("model.safetensors")).unwrap();
+    let renamed: std::collections::HashMap<String, Array> = tensors
+        .into_iter()
+        .map(|(name, a)| (format!("language_model.{name}"), a))
+        .collect();
+    let out = tempfile::tempdir().unwrap();
+    std::fs::write(out.path().join("config.json"), wrapped.to_string()).unwrap();
+    Array::save_safetensors(renamed.iter(), None, out.path().join("model.safetensors")).unwrap();
+
+    let prompt: Vec<u32> = (0..40).map(|i| (i * 37 % 509) as u32 + 1).collect();
+    let logits = |dir: &Path| {
+        let (_, model) = load_model_dir(dir, WeightsMode::Native).unwrap();
+        let mut cache = DenseKvCache::new(model.num_layers());
+        run_ours(model.as_ref(), &prompt, &[5], &mut cache)
+    };
+    assert_eq!(logits(out.path()), logits(dir.path()), "gemma3 wrapper");
 }

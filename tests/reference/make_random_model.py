@@ -87,7 +87,21 @@ CONFIGS = {
                           truncate=False, original_max_position_embeddings=4096),
         tie_word_embeddings=False, max_position_embeddings=131072,
     ),
+    # Gemma 3: sliding-window layers (a window far shorter than the test prompts, their own
+    # RoPE base) alternating with global ones; a softmax scale other than head_dim's; tied
+    # embeddings (no lm_head, as Gemma checkpoints are).
+    "gemma3_text": dict(
+        model_type="gemma3_text", hidden_size=128, num_hidden_layers=4, intermediate_size=256,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=32, rms_norm_eps=1e-6,
+        vocab_size=512, rope_theta=1000000.0, rope_local_base_freq=10000.0,
+        query_pre_attn_scalar=48, sliding_window=16, sliding_window_pattern=2,
+        max_position_embeddings=4096,
+    ),
 }
+
+# Architectures whose checkpoints tie the embeddings by having no lm_head (mlx-lm's sanitize
+# drops the head when the weights lack it).
+TIED_BY_ABSENCE = {"gemma3_text"}
 
 # Routers get larger weights than the rest, so that experts' scores are well apart and a
 # rounding difference in the hidden state cannot flip which experts a token picks.
@@ -130,6 +144,9 @@ def main():
     for k, v in params:
         w = mx.random.normal(v.shape) * scale_of(k, v) + (1.0 if "norm" in k else 0.0)
         weights[k] = w.astype(dtype) if cast(k) else w
+    if a.arch in TIED_BY_ABSENCE:
+        weights.pop("lm_head.weight")
+        weights = model.sanitize(weights)
     if special:
         head = "lm_head.weight" if "lm_head.weight" in weights else "model.embed_tokens.weight"
         rows = mx.array(special)

@@ -5,6 +5,7 @@ pub mod architectures;
 pub mod attention;
 pub mod batch;
 pub mod decoder;
+pub mod gemma3_text;
 pub mod glm4_moe;
 pub mod gpt_oss;
 pub mod layers;
@@ -506,18 +507,23 @@ pub fn build_model(
     mode: WeightsMode,
 ) -> Result<Box<dyn LanguageModel>, ModelError> {
     let config_path = tensors.source().join("config.json");
+    let model_type = config
+        .get("model_type")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    let Some(arch) = architectures::find(model_type) else {
+        return Err(ModelError::UnsupportedArchitecture {
+            path: config_path,
+            model_type: model_type.into(),
+        });
+    };
+    let config = &arch.config.map_or_else(|| config.clone(), |f| f(config));
     let mode = resolve_mode(mode, &tensors);
     let args: ModelArgs =
         serde_json::from_value(config.clone()).map_err(|e| ModelError::Invalid {
             path: config_path.clone(),
             reason: format!("bad config: {e}"),
         })?;
-    let Some(arch) = architectures::find(&args.model_type) else {
-        return Err(ModelError::UnsupportedArchitecture {
-            path: config_path,
-            model_type: args.model_type,
-        });
-    };
     (arch.load)(config, &args, tensors, mode)
 }
 
