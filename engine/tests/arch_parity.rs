@@ -184,6 +184,7 @@ fn check(arch: &str, bits: u32, dtype: Dtype) {
         tolerance: dtype.tolerance(),
         exact_batches: bits > 0,
         greedy: 0,
+        recurrent: false,
     };
     check_dir(dir.path(), &case);
 }
@@ -202,6 +203,7 @@ fn check_moe(arch: &str, quant: Quant, dtype: Dtype) {
         tolerance: dtype.tolerance(),
         exact_batches: quantized,
         greedy: if quantized { 12 } else { 0 },
+        recurrent: false,
     };
     check_dir(dir.path(), &case);
     memory_estimate_counts_every_expert(dir.path(), quantized);
@@ -215,6 +217,16 @@ fn check_moe(arch: &str, quant: Quant, dtype: Dtype) {
 /// windows of 16), so that chunked prefill, a reused prefix and cached decode all cross the
 /// window; quantized, greedy tokens too.
 fn check_windowed(arch: &str, quant: Quant, dtype: Dtype) {
+    check_long(arch, quant, dtype, false);
+}
+
+/// A hybrid model (linear-attention layers with a recurrent state beside attention layers),
+/// checked as [`check_windowed`] checks a windowed one, the prefix reuse of KV alone aside.
+fn check_hybrid(arch: &str, quant: Quant, dtype: Dtype) {
+    check_long(arch, quant, dtype, true);
+}
+
+fn check_long(arch: &str, quant: Quant, dtype: Dtype, recurrent: bool) {
     wuwei::device::set_activations(wuwei::device::Activations::Checkpoint);
     let dir = make_model(arch, quant, dtype);
     let prompt: Vec<u32> = (0..40).map(|i| (i * 37 % 509) as u32 + 1).collect();
@@ -225,6 +237,7 @@ fn check_windowed(arch: &str, quant: Quant, dtype: Dtype) {
         tolerance: dtype.tolerance(),
         exact_batches: quantized,
         greedy: if quantized { 12 } else { 0 },
+        recurrent,
     };
     check_dir(dir.path(), &case);
 }
@@ -304,6 +317,9 @@ struct Case {
     exact_batches: bool,
     /// Greedy tokens to compare with mlx-lm's (0: none).
     greedy: usize,
+    /// Linear-attention layers keep a recurrent state beside the KV: a prefix is not
+    /// reused from keys and values alone (the engine's prefix cache is off for such models).
+    recurrent: bool,
 }
 
 fn check_dir(dir: &Path, case: &Case) {
@@ -372,38 +388,9 @@ fn check_dir(dir: &Path, case: &Case) {
         &p[p.len() - vocab..],
     );
 
-    // A prefix reused from another sequence's cache (as a prefix-cache hit loads it, longer
-    // than gpt_oss's sliding window), then the rest of the prompt: the same logits.
-    let reused = prompt.len() * 3 / 4;
-    let mut donor = DenseKvCache::new(model.num_layers());
-    let mut b = [BatchSeq {
-        len: reused,
-        cache: &mut donor,
-    }];
-    model
-        .forward(&tokens(&prompt[..reused]), &mut b, Logits::Last)
-        .unwrap();
-    let pool = SharedSlots::new(model.num_layers());
-    let mut hit = pool.acquire();
-    for layer in 0..model.num_layers() {
-        let (k, v) = donor.range(layer, 0, reused as i32).unwrap().unwrap();
-        hit.load_layer(layer, k, v).unwrap();
+    if !case.recurrent {
+        prefix_reuse_agrees(model.as_ref(), what, prompt, &p, tolerance);
     }
-    hit.advance(reused);
-    let mut b = [BatchSeq {
-        len: prompt.len() - reused,
-        cache: &mut hit,
-    }];
-    let after_hit = to_vec(
-        &model
-            .forward(&tokens(&prompt[reused..]), &mut b, Logits::Last)
-            .unwrap(),
-    );
-    close(
-        &format!("{what} after a reused prefix"),
-        &after_hit,
-        &p[p.len() - vocab..],
-    );
 
     // Batched with another sequence that is mid-decode: our sequence's logits are unchanged.
     let mut other = DenseKvCache::new(model.num_layers());
@@ -445,6 +432,50 @@ fn check_dir(dir: &Path, case: &Case) {
         let got = greedy(model.as_ref(), prompt, case.greedy, &mut pool.acquire());
         assert_eq!(got, want, "{what}: greedy tokens");
     }
+}
+
+/// A prefix reused from another sequence's cache (as a prefix-cache hit loads it, longer than
+/// the sliding windows), then the rest of the prompt: the same last logits as `p`'s.
+fn prefix_reuse_agrees(
+    model: &dyn LanguageModel,
+    what: &str,
+    prompt: &[u32],
+    p: &[f32],
+    tolerance: f32,
+) {
+    let close =
+        |w: &str, ours: &[f32], reference: &[f32]| assert_within(w, ours, reference, tolerance);
+    let vocab = p.len() / prompt.len();
+    let reused = prompt.len() * 3 / 4;
+    let mut donor = DenseKvCache::new(model.num_layers());
+    let mut b = [BatchSeq {
+        len: reused,
+        cache: &mut donor,
+    }];
+    model
+        .forward(&tokens(&prompt[..reused]), &mut b, Logits::Last)
+        .unwrap();
+    let pool = SharedSlots::new(model.num_layers());
+    let mut hit = pool.acquire();
+    for layer in 0..model.num_layers() {
+        let (k, v) = donor.range(layer, 0, reused as i32).unwrap().unwrap();
+        hit.load_layer(layer, k, v).unwrap();
+    }
+    hit.advance(reused);
+    let mut b = [BatchSeq {
+        len: prompt.len() - reused,
+        cache: &mut hit,
+    }];
+    let after_hit = to_vec(
+        &model
+            .forward(&tokens(&prompt[reused..]), &mut b, Logits::Last)
+            .unwrap(),
+    );
+    close(
+        &format!("{what} after a reused prefix"),
+        &after_hit,
+        &p[p.len() - vocab..],
+    );
 }
 
 /// The first of the largest logits, as `mx.argmax` picks.
@@ -835,4 +866,17 @@ fn gemma3_wrapper_loads_the_text_model() {
         run_ours(model.as_ref(), &prompt, &[5], &mut cache)
     };
     assert_eq!(logits(out.path()), logits(dir.path()), "gemma3 wrapper");
+}
+
+#[test]
+fn qwen3_next_float() {
+    check_hybrid("qwen3_next", Quant::Float, Dtype::F32);
+}
+#[test]
+fn qwen3_next_q4() {
+    check_hybrid("qwen3_next", Quant::Affine(4), Dtype::F32);
+}
+#[test]
+fn qwen3_next_q4_bf16() {
+    check_hybrid("qwen3_next", Quant::Affine(4), Dtype::Bf16);
 }

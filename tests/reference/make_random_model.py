@@ -97,6 +97,18 @@ CONFIGS = {
         query_pre_attn_scalar=48, sliding_window=16, sliding_window_pattern=2,
         max_position_embeddings=4096,
     ),
+    # Qwen3-Next: Gated DeltaNet layers (2 key heads shared by 4 value heads) alternating with
+    # gated attention (partial RoPE); MoE with a gated shared expert, layer 2 a dense MLP.
+    "qwen3_next": dict(
+        model_type="qwen3_next", hidden_size=128, num_hidden_layers=4, intermediate_size=256,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=32, rms_norm_eps=1e-6,
+        vocab_size=512, linear_num_value_heads=4, linear_num_key_heads=2,
+        linear_key_head_dim=32, linear_value_head_dim=32, linear_conv_kernel_dim=4,
+        num_experts=16, num_experts_per_tok=4, decoder_sparse_step=1,
+        shared_expert_intermediate_size=64, mlp_only_layers=[2], moe_intermediate_size=64,
+        norm_topk_prob=True, rope_theta=10000000.0, partial_rotary_factor=0.25,
+        max_position_embeddings=4096, tie_word_embeddings=False, full_attention_interval=2,
+    ),
 }
 
 # Architectures whose checkpoints tie the embeddings by having no lm_head (mlx-lm's sanitize
@@ -111,6 +123,9 @@ ROUTER = re.compile(r"\.(gate|router)\.weight$")
 def scale_of(name, value):
     if ROUTER.search(name):
         return 0.1
+    if "conv1d" in name:
+        # A depthwise kernel of a few taps: large enough that the conv carries the signal.
+        return 0.5
     return 0.02 if value.ndim > 1 else 0.1
 
 

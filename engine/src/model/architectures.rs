@@ -5,8 +5,8 @@
 use serde_json::Value;
 
 use super::{
-    gemma3_text, glm4_moe, gpt_oss, llama, minimax, qwen2, qwen3, qwen3_moe, LanguageModel,
-    ModelArgs, ModelError, Tensors, WeightsMode,
+    gemma3_text, glm4_moe, gpt_oss, llama, minimax, qwen2, qwen3, qwen3_moe, qwen3_next,
+    LanguageModel, ModelArgs, ModelError, Tensors, WeightsMode,
 };
 
 /// Builds the model from config.json, its common fields and the tensors.
@@ -132,6 +132,13 @@ pub const ARCHITECTURES: &[Architecture] = &[
                 "language_model.",
             )?))
         },
+    },
+    Architecture {
+        model_type: "qwen3_next",
+        gguf: None,
+        hf_class: "Qwen3NextForCausalLM",
+        config: None,
+        load: |config, args, t, mode| Ok(Box::new(qwen3_next::load(config, args, t, mode)?)),
     },
 ];
 

@@ -14,6 +14,7 @@ pub mod minimax;
 pub mod qwen2;
 pub mod qwen3;
 pub mod qwen3_moe;
+pub mod qwen3_next;
 pub mod switch_layers;
 pub mod weights;
 
@@ -90,6 +91,11 @@ pub trait LanguageModel: Send {
         logits: Logits,
     ) -> Result<Array, Exception>;
     fn num_layers(&self) -> usize;
+    /// Whether some layers keep a recurrent state per sequence (linear attention) beside the
+    /// KV cache: the prefix cache, which restores keys and values only, is off for them.
+    fn has_recurrent_state(&self) -> bool {
+        false
+    }
 }
 
 /// The fields of `config.json` the supported architectures read (mlx-lm's `ModelArgs`).
