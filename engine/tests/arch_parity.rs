@@ -240,6 +240,35 @@ fn check_long(arch: &str, quant: Quant, dtype: Dtype, recurrent: bool) {
         recurrent,
     };
     check_dir(dir.path(), &case);
+    // The estimate takes activations in the checkpoint's dtype to be half precision, as
+    // published checkpoints are.
+    if recurrent && dtype != Dtype::F32 {
+        memory_estimate_counts_recurrent_state(dir.path(), &case.prompt);
+    }
+}
+
+/// The registry's estimate (from config.json alone) of a hybrid model's memory: KV for the
+/// attention layers only, and the recurrent state a sequence actually holds.
+fn memory_estimate_counts_recurrent_state(dir: &Path, prompt: &[u32]) {
+    std::fs::write(dir.join("tokenizer.json"), "{}").unwrap();
+    let facts = wuwei::integrity::check_model(dir).unwrap();
+    std::fs::remove_file(dir.join("tokenizer.json")).unwrap();
+    let (_, model) = load_model_dir(dir, WeightsMode::Native).unwrap();
+    let mut cache = DenseKvCache::new(model.num_layers());
+    run_ours(model.as_ref(), prompt, &[], &mut cache);
+    let mut state_bytes = 0;
+    let mut kv_per_token = 0;
+    for layer in 0..model.num_layers() {
+        if let Some(state) = cache.state(layer).as_ref() {
+            state_bytes += state.iter().map(Array::nbytes).sum::<usize>();
+        }
+        if let Some((k, v)) = cache.range(layer, 0, 1).unwrap() {
+            kv_per_token += k.nbytes() + v.nbytes();
+        }
+    }
+    assert!(state_bytes > 0 && kv_per_token > 0);
+    assert_eq!(facts.state_bytes_per_sequence, state_bytes as u64);
+    assert_eq!(facts.kv_bytes_per_token, kv_per_token as u64);
 }
 
 fn quant_name(quant: Quant) -> String {
