@@ -909,3 +909,53 @@ fn qwen3_next_q4() {
 fn qwen3_next_q4_bf16() {
     check_hybrid("qwen3_next", Quant::Affine(4), Dtype::Bf16);
 }
+#[test]
+fn qwen3_5_float() {
+    check_hybrid("qwen3_5", Quant::Float, Dtype::F32);
+}
+#[test]
+fn qwen3_5_bf16() {
+    check_hybrid("qwen3_5", Quant::Float, Dtype::Bf16);
+}
+#[test]
+fn qwen3_5_moe_q4() {
+    check_hybrid("qwen3_5_moe", Quant::Affine(4), Dtype::F32);
+}
+#[test]
+fn qwen3_5_moe_q4_bf16() {
+    check_hybrid("qwen3_5_moe", Quant::Affine(4), Dtype::Bf16);
+}
+
+/// A Qwen3.5 config with the text model's fields under `text_config` (as Hugging Face
+/// publishes the multimodal checkpoints) loads the same model as the flat one mlx-lm writes.
+#[test]
+fn qwen3_5_text_config_loads_the_same_model() {
+    let dir = make_model("qwen3_5", Quant::Affine(4), Dtype::F32);
+    let flat: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("config.json")).unwrap())
+            .unwrap();
+    let mut inner = flat.clone();
+    let quantization = inner.as_object_mut().unwrap().remove("quantization");
+    let mut wrapped = json!({"model_type": "qwen3_5", "text_config": inner});
+    if let Some(q) = quantization {
+        wrapped["quantization"] = q;
+    }
+    let out = tempfile::tempdir().unwrap();
+    std::fs::write(out.path().join("config.json"), wrapped.to_string()).unwrap();
+    std::fs::copy(
+        dir.path().join("model.safetensors"),
+        out.path().join("model.safetensors"),
+    )
+    .unwrap();
+    let prompt: Vec<u32> = (0..20).map(|i| (i * 37 % 509) as u32 + 1).collect();
+    let logits = |dir: &Path| {
+        let (_, model) = load_model_dir(dir, WeightsMode::Native).unwrap();
+        let mut cache = DenseKvCache::new(model.num_layers());
+        run_ours(model.as_ref(), &prompt, &[5], &mut cache)
+    };
+    assert_eq!(
+        logits(out.path()),
+        logits(dir.path()),
+        "qwen3_5 text_config"
+    );
+}

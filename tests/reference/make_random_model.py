@@ -109,6 +109,28 @@ CONFIGS = {
         norm_topk_prob=True, rope_theta=10000000.0, partial_rotary_factor=0.25,
         max_position_embeddings=4096, tie_word_embeddings=False, full_attention_interval=2,
     ),
+    # Qwen3.5: the same layers with the DeltaNet's projections apart, RoPE under
+    # rope_parameters, tied embeddings; the MoE variant has experts on every layer and mRoPE
+    # settings (plain RoPE for text).
+    "qwen3_5": dict(
+        model_type="qwen3_5", hidden_size=128, num_hidden_layers=4, intermediate_size=256,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=32, rms_norm_eps=1e-6,
+        vocab_size=512, linear_num_value_heads=4, linear_num_key_heads=2,
+        linear_key_head_dim=32, linear_value_head_dim=32, linear_conv_kernel_dim=4,
+        full_attention_interval=2, tie_word_embeddings=True, max_position_embeddings=4096,
+        rope_parameters=dict(type="default", rope_theta=100000.0, partial_rotary_factor=0.25),
+    ),
+    "qwen3_5_moe": dict(
+        model_type="qwen3_5_moe", hidden_size=128, num_hidden_layers=4, intermediate_size=256,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=32, rms_norm_eps=1e-6,
+        vocab_size=512, linear_num_value_heads=4, linear_num_key_heads=2,
+        linear_key_head_dim=32, linear_value_head_dim=32, linear_conv_kernel_dim=4,
+        full_attention_interval=2, tie_word_embeddings=False, max_position_embeddings=4096,
+        num_experts=16, num_experts_per_tok=4, moe_intermediate_size=64,
+        shared_expert_intermediate_size=64, norm_topk_prob=True,
+        rope_parameters=dict(type="mrope", mrope_section=[2, 1, 1], rope_theta=1000000.0,
+                             partial_rotary_factor=0.25),
+    ),
 }
 
 # Architectures whose checkpoints tie the embeddings by having no lm_head (mlx-lm's sanitize

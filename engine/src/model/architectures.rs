@@ -5,7 +5,7 @@
 use serde_json::Value;
 
 use super::{
-    gemma3_text, glm4_moe, gpt_oss, llama, minimax, qwen2, qwen3, qwen3_moe, qwen3_next,
+    gemma3_text, glm4_moe, gpt_oss, llama, minimax, qwen2, qwen3, qwen3_5, qwen3_moe, qwen3_next,
     LanguageModel, ModelArgs, ModelError, Tensors, WeightsMode,
 };
 
@@ -139,6 +139,20 @@ pub const ARCHITECTURES: &[Architecture] = &[
         hf_class: "Qwen3NextForCausalLM",
         config: None,
         load: |config, args, t, mode| Ok(Box::new(qwen3_next::load(config, args, t, mode)?)),
+    },
+    Architecture {
+        model_type: "qwen3_5",
+        gguf: None,
+        hf_class: "Qwen3_5ForConditionalGeneration",
+        config: Some(qwen3_5::text_config),
+        load: |config, args, t, mode| Ok(Box::new(qwen3_5::load(config, args, t, mode)?)),
+    },
+    Architecture {
+        model_type: "qwen3_5_moe",
+        gguf: None,
+        hf_class: "Qwen3_5MoeForConditionalGeneration",
+        config: Some(qwen3_5::text_config),
+        load: |config, args, t, mode| Ok(Box::new(qwen3_5::load(config, args, t, mode)?)),
     },
 ];
 

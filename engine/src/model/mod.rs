@@ -13,6 +13,7 @@ pub mod llama;
 pub mod minimax;
 pub mod qwen2;
 pub mod qwen3;
+pub mod qwen3_5;
 pub mod qwen3_moe;
 pub mod qwen3_next;
 pub mod switch_layers;
@@ -194,7 +195,8 @@ pub fn make_rope_dims(
         .unwrap_or("default");
     let num = |k: &str, d: f64| scaling.get(k).and_then(Value::as_f64).unwrap_or(d);
     match kind {
-        "default" => {}
+        // mlx-lm's initialize_rope: multimodal RoPE is plain RoPE on text positions.
+        "default" | "mrope" => {}
         "linear" => rope.scale = 1.0 / num("factor", 1.0) as f32,
         "llama3" => {
             let factor = num("factor", 1.0);

@@ -37,7 +37,9 @@ struct NextArgs {
     linear_key_head_dim: i32,
     linear_value_head_dim: i32,
     linear_conv_kernel_dim: i32,
+    #[serde(default)]
     num_experts: i32,
+    #[serde(default)]
     num_experts_per_tok: i32,
     #[serde(default = "one")]
     decoder_sparse_step: usize,
@@ -139,10 +141,23 @@ impl Attention {
     }
 }
 
-/// Qwen3NextGatedDeltaNet.
+/// How a Gated DeltaNet layer projects its input.
+enum InProj {
+    /// qwen3_next: q, k, v, z interleaved per key head in one matrix, b and a in another.
+    Interleaved { qkvz: Linear, ba: Linear },
+    /// qwen3_5: `in_proj_qkv` (q, k, v one after the other), `in_proj_z`, `in_proj_b`,
+    /// `in_proj_a`.
+    Split {
+        qkv: Linear,
+        z: Linear,
+        b: Linear,
+        a: Linear,
+    },
+}
+
+/// Qwen3NextGatedDeltaNet (qwen3_5's `GatedDeltaNet`).
 struct GatedDeltaNet {
-    in_proj_qkvz: Linear,
-    in_proj_ba: Linear,
+    in_proj: InProj,
     /// `[conv_dim, kernel, 1]`: depthwise.
     conv1d: Array,
     dt_bias: Array,
@@ -166,9 +181,21 @@ impl GatedDeltaNet {
         p: &str,
         mode: WeightsMode,
     ) -> std::result::Result<Self, ModelError> {
+        let in_proj = if t.contains(&format!("{p}.in_proj_qkvz.weight")) {
+            InProj::Interleaved {
+                qkvz: linear(t, &format!("{p}.in_proj_qkvz"), false, mode)?,
+                ba: linear(t, &format!("{p}.in_proj_ba"), false, mode)?,
+            }
+        } else {
+            InProj::Split {
+                qkv: linear(t, &format!("{p}.in_proj_qkv"), false, mode)?,
+                z: linear(t, &format!("{p}.in_proj_z"), false, mode)?,
+                b: linear(t, &format!("{p}.in_proj_b"), false, mode)?,
+                a: linear(t, &format!("{p}.in_proj_a"), false, mode)?,
+            }
+        };
         Ok(Self {
-            in_proj_qkvz: linear(t, &format!("{p}.in_proj_qkvz"), false, mode)?,
-            in_proj_ba: linear(t, &format!("{p}.in_proj_ba"), false, mode)?,
+            in_proj,
             conv1d: t.take(&format!("{p}.conv1d.weight"))?,
             dt_bias: t.take(&format!("{p}.dt_bias"))?,
             a_log: t.take(&format!("{p}.A_log"))?,
@@ -193,7 +220,9 @@ impl GatedDeltaNet {
         2 * self.key_dim() + self.value_dim()
     }
 
-    fn forward(&self, x: &Array, batch: &mut [BatchSeq<'_>], layer: usize) -> Result<Array> {
+    /// The conv's input `[1, S, conv_dim]` (q, k, v), the output gate z `[1, S, Hv, Dv]`, and
+    /// b, a `[1, S, Hv]`.
+    fn project(&self, x: &Array) -> Result<(Array, Array, Array, Array)> {
         let s = x.shape()[1];
         let (nk, dk, nv, dv) = (
             self.num_k_heads,
@@ -201,25 +230,41 @@ impl GatedDeltaNet {
             self.num_v_heads,
             self.head_v_dim,
         );
-        // fix_query_key_value_ordering
-        let qkvz = self.in_proj_qkvz.forward(x)?.reshape(&[1, s, nk, -1])?;
-        let ba = self.in_proj_ba.forward(x)?.reshape(&[1, s, nk, -1])?;
-        let per = nv / nk * dv;
-        let q = last_axis(&qkvz, 0, dk)?;
-        let k = last_axis(&qkvz, dk, 2 * dk)?;
-        let v = last_axis(&qkvz, 2 * dk, 2 * dk + per)?.reshape(&[1, s, nv, dv])?;
-        let z = last_axis(&qkvz, 2 * dk + per, 2 * dk + 2 * per)?.reshape(&[1, s, nv, dv])?;
-        let b = last_axis(&ba, 0, nv / nk)?.reshape(&[1, s, nv])?;
-        let a = last_axis(&ba, nv / nk, 2 * (nv / nk))?.reshape(&[1, s, nv])?;
-        let mixed = concatenate(
-            &[
-                q.reshape(&[1, s, -1])?,
-                k.reshape(&[1, s, -1])?,
-                v.reshape(&[1, s, -1])?,
-            ],
-            -1,
-        )?;
+        match &self.in_proj {
+            InProj::Interleaved { qkvz, ba } => {
+                // fix_query_key_value_ordering
+                let qkvz = qkvz.forward(x)?.reshape(&[1, s, nk, -1])?;
+                let ba = ba.forward(x)?.reshape(&[1, s, nk, -1])?;
+                let per = nv / nk * dv;
+                let q = last_axis(&qkvz, 0, dk)?;
+                let k = last_axis(&qkvz, dk, 2 * dk)?;
+                let v = last_axis(&qkvz, 2 * dk, 2 * dk + per)?.reshape(&[1, s, nv, dv])?;
+                let z =
+                    last_axis(&qkvz, 2 * dk + per, 2 * dk + 2 * per)?.reshape(&[1, s, nv, dv])?;
+                let b = last_axis(&ba, 0, nv / nk)?.reshape(&[1, s, nv])?;
+                let a = last_axis(&ba, nv / nk, 2 * (nv / nk))?.reshape(&[1, s, nv])?;
+                let mixed = concatenate(
+                    &[
+                        q.reshape(&[1, s, -1])?,
+                        k.reshape(&[1, s, -1])?,
+                        v.reshape(&[1, s, -1])?,
+                    ],
+                    -1,
+                )?;
+                Ok((mixed, z, b, a))
+            }
+            InProj::Split { qkv, z, b, a } => Ok((
+                qkv.forward(x)?,
+                z.forward(x)?.reshape(&[1, s, nv, dv])?,
+                b.forward(x)?,
+                a.forward(x)?,
+            )),
+        }
+    }
 
+    fn forward(&self, x: &Array, batch: &mut [BatchSeq<'_>], layer: usize) -> Result<Array> {
+        let s = x.shape()[1];
+        let (mixed, z, b, a) = self.project(x)?;
         let mut outs = Vec::with_capacity(batch.len());
         let mut start = 0;
         for seq in batch.iter_mut() {
@@ -384,22 +429,35 @@ pub struct Model {
 pub fn load(
     config: &Value,
     args: &ModelArgs,
+    t: Tensors,
+    mode: WeightsMode,
+) -> std::result::Result<Model, ModelError> {
+    load_under(config, args, t, mode, "")
+}
+
+/// Loads the model whose tensors are named under `root` (`""`, or qwen3_5's
+/// `"language_model."`).
+pub fn load_under(
+    config: &Value,
+    args: &ModelArgs,
     mut t: Tensors,
     mode: WeightsMode,
+    root: &str,
 ) -> std::result::Result<Model, ModelError> {
     let n: NextArgs = parse_args(config, &t)?;
     let eps = args.rms_norm_eps;
-    let tied = args.tie_word_embeddings.unwrap_or(false) || !t.contains("lm_head.weight");
-    let embed_tokens = prepare(t.matrix("model.embed_tokens")?, mode)?;
+    let tied =
+        args.tie_word_embeddings.unwrap_or(false) || !t.contains(&format!("{root}lm_head.weight"));
+    let embed_tokens = prepare(t.matrix(&format!("{root}model.embed_tokens"))?, mode)?;
     let lm_head = if tied {
         None
     } else {
-        Some(prepare(t.matrix("lm_head")?, mode)?)
+        Some(prepare(t.matrix(&format!("{root}lm_head"))?, mode)?)
     };
     let interval = n.full_attention_interval.max(1);
     let mut layers = Vec::with_capacity(args.num_hidden_layers);
     for i in 0..args.num_hidden_layers {
-        let p = format!("model.layers.{i}");
+        let p = format!("{root}model.layers.{i}");
         let mixer = if (i + 1) % interval != 0 {
             Mixer::Linear(GatedDeltaNet::load(
                 args,
@@ -459,7 +517,7 @@ pub fn load(
             post_attention_layernorm: t.norm(&format!("{p}.post_attention_layernorm"), eps)?,
         });
     }
-    let norm = t.norm("model.norm", eps)?;
+    let norm = t.norm(&format!("{root}model.norm"), eps)?;
     Ok(Model {
         embed_tokens,
         layers,
