@@ -959,3 +959,57 @@ fn qwen3_5_text_config_loads_the_same_model() {
         "qwen3_5 text_config"
     );
 }
+
+/// A hybrid checkpoint in the Hugging Face layout (conv kernels `[channels, 1, kernel]`,
+/// RMSNorm weights stored minus one, qwen3_5's `model.language_model.` names) loads as
+/// mlx-lm's `sanitize` converts it: the same logits as the MLX layout.
+fn hf_layout_loads(arch: &str) {
+    let dir = make_model(arch, Quant::Float, Dtype::F32);
+    let mlx = Array::load_safetensors(dir.path().join("model.safetensors")).unwrap();
+    let norms = [
+        ".input_layernorm.weight",
+        ".post_attention_layernorm.weight",
+        "model.norm.weight",
+        ".q_norm.weight",
+        ".k_norm.weight",
+    ];
+    let mut hf = std::collections::HashMap::new();
+    for (name, a) in &mlx {
+        let mut a = a.clone();
+        if name.ends_with(".conv1d.weight") {
+            a = a.swap_axes(1, 2).unwrap();
+        } else if norms.iter().any(|sfx| name.ends_with(sfx)) {
+            a = &a - Array::from_f32(1.0);
+        }
+        let name = if let Some(rest) = name.strip_prefix("language_model.model.") {
+            format!("model.language_model.{rest}")
+        } else if let Some(rest) = name.strip_prefix("language_model.") {
+            rest.to_string()
+        } else {
+            name.clone()
+        };
+        hf.insert(name, a);
+    }
+    let out = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        dir.path().join("config.json"),
+        out.path().join("config.json"),
+    )
+    .unwrap();
+    Array::save_safetensors(hf.iter(), None, out.path().join("model.safetensors")).unwrap();
+    let prompt: Vec<u32> = (0..20).map(|i| (i * 37 % 509) as u32 + 1).collect();
+    let logits = |dir: &Path| {
+        let (_, model) = load_model_dir(dir, WeightsMode::Native).unwrap();
+        let mut cache = DenseKvCache::new(model.num_layers());
+        run_ours(model.as_ref(), &prompt, &[5], &mut cache)
+    };
+    assert_eq!(logits(out.path()), logits(dir.path()), "{arch}: HF layout");
+}
+
+#[test]
+fn hybrid_hf_layouts_load() {
+    wuwei::device::set_activations(wuwei::device::Activations::Checkpoint);
+    for arch in ["qwen3_next", "qwen3_5"] {
+        hf_layout_loads(arch);
+    }
+}

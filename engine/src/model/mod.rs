@@ -404,6 +404,16 @@ impl Tensors {
         self.map.contains_key(name)
     }
 
+    /// The tensor `name`, left in place.
+    pub fn peek(&self, name: &str) -> Option<&Array> {
+        self.map.get(name)
+    }
+
+    /// The names of the tensors not taken yet.
+    pub fn names(&self) -> Vec<String> {
+        self.map.keys().cloned().collect()
+    }
+
     /// Adds a tensor made from others (stacked experts).
     pub fn insert(&mut self, name: String, tensor: Array) {
         self.map.insert(name, tensor);

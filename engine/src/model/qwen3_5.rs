@@ -94,9 +94,24 @@ pub fn text_config(config: &Value) -> Value {
 pub fn load(
     config: &Value,
     args: &ModelArgs,
-    t: Tensors,
+    mut t: Tensors,
     mode: WeightsMode,
 ) -> Result<Model, ModelError> {
+    // The Hugging Face layout (`model.language_model.…`, a top-level `lm_head`), renamed as
+    // qwen3_5.py's `Model.sanitize` renames it.
+    if t.contains("model.language_model.embed_tokens.weight") {
+        for name in t.names() {
+            let renamed = if let Some(rest) = name.strip_prefix("model.language_model.") {
+                format!("language_model.model.{rest}")
+            } else if name.starts_with("language_model.") {
+                continue;
+            } else {
+                format!("language_model.{name}")
+            };
+            let tensor = t.take(&name)?;
+            t.insert(renamed, tensor);
+        }
+    }
     // mlx-lm saves the model under `language_model.`; a text-only export may not.
     let root = if t.contains("language_model.model.embed_tokens.weight") {
         "language_model."

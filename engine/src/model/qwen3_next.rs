@@ -426,6 +426,48 @@ pub struct Model {
     lm_head: Option<Matrix>,
 }
 
+/// A checkpoint in the Hugging Face layout, as mlx-lm's `sanitize` converts it: the conv
+/// kernels stored `[channels, 1, kernel]` (moved to MLX's `[channels, kernel, 1]`) tell it
+/// apart, and its RMSNorm weights (blocks', final, q/k; not the DeltaNet's gated norm) are
+/// stored minus one. Per-expert tensors are stacked where the MoE block loads them.
+fn sanitize_hf_layout(t: &mut Tensors) -> std::result::Result<(), ModelError> {
+    let names = t.names();
+    let unsanitized = names.iter().any(|name| {
+        name.ends_with(".conv1d.weight")
+            && t.peek(name)
+                .is_some_and(|w| w.shape().last().is_some_and(|&k| k != 1))
+    });
+    if !unsanitized {
+        return Ok(());
+    }
+    const NORMS: [&str; 5] = [
+        ".input_layernorm.weight",
+        ".post_attention_layernorm.weight",
+        "model.norm.weight",
+        ".q_norm.weight",
+        ".k_norm.weight",
+    ];
+    for name in names {
+        if name.ends_with(".conv1d.weight") {
+            let w = t.take(&name)?;
+            if w.shape().last().is_some_and(|&k| k != 1) {
+                t.insert(name, w.swap_axes(1, 2)?);
+            } else {
+                t.insert(name, w);
+            }
+        } else if NORMS.iter().any(|sfx| name.ends_with(sfx)) {
+            let w = t.take(&name)?;
+            if w.ndim() == 1 {
+                let one = Array::from_f32(1.0).as_dtype(w.dtype())?;
+                t.insert(name, &w + &one);
+            } else {
+                t.insert(name, w);
+            }
+        }
+    }
+    Ok(())
+}
+
 pub fn load(
     config: &Value,
     args: &ModelArgs,
@@ -445,6 +487,7 @@ pub fn load_under(
     root: &str,
 ) -> std::result::Result<Model, ModelError> {
     let n: NextArgs = parse_args(config, &t)?;
+    sanitize_hf_layout(&mut t)?;
     let eps = args.rms_norm_eps;
     let tied =
         args.tie_word_embeddings.unwrap_or(false) || !t.contains(&format!("{root}lm_head.weight"));
