@@ -23,8 +23,11 @@ pub struct ModelFacts {
     pub weights_dequantized: u64,
     /// Whether any matrix is quantized (otherwise both modes are the same).
     pub quantized: bool,
-    /// KV-cache bytes one token takes across all layers.
+    /// KV-cache bytes one token takes across all (attention) layers.
     pub kv_bytes_per_token: u64,
+    /// Recurrent-state bytes one running sequence takes whatever its length (the
+    /// linear-attention layers of hybrid models; 0 for others).
+    pub state_bytes_per_sequence: u64,
     /// Tokens the model can attend to, as its config says.
     pub context_length: usize,
 }
@@ -113,6 +116,27 @@ fn kv_bytes_per_token(layers: u64, kv_heads: u64, head_dim: u64) -> u64 {
     layers * 2 * kv_heads * head_dim * elem
 }
 
+/// A hybrid model's layer kinds (Qwen3-Next's Gated DeltaNet layers, all but every
+/// `full_attention_interval`-th): the attention layers of `layers`, and the recurrent state
+/// of one sequence (per linear layer the conv state `(kernel - 1) x conv_dim` in the compute
+/// dtype and the float32 state `v_heads x v_dim x k_dim`).
+fn hybrid_layers(config: &Value, layers: u64) -> Option<(u64, u64)> {
+    let v_heads = config_u64(config, "linear_num_value_heads")?;
+    let k_heads = config_u64(config, "linear_num_key_heads")?;
+    let k_dim = config_u64(config, "linear_key_head_dim")?;
+    let v_dim = config_u64(config, "linear_value_head_dim")?;
+    let kernel = config_u64(config, "linear_conv_kernel_dim").unwrap_or(4);
+    let interval = config_u64(config, "full_attention_interval")
+        .unwrap_or(4)
+        .max(1);
+    let attention = layers / interval;
+    let linear = layers - attention;
+    let elem = if compute_dtype().is_some() { 4 } else { 2 };
+    let conv = kernel.saturating_sub(1) * (2 * k_heads * k_dim + v_heads * v_dim) * elem;
+    let recurrent = v_heads * v_dim * k_dim * 4;
+    Some((attention, linear * (conv + recurrent)))
+}
+
 fn check_mlx_dir(dir: &Path) -> Result<ModelFacts, Incomplete> {
     let config_path = dir.join("config.json");
     let text = std::fs::read_to_string(&config_path)
@@ -175,12 +199,14 @@ fn check_mlx_dir(dir: &Path) -> Result<ModelFacts, Incomplete> {
     let kv_heads = config_u64(&config, "num_key_value_heads").unwrap_or(heads);
     let head_dim = config_u64(&config, "head_dim")
         .unwrap_or_else(|| config_u64(&config, "hidden_size").unwrap_or(0) / heads);
+    let (layers, state_bytes_per_sequence) = hybrid_layers(&config, layers).unwrap_or((layers, 0));
     Ok(ModelFacts {
         disk_bytes,
         weights_native: native,
         weights_dequantized: dequantized,
         quantized,
         kv_bytes_per_token: kv_bytes_per_token(layers, kv_heads, head_dim),
+        state_bytes_per_sequence,
         context_length: crate::loader::context_length(&config),
     })
 }
@@ -229,6 +255,7 @@ fn check_gguf(path: &Path) -> Result<ModelFacts, Incomplete> {
         weights_dequantized: dequantized,
         quantized,
         kv_bytes_per_token: kv_bytes_per_token(layers, kv_heads, head_dim),
+        state_bytes_per_sequence: 0,
         context_length,
     })
 }

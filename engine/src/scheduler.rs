@@ -918,6 +918,12 @@ fn build_prefix_cache(
     if config.block_size == 0 {
         return Err("block size 0".into());
     }
+    if model.has_recurrent_state() {
+        // Linear-attention layers' state is not in the KV blocks; reusing a prefix's keys
+        // and values alone would serve a wrong state.
+        tracing::info!(model = %model_id, "prefix cache off: the model keeps recurrent state");
+        return Ok(None);
+    }
     let mut cache = DenseKvCache::new(model.num_layers());
     let tokens = Array::from_slice(&[1i32, 2], &[1, 2]);
     let logits = model

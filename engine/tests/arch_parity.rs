@@ -184,6 +184,7 @@ fn check(arch: &str, bits: u32, dtype: Dtype) {
         tolerance: dtype.tolerance(),
         exact_batches: bits > 0,
         greedy: 0,
+        recurrent: false,
     };
     check_dir(dir.path(), &case);
 }
@@ -197,25 +198,84 @@ fn check_moe(arch: &str, quant: Quant, dtype: Dtype) {
     let prompt: Vec<u32> = (0..40).map(|i| (i * 37 % 509) as u32 + 1).collect();
     let quantized = !matches!(quant, Quant::Float);
     let case = Case {
-        what: format!(
-            "{arch} {} {}",
-            match quant {
-                Quant::Float => "float".to_string(),
-                Quant::Affine(bits) => format!("{bits}-bit"),
-                Quant::Mode(mode) => mode.to_string(),
-            },
-            dtype.name()
-        ),
+        what: format!("{arch} {} {}", quant_name(quant), dtype.name()),
         prompt,
         tolerance: dtype.tolerance(),
         exact_batches: quantized,
         greedy: if quantized { 12 } else { 0 },
+        recurrent: false,
     };
     check_dir(dir.path(), &case);
     memory_estimate_counts_every_expert(dir.path(), quantized);
     // Dequantized mode expands to float32 with float32 activations only.
     if quantized && dtype == Dtype::F32 {
         dequantized_mode_agrees(dir.path(), &case);
+    }
+}
+
+/// A model with sliding-window layers: a prompt several windows long (the random configs use
+/// windows of 16), so that chunked prefill, a reused prefix and cached decode all cross the
+/// window; quantized, greedy tokens too.
+fn check_windowed(arch: &str, quant: Quant, dtype: Dtype) {
+    check_long(arch, quant, dtype, false);
+}
+
+/// A hybrid model (linear-attention layers with a recurrent state beside attention layers),
+/// checked as [`check_windowed`] checks a windowed one, the prefix reuse of KV alone aside.
+fn check_hybrid(arch: &str, quant: Quant, dtype: Dtype) {
+    check_long(arch, quant, dtype, true);
+}
+
+fn check_long(arch: &str, quant: Quant, dtype: Dtype, recurrent: bool) {
+    wuwei::device::set_activations(wuwei::device::Activations::Checkpoint);
+    let dir = make_model(arch, quant, dtype);
+    let prompt: Vec<u32> = (0..40).map(|i| (i * 37 % 509) as u32 + 1).collect();
+    let quantized = !matches!(quant, Quant::Float);
+    let case = Case {
+        what: format!("{arch} {} {}", quant_name(quant), dtype.name()),
+        prompt,
+        tolerance: dtype.tolerance(),
+        exact_batches: quantized,
+        greedy: if quantized { 12 } else { 0 },
+        recurrent,
+    };
+    check_dir(dir.path(), &case);
+    // The estimate takes activations in the checkpoint's dtype to be half precision, as
+    // published checkpoints are.
+    if recurrent && dtype != Dtype::F32 {
+        memory_estimate_counts_recurrent_state(dir.path(), &case.prompt);
+    }
+}
+
+/// The registry's estimate (from config.json alone) of a hybrid model's memory: KV for the
+/// attention layers only, and the recurrent state a sequence actually holds.
+fn memory_estimate_counts_recurrent_state(dir: &Path, prompt: &[u32]) {
+    std::fs::write(dir.join("tokenizer.json"), "{}").unwrap();
+    let facts = wuwei::integrity::check_model(dir).unwrap();
+    std::fs::remove_file(dir.join("tokenizer.json")).unwrap();
+    let (_, model) = load_model_dir(dir, WeightsMode::Native).unwrap();
+    let mut cache = DenseKvCache::new(model.num_layers());
+    run_ours(model.as_ref(), prompt, &[], &mut cache);
+    let mut state_bytes = 0;
+    let mut kv_per_token = 0;
+    for layer in 0..model.num_layers() {
+        if let Some(state) = cache.state(layer).as_ref() {
+            state_bytes += state.iter().map(Array::nbytes).sum::<usize>();
+        }
+        if let Some((k, v)) = cache.range(layer, 0, 1).unwrap() {
+            kv_per_token += k.nbytes() + v.nbytes();
+        }
+    }
+    assert!(state_bytes > 0 && kv_per_token > 0);
+    assert_eq!(facts.state_bytes_per_sequence, state_bytes as u64);
+    assert_eq!(facts.kv_bytes_per_token, kv_per_token as u64);
+}
+
+fn quant_name(quant: Quant) -> String {
+    match quant {
+        Quant::Float => "float".to_string(),
+        Quant::Affine(bits) => format!("{bits}-bit"),
+        Quant::Mode(mode) => mode.to_string(),
     }
 }
 
@@ -286,6 +346,9 @@ struct Case {
     exact_batches: bool,
     /// Greedy tokens to compare with mlx-lm's (0: none).
     greedy: usize,
+    /// Linear-attention layers keep a recurrent state beside the KV: a prefix is not
+    /// reused from keys and values alone (the engine's prefix cache is off for such models).
+    recurrent: bool,
 }
 
 fn check_dir(dir: &Path, case: &Case) {
@@ -354,38 +417,9 @@ fn check_dir(dir: &Path, case: &Case) {
         &p[p.len() - vocab..],
     );
 
-    // A prefix reused from another sequence's cache (as a prefix-cache hit loads it, longer
-    // than gpt_oss's sliding window), then the rest of the prompt: the same logits.
-    let reused = prompt.len() * 3 / 4;
-    let mut donor = DenseKvCache::new(model.num_layers());
-    let mut b = [BatchSeq {
-        len: reused,
-        cache: &mut donor,
-    }];
-    model
-        .forward(&tokens(&prompt[..reused]), &mut b, Logits::Last)
-        .unwrap();
-    let pool = SharedSlots::new(model.num_layers());
-    let mut hit = pool.acquire();
-    for layer in 0..model.num_layers() {
-        let (k, v) = donor.range(layer, 0, reused as i32).unwrap().unwrap();
-        hit.load_layer(layer, k, v).unwrap();
+    if !case.recurrent {
+        prefix_reuse_agrees(model.as_ref(), what, prompt, &p, tolerance);
     }
-    hit.advance(reused);
-    let mut b = [BatchSeq {
-        len: prompt.len() - reused,
-        cache: &mut hit,
-    }];
-    let after_hit = to_vec(
-        &model
-            .forward(&tokens(&prompt[reused..]), &mut b, Logits::Last)
-            .unwrap(),
-    );
-    close(
-        &format!("{what} after a reused prefix"),
-        &after_hit,
-        &p[p.len() - vocab..],
-    );
 
     // Batched with another sequence that is mid-decode: our sequence's logits are unchanged.
     let mut other = DenseKvCache::new(model.num_layers());
@@ -427,6 +461,50 @@ fn check_dir(dir: &Path, case: &Case) {
         let got = greedy(model.as_ref(), prompt, case.greedy, &mut pool.acquire());
         assert_eq!(got, want, "{what}: greedy tokens");
     }
+}
+
+/// A prefix reused from another sequence's cache (as a prefix-cache hit loads it, longer than
+/// the sliding windows), then the rest of the prompt: the same last logits as `p`'s.
+fn prefix_reuse_agrees(
+    model: &dyn LanguageModel,
+    what: &str,
+    prompt: &[u32],
+    p: &[f32],
+    tolerance: f32,
+) {
+    let close =
+        |w: &str, ours: &[f32], reference: &[f32]| assert_within(w, ours, reference, tolerance);
+    let vocab = p.len() / prompt.len();
+    let reused = prompt.len() * 3 / 4;
+    let mut donor = DenseKvCache::new(model.num_layers());
+    let mut b = [BatchSeq {
+        len: reused,
+        cache: &mut donor,
+    }];
+    model
+        .forward(&tokens(&prompt[..reused]), &mut b, Logits::Last)
+        .unwrap();
+    let pool = SharedSlots::new(model.num_layers());
+    let mut hit = pool.acquire();
+    for layer in 0..model.num_layers() {
+        let (k, v) = donor.range(layer, 0, reused as i32).unwrap().unwrap();
+        hit.load_layer(layer, k, v).unwrap();
+    }
+    hit.advance(reused);
+    let mut b = [BatchSeq {
+        len: prompt.len() - reused,
+        cache: &mut hit,
+    }];
+    let after_hit = to_vec(
+        &model
+            .forward(&tokens(&prompt[reused..]), &mut b, Logits::Last)
+            .unwrap(),
+    );
+    close(
+        &format!("{what} after a reused prefix"),
+        &after_hit,
+        &p[p.len() - vocab..],
+    );
 }
 
 /// The first of the largest logits, as `mx.argmax` picks.
@@ -762,4 +840,176 @@ fn glm4_moe_q4_f16() {
 #[test]
 fn gpt_oss_mxfp4_bf16() {
     check_moe("gpt_oss", Quant::Mode("mxfp4"), Dtype::Bf16);
+}
+
+#[test]
+fn gemma3_text_float() {
+    check_windowed("gemma3_text", Quant::Float, Dtype::F32);
+}
+#[test]
+fn gemma3_text_q4() {
+    check_windowed("gemma3_text", Quant::Affine(4), Dtype::F32);
+}
+#[test]
+fn gemma3_text_bf16() {
+    check_windowed("gemma3_text", Quant::Float, Dtype::Bf16);
+}
+// float16 sums each residual in float32, clipped to float16's range (clip_residual).
+#[test]
+fn gemma3_text_q4_f16() {
+    check_windowed("gemma3_text", Quant::Affine(4), Dtype::F16);
+}
+
+/// A `model_type: gemma3` checkpoint (the text model's config under `text_config`, its tensors
+/// under `language_model.`, as mlx-lm's gemma3.py wraps gemma3_text) gives the text model's
+/// logits.
+#[test]
+fn gemma3_wrapper_loads_the_text_model() {
+    let dir = make_model("gemma3_text", Quant::Affine(4), Dtype::F32);
+    let text: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("config.json")).unwrap())
+            .unwrap();
+    let mut inner = text.clone();
+    let quantization = inner.as_object_mut().unwrap().remove("quantization");
+    let mut wrapped = json!({
+        "model_type": "gemma3",
+        "vocab_size": text["vocab_size"],
+        "text_config": inner,
+    });
+    if let Some(q) = quantization {
+        wrapped["quantization"] = q;
+    }
+    let tensors = Array::load_safetensors(dir.path().join("model.safetensors")).unwrap();
+    let renamed: std::collections::HashMap<String, Array> = tensors
+        .into_iter()
+        .map(|(name, a)| (format!("language_model.{name}"), a))
+        .collect();
+    let out = tempfile::tempdir().unwrap();
+    std::fs::write(out.path().join("config.json"), wrapped.to_string()).unwrap();
+    Array::save_safetensors(renamed.iter(), None, out.path().join("model.safetensors")).unwrap();
+
+    let prompt: Vec<u32> = (0..40).map(|i| (i * 37 % 509) as u32 + 1).collect();
+    let logits = |dir: &Path| {
+        let (_, model) = load_model_dir(dir, WeightsMode::Native).unwrap();
+        let mut cache = DenseKvCache::new(model.num_layers());
+        run_ours(model.as_ref(), &prompt, &[5], &mut cache)
+    };
+    assert_eq!(logits(out.path()), logits(dir.path()), "gemma3 wrapper");
+}
+
+#[test]
+fn qwen3_next_float() {
+    check_hybrid("qwen3_next", Quant::Float, Dtype::F32);
+}
+#[test]
+fn qwen3_next_q4() {
+    check_hybrid("qwen3_next", Quant::Affine(4), Dtype::F32);
+}
+#[test]
+fn qwen3_next_q4_bf16() {
+    check_hybrid("qwen3_next", Quant::Affine(4), Dtype::Bf16);
+}
+#[test]
+fn qwen3_5_float() {
+    check_hybrid("qwen3_5", Quant::Float, Dtype::F32);
+}
+#[test]
+fn qwen3_5_bf16() {
+    check_hybrid("qwen3_5", Quant::Float, Dtype::Bf16);
+}
+#[test]
+fn qwen3_5_moe_q4() {
+    check_hybrid("qwen3_5_moe", Quant::Affine(4), Dtype::F32);
+}
+#[test]
+fn qwen3_5_moe_q4_bf16() {
+    check_hybrid("qwen3_5_moe", Quant::Affine(4), Dtype::Bf16);
+}
+
+/// A Qwen3.5 config with the text model's fields under `text_config` (as Hugging Face
+/// publishes the multimodal checkpoints) loads the same model as the flat one mlx-lm writes.
+#[test]
+fn qwen3_5_text_config_loads_the_same_model() {
+    let dir = make_model("qwen3_5", Quant::Affine(4), Dtype::F32);
+    let flat: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("config.json")).unwrap())
+            .unwrap();
+    let mut inner = flat.clone();
+    let quantization = inner.as_object_mut().unwrap().remove("quantization");
+    let mut wrapped = json!({"model_type": "qwen3_5", "text_config": inner});
+    if let Some(q) = quantization {
+        wrapped["quantization"] = q;
+    }
+    let out = tempfile::tempdir().unwrap();
+    std::fs::write(out.path().join("config.json"), wrapped.to_string()).unwrap();
+    std::fs::copy(
+        dir.path().join("model.safetensors"),
+        out.path().join("model.safetensors"),
+    )
+    .unwrap();
+    let prompt: Vec<u32> = (0..20).map(|i| (i * 37 % 509) as u32 + 1).collect();
+    let logits = |dir: &Path| {
+        let (_, model) = load_model_dir(dir, WeightsMode::Native).unwrap();
+        let mut cache = DenseKvCache::new(model.num_layers());
+        run_ours(model.as_ref(), &prompt, &[5], &mut cache)
+    };
+    assert_eq!(
+        logits(out.path()),
+        logits(dir.path()),
+        "qwen3_5 text_config"
+    );
+}
+
+/// A hybrid checkpoint in the Hugging Face layout (conv kernels `[channels, 1, kernel]`,
+/// RMSNorm weights stored minus one, qwen3_5's `model.language_model.` names) loads as
+/// mlx-lm's `sanitize` converts it: the same logits as the MLX layout.
+fn hf_layout_loads(arch: &str) {
+    let dir = make_model(arch, Quant::Float, Dtype::F32);
+    let mlx = Array::load_safetensors(dir.path().join("model.safetensors")).unwrap();
+    let norms = [
+        ".input_layernorm.weight",
+        ".post_attention_layernorm.weight",
+        "model.norm.weight",
+        ".q_norm.weight",
+        ".k_norm.weight",
+    ];
+    let mut hf = std::collections::HashMap::new();
+    for (name, a) in &mlx {
+        let mut a = a.clone();
+        if name.ends_with(".conv1d.weight") {
+            a = a.swap_axes(1, 2).unwrap();
+        } else if norms.iter().any(|sfx| name.ends_with(sfx)) {
+            a = &a - Array::from_f32(1.0);
+        }
+        let name = if let Some(rest) = name.strip_prefix("language_model.model.") {
+            format!("model.language_model.{rest}")
+        } else if let Some(rest) = name.strip_prefix("language_model.") {
+            rest.to_string()
+        } else {
+            name.clone()
+        };
+        hf.insert(name, a);
+    }
+    let out = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        dir.path().join("config.json"),
+        out.path().join("config.json"),
+    )
+    .unwrap();
+    Array::save_safetensors(hf.iter(), None, out.path().join("model.safetensors")).unwrap();
+    let prompt: Vec<u32> = (0..20).map(|i| (i * 37 % 509) as u32 + 1).collect();
+    let logits = |dir: &Path| {
+        let (_, model) = load_model_dir(dir, WeightsMode::Native).unwrap();
+        let mut cache = DenseKvCache::new(model.num_layers());
+        run_ours(model.as_ref(), &prompt, &[5], &mut cache)
+    };
+    assert_eq!(logits(out.path()), logits(dir.path()), "{arch}: HF layout");
+}
+
+#[test]
+fn hybrid_hf_layouts_load() {
+    wuwei::device::set_activations(wuwei::device::Activations::Checkpoint);
+    for arch in ["qwen3_next", "qwen3_5"] {
+        hf_layout_loads(arch);
+    }
 }

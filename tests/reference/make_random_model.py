@@ -87,7 +87,55 @@ CONFIGS = {
                           truncate=False, original_max_position_embeddings=4096),
         tie_word_embeddings=False, max_position_embeddings=131072,
     ),
+    # Gemma 3: sliding-window layers (a window far shorter than the test prompts, their own
+    # RoPE base) alternating with global ones; a softmax scale other than head_dim's; tied
+    # embeddings (no lm_head, as Gemma checkpoints are).
+    "gemma3_text": dict(
+        model_type="gemma3_text", hidden_size=128, num_hidden_layers=4, intermediate_size=256,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=32, rms_norm_eps=1e-6,
+        vocab_size=512, rope_theta=1000000.0, rope_local_base_freq=10000.0,
+        query_pre_attn_scalar=48, sliding_window=16, sliding_window_pattern=2,
+        max_position_embeddings=4096,
+    ),
+    # Qwen3-Next: Gated DeltaNet layers (2 key heads shared by 4 value heads) alternating with
+    # gated attention (partial RoPE); MoE with a gated shared expert, layer 2 a dense MLP.
+    "qwen3_next": dict(
+        model_type="qwen3_next", hidden_size=128, num_hidden_layers=4, intermediate_size=256,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=32, rms_norm_eps=1e-6,
+        vocab_size=512, linear_num_value_heads=4, linear_num_key_heads=2,
+        linear_key_head_dim=32, linear_value_head_dim=32, linear_conv_kernel_dim=4,
+        num_experts=16, num_experts_per_tok=4, decoder_sparse_step=1,
+        shared_expert_intermediate_size=64, mlp_only_layers=[2], moe_intermediate_size=64,
+        norm_topk_prob=True, rope_theta=10000000.0, partial_rotary_factor=0.25,
+        max_position_embeddings=4096, tie_word_embeddings=False, full_attention_interval=2,
+    ),
+    # Qwen3.5: the same layers with the DeltaNet's projections apart, RoPE under
+    # rope_parameters, tied embeddings; the MoE variant has experts on every layer and mRoPE
+    # settings (plain RoPE for text).
+    "qwen3_5": dict(
+        model_type="qwen3_5", hidden_size=128, num_hidden_layers=4, intermediate_size=256,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=32, rms_norm_eps=1e-6,
+        vocab_size=512, linear_num_value_heads=4, linear_num_key_heads=2,
+        linear_key_head_dim=32, linear_value_head_dim=32, linear_conv_kernel_dim=4,
+        full_attention_interval=2, tie_word_embeddings=True, max_position_embeddings=4096,
+        rope_parameters=dict(type="default", rope_theta=100000.0, partial_rotary_factor=0.25),
+    ),
+    "qwen3_5_moe": dict(
+        model_type="qwen3_5_moe", hidden_size=128, num_hidden_layers=4, intermediate_size=256,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=32, rms_norm_eps=1e-6,
+        vocab_size=512, linear_num_value_heads=4, linear_num_key_heads=2,
+        linear_key_head_dim=32, linear_value_head_dim=32, linear_conv_kernel_dim=4,
+        full_attention_interval=2, tie_word_embeddings=False, max_position_embeddings=4096,
+        num_experts=16, num_experts_per_tok=4, moe_intermediate_size=64,
+        shared_expert_intermediate_size=64, norm_topk_prob=True,
+        rope_parameters=dict(type="mrope", mrope_section=[2, 1, 1], rope_theta=1000000.0,
+                             partial_rotary_factor=0.25),
+    ),
 }
+
+# Architectures whose checkpoints tie the embeddings by having no lm_head (mlx-lm's sanitize
+# drops the head when the weights lack it).
+TIED_BY_ABSENCE = {"gemma3_text"}
 
 # Routers get larger weights than the rest, so that experts' scores are well apart and a
 # rounding difference in the hidden state cannot flip which experts a token picks.
@@ -97,6 +145,9 @@ ROUTER = re.compile(r"\.(gate|router)\.weight$")
 def scale_of(name, value):
     if ROUTER.search(name):
         return 0.1
+    if "conv1d" in name:
+        # A depthwise kernel of a few taps: large enough that the conv carries the signal.
+        return 0.5
     return 0.02 if value.ndim > 1 else 0.1
 
 
@@ -130,6 +181,9 @@ def main():
     for k, v in params:
         w = mx.random.normal(v.shape) * scale_of(k, v) + (1.0 if "norm" in k else 0.0)
         weights[k] = w.astype(dtype) if cast(k) else w
+    if a.arch in TIED_BY_ABSENCE:
+        weights.pop("lm_head.weight")
+        weights = model.sanitize(weights)
     if special:
         head = "lm_head.weight" if "lm_head.weight" in weights else "model.embed_tokens.weight"
         rows = mx.array(special)

@@ -7,10 +7,14 @@ included) or after MAX_TOKENS tokens.
 """
 import json
 import sys
+from pathlib import Path
 
 import mlx.core as mx
 from mlx_lm import load
 from mlx_lm.generate import generate_step
+
+sys.path.insert(0, str(Path(__file__).parent))
+import mlx_compat  # noqa: E402,F401  (quantized MoE on MLX 0.32.2)
 
 
 def main():

@@ -44,6 +44,32 @@ pub trait KvCache: Send + AsAny {
     fn own_bytes(&self) -> usize {
         0
     }
+    /// The recurrent state of linear-attention `layer` (Gated DeltaNet's conv and recurrent
+    /// state), `None` until the sequence's first token. It is the sequence's own whatever
+    /// holds its keys and values, and `reset` forgets it.
+    fn state(&mut self, layer: usize) -> &mut Option<Vec<Array>>;
+}
+
+/// The recurrent states of one sequence, by layer (`None`: an attention layer, or nothing
+/// seen yet).
+#[derive(Default)]
+pub struct RecurrentStates(Vec<Option<Vec<Array>>>);
+
+impl RecurrentStates {
+    pub fn layer(&mut self, layer: usize) -> &mut Option<Vec<Array>> {
+        if self.0.len() <= layer {
+            self.0.resize_with(layer + 1, || None);
+        }
+        &mut self.0[layer]
+    }
+
+    pub fn clear(&mut self) {
+        self.0.clear();
+    }
+
+    pub fn nbytes(&self) -> usize {
+        self.0.iter().flatten().flatten().map(Array::nbytes).sum()
+    }
 }
 
 /// The concrete cache behind a `dyn KvCache`: batched attention asks whether a cache lives in
@@ -65,6 +91,7 @@ const STEP: i32 = 256;
 pub struct DenseKvCache {
     layers: Vec<Option<(Array, Array)>>,
     offset: usize,
+    states: RecurrentStates,
 }
 
 impl DenseKvCache {
@@ -72,6 +99,7 @@ impl DenseKvCache {
         Self {
             layers: (0..num_layers).map(|_| None).collect(),
             offset: 0,
+            states: RecurrentStates::default(),
         }
     }
 
@@ -86,7 +114,8 @@ impl DenseKvCache {
             .iter()
             .flatten()
             .map(|(k, v)| k.nbytes() + v.nbytes())
-            .sum()
+            .sum::<usize>()
+            + self.states.nbytes()
     }
 }
 
@@ -157,9 +186,14 @@ impl KvCache for DenseKvCache {
     fn reset(&mut self) {
         self.layers.iter_mut().for_each(|l| *l = None);
         self.offset = 0;
+        self.states.clear();
     }
 
     fn own_bytes(&self) -> usize {
         self.nbytes()
+    }
+
+    fn state(&mut self, layer: usize) -> &mut Option<Vec<Array>> {
+        self.states.layer(layer)
     }
 }

@@ -16,7 +16,7 @@ use mlx_rs::error::Exception;
 use mlx_rs::ops::{concatenate, zeros_dtype};
 use mlx_rs::Array;
 
-use crate::kv::cache::{AsAny, KvCache};
+use crate::kv::cache::{AsAny, KvCache, RecurrentStates};
 use crate::mlx_ext::{scatter, slice, slice_axis, slice_update};
 
 /// Capacity grows in steps of this many positions.
@@ -60,6 +60,7 @@ impl SharedSlots {
             pool: self.clone(),
             slot,
             offset: 0,
+            states: RecurrentStates::default(),
         }
     }
 
@@ -218,6 +219,8 @@ pub struct SlotKvCache {
     pool: SharedSlots,
     slot: usize,
     offset: usize,
+    /// Linear-attention layers' state: per sequence, outside the pool.
+    states: RecurrentStates,
 }
 
 impl SlotKvCache {
@@ -288,6 +291,15 @@ impl KvCache for SlotKvCache {
     fn reset(&mut self) {
         // The slot's old contents are overwritten before they are read again.
         self.offset = 0;
+        self.states.clear();
+    }
+
+    fn own_bytes(&self) -> usize {
+        self.states.nbytes()
+    }
+
+    fn state(&mut self, layer: usize) -> &mut Option<Vec<Array>> {
+        self.states.layer(layer)
     }
 }
 

@@ -5,8 +5,8 @@
 use serde_json::Value;
 
 use super::{
-    glm4_moe, gpt_oss, llama, minimax, qwen2, qwen3, qwen3_moe, LanguageModel, ModelArgs,
-    ModelError, Tensors, WeightsMode,
+    gemma3_text, glm4_moe, gpt_oss, llama, minimax, qwen2, qwen3, qwen3_5, qwen3_moe, qwen3_next,
+    LanguageModel, ModelArgs, ModelError, Tensors, WeightsMode,
 };
 
 /// Builds the model from config.json, its common fields and the tensors.
@@ -20,6 +20,9 @@ pub struct Architecture {
     pub gguf: Option<&'static str>,
     /// The transformers class (config.json's `architectures`) a converted model names.
     pub hf_class: &'static str,
+    /// Rewrites config.json into the fields the loader reads (mlx-lm's defaults filled in, a
+    /// wrapped text model's `text_config` lifted); `None`: read as is.
+    pub config: Option<fn(&Value) -> Value>,
     pub load: Load,
 }
 
@@ -28,6 +31,7 @@ pub const ARCHITECTURES: &[Architecture] = &[
         model_type: "llama",
         gguf: Some("llama"),
         hf_class: "LlamaForCausalLM",
+        config: None,
         load: |_, args, t, mode| {
             Ok(Box::new(llama::Model::load(
                 args,
@@ -41,6 +45,7 @@ pub const ARCHITECTURES: &[Architecture] = &[
         model_type: "mistral",
         gguf: None,
         hf_class: "MistralForCausalLM",
+        config: None,
         load: |_, args, t, mode| {
             Ok(Box::new(llama::Model::load(
                 args,
@@ -54,6 +59,7 @@ pub const ARCHITECTURES: &[Architecture] = &[
         model_type: "qwen2",
         gguf: Some("qwen2"),
         hf_class: "Qwen2ForCausalLM",
+        config: None,
         load: |_, args, t, mode| {
             Ok(Box::new(qwen2::Model::load(
                 args,
@@ -67,6 +73,7 @@ pub const ARCHITECTURES: &[Architecture] = &[
         model_type: "qwen3",
         gguf: Some("qwen3"),
         hf_class: "Qwen3ForCausalLM",
+        config: None,
         load: |_, args, t, mode| {
             Ok(Box::new(qwen3::Model::load(
                 args,
@@ -80,25 +87,72 @@ pub const ARCHITECTURES: &[Architecture] = &[
         model_type: "qwen3_moe",
         gguf: None,
         hf_class: "Qwen3MoeForCausalLM",
+        config: None,
         load: |config, args, t, mode| Ok(Box::new(qwen3_moe::load(config, args, t, mode)?)),
     },
     Architecture {
         model_type: "minimax",
         gguf: None,
         hf_class: "MiniMaxM2ForCausalLM",
+        config: None,
         load: |config, args, t, mode| Ok(Box::new(minimax::load(config, args, t, mode)?)),
     },
     Architecture {
         model_type: "glm4_moe",
         gguf: None,
         hf_class: "Glm4MoeForCausalLM",
+        config: None,
         load: |config, args, t, mode| Ok(Box::new(glm4_moe::load(config, args, t, mode)?)),
     },
     Architecture {
         model_type: "gpt_oss",
         gguf: None,
         hf_class: "GptOssForCausalLM",
+        config: None,
         load: |config, args, t, mode| Ok(Box::new(gpt_oss::load(config, args, t, mode)?)),
+    },
+    Architecture {
+        model_type: "gemma3_text",
+        gguf: None,
+        hf_class: "Gemma3ForCausalLM",
+        config: Some(gemma3_text::text_config),
+        load: |config, args, t, mode| Ok(Box::new(gemma3_text::load(config, args, t, mode, "")?)),
+    },
+    Architecture {
+        model_type: "gemma3",
+        gguf: None,
+        hf_class: "Gemma3ForConditionalGeneration",
+        config: Some(gemma3_text::wrapped_config),
+        load: |config, args, t, mode| {
+            Ok(Box::new(gemma3_text::load(
+                config,
+                args,
+                t,
+                mode,
+                "language_model.",
+            )?))
+        },
+    },
+    Architecture {
+        model_type: "qwen3_next",
+        gguf: None,
+        hf_class: "Qwen3NextForCausalLM",
+        config: None,
+        load: |config, args, t, mode| Ok(Box::new(qwen3_next::load(config, args, t, mode)?)),
+    },
+    Architecture {
+        model_type: "qwen3_5",
+        gguf: None,
+        hf_class: "Qwen3_5ForConditionalGeneration",
+        config: Some(qwen3_5::text_config),
+        load: |config, args, t, mode| Ok(Box::new(qwen3_5::load(config, args, t, mode)?)),
+    },
+    Architecture {
+        model_type: "qwen3_5_moe",
+        gguf: None,
+        hf_class: "Qwen3_5MoeForConditionalGeneration",
+        config: Some(qwen3_5::text_config),
+        load: |config, args, t, mode| Ok(Box::new(qwen3_5::load(config, args, t, mode)?)),
     },
 ];
 

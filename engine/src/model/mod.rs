@@ -5,6 +5,7 @@ pub mod architectures;
 pub mod attention;
 pub mod batch;
 pub mod decoder;
+pub mod gemma3_text;
 pub mod glm4_moe;
 pub mod gpt_oss;
 pub mod layers;
@@ -12,7 +13,9 @@ pub mod llama;
 pub mod minimax;
 pub mod qwen2;
 pub mod qwen3;
+pub mod qwen3_5;
 pub mod qwen3_moe;
+pub mod qwen3_next;
 pub mod switch_layers;
 pub mod weights;
 
@@ -89,6 +92,11 @@ pub trait LanguageModel: Send {
         logits: Logits,
     ) -> Result<Array, Exception>;
     fn num_layers(&self) -> usize;
+    /// Whether some layers keep a recurrent state per sequence (linear attention) beside the
+    /// KV cache: the prefix cache, which restores keys and values only, is off for them.
+    fn has_recurrent_state(&self) -> bool {
+        false
+    }
 }
 
 /// The fields of `config.json` the supported architectures read (mlx-lm's `ModelArgs`).
@@ -187,7 +195,8 @@ pub fn make_rope_dims(
         .unwrap_or("default");
     let num = |k: &str, d: f64| scaling.get(k).and_then(Value::as_f64).unwrap_or(d);
     match kind {
-        "default" => {}
+        // mlx-lm's initialize_rope: multimodal RoPE is plain RoPE on text positions.
+        "default" | "mrope" => {}
         "linear" => rope.scale = 1.0 / num("factor", 1.0) as f32,
         "llama3" => {
             let factor = num("factor", 1.0);
@@ -395,6 +404,16 @@ impl Tensors {
         self.map.contains_key(name)
     }
 
+    /// The tensor `name`, left in place.
+    pub fn peek(&self, name: &str) -> Option<&Array> {
+        self.map.get(name)
+    }
+
+    /// The names of the tensors not taken yet.
+    pub fn names(&self) -> Vec<String> {
+        self.map.keys().cloned().collect()
+    }
+
     /// Adds a tensor made from others (stacked experts).
     pub fn insert(&mut self, name: String, tensor: Array) {
         self.map.insert(name, tensor);
@@ -506,18 +525,23 @@ pub fn build_model(
     mode: WeightsMode,
 ) -> Result<Box<dyn LanguageModel>, ModelError> {
     let config_path = tensors.source().join("config.json");
+    let model_type = config
+        .get("model_type")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    let Some(arch) = architectures::find(model_type) else {
+        return Err(ModelError::UnsupportedArchitecture {
+            path: config_path,
+            model_type: model_type.into(),
+        });
+    };
+    let config = &arch.config.map_or_else(|| config.clone(), |f| f(config));
     let mode = resolve_mode(mode, &tensors);
     let args: ModelArgs =
         serde_json::from_value(config.clone()).map_err(|e| ModelError::Invalid {
             path: config_path.clone(),
             reason: format!("bad config: {e}"),
         })?;
-    let Some(arch) = architectures::find(&args.model_type) else {
-        return Err(ModelError::UnsupportedArchitecture {
-            path: config_path,
-            model_type: args.model_type,
-        });
-    };
     (arch.load)(config, &args, tensors, mode)
 }
 

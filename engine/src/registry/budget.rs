@@ -23,6 +23,9 @@ pub struct MemoryPlan {
     pub weights_bytes: u64,
     /// KV cache counted for the model while it is loaded.
     pub kv_reserved_bytes: u64,
+    /// Recurrent state of hybrid models' running sequences (`max_running` of them), counted
+    /// beside the KV.
+    pub state_reserved_bytes: u64,
     /// The most memory the load itself takes at once (e.g. quantized and expanded copies).
     pub load_peak_bytes: u64,
 }
@@ -30,7 +33,7 @@ pub struct MemoryPlan {
 impl MemoryPlan {
     /// Memory counted against the budget while the model is loaded.
     pub fn steady(&self) -> u64 {
-        self.weights_bytes + self.kv_reserved_bytes
+        self.weights_bytes + self.kv_reserved_bytes + self.state_reserved_bytes
     }
 
     /// The reserved KV in token positions (`None` when the size of a position is unknown):
@@ -86,6 +89,7 @@ impl Registry {
             reserve_tokens.min(context)
         };
         let kv = facts.kv_bytes_per_token * kv_tokens as u64;
+        let states = facts.state_bytes_per_sequence * self.config.scheduler.max_running as u64;
         let budget = self.budget();
         let mode = match self.config.weights_mode {
             WeightsMode::Auto => {
@@ -95,7 +99,7 @@ impl Registry {
                 if facts.quantized
                     && auto_dequantizes(facts.weights_dequantized, available)
                     && facts.weights_native + facts.weights_dequantized <= budget
-                    && facts.weights_dequantized + kv <= budget
+                    && facts.weights_dequantized + kv + states <= budget
                 {
                     WeightsMode::Dequantized
                 } else {
@@ -116,6 +120,7 @@ impl Registry {
             mode,
             weights_bytes: weights,
             kv_reserved_bytes: kv,
+            state_reserved_bytes: states,
             load_peak_bytes: peak,
         }
     }

@@ -200,7 +200,8 @@ impl Registry {
                 let last_used = SystemTime::now() - now.duration_since(s.last_used());
                 LoadedStatus {
                     id: s.id.clone(),
-                    memory_bytes: s.plan.weights_bytes + kv.max(s.plan.kv_reserved_bytes),
+                    memory_bytes: s.plan.weights_bytes
+                        + kv.max(s.plan.kv_reserved_bytes + s.plan.state_reserved_bytes),
                     weights_bytes: s.plan.weights_bytes,
                     weights_mode: wire_name(s.plan.mode),
                     kv_bytes: kv,

@@ -1,0 +1,81 @@
+"""Issue 16's architectures through the real daemon, in the GPU configuration on the CPU
+(activations in the checkpoint's dtype, quantized weights as stored): a Gemma 3 model with
+sliding-window layers and a Qwen3-Next hybrid (Gated DeltaNet + gated attention + MoE), small
+random-weight bf16 4-bit checkpoints written by mlx-lm's own classes with SmolLM2's tokenizer.
+
+Greedy tokens equal mlx-lm's over prompts longer than the window; a sequence's tokens do not
+depend on its batch; a prefix-cache hit on the windowed model (the cache keeps every position,
+windowed layers mask by position) gives the tokens of a cold run; the hybrid model keeps its
+recurrent state per sequence and runs with the prefix cache off (its KV blocks alone cannot
+restore a linear layer's state), so a repeated prompt is computed in full, with the same
+tokens."""
+
+import concurrent.futures as cf
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO_ROOT, running_daemon
+from test_cache import _cached, _text
+from test_half_precision import _complete, _mlx_lm
+
+GEMMA = "rand-gemma3-bf16-q4"
+NEXT = "rand-qwen3next-bf16-q4"
+ENV = {"WUWEI_ACTIVATIONS": "checkpoint"}
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("hybrid-models")
+    tokenizer = Path(os.environ["WUWEI_TEST_MODELS"]) / "SmolLM2-135M-Instruct"
+    script = REPO_ROOT / "tests/reference/make_random_model.py"
+    for name, arch in [(GEMMA, "gemma3_text"), (NEXT, "qwen3_next")]:
+        subprocess.run([sys.executable, str(script), arch, str(root / name), "--dtype",
+                        "bfloat16", "--bits", "4", "--group-size", "32",
+                        "--tokenizer", str(tokenizer)], check=True)
+    return root
+
+
+@pytest.fixture(scope="module")
+def daemon(models, tmp_path_factory):
+    log_dir = tmp_path_factory.mktemp("hybrid")
+    with running_daemon(log_dir, ENV, models=models,
+                        extra_args=("--default-model", GEMMA)) as url:
+        yield url
+
+
+@pytest.mark.parametrize("model", [GEMMA, NEXT])
+def test_greedy_tokens_equal_mlx_lm(daemon, models, model):
+    from tokenizers import Tokenizer
+
+    # The random configs' sliding window is 16 positions: these prompts are longer.
+    prompts = [_text("window", 4), "def fibonacci(n):"]
+    expected = _mlx_lm(models / model, prompts, 12)
+    tok = Tokenizer.from_file(str(models / model / "tokenizer.json"))
+    for prompt, want in zip(prompts, expected):
+        _, usage, text = _complete(daemon, model, prompt)
+        assert text == tok.decode(want, skip_special_tokens=False), prompt
+
+
+@pytest.mark.parametrize("model", [GEMMA, NEXT])
+def test_a_sequence_decodes_the_same_alone_and_batched(daemon, model):
+    prompts = [_text(f"hybrid-batch-{i}", 2 + 3 * i) for i in range(3)]
+    alone = [_complete(daemon, model, p, 12)[0] for p in prompts]
+    with cf.ThreadPoolExecutor(len(prompts)) as pool:
+        together = list(pool.map(lambda p: _complete(daemon, model, p, 12)[0], prompts))
+    assert together == alone
+
+
+def test_repeated_prompts_give_the_cold_tokens(daemon):
+    prompt = _text("hybrid-repeat", 12)
+    cold, usage = _complete(daemon, GEMMA, prompt)[:2]
+    hot, usage = _complete(daemon, GEMMA, prompt)[:2]
+    assert _cached(usage) > 0, "the windowed model reuses the prefix"
+    assert hot == cold, "a prefix hit on a sliding-window model changed the output"
+    cold, _ = _complete(daemon, NEXT, prompt)[:2]
+    again, usage = _complete(daemon, NEXT, prompt)[:2]
+    assert _cached(usage) == 0, "no prefix reuse without recurrent-state snapshots"
+    assert again == cold
