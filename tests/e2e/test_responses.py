@@ -164,6 +164,24 @@ def test_function_call_round_trip(client, model_id):
     assert all(item.type == "message" for item in none.output)
 
 
+def test_codex_shaped_tools_are_accepted(client, model_id):
+    """Codex sends tools grouped in a `namespace` and hosted ones (`web_search`): the first
+    are offered to the model (a call names its namespace), the others are OpenAI's to run and
+    are left out."""
+    tools = [
+        *TOOLS,
+        {"type": "namespace", "name": "agents", "description": "Sub-agents.",
+         "tools": [{"type": "function", "name": "spawn_agent", "parameters": {"type": "object", "properties": {}}}]},
+        {"type": "web_search", "external_web_access": False},
+    ]
+    r = create(client, model_id, input="What is the weather in Paris?", tools=tools, store=False,
+               reasoning={"summary": "auto"}, include=["reasoning.encrypted_content"])
+    assert r.status in ("completed", "incomplete") and len(r.tools) == 3
+    for item in r.output:
+        if item.type == "function_call" and item.name == "spawn_agent":
+            assert item.namespace == "agents"
+
+
 def test_previous_response_id_continues_the_conversation(client, model_id):
     first = create(client, model_id, input="My name is Ada. Say hi.")
     second = create(client, model_id, input="What is my name?", previous_response_id=first.id)
@@ -209,7 +227,7 @@ def _bad_cases(model_id):
         ("tool parameters not an object schema", {**text, "tools": [
             {"type": "function", "name": "f", "parameters": {"type": "string"}}]}, "tools[0].parameters.type"),
         ("tool without name", {**text, "tools": [{"type": "function"}]}, "tools[0].name"),
-        ("hosted tool", {**text, "tools": [{"type": "web_search"}]}, "tools[0].type"),
+        ("tool without type", {**text, "tools": [{"name": "f"}]}, "tools[0].type"),
         ("tool_choice unknown", {**text, "tools": TOOLS, "tool_choice": {"type": "function", "name": "g"}},
          "tool_choice"),
         ("tool_choice required without tools", {**text, "tool_choice": "required"}, "tool_choice"),

@@ -38,6 +38,8 @@ pub struct Echo {
     pub instructions: Option<String>,
     /// The tools as the request gave them.
     pub tools: Vec<Value>,
+    /// Tool name → its `namespace`, for the tools offered from one.
+    pub namespaces: Namespaces,
     pub tool_choice: Value,
     pub temperature: Option<f64>,
     pub top_p: Option<f64>,
@@ -295,54 +297,88 @@ pub fn input_messages(
     Ok(out)
 }
 
-/// Function tools in the Responses API's flat shape (`{"type": "function", "name", …}`).
-fn tools_from(tools: &[Value]) -> Result<Vec<ToolSpec>, ApiError> {
-    let mut out = Vec::with_capacity(tools.len());
-    for (i, tool) in tools.iter().enumerate() {
-        let param = format!("tools[{i}]");
-        let kind = tool.get("type").and_then(Value::as_str).unwrap_or("");
-        if kind != "function" {
-            return Err(ApiError::unsupported(
-                format!("{param}.type"),
-                format!("only tools of type 'function' are supported (got '{kind}')"),
+/// Tool name → the namespace it was offered from.
+type Namespaces = Vec<(String, String)>;
+
+/// A function tool in the Responses API's flat shape (`{"type": "function", "name", …}`).
+fn function_tool(tool: &Value, param: &str) -> Result<ToolSpec, ApiError> {
+    let name = str_field(tool, "name", param)?;
+    let description = match tool.get("description") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(_) => {
+            return Err(invalid(
+                format!("{param}.description"),
+                "`description` must be a string",
+            ))
+        }
+    };
+    let parameters = match tool.get("parameters") {
+        None | Some(Value::Null) => json!({"type": "object", "properties": {}}),
+        Some(p @ Value::Object(_)) => p.clone(),
+        Some(_) => {
+            return Err(invalid(
+                format!("{param}.parameters"),
+                "`parameters` must be a JSON Schema object",
+            ))
+        }
+    };
+    if let Some(t) = parameters.get("type") {
+        if t != "object" {
+            return Err(invalid(
+                format!("{param}.parameters.type"),
+                "a function's `parameters` must be a schema of `type` 'object'",
             ));
         }
-        let name = str_field(tool, "name", &param)?;
-        let description = match tool.get("description") {
-            None | Some(Value::Null) => None,
-            Some(Value::String(s)) => Some(s.clone()),
-            Some(_) => {
-                return Err(invalid(
-                    format!("{param}.description"),
-                    "`description` must be a string",
-                ))
-            }
-        };
-        let parameters = match tool.get("parameters") {
-            None | Some(Value::Null) => json!({"type": "object", "properties": {}}),
-            Some(p @ Value::Object(_)) => p.clone(),
-            Some(_) => {
-                return Err(invalid(
-                    format!("{param}.parameters"),
-                    "`parameters` must be a JSON Schema object",
-                ))
-            }
-        };
-        if let Some(t) = parameters.get("type") {
-            if t != "object" {
-                return Err(invalid(
-                    format!("{param}.parameters.type"),
-                    "a function's `parameters` must be a schema of `type` 'object'",
-                ));
-            }
-        }
-        out.push(ToolSpec {
-            name: name.to_string(),
-            description,
-            parameters,
-        });
     }
-    Ok(out)
+    Ok(ToolSpec {
+        name: name.to_string(),
+        description,
+        parameters,
+    })
+}
+
+/// The tools the model is offered: function tools, and those of a `namespace` (as Codex
+/// groups some), with each namespaced tool's namespace (for its calls' `namespace`). Hosted
+/// tools (`web_search`, `file_search`, …) are OpenAI's to run: accepted, not offered.
+fn tools_from(tools: &[Value]) -> Result<(Vec<ToolSpec>, Namespaces), ApiError> {
+    let mut out = Vec::with_capacity(tools.len());
+    let mut namespaced = Vec::new();
+    for (i, tool) in tools.iter().enumerate() {
+        let param = format!("tools[{i}]");
+        let kind = match tool.get("type") {
+            Some(Value::String(kind)) => kind.as_str(),
+            _ => {
+                return Err(invalid(
+                    format!("{param}.type"),
+                    "a tool needs a string `type`",
+                ))
+            }
+        };
+        match kind {
+            "function" => out.push(function_tool(tool, &param)?),
+            "namespace" => {
+                let namespace = str_field(tool, "name", &param)?;
+                let Some(Value::Array(inner)) = tool.get("tools") else {
+                    return Err(invalid(
+                        format!("{param}.tools"),
+                        "a namespace needs a list of `tools`",
+                    ));
+                };
+                for (j, t) in inner.iter().enumerate() {
+                    let p = format!("{param}.tools[{j}]");
+                    if t.get("type").and_then(Value::as_str) != Some("function") {
+                        continue;
+                    }
+                    let spec = function_tool(t, &p)?;
+                    namespaced.push((spec.name.clone(), namespace.to_string()));
+                    out.push(spec);
+                }
+            }
+            other => tracing::debug!(tool = other, "hosted tool not offered to the model"),
+        }
+    }
+    Ok((out, namespaced))
 }
 
 fn tool_choice_from(value: &Option<Value>, tools: &[ToolSpec]) -> Result<ToolChoice, ApiError> {
@@ -420,7 +456,7 @@ pub fn translate(
         return Err(invalid("input", "`input` must not be empty"));
     }
     let given_tools = req.tools.clone().unwrap_or_default();
-    let tools = tools_from(&given_tools)?;
+    let (tools, namespaces) = tools_from(&given_tools)?;
     let tool_choice = tool_choice_from(&req.tool_choice, &tools)?;
     let mut template_kwargs = Map::new();
     let effort = req
@@ -452,6 +488,7 @@ pub fn translate(
     let echo = Echo {
         instructions: req.instructions.clone(),
         tools: given_tools,
+        namespaces,
         tool_choice: req.tool_choice.clone().unwrap_or_else(|| json!("auto")),
         temperature: req.temperature,
         top_p: req.top_p,
@@ -538,6 +575,8 @@ mod tests {
         assert_eq!(e.param.as_deref(), Some("input[0].call_id"));
         let e = err(json!({"input": "hi", "temperature": 3}));
         assert_eq!(e.param.as_deref(), Some("temperature"));
+        let e = err(json!({"input": "hi", "tools": [{"name": "f"}]}));
+        assert_eq!(e.param.as_deref(), Some("tools[0].type"));
         let e = err(json!({}));
         assert_eq!(e.param.as_deref(), Some("input"));
         let e = err(json!({"input": "hi", "tool_choice": {"type": "function", "name": "g"}}));
@@ -564,5 +603,29 @@ mod tests {
         assert_eq!(texts, ["be brief", "before", "now"]);
         assert_eq!(t.input.len(), 1);
         assert_eq!(t.request.max_tokens, Some(5));
+    }
+
+    #[test]
+    fn namespaced_tools_are_offered_and_hosted_ones_are_not() {
+        let t = translate(
+            parse(json!({"input": "hi", "tools": [
+                {"type": "function", "name": "exec_command", "parameters": {"type": "object"}},
+                {"type": "namespace", "name": "agents", "tools": [{"type": "function", "name": "spawn"}]},
+                {"type": "web_search", "external_web_access": false},
+            ]})),
+            "resp_x",
+            &[],
+        )
+        .unwrap();
+        let Prompt::Chat { tools, .. } = &t.request.prompt else {
+            panic!("a chat")
+        };
+        let names: Vec<&str> = tools.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(names, ["exec_command", "spawn"]);
+        assert_eq!(
+            t.echo.namespaces,
+            [("spawn".to_string(), "agents".to_string())]
+        );
+        assert_eq!(t.echo.tools.len(), 3);
     }
 }

@@ -80,6 +80,16 @@ impl Assembler {
         }
     }
 
+    /// The namespace of tool `name`, when it was offered from one.
+    fn namespace(&self, name: &str) -> Option<String> {
+        self.head
+            .echo
+            .namespaces
+            .iter()
+            .find(|(tool, _)| tool == name)
+            .map(|(_, namespace)| namespace.clone())
+    }
+
     pub fn head(&self) -> &Head {
         &self.head
     }
@@ -189,7 +199,11 @@ impl Assembler {
                     name: name.clone(),
                     arguments: arguments.clone(),
                 });
-                json!({"id": id, "type": "function_call", "status": "completed", "call_id": call_id, "name": name, "arguments": arguments})
+                let mut item = json!({"id": id, "type": "function_call", "status": "completed", "call_id": call_id, "name": name, "arguments": arguments});
+                if let Some(namespace) = self.namespace(&name) {
+                    item["namespace"] = Value::String(namespace);
+                }
+                item
             }
         };
         events.push(self.event(
@@ -272,10 +286,14 @@ impl Assembler {
         let mut events = self.close();
         let id = random_id("fc_");
         let index = self.index();
+        let mut item = json!({"id": id, "type": "function_call", "status": "in_progress",
+                              "call_id": call_id, "name": name, "arguments": ""});
+        if let Some(namespace) = self.namespace(name) {
+            item["namespace"] = Value::String(namespace);
+        }
         events.push(self.event(
             "response.output_item.added",
-            json!({"output_index": index, "item": {"id": id, "type": "function_call", "status": "in_progress",
-                   "call_id": call_id, "name": name, "arguments": ""}}),
+            json!({"output_index": index, "item": item}),
         ));
         self.open = Open::Call {
             id,
@@ -364,6 +382,7 @@ mod tests {
             echo: Echo {
                 instructions: None,
                 tools: Vec::new(),
+                namespaces: Vec::new(),
                 tool_choice: json!("auto"),
                 temperature: None,
                 top_p: None,
