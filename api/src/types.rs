@@ -244,6 +244,32 @@ pub struct ModelStatus {
     pub pinned: bool,
     pub default: bool,
     pub aliases: Vec<String>,
+    /// The sampling a request gets for each setting it leaves out.
+    pub sampling_defaults: SamplingDefaults,
+}
+
+/// A model's default sampling: its `[models."id"]` settings, else its
+/// `generation_config.json`'s recommendation. An absent setting falls to the API's default
+/// (temperature 1, top_p 1, no top-k, min-p or repetition penalty).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(ts_rs::TS))]
+#[serde(default)]
+pub struct SamplingDefaults {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(test, ts(optional))]
+    pub temperature: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(test, ts(optional))]
+    pub top_p: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(test, ts(optional))]
+    pub top_k: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(test, ts(optional))]
+    pub min_p: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(test, ts(optional))]
+    pub repetition_penalty: Option<f64>,
 }
 
 /// A model's state; values this app does not know yet read as `Other`.

@@ -31,6 +31,7 @@ fn declarations() -> String {
         CacheState::decl(&cfg),
         ModelList::decl(&cfg),
         ModelStatus::decl(&cfg),
+        SamplingDefaults::decl(&cfg),
         ModelState::decl(&cfg),
         Settings::decl(&cfg),
         ModelAnswer::decl(&cfg),

@@ -74,6 +74,9 @@ pub enum Prompt {
         tool_choice: ToolChoice,
         /// Extra template variables, e.g. `enable_thinking`.
         template_kwargs: Map<String, Value>,
+        /// The last message is the assistant's unfinished answer (a prefill): the prompt ends
+        /// with its text, with no new turn opened, and generation continues it.
+        continue_final: bool,
     },
     /// Raw text, tokenized as is (with the tokenizer's special tokens, like mlx-lm).
     Text(String),

@@ -8,6 +8,7 @@ pub mod generate;
 pub mod gguf;
 pub mod integrity;
 pub mod kv;
+pub mod launch;
 pub mod loader;
 pub mod memory;
 pub mod metrics;

@@ -52,6 +52,8 @@ enum Command {
     Stop(ClientArgs),
     /// Start serving again.
     Start(ClientArgs),
+    /// Run Claude Code or Codex on the local models (starting the daemon if none answers).
+    Launch(wuwei::launch::LaunchArgs),
 }
 
 /// How the admin commands reach the daemon.
@@ -95,6 +97,7 @@ fn main() -> anyhow::Result<()> {
         Command::Unpin(m) => client::model_action(&m, "unpin"),
         Command::Stop(c) => client::serving(&c, false),
         Command::Start(c) => client::serving(&c, true),
+        Command::Launch(args) => wuwei::launch::run(args),
         other => {
             run_local(other)?;
             return Ok(());
@@ -119,7 +122,8 @@ fn run_local(command: Command) -> anyhow::Result<()> {
         | Command::Pin(_)
         | Command::Unpin(_)
         | Command::Stop(_)
-        | Command::Start(_) => unreachable!("handled above"),
+        | Command::Start(_)
+        | Command::Launch(_) => unreachable!("handled above"),
         Command::Generate(args) => wuwei::generate::run(args),
         Command::Convert { gguf, out_dir } => {
             wuwei::gguf::convert_gguf(&gguf, &out_dir)

@@ -170,6 +170,34 @@ def test_tool_use_round_trip(anthropic_client):
     assert r.stop_reason in ("end_turn", "max_tokens", "tool_use")
 
 
+def test_final_assistant_message_is_continued_as_prefill(anthropic_client):
+    """A last assistant message is the start of the answer: the prompt ends with its text (no
+    end of turn, no new turn), and the answer is only what follows."""
+    question = [{"role": "user", "content": "What is the capital of France?"}]
+    whole = text_of(ask(anthropic_client, content=question[0]["content"], max_tokens=12, extra_body=GREEDY))
+    words = whole.split(" ")
+    assert len(words) >= 3, whole
+    prefill = " ".join(words[:2])
+    r = anthropic_client.messages.create(
+        model="claude-sonnet-4-5", max_tokens=12, extra_body=GREEDY,
+        messages=[*question, {"role": "assistant", "content": prefill}],
+    )
+    # Greedy: the continuation is the rest of the answer given without the prefill.
+    assert prefill + text_of(r) == whole, (prefill, text_of(r), whole)
+    # The prompt is the question's plus the prefill's few tokens, not a new assistant turn.
+    asked = anthropic_client.messages.count_tokens(model="claude-sonnet-4-5", messages=question)
+    prefilled = anthropic_client.messages.count_tokens(
+        model="claude-sonnet-4-5", messages=[*question, {"role": "assistant", "content": prefill}]
+    )
+    assert 0 < prefilled.input_tokens - asked.input_tokens <= 4
+    # Streamed alike.
+    with anthropic_client.messages.stream(
+        model="claude-sonnet-4-5", max_tokens=12, extra_body=GREEDY,
+        messages=[*question, {"role": "assistant", "content": [{"type": "text", "text": prefill}]}],
+    ) as s:
+        assert text_of(s.get_final_message()) == text_of(r)
+
+
 def test_claude_code_shaped_request(anthropic_client):
     """What Claude Code sends (see docs/CLAUDE_CODE.md): system blocks with the billing
     header, a role-system message, cache_control, adaptive thinking, betas, unknown fields."""
@@ -244,6 +272,10 @@ BAD = [
     ("tool_result no id", {"max_tokens": 4, "messages": [{"role": "user", "content": [{"type": "tool_result"}]}]}),
     ("tool_use in user", {"max_tokens": 4, "messages": [{"role": "user", "content": [
         {"type": "tool_use", "id": "t", "name": "f", "input": {}}]}]}),
+    ("tool_use without input", {"max_tokens": 4, "messages": [
+        {"role": "user", "content": "x"},
+        {"role": "assistant", "content": [{"type": "tool_use", "id": "t", "name": "f"}]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t", "content": "ok"}]}]}),
     ("system number", {"max_tokens": 4, "system": 1, "messages": [{"role": "user", "content": "x"}]}),
     ("temperature 3", {"max_tokens": 4, "temperature": 3, "messages": [{"role": "user", "content": "x"}]}),
     ("top_p -1", {"max_tokens": 4, "top_p": -1, "messages": [{"role": "user", "content": "x"}]}),

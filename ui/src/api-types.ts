@@ -293,7 +293,13 @@ progress?: number,
 /**
  * Why it is incomplete or why its last load failed.
  */
-reason?: string, size_bytes: number, estimated_memory_bytes: number, context_length: number, pinned: boolean, default: boolean, aliases: Array<string>, };
+reason?: string, size_bytes: number, estimated_memory_bytes: number, context_length: number, pinned: boolean, default: boolean, aliases: Array<string>, 
+/**
+ * The sampling a request gets for each setting it leaves out.
+ */
+sampling_defaults: SamplingDefaults, };
+
+export type SamplingDefaults = { temperature?: number, top_p?: number, top_k?: number, min_p?: number, repetition_penalty?: number, };
 
 export type ModelState = "available" | "loading" | "loaded" | "unloading" | "incomplete" | "failed";
 

@@ -1,6 +1,7 @@
 //! Admission: a request resolved to its model, rendered, checked against the context and the KV
 //! budget, given its sampling and queued on the model's engine; the `Backend` the HTTP layer calls.
 
+use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
@@ -18,13 +19,49 @@ use crate::text::prompt::{PromptRenderer, RenderedPrompt};
 
 use super::{Registry, Served, State};
 
-/// A model's default sampling (`[models."id"]`): what a request leaves out.
-fn model_sampling(settings: &ModelSettings) -> SamplingRequest {
+/// The sampling a model's `generation_config.json` recommends (temperature, top_p, top_k,
+/// min_p, repetition_penalty; `do_sample` is not read, as vLLM does not). An MLX folder's file;
+/// a GGUF file, or a folder without the file, recommends nothing.
+pub(super) fn generation_sampling(path: &Path) -> SamplingRequest {
+    let Ok(text) = std::fs::read_to_string(path.join("generation_config.json")) else {
+        return SamplingRequest::default();
+    };
+    let Ok(config) = serde_json::from_str::<serde_json::Value>(&text) else {
+        tracing::warn!(path = %path.display(), "generation_config.json is not valid JSON; its sampling is ignored");
+        return SamplingRequest::default();
+    };
+    let number = |key: &str| {
+        config
+            .get(key)
+            .and_then(serde_json::Value::as_f64)
+            .filter(|v| v.is_finite() && *v >= 0.0)
+    };
     SamplingRequest {
-        temperature: settings.temperature,
-        top_p: settings.top_p,
-        top_k: settings.top_k,
-        min_p: settings.min_p,
+        temperature: number("temperature").map(|v| v as f32),
+        top_p: number("top_p")
+            .filter(|v| *v > 0.0 && *v <= 1.0)
+            .map(|v| v as f32),
+        top_k: number("top_k").map(|v| v as usize),
+        min_p: number("min_p").filter(|v| *v <= 1.0).map(|v| v as f32),
+        repetition_penalty: number("repetition_penalty")
+            .filter(|v| *v > 0.0)
+            .map(|v| v as f32),
+        ..SamplingRequest::default()
+    }
+}
+
+/// A model's default sampling, what a request leaves out: its `[models."id"]` settings, else
+/// what its `generation_config.json` recommends (`generation`).
+pub(super) fn model_sampling(
+    settings: &ModelSettings,
+    generation: &SamplingRequest,
+) -> SamplingRequest {
+    SamplingRequest {
+        temperature: settings.temperature.or(generation.temperature),
+        top_p: settings.top_p.or(generation.top_p),
+        top_k: settings.top_k.or(generation.top_k),
+        min_p: settings.min_p.or(generation.min_p),
+        repetition_penalty: generation.repetition_penalty,
         ..SamplingRequest::default()
     }
 }
@@ -92,7 +129,7 @@ impl Registry {
                 retry_after_secs: 2,
             });
         }
-        let sampling = request.sampling.resolve(&model_sampling(&served.settings));
+        let sampling = request.sampling.resolve(&served.sampling);
         let (tx, rx) = mpsc::channel(EVENT_CHANNEL_CAPACITY);
         let prompt_tokens = prompt.len();
         let cached_tokens = served.stats.prefix.estimate_cached_tokens(&prompt);
@@ -205,11 +242,14 @@ mod tests {
 
     #[test]
     fn what_a_request_sets_wins_even_when_it_equals_the_api_default() {
-        let model = model_sampling(&ModelSettings {
-            temperature: Some(0.6),
-            top_k: Some(20),
-            ..ModelSettings::default()
-        });
+        let model = model_sampling(
+            &ModelSettings {
+                temperature: Some(0.6),
+                top_k: Some(20),
+                ..ModelSettings::default()
+            },
+            &SamplingRequest::default(),
+        );
         // Temperature 1 and top-k 0 are the API's defaults, sent explicitly: they stay.
         let asked = SamplingRequest {
             temperature: Some(1.0),
@@ -233,5 +273,32 @@ mod tests {
                 ..crate::core::SamplingParams::default()
             }
         );
+    }
+
+    #[test]
+    fn generation_config_fills_what_the_settings_leave_out() {
+        let dir = std::env::temp_dir().join(format!("wuwei-gencfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("generation_config.json"),
+            r#"{"eos_token_id": 2, "temperature": 0.7, "top_p": 0.8, "top_k": 20, "repetition_penalty": 1.05}"#,
+        )
+        .unwrap();
+        let generation = generation_sampling(&dir);
+        assert_eq!(generation.temperature, Some(0.7));
+        assert_eq!(generation.top_k, Some(20));
+        let settings = ModelSettings {
+            temperature: Some(0.2),
+            ..ModelSettings::default()
+        };
+        let p = SamplingRequest::default().resolve(&model_sampling(&settings, &generation));
+        assert_eq!((p.temperature, p.top_p, p.top_k), (0.2, 0.8, 20));
+        assert_eq!(p.repetition_penalty, 1.05);
+        // Absent or unreadable: nothing recommended.
+        assert_eq!(
+            generation_sampling(&dir.join("missing")),
+            SamplingRequest::default()
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

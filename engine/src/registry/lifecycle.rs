@@ -179,6 +179,14 @@ impl Registry {
             context_length, mode = ?plan.mode, weights_mib = plan.weights_bytes >> 20, "model loaded");
         let reasoning = tokenizer.token_to_id("<think>").is_some()
             && tokenizer.token_to_id("</think>").is_some();
+        let sampling = super::admission::model_sampling(
+            &settings,
+            &super::admission::generation_sampling(path),
+        );
+        tracing::info!(model = id, temperature = ?sampling.temperature, top_p = ?sampling.top_p,
+            top_k = ?sampling.top_k, min_p = ?sampling.min_p,
+            repetition_penalty = ?sampling.repetition_penalty,
+            "sampling defaults (absent: the API's)");
         Ok(Arc::new(Served {
             id: id.to_string(),
             tokenizer,
@@ -188,6 +196,7 @@ impl Registry {
             plan,
             kv_bytes_per_token: facts.kv_bytes_per_token,
             settings,
+            sampling,
             loaded_at: SystemTime::now(),
             requests: Mutex::new(Some(req_tx)),
             last_used: Mutex::new(Instant::now()),

@@ -98,6 +98,9 @@ pub struct Served {
     /// KV bytes of one token position (0: unknown).
     pub kv_bytes_per_token: u64,
     pub settings: ModelSettings,
+    /// The sampling a request gets for what it leaves out (`[models."id"]` settings over the
+    /// model's `generation_config.json`).
+    pub sampling: crate::core::SamplingRequest,
     pub loaded_at: SystemTime,
     /// Dropping the sender (taking it out) lets the engine thread finish its work and exit.
     requests: Mutex<Option<std::sync::mpsc::Sender<SeqRequest>>>,

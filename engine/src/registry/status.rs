@@ -5,14 +5,18 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use wuwei_api::{LoadedStatus, ModelState, ModelStatus, PrefixCache, RamCache, SsdCache};
+use wuwei_api::{
+    LoadedStatus, ModelState, ModelStatus, PrefixCache, RamCache, SamplingDefaults, SsdCache,
+};
 
+use crate::core::SamplingRequest;
 use crate::integrity::ModelFacts;
 use crate::kv::ssd::SsdStore;
 use crate::kv::PrefixStats;
 use crate::loader::is_gguf;
 use crate::memory;
 
+use super::admission::{generation_sampling, model_sampling};
 use super::discovery::dir_size;
 use super::{unix_ms, Registry, Served, State};
 
@@ -118,6 +122,10 @@ impl Registry {
             .into_iter()
             .map(|(id, path, facts, state)| {
                 let settings = self.settings(&id);
+                let sampling = match &state {
+                    State::Loaded(s) | State::Unloading(s) => s.sampling.clone(),
+                    _ => model_sampling(&settings, &generation_sampling(&path)),
+                };
                 let (size, estimate, context) = match &facts {
                     Ok(f) => (
                         f.disk_bytes,
@@ -160,6 +168,7 @@ impl Registry {
                     .map(|(pattern, _)| pattern.clone())
                     .collect();
                 ModelStatus {
+                    sampling_defaults: sampling_defaults(&sampling),
                     format: if is_gguf(&path) { "gguf" } else { "mlx" }.into(),
                     pinned: pinned.contains(&id),
                     default: default.as_ref() == Some(&id),
@@ -221,5 +230,17 @@ impl Registry {
 
     pub fn uptime(&self) -> Duration {
         self.started.elapsed()
+    }
+}
+
+/// A model's default sampling as the admin API shows it (`0.6`, not `0.6000000238`).
+fn sampling_defaults(s: &SamplingRequest) -> SamplingDefaults {
+    let wide = |v: Option<f32>| v.and_then(|v| v.to_string().parse::<f64>().ok());
+    SamplingDefaults {
+        temperature: wide(s.temperature),
+        top_p: wide(s.top_p),
+        top_k: s.top_k.map(|k| k as u64),
+        min_p: wide(s.min_p),
+        repetition_penalty: wide(s.repetition_penalty),
     }
 }

@@ -8,6 +8,7 @@ pub mod errors;
 pub mod generation;
 pub mod models;
 pub mod openai;
+pub mod responses;
 pub mod sse;
 
 use std::future::Future;
@@ -35,6 +36,8 @@ pub struct AppState {
     pub api_key: Option<Arc<str>>,
     pub max_body_bytes: usize,
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
+    /// The Responses API's kept responses (`previous_response_id`).
+    pub responses: Arc<responses::ResponseStore>,
 }
 
 /// All routes. `/health` and `/metrics` are open; `/v1/*` needs the API key when one is set.
@@ -53,12 +56,18 @@ pub fn router_with_admin(
         api_key: cfg.api_key.as_deref().map(Arc::from),
         max_body_bytes: cfg.max_body_bytes,
         metrics: metrics::prometheus_handle(),
+        responses: Arc::new(responses::ResponseStore::default()),
     };
     let api = Router::new()
         .route("/v1/models", get(models::list_models))
         .route("/v1/models/{id}", get(models::get_model))
         .route("/v1/chat/completions", post(openai::chat_completions))
         .route("/v1/completions", post(openai::completions))
+        .route("/v1/responses", post(responses::create))
+        .route(
+            "/v1/responses/{id}",
+            get(responses::retrieve).delete(responses::delete),
+        )
         .route("/v1/messages", post(anthropic::messages))
         .route("/v1/messages/count_tokens", post(anthropic::count_tokens));
     let api = match admin {

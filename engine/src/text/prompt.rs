@@ -56,6 +56,7 @@ impl PromptRenderer<'_> {
                 tools,
                 tool_choice,
                 template_kwargs,
+                continue_final,
             } => {
                 if !tok.has_chat_template() {
                     return Err(CoreError::Unsupported(format!(
@@ -75,9 +76,40 @@ impl PromptRenderer<'_> {
                 {
                     describe_tools_in_system(&mut hf, tools);
                 }
-                let text = tok
-                    .apply_chat_template(&hf, tools_json.as_deref(), true, &kwargs)
-                    .map_err(bad)?;
+                let prefill = match messages.last() {
+                    Some(last) if *continue_final && last.role == Some(Role::Assistant) => {
+                        Some(last.content.as_str())
+                    }
+                    _ => None,
+                };
+                let text = match prefill {
+                    None => tok
+                        .apply_chat_template(&hf, tools_json.as_deref(), true, &kwargs)
+                        .map_err(bad)?,
+                    Some(partial) => {
+                        // The whole chat without a generation prompt, cut right after the
+                        // partial answer (dropping the template's end of turn); a template
+                        // that changes the text (trimming it) gets the generation prompt of
+                        // the chat before it, then the text.
+                        let whole = tok
+                            .apply_chat_template(&hf, tools_json.as_deref(), false, &kwargs)
+                            .map_err(bad)?;
+                        match whole.rfind(partial).filter(|_| !partial.is_empty()) {
+                            Some(at) => whole[..at + partial.len()].to_string(),
+                            None => {
+                                let head = tok
+                                    .apply_chat_template(
+                                        &hf[..hf.len() - 1],
+                                        tools_json.as_deref(),
+                                        true,
+                                        &kwargs,
+                                    )
+                                    .map_err(bad)?;
+                                format!("{head}{partial}")
+                            }
+                        }
+                    }
+                };
                 let starts_in_reasoning = self.reasoning && {
                     let t = text.trim_end();
                     t.rfind("<think>")

@@ -335,8 +335,13 @@ pub fn messages_from(
                     let id = non_empty(id, "id", &p)?;
                     let name = non_empty(name, "name", &p)?;
                     let arguments = match input {
-                        None | Some(Value::Null) => "{}".to_string(),
                         Some(input @ Value::Object(_)) => input.to_string(),
+                        None => {
+                            return Err(invalid(
+                                format!("{p}.input"),
+                                "a tool_use block needs `input` (an object)",
+                            ))
+                        }
                         Some(_) => {
                             return Err(invalid(
                                 format!("{p}.input"),

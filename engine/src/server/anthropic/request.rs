@@ -7,7 +7,7 @@ use serde_json::{Map, Value};
 
 use super::super::errors::ApiError;
 use super::content::{messages_from, Block, Content, InMessage};
-use crate::core::{GenerateRequest, Prompt, SamplingRequest, ToolChoice, ToolSpec};
+use crate::core::{GenerateRequest, Prompt, Role, SamplingRequest, ToolChoice, ToolSpec};
 
 /// Most stop sequences accepted.
 const MAX_STOP_SEQUENCES: usize = 16;
@@ -178,12 +178,17 @@ pub fn prompt_from(req: &MessagesRequest) -> Result<(Prompt, Option<usize>), Api
     if let Some(b) = budget {
         template_kwargs.insert("reasoning_budget".into(), Value::from(b));
     }
+    // A final assistant turn is a prefill: the answer continues it.
+    let continue_final = messages.last().is_some_and(|m| {
+        m.role == Some(Role::Assistant) && m.tool_calls.is_empty() && !m.content.is_empty()
+    });
     Ok((
         Prompt::Chat {
             messages,
             tools,
             tool_choice,
             template_kwargs,
+            continue_final,
         },
         budget,
     ))

@@ -545,6 +545,7 @@ pub fn chat_request(
             tools,
             tool_choice,
             template_kwargs,
+            continue_final: false,
         },
         sampling,
         max_tokens,
