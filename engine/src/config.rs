@@ -335,6 +335,7 @@ impl Config {
             &mut self.kv_ssd_read_timeout_ms,
         )?;
         var.parse("WUWEI_MONITOR_INTERVAL_MS", &mut self.monitor_interval_ms)?;
+        var.parse("WUWEI_SHUTDOWN_GRACE_SECS", &mut self.shutdown_grace_secs)?;
         Ok(())
     }
 

@@ -230,7 +230,9 @@ def test_shutdown_call_drains_and_exits_cleanly(tmp_path):
     """`POST /admin/api/shutdown` (the app's "Quit and stop the daemon" for a daemon it did
     not start) ends the daemon as SIGTERM does: a stream already running finishes, new
     connections are refused, and the process exits 0 (checked by running_daemon)."""
-    env = {"WUWEI_API_KEY": KEY, "WUWEI_WEIGHTS": "native"}
+    # A grace period long enough for the stream on a loaded CI machine: the test is about
+    # draining, not about the default's length.
+    env = {"WUWEI_API_KEY": KEY, "WUWEI_WEIGHTS": "native", "WUWEI_SHUTDOWN_GRACE_SECS": "60"}
     with running_daemon(tmp_path, extra_env=env) as url:
         assert Admin(url).post("/shutdown", {}).status_code == 401
         headers = {"Authorization": f"Bearer {KEY}"}
