@@ -366,6 +366,9 @@ impl Engine {
                     break;
                 }
                 let next = waiting.pop_front().expect("front exists");
+                // From waiting to running in one go: the registry never sees the sequence in
+                // neither count (it would take the model for idle).
+                self.stats.running.fetch_add(1, Ordering::Relaxed);
                 self.stats.waiting.fetch_sub(1, Ordering::Relaxed);
                 running.push(match next {
                     Waiting::New(req) => self.start(req),
@@ -866,6 +869,15 @@ impl Engine {
             reason: reason.clone(),
             usage,
         });
+        // Not running from the moment its client can see the end: a client that acts on the
+        // last event (loads another model, say) must find this one idle, not wait for the
+        // gauges after the step. (They set the exact count again.)
+        let _ = self
+            .stats
+            .running
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                Some(n.saturating_sub(1))
+            });
         self.send(&mut seq, events);
         self.stats.completed.fetch_add(1, Ordering::Relaxed);
         metrics::add_generation_finished(&self.model_id, finish_label(&reason));
