@@ -165,6 +165,7 @@ fn serve(args: wuwei::config::ServeArgs) -> anyhow::Result<()> {
             kv,
             // Set per model by the registry (its reserved KV).
             kv_budget_tokens: None,
+            kv_quant: cfg.kv_quant(),
         },
         max_queue: cfg.max_queue,
         weights_mode: cfg.weights,
