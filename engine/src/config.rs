@@ -56,8 +56,9 @@ pub struct Config {
     pub max_running: usize,
     /// Requests waiting for a slot before new ones are refused with 503.
     pub max_queue: usize,
-    /// Prompt tokens read per scheduler step for one sequence.
-    pub prefill_chunk: usize,
+    /// Prompt tokens read per scheduler step (unset: by device, see
+    /// `device::default_prefill_chunk`).
+    pub prefill_chunk: Option<usize>,
     /// Largest accepted request body.
     pub max_body_bytes: usize,
     /// After SIGTERM/SIGINT, how long running streams may go on before they are cut.
@@ -171,7 +172,7 @@ impl Default for Config {
             allowed_origins: Vec::new(),
             max_running: 8,
             max_queue: 64,
-            prefill_chunk: 512,
+            prefill_chunk: None,
             max_body_bytes: 32 * 1024 * 1024,
             shutdown_grace_secs: 10,
             default_model: None,
@@ -364,6 +365,7 @@ impl Config {
             "WUWEI_KV_SSD_READ_TIMEOUT_MS",
             &mut self.kv_ssd_read_timeout_ms,
         )?;
+        var.some("WUWEI_PREFILL_CHUNK", &mut self.prefill_chunk)?;
         var.some("WUWEI_KV_BITS", &mut self.kv_bits)?;
         var.parse("WUWEI_KV_GROUP_SIZE", &mut self.kv_group_size)?;
         var.parse("WUWEI_MONITOR_INTERVAL_MS", &mut self.monitor_interval_ms)?;
@@ -394,7 +396,7 @@ impl Config {
     fn validate(&mut self) -> Result<(), ConfigError> {
         let positive = [
             ("max_running", self.max_running),
-            ("prefill_chunk", self.prefill_chunk),
+            ("prefill_chunk", self.prefill_chunk.unwrap_or(1)),
             ("max_body_bytes", self.max_body_bytes),
             ("kv_block_size", self.kv_block_size),
         ];
@@ -456,6 +458,12 @@ impl Config {
 
     /// The prefix-cache settings, opening the SSD tier when it has a folder. The store is
     /// shared by every model; the admin API toggles it through `KvConfig::ssd`.
+    /// Prompt tokens read per scheduler step: as set, else the device's default.
+    pub fn prefill_chunk(&self) -> usize {
+        self.prefill_chunk
+            .unwrap_or_else(|| crate::device::default_prefill_chunk(crate::device::info().backend))
+    }
+
     /// The global KV format (`None`: not quantized); `ModelSettings::kv_quant` applies a
     /// model's own.
     pub fn kv_quant(&self) -> Option<KvQuant> {
@@ -650,7 +658,8 @@ mod tests {
         assert_eq!(cfg.port, 8686);
         assert_eq!(cfg.max_running, 8);
         assert_eq!(cfg.max_queue, 64);
-        assert_eq!(cfg.prefill_chunk, 512);
+        assert_eq!(cfg.prefill_chunk, None);
+        assert_eq!(cfg.prefill_chunk(), 512, "on the CPU");
         assert_eq!(cfg.max_body_bytes, 32 * 1024 * 1024);
         assert_eq!(cfg.shutdown_grace_secs, 10);
         assert_eq!(cfg.api_key, None);

@@ -161,7 +161,7 @@ fn serve(args: wuwei::config::ServeArgs) -> anyhow::Result<()> {
         aliases: cfg.aliases.clone(),
         scheduler: wuwei::scheduler::SchedulerConfig {
             max_running: cfg.max_running,
-            prefill_chunk: cfg.prefill_chunk,
+            prefill_chunk: cfg.prefill_chunk(),
             kv,
             // Set per model by the registry (its reserved KV).
             kv_budget_tokens: None,
