@@ -3,17 +3,22 @@
 //! bf16 KV (mlx-lm parity of the quantized cache itself is in arch_parity.rs).
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
 
 use mlx_rs::Array;
 use serde_json::{json, Map};
-use wuwei::core::SamplingParams;
+use wuwei::core::{Event, SamplingParams};
 use wuwei::kv::cache::{DenseKvCache, KvCache};
 use wuwei::kv::quant::{KvQuant, QuantizedKvCache};
 use wuwei::loader::{self, Loaded};
 use wuwei::model::{BatchSeq, Logits, WeightsMode};
+use wuwei::scheduler::{Engine, EngineStats, SchedulerConfig, SeqRequest, EVENT_CHANNEL_CAPACITY};
+use wuwei::text::output_parser::ParserConfig;
 use wuwei::text::sampler::{self, Sampler};
 
 const MAX_TOKENS: usize = 24;
+const ENGINE_TOKENS: usize = 12;
 
 fn model_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../.deps/test-models/SmolLM2-135M-Instruct")
@@ -91,6 +96,82 @@ fn eight_bit_kv_keeps_greedy_tokens() {
             m.tokenizer.decode(&float, false)
         );
     }
+}
+
+/// The engine with `kv_bits = 8` (quantized sequences keep their own caches, prefix cache
+/// off): three prompts decoded together stream the float cache's greedy text.
+#[test]
+fn the_engine_runs_with_eight_bit_kv() {
+    let m = loader::load(&model_dir(), WeightsMode::Native).unwrap();
+    let prompts: Vec<Vec<u32>> = [
+        "def fibonacci(n):",
+        "The capital of France is",
+        "Once upon a time,",
+    ]
+    .iter()
+    .map(|t| m.tokenizer.encode(t, true).unwrap())
+    .collect();
+    let want: Vec<String> = prompts
+        .iter()
+        .map(|p| {
+            let mut t = greedy(&m, p, &mut DenseKvCache::new(m.model.num_layers()));
+            t.truncate(ENGINE_TOKENS);
+            m.tokenizer.decode(&t, false).unwrap()
+        })
+        .collect();
+    let (req_tx, req_rx) = std::sync::mpsc::channel();
+    let mut receivers = Vec::new();
+    for (i, prompt) in prompts.iter().enumerate() {
+        let (tx, rx) = tokio::sync::mpsc::channel(EVENT_CHANNEL_CAPACITY);
+        receivers.push(rx);
+        req_tx
+            .send(SeqRequest {
+                id: format!("kv8-{i}"),
+                prompt: prompt.clone(),
+                sampling: SamplingParams::greedy(),
+                max_tokens: ENGINE_TOKENS,
+                limited_by_context: false,
+                stop: Vec::new(),
+                logprobs: None,
+                parser: ParserConfig {
+                    reasoning: false,
+                    starts_in_reasoning: false,
+                    tools: false,
+                }
+                .into(),
+                events: tx,
+                received: Instant::now(),
+            })
+            .unwrap();
+    }
+    drop(req_tx);
+    let thread = std::thread::spawn(move || {
+        let loaded = loader::load(&model_dir(), WeightsMode::Native).expect("load");
+        let config = SchedulerConfig {
+            kv_quant: Some(KvQuant::new(8, 64).unwrap()),
+            ..SchedulerConfig::default()
+        };
+        Engine::new(
+            "kv8".into(),
+            loaded.model,
+            loaded.tokenizer.clone(),
+            config,
+            Arc::new(EngineStats::default()),
+        )
+        .run(req_rx);
+    });
+    for (i, mut rx) in receivers.into_iter().enumerate() {
+        let mut text = String::new();
+        while let Some(event) = rx.blocking_recv() {
+            match event {
+                Event::Text(t) => text.push_str(&t),
+                Event::Error(e) => panic!("generation failed: {e}"),
+                _ => {}
+            }
+        }
+        assert_eq!(text, want[i], "prompt {i}");
+    }
+    thread.join().expect("the engine thread panicked");
 }
 
 #[test]
