@@ -8,6 +8,7 @@ use std::str::FromStr;
 use serde::de::value::StrDeserializer;
 use serde::{Deserialize, Serialize};
 
+use crate::kv::quant::KvQuant;
 use crate::kv::{self, ssd, KvConfig};
 use crate::memory::Amount;
 
@@ -55,8 +56,9 @@ pub struct Config {
     pub max_running: usize,
     /// Requests waiting for a slot before new ones are refused with 503.
     pub max_queue: usize,
-    /// Prompt tokens read per scheduler step for one sequence.
-    pub prefill_chunk: usize,
+    /// Prompt tokens read per scheduler step (unset: by device, see
+    /// `device::default_prefill_chunk`).
+    pub prefill_chunk: Option<usize>,
     /// Largest accepted request body.
     pub max_body_bytes: usize,
     /// After SIGTERM/SIGINT, how long running streams may go on before they are cut.
@@ -90,6 +92,12 @@ pub struct Config {
     pub kv_ssd_max_bytes: Option<u64>,
     /// Longest wait for SSD blocks on a prefix hit before recomputing instead.
     pub kv_ssd_read_timeout_ms: u64,
+    /// Running sequences' KV stored quantized at this many bits (4 or 8; 2, 3, 5, 6 also
+    /// work), as mlx-lm's `--kv-bits`; unset: as computed. Per model: `kv_bits` in
+    /// `[models."id"]` (0 there turns it off for that model).
+    pub kv_bits: Option<i32>,
+    /// Values per scale/bias group of quantized KV (32, 64 or 128), as `--kv-group-size`.
+    pub kv_group_size: i32,
     /// Memory all loaded models may use together: bytes (`"24GiB"`, `12884901888`) or a share
     /// of RAM (`"75%"`). Unset: total RAM minus `memory_reserve`.
     pub memory_budget: Option<Amount>,
@@ -131,6 +139,27 @@ pub struct ModelSettings {
     /// How the model writes tool calls (`hermes`, `llama3`, `qwen3_coder`, `minimax`, `glm45`,
     /// `harmony`, `none`), when the choice made from its chat template and config is wrong.
     pub tool_parser: Option<crate::text::output_parser::ToolParser>,
+    /// Overrides `kv_bits` for this model (0: not quantized).
+    pub kv_bits: Option<i32>,
+    /// Overrides `kv_group_size` for this model.
+    pub kv_group_size: Option<i32>,
+}
+
+impl ModelSettings {
+    /// The KV format of this model given the global defaults (`None`: not quantized).
+    pub fn kv_quant(&self, default: Option<KvQuant>) -> Option<KvQuant> {
+        let bits = match self.kv_bits {
+            Some(0) => return None,
+            Some(b) => b,
+            None => default?.bits,
+        };
+        let group = self
+            .kv_group_size
+            .or(default.map(|d| d.group_size))
+            .unwrap_or(KvQuant::DEFAULT_GROUP_SIZE);
+        // Checked when the config was read.
+        KvQuant::new(bits, group).ok()
+    }
 }
 
 impl Default for Config {
@@ -143,7 +172,7 @@ impl Default for Config {
             allowed_origins: Vec::new(),
             max_running: 8,
             max_queue: 64,
-            prefill_chunk: 512,
+            prefill_chunk: None,
             max_body_bytes: 32 * 1024 * 1024,
             shutdown_grace_secs: 10,
             default_model: None,
@@ -167,6 +196,8 @@ impl Default for Config {
             kv_ssd_dir: None,
             kv_ssd_max_bytes: None,
             kv_ssd_read_timeout_ms: 1000,
+            kv_bits: None,
+            kv_group_size: KvQuant::DEFAULT_GROUP_SIZE,
         }
     }
 }
@@ -334,6 +365,9 @@ impl Config {
             "WUWEI_KV_SSD_READ_TIMEOUT_MS",
             &mut self.kv_ssd_read_timeout_ms,
         )?;
+        var.some("WUWEI_PREFILL_CHUNK", &mut self.prefill_chunk)?;
+        var.some("WUWEI_KV_BITS", &mut self.kv_bits)?;
+        var.parse("WUWEI_KV_GROUP_SIZE", &mut self.kv_group_size)?;
         var.parse("WUWEI_MONITOR_INTERVAL_MS", &mut self.monitor_interval_ms)?;
         var.parse("WUWEI_SHUTDOWN_GRACE_SECS", &mut self.shutdown_grace_secs)?;
         Ok(())
@@ -363,7 +397,7 @@ impl Config {
     fn validate(&mut self) -> Result<(), ConfigError> {
         let positive = [
             ("max_running", self.max_running),
-            ("prefill_chunk", self.prefill_chunk),
+            ("prefill_chunk", self.prefill_chunk.unwrap_or(1)),
             ("max_body_bytes", self.max_body_bytes),
             ("kv_block_size", self.kv_block_size),
         ];
@@ -380,6 +414,20 @@ impl Config {
                 field: "kv_block_size",
                 message: "must be at most 4096".to_string(),
             });
+        }
+        let invalid_kv = |message: String| ConfigError::Invalid {
+            field: "kv_bits",
+            message,
+        };
+        if let Some(bits) = self.kv_bits {
+            KvQuant::new(bits, self.kv_group_size).map_err(invalid_kv)?;
+        } else {
+            KvQuant::new(8, self.kv_group_size).map_err(invalid_kv)?;
+        }
+        for (id, m) in &self.per_model {
+            let bits = m.kv_bits.filter(|&b| b != 0).or(self.kv_bits).unwrap_or(8);
+            let group = m.kv_group_size.unwrap_or(self.kv_group_size);
+            KvQuant::new(bits, group).map_err(|e| invalid_kv(format!("[models.\"{id}\"]: {e}")))?;
         }
         if self.host.trim().is_empty() {
             return Err(ConfigError::Invalid {
@@ -411,6 +459,19 @@ impl Config {
 
     /// The prefix-cache settings, opening the SSD tier when it has a folder. The store is
     /// shared by every model; the admin API toggles it through `KvConfig::ssd`.
+    /// Prompt tokens read per scheduler step: as set, else the device's default.
+    pub fn prefill_chunk(&self) -> usize {
+        self.prefill_chunk
+            .unwrap_or_else(|| crate::device::default_prefill_chunk(crate::device::info().backend))
+    }
+
+    /// The global KV format (`None`: not quantized); `ModelSettings::kv_quant` applies a
+    /// model's own.
+    pub fn kv_quant(&self) -> Option<KvQuant> {
+        self.kv_bits
+            .and_then(|bits| KvQuant::new(bits, self.kv_group_size).ok())
+    }
+
     pub fn kv_config(&self) -> KvConfig {
         let ssd = self
             .kv_ssd_dir
@@ -598,7 +659,8 @@ mod tests {
         assert_eq!(cfg.port, 8686);
         assert_eq!(cfg.max_running, 8);
         assert_eq!(cfg.max_queue, 64);
-        assert_eq!(cfg.prefill_chunk, 512);
+        assert_eq!(cfg.prefill_chunk, None);
+        assert_eq!(cfg.prefill_chunk(), 512, "on the CPU");
         assert_eq!(cfg.max_body_bytes, 32 * 1024 * 1024);
         assert_eq!(cfg.shutdown_grace_secs, 10);
         assert_eq!(cfg.api_key, None);
@@ -682,6 +744,29 @@ models_dirs = ["/file/models"]
         assert_eq!(cfg.models_dirs, vec![PathBuf::from("/flag/models")]);
         assert_eq!(cfg.resolve_alias("claude-sonnet-4-5"), Some("smollm2"));
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn kv_bits_globally_per_model_and_from_env() {
+        let cfg = Config::from_toml(
+            "kv_bits = 8\n[models.\"a\"]\nkv_bits = 4\nkv_group_size = 32\n[models.\"b\"]\nkv_bits = 0\n",
+        )
+        .unwrap();
+        let global = cfg.kv_quant();
+        assert_eq!(global, Some(KvQuant::new(8, 64).unwrap()));
+        assert_eq!(
+            cfg.per_model["a"].kv_quant(global),
+            Some(KvQuant::new(4, 32).unwrap())
+        );
+        assert_eq!(cfg.per_model["b"].kv_quant(global), None);
+        assert_eq!(ModelSettings::default().kv_quant(global), global);
+        assert_eq!(Config::default().kv_quant(), None, "off by default");
+        let env = env_of(&[("WUWEI_KV_BITS", "4"), ("WUWEI_KV_GROUP_SIZE", "128")]);
+        let cfg = Config::resolve(&ServeArgs::default(), env, None).unwrap();
+        assert_eq!(cfg.kv_quant(), Some(KvQuant::new(4, 128).unwrap()));
+        let env = env_of(&[("WUWEI_KV_BITS", "7")]);
+        let err = Config::resolve(&ServeArgs::default(), env, None).unwrap_err();
+        assert!(err.to_string().contains("kv_bits"), "{err}");
     }
 
     #[test]

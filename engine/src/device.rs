@@ -209,6 +209,21 @@ pub fn compute_dtype() -> Option<Dtype> {
     }
 }
 
+/// Prompt tokens per scheduler step when the config sets none. On the CPU, 512: attention
+/// there is unfused (MLX's CPU `scaled_dot_product_attention` computes the chunk's full score
+/// matrix, `heads x chunk x context` floats per layer), and a step already saturates the
+/// cores at 512 rows. A GPU runs a chunk's matmuls far below its throughput at 512 rows, and
+/// fewer steps mean fewer launches and fewer passes over the cached keys: 2048, as mlx-lm's
+/// `prefill_step_size` — not yet measured here (no GPU on this machine); set
+/// `prefill_chunk` to tune.
+pub fn default_prefill_chunk(backend: Backend) -> usize {
+    if backend.is_gpu() {
+        2048
+    } else {
+        512
+    }
+}
+
 /// Whether `weights = auto` may expand quantized weights: only on the CPU backend, with
 /// float32 activations (the configuration whose batched matmuls BLAS serves). On a GPU the
 /// expanded weights would only cost memory and bandwidth.

@@ -165,10 +165,11 @@ fn serve(args: wuwei::config::ServeArgs) -> anyhow::Result<()> {
         aliases: cfg.aliases.clone(),
         scheduler: wuwei::scheduler::SchedulerConfig {
             max_running: cfg.max_running,
-            prefill_chunk: cfg.prefill_chunk,
+            prefill_chunk: cfg.prefill_chunk(),
             kv,
             // Set per model by the registry (its reserved KV).
             kv_budget_tokens: None,
+            kv_quant: cfg.kv_quant(),
         },
         max_queue: cfg.max_queue,
         weights_mode: cfg.weights,

@@ -25,6 +25,7 @@ use crate::core::{Event, FinishReason, SamplingParams, Timings, TokenLogprob, Us
 use crate::kv::cache::{DenseKvCache, KvCache};
 use crate::kv::paged::layout_of;
 use crate::kv::prefix::ModelIdentity;
+use crate::kv::quant::{KvQuant, QuantizedKvCache};
 use crate::kv::slots::SharedSlots;
 use crate::kv::{KvConfig, PrefixCache, PrefixProbe, SeqBlocks};
 use crate::metrics;
@@ -71,6 +72,9 @@ pub struct SchedulerConfig {
     /// `None`: unbounded). A prompt that does not fit next to them waits in the queue; a batch
     /// that outgrows it while decoding is preempted.
     pub kv_budget_tokens: Option<usize>,
+    /// Running sequences' KV stored quantized (`None`: as computed). Such sequences keep
+    /// their own caches (the slot pool holds floats) and the prefix cache is off.
+    pub kv_quant: Option<KvQuant>,
 }
 
 impl Default for SchedulerConfig {
@@ -80,6 +84,7 @@ impl Default for SchedulerConfig {
             prefill_chunk: 512,
             kv: KvConfig::default(),
             kv_budget_tokens: None,
+            kv_quant: None,
         }
     }
 }
@@ -298,7 +303,14 @@ impl Engine {
         stats: Arc<EngineStats>,
     ) -> Self {
         let eos = tokenizer.eos_token_ids().to_vec();
-        let prefix = match build_prefix_cache(&model_id, model.as_ref(), &config.kv, &stats) {
+        let prefix = if let Some(quant) = config.kv_quant {
+            // Blocks hold float KV: quantized sequences neither reuse nor publish them.
+            tracing::info!(model = %model_id, kv = %quant.label(), "quantized KV: prefix cache off for this model");
+            Ok(None)
+        } else {
+            build_prefix_cache(&model_id, model.as_ref(), &config.kv, &stats)
+        };
+        let prefix = match prefix {
             Ok(p) => p,
             Err(e) => {
                 tracing::warn!(model = %model_id, error = %e, "prefix cache unavailable; every prompt is computed in full");
@@ -480,7 +492,9 @@ impl Engine {
     /// when it is long) and fills it with the longest prefix the prefix cache holds; the rest
     /// is prefilled.
     fn place(&mut self, seq: &mut Sequence) {
-        seq.cache = if seq.tokens.len() <= POOLED_PROMPT_MAX {
+        seq.cache = if let Some(quant) = self.config.kv_quant {
+            Box::new(QuantizedKvCache::new(self.model.num_layers(), quant))
+        } else if seq.tokens.len() <= POOLED_PROMPT_MAX {
             Box::new(self.slots.acquire())
         } else {
             Box::new(DenseKvCache::new(self.model.num_layers()))

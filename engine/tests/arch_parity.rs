@@ -671,6 +671,100 @@ fn pooled_batches_are_invariant(
     }
 }
 
+/// Quantized KV (`kv_bits`): the same logits as mlx-lm's `QuantizedKVCache` over a prompt
+/// and decode steps, and the same greedy tokens.
+fn check_quantized_kv(arch: &str, dtype: Dtype, bits: i32, group: i32, tolerance: f32) {
+    use wuwei::kv::quant::{KvQuant, QuantizedKvCache};
+    wuwei::device::set_activations(wuwei::device::Activations::Checkpoint);
+    let dir = make_model(arch, Quant::Float, dtype);
+    let prompt: Vec<u32> = vec![1, 17, 300, 42, 7, 99, 256, 3, 511, 64, 128];
+    let decode: Vec<u32> = vec![5, 400, 33, 2];
+    let spec = json!({"prompt": prompt, "decode": decode, "greedy": 8,
+        "kv_bits": bits, "kv_group_size": group})
+    .to_string();
+    let script = root().join("tests/reference/mlx_lm_logits.py");
+    let reference: Value = serde_json::from_str(&python(&[
+        script.to_str().unwrap(),
+        dir.path().to_str().unwrap(),
+        &spec,
+    ]))
+    .unwrap();
+    let (_, model) = load_model_dir(dir.path(), WeightsMode::Native).unwrap();
+    let quant = KvQuant::new(bits, group).unwrap();
+    let what = format!("{arch} {} kv_bits={bits}", dtype.name());
+    let mut cache = QuantizedKvCache::new(model.num_layers(), quant);
+    let (p, steps) = run_ours(model.as_ref(), &prompt, &decode, &mut cache);
+    let close = |w: &str, ours: &[f32], r: &Value| assert_within(w, ours, &flatten(r), tolerance);
+    close(&format!("{what} prompt"), &p, &reference["prompt"]);
+    for (i, step) in steps.iter().enumerate() {
+        close(&format!("{what} decode {i}"), step, &reference["decode"][i]);
+    }
+    // Greedy tokens, and the float cache differs (the test sees quantization at all).
+    let mut cache = QuantizedKvCache::new(model.num_layers(), quant);
+    let greedy = greedy_tokens(model.as_ref(), &prompt, 8, &mut cache);
+    let expected: Vec<u32> = reference["greedy"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_u64().unwrap() as u32)
+        .collect();
+    assert_eq!(greedy, expected, "{what} greedy");
+    let mut dense = DenseKvCache::new(model.num_layers());
+    let (float, _) = run_ours(model.as_ref(), &prompt, &[], &mut dense);
+    assert_ne!(
+        float, p,
+        "{what}: quantized KV changes the numbers a little"
+    );
+}
+
+fn greedy_tokens(
+    model: &dyn LanguageModel,
+    prompt: &[u32],
+    n: usize,
+    cache: &mut dyn KvCache,
+) -> Vec<u32> {
+    let argmax = |a: Array| -> u32 {
+        let v = to_vec(&a);
+        let last = &v[v.len() - 512..];
+        (0..last.len())
+            .max_by(|&a, &b| last[a].total_cmp(&last[b]).then(b.cmp(&a)))
+            .unwrap() as u32
+    };
+    let mut batch = [BatchSeq {
+        len: prompt.len(),
+        cache: &mut *cache,
+    }];
+    let mut tok = argmax(
+        model
+            .forward(&tokens(prompt), &mut batch, Logits::Last)
+            .unwrap(),
+    );
+    let mut out = vec![tok];
+    while out.len() < n {
+        let mut batch = [BatchSeq {
+            len: 1,
+            cache: &mut *cache,
+        }];
+        tok = argmax(
+            model
+                .forward(&tokens(&[tok]), &mut batch, Logits::Last)
+                .unwrap(),
+        );
+        out.push(tok);
+    }
+    out
+}
+
+#[test]
+fn llama_kv8_bf16() {
+    check_quantized_kv("llama", Dtype::Bf16, 8, 32, 0.0);
+}
+
+#[test]
+fn qwen3_kv4() {
+    check_quantized_kv("qwen3", Dtype::F32, 4, 64, TOLERANCE);
+}
+
 #[test]
 fn llama_dense() {
     check("llama", 0, Dtype::F32);

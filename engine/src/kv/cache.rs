@@ -8,6 +8,7 @@ use mlx_rs::error::Exception;
 use mlx_rs::ops::{concatenate, zeros_dtype};
 use mlx_rs::Array;
 
+use crate::kv::quant::{KvQuant, Packed};
 use crate::mlx_ext::{slice_axis, slice_update_axis};
 
 /// Keys and values of one sequence, for every layer.
@@ -40,6 +41,20 @@ pub trait KvCache: Send + AsAny {
     fn num_layers(&self) -> usize;
     /// Forgets everything stored (the next write starts at position 0).
     fn reset(&mut self);
+    /// The format keys and values are stored in, when quantized (`None`: as computed).
+    fn quantized(&self) -> Option<KvQuant> {
+        None
+    }
+    /// As `update_and_fetch`, returning what is stored still quantized (caches whose
+    /// `quantized()` is `Some`).
+    fn update_and_fetch_quantized(
+        &mut self,
+        _layer: usize,
+        _keys: &Array,
+        _values: &Array,
+    ) -> Result<(Packed, Packed), Exception> {
+        Err(Exception::custom("this KV cache is not quantized"))
+    }
     /// Bytes held by this cache alone (a slot pool's shared buffers are counted by the pool).
     fn own_bytes(&self) -> usize {
         0

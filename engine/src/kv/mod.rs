@@ -13,6 +13,7 @@ pub mod block_pool;
 pub mod cache;
 pub mod paged;
 pub mod prefix;
+pub mod quant;
 pub mod slots;
 pub mod ssd;
 

@@ -192,7 +192,9 @@ impl SlotPool {
     }
 
     /// The first `len` positions of each of `slots`, in that order (`[B, kv_heads, len,
-    /// head_dim]`): a view when the slots are `0..B` in order, a gathered copy otherwise.
+    /// head_dim]`): a view when the slots are consecutive (`s..s + B` in order: any group of
+    /// one, and the usual batch), a gathered copy (proportional to the context, per layer and
+    /// step) otherwise.
     pub fn read_slots(
         &self,
         layer: usize,
@@ -200,11 +202,15 @@ impl SlotPool {
         len: i32,
     ) -> Result<(Array, Array), Exception> {
         let (k, v) = self.buffers(layer)?;
-        let in_order = slots.iter().enumerate().all(|(i, &s)| s == i as i32);
+        let first = slots.first().copied().unwrap_or(0);
+        let consecutive = slots
+            .iter()
+            .enumerate()
+            .all(|(i, &s)| s == first + i as i32);
         let n = slots.len() as i32;
         let pick = |a: &Array| -> Result<Array, Exception> {
-            if in_order {
-                slice(a, &[0, 0, 0], &[n, a.shape()[1], len]).map_err(Into::into)
+            if consecutive {
+                slice(a, &[first, 0, 0], &[first + n, a.shape()[1], len]).map_err(Into::into)
             } else {
                 let idx = Array::from_slice(slots, &[n]);
                 slice_axis(a, 2, 0, len)?.take_axis(&idx, 0)
@@ -369,6 +375,13 @@ mod tests {
         }
         let (k, _) = pool.lock().read_slots(0, &[0, 1], 3).unwrap();
         assert_eq!(k.shape(), &[2, 1, 3, 2]);
+        // Consecutive slots not starting at 0 come back as a view of the same values.
+        let (view, _) = pool.lock().read_slots(0, &[1, 2], 4).unwrap();
+        let (copy, _) = pool.lock().read_slots(0, &[2, 1], 4).unwrap();
+        let (v, c) = (floats(&view), floats(&copy));
+        assert_eq!(view.shape(), &[2, 1, 4, 2]);
+        assert_eq!(&v[..8], &c[8..], "slot 1");
+        assert_eq!(&v[8..], &c[..8], "slot 2");
     }
 
     #[test]

@@ -11,13 +11,14 @@ use std::collections::BTreeMap;
 
 use mlx_rs::error::Exception;
 use mlx_rs::fast::{scaled_dot_product_attention, ScaledDotProductAttentionMask};
-use mlx_rs::ops::{arange, concatenate};
-use mlx_rs::Array;
+use mlx_rs::ops::{arange, concatenate, select, softmax_axis};
+use mlx_rs::{Array, Dtype};
 
 use super::batch::BatchSeq;
 use super::layers::Rope;
+use crate::kv::quant::{KvQuant, Packed};
 use crate::kv::slots::{SharedSlots, SlotKvCache, SlotPool};
-use crate::mlx_ext::slice_axis;
+use crate::mlx_ext::{quantized_matmul, slice_axis, QuantMode};
 
 type Result<T> = std::result::Result<T, Exception>;
 
@@ -170,8 +171,24 @@ fn attend_one(
     let offset = seq.cache.offset() as i32;
     let q = rope.forward(&q?, offset)?;
     let k = rope.forward(&k?, offset)?;
-    let (k, v) = seq.cache.update_and_fetch(layer, k, v?)?;
     let len = seq.len as i32;
+    if let Some(quant) = seq.cache.quantized() {
+        let (k, v) = seq.cache.update_and_fetch_quantized(layer, &k, &v?)?;
+        // mlx-lm's masks: none for one query, else causal (and windowed) over every key.
+        let mask = if len > 1 || extras.window.is_some() {
+            Some(chunk_mask(offset, len, 0, extras.window)?)
+        } else {
+            None
+        };
+        if extras.sinks.is_some() {
+            return Err(Exception::custom(
+                "quantized KV does not support attention sinks (as in mlx-lm); unset kv_bits",
+            ));
+        }
+        let out = quantized_attention(&q, &k, &v, scale, mask.as_ref(), quant)?;
+        return merge_heads(out, len);
+    }
+    let (k, v) = seq.cache.update_and_fetch(layer, k, v?)?;
     let out = if extras.window.is_none() {
         let mask = (len > 1).then_some(ScaledDotProductAttentionMask::Causal);
         scaled_dot_product_attention(q, k, v, scale, mask, extras.sinks)?
@@ -196,6 +213,82 @@ fn attend_one(
         scaled_dot_product_attention(q, k, v, scale, mask, extras.sinks)?
     };
     merge_heads(out, len)
+}
+
+/// Attention over quantized keys and values, op for op mlx-lm's
+/// `quantized_scaled_dot_product_attention`: scores and outputs by quantized matmuls (grouped
+/// query heads as a broadcast axis), masked positions at the dtype's lowest value, a precise
+/// softmax. `q` `[1, heads, L, dim]`; returns `[1, heads, L, dim]`.
+fn quantized_attention(
+    q: &Array,
+    k: &Packed,
+    v: &Packed,
+    scale: f32,
+    mask: Option<&Array>,
+    quant: KvQuant,
+) -> Result<Array> {
+    let s = q.shape();
+    let (b, heads, l, dim) = (s[0], s[1], s[2], s[3]);
+    let kv_heads = k.w.shape()[1];
+    let repeats = heads / kv_heads;
+    // A Python float is a weak scalar: it takes the queries' dtype.
+    let mut q = q.multiply(Array::from_f32(scale).as_dtype(q.dtype())?)?;
+    let expand = |p: &Packed| -> Result<[Array; 3]> {
+        let arrays = [&p.w, &p.scales, &p.biases];
+        if repeats > 1 {
+            Ok(arrays
+                .map(|a| a.expand_dims(-3))
+                .map(|a| a.expect("expand_dims")))
+        } else {
+            Ok(arrays.map(|a| a.clone()))
+        }
+    };
+    if repeats > 1 {
+        q = q.reshape(&[b, kv_heads, repeats, l, dim])?;
+    }
+    let [kw, ks, kb] = expand(k)?;
+    let [vw, vs, vb] = expand(v)?;
+    let (group, bits) = (quant.group_size, quant.bits);
+    let mut scores = quantized_matmul(
+        &q,
+        &kw,
+        &ks,
+        Some(&kb),
+        true,
+        group,
+        bits,
+        QuantMode::Affine,
+    )?;
+    if let Some(mask) = mask {
+        let lowest = Array::from_f32(lowest_of(scores.dtype())).as_dtype(scores.dtype())?;
+        scores = select(mask, &scores, &lowest)?;
+    }
+    let scores = softmax_axis(&scores, -1, true)?;
+    let out = quantized_matmul(
+        &scores,
+        &vw,
+        &vs,
+        Some(&vb),
+        false,
+        group,
+        bits,
+        QuantMode::Affine,
+    )?;
+    if repeats > 1 {
+        out.reshape(&[b, heads, l, dim])
+    } else {
+        Ok(out)
+    }
+}
+
+/// `mx.finfo(dtype).min` of the float dtypes scores come in.
+fn lowest_of(dtype: Dtype) -> f32 {
+    match dtype {
+        Dtype::Float16 => -65504.0,
+        // The largest bfloat16 below zero (f32::MIN would round to -inf).
+        Dtype::Bfloat16 => -3.389_531_4e38,
+        _ => f32::MIN,
+    }
 }
 
 fn concat_rows(mut outputs: Vec<Array>) -> Result<Array> {

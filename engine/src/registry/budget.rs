@@ -9,6 +9,7 @@ use wuwei_api::{EventKind, EvictReason};
 use crate::config::ModelSettings;
 use crate::core::CoreError;
 use crate::integrity::ModelFacts;
+use crate::kv::quant::KvQuant;
 use crate::memory::{self, format_bytes};
 use crate::model::{auto_dequantizes, WeightsMode};
 
@@ -79,6 +80,26 @@ impl Registry {
             .max(2)
     }
 
+    /// The KV format a model runs with: its own `kv_bits`, else the global one.
+    pub(super) fn kv_quant(&self, settings: &ModelSettings) -> Option<KvQuant> {
+        settings.kv_quant(self.config.scheduler.kv_quant)
+    }
+
+    /// KV bytes of one position as the model stores it (quantized KV counted as such).
+    pub(super) fn kv_bytes_per_token(&self, facts: &ModelFacts, settings: &ModelSettings) -> u64 {
+        match self.kv_quant(settings) {
+            Some(q) => {
+                let float_bytes = if crate::model::compute_dtype().is_some() {
+                    4
+                } else {
+                    2
+                };
+                q.bytes_per_token(facts.kv_bytes_per_token, float_bytes)
+            }
+            None => facts.kv_bytes_per_token,
+        }
+    }
+
     /// What loading a model with these facts would cost, and how its weights will be held.
     pub fn plan(&self, facts: &ModelFacts, settings: &ModelSettings) -> MemoryPlan {
         let context = Self::capped_context(facts, settings);
@@ -88,7 +109,7 @@ impl Registry {
         } else {
             reserve_tokens.min(context)
         };
-        let kv = facts.kv_bytes_per_token * kv_tokens as u64;
+        let kv = self.kv_bytes_per_token(facts, settings) * kv_tokens as u64;
         let states = facts.state_bytes_per_sequence * self.config.scheduler.max_running as u64;
         let budget = self.budget();
         let mode = match self.config.weights_mode {
@@ -306,5 +327,31 @@ mod tests {
             registry.plan(&facts, &capped).kv_reserved_bytes,
             facts.kv_bytes_per_token * 50
         );
+    }
+
+    #[test]
+    fn quantized_kv_is_counted_at_its_own_size() {
+        let facts = integrity::check_model(&test_models().join("SmolLM2-135M-Instruct")).unwrap();
+        let mut config = RegistryConfig {
+            weights_mode: WeightsMode::Native,
+            kv_reserve_tokens: 100,
+            memory_budget: Some(Amount::Bytes(1 << 40)),
+            ..RegistryConfig::default()
+        };
+        config.scheduler.kv_quant = Some(KvQuant::new(8, 64).unwrap());
+        let registry = Registry::new(config);
+        let float = facts.kv_bytes_per_token * 100;
+        let eight = registry.plan(&facts, &ModelSettings::default());
+        assert!(eight.kv_reserved_bytes < float * 6 / 10, "8-bit counted");
+        let four = ModelSettings {
+            kv_bits: Some(4),
+            ..ModelSettings::default()
+        };
+        assert!(registry.plan(&facts, &four).kv_reserved_bytes < eight.kv_reserved_bytes);
+        let off = ModelSettings {
+            kv_bits: Some(0),
+            ..ModelSettings::default()
+        };
+        assert_eq!(registry.plan(&facts, &off).kv_reserved_bytes, float);
     }
 }

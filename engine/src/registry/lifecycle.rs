@@ -133,7 +133,9 @@ impl Registry {
         let mut sched = self.config.scheduler.clone();
         sched.kv.model_path = Some(path.to_path_buf());
         // Running sequences share the KV memory counted for the model in the budget.
-        sched.kv_budget_tokens = plan.kv_positions(facts.kv_bytes_per_token);
+        sched.kv_quant = self.kv_quant(&settings);
+        let kv_bytes_per_token = self.kv_bytes_per_token(facts, &settings);
+        sched.kv_budget_tokens = plan.kv_positions(kv_bytes_per_token);
         let thread_stats = stats.clone();
         let started = Instant::now();
         std::thread::Builder::new()
@@ -194,7 +196,7 @@ impl Registry {
             stats,
             reasoning,
             plan,
-            kv_bytes_per_token: facts.kv_bytes_per_token,
+            kv_bytes_per_token,
             settings,
             sampling,
             loaded_at: SystemTime::now(),

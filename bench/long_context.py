@@ -1,0 +1,205 @@
+"""Long prompts: time to first token (TTFT, hence prefill speed) and decode speed at that
+length, for `wuwei serve` (timed by the client over HTTP, server warm, prefix cache off) and
+mlx-lm (`mlx_lm.stream_generate` in its own process on the same weights, timed around the call,
+model load and a short warm-up generation excluded), alternating per prompt length in one run. The same token ids go to both:
+a raw completion (no chat template) of random words cut to the length.
+Writes its table to docs/BENCHMARKS.md (section "long-context").
+
+usage: .venv/bin/python bench/long_context.py [--lengths 2000,8000] [--max-tokens 32]
+       [--model DIR] [--bin target/release/wuwei] [--kv-bits N]
+       (build first: cargo build --release --bin wuwei)
+"""
+import argparse
+import json
+import os
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench"))
+from report import write_section  # noqa: E402
+from serve_bench import free_port  # noqa: E402
+
+MLX_LM = r"""
+import json, sys, time
+import mlx.core as mx
+from mlx_lm import load, stream_generate
+from mlx_lm.sample_utils import make_sampler
+spec = json.loads(sys.argv[1])
+model, tok = load(spec["model"])
+if spec.get("dequantize"):
+    # Wuwei's `weights = auto` on the CPU: quantized layers expanded to floats (BLAS matmuls).
+    from mlx_lm.utils import dequantize_model
+    model = dequantize_model(model)
+    mx.eval(model.parameters())
+ids = spec["prompt"]
+kw = {}
+if spec.get("kv_bits"):
+    kw = dict(kv_bits=spec["kv_bits"], kv_group_size=64, quantized_kv_start=0)
+# Warm-up (as the server's first request): MLX builds its CPU kernels on first use.
+for _ in stream_generate(model, tok, ids[:16], max_tokens=2, sampler=make_sampler(0.0), **kw):
+    pass
+t0 = time.perf_counter()
+first, n, last = None, 0, None
+for r in stream_generate(model, tok, ids, max_tokens=spec["max_tokens"],
+                         sampler=make_sampler(0.0), **kw):
+    now = time.perf_counter()
+    if first is None:
+        first = now
+    n = r.generation_tokens
+    last = now
+print(json.dumps(dict(ttft=first - t0, tokens=n,
+                      decode=(n - 1) / (last - first) if n > 1 and last > first else float("nan"))))
+"""
+
+
+def prompt_ids(tokenizer, length, seed):
+    """`length` token ids of random words that detokenize and retokenize to themselves."""
+    rng = random.Random(seed)
+    words = [w.strip() for w in (ROOT / "README.md").read_text().split() if w.isalpha()]
+    text = " ".join(rng.choice(words) for _ in range(length * 2))
+    ids = tokenizer.encode(text)[:length]
+    # Cut at a word boundary that round-trips, so the server tokenizes the text to these ids.
+    for cut in range(length, length - 64, -1):
+        text = tokenizer.decode(ids[:cut])
+        again = tokenizer.encode(text)
+        if again == ids[:cut]:
+            return text, again
+    return tokenizer.decode(ids), ids
+
+
+def wuwei_run(url, model, text, max_tokens):
+    t0 = time.perf_counter()
+    stamps, usage = [], None
+    with requests.post(f"{url}/v1/completions", stream=True, timeout=3600, json={
+        "model": model, "prompt": text, "stream": True, "temperature": 0, "max_tokens": max_tokens,
+        "stream_options": {"include_usage": True},
+    }) as r:
+        r.raise_for_status()
+        for line in r.iter_lines():
+            if not line.startswith(b"data: ") or line == b"data: [DONE]":
+                continue
+            now = time.perf_counter()
+            chunk = json.loads(line[6:])
+            choices = chunk.get("choices") or []
+            if choices and choices[0].get("text"):
+                stamps.append(now)
+            if chunk.get("usage"):
+                usage = chunk["usage"]
+    n = usage["completion_tokens"] if usage else len(stamps)
+    return dict(ttft=stamps[0] - t0, tokens=n, prompt_tokens=usage and usage["prompt_tokens"],
+                decode=(n - 1) / (stamps[-1] - stamps[0]) if n > 1 and stamps[-1] > stamps[0] else float("nan"))
+
+
+def mlx_run(model_dir, ids, max_tokens, kv_bits, dequantize):
+    spec = dict(model=str(model_dir), prompt=ids, max_tokens=max_tokens, kv_bits=kv_bits,
+                dequantize=dequantize)
+    out = subprocess.run([str(ROOT / ".venv/bin/python"), "-c", MLX_LM, json.dumps(spec)],
+                         capture_output=True, text=True, check=True, env=mlx_env()).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+# The mlx CPU wheel's own BLAS is a slow reference one (a 200-token prefill of SmolLM2 took
+# 40 s with it, 6.4 s with OpenBLAS, measured); Wuwei links OpenBLAS. Give mlx-lm the same.
+OPENBLAS = Path("/lib/x86_64-linux-gnu/libopenblas.so.0")
+
+
+def mlx_env():
+    env = dict(os.environ)
+    if OPENBLAS.exists():
+        env["LD_PRELOAD"] = str(OPENBLAS)
+    return env
+
+
+def load_avg():
+    return os.getloadavg()[0]
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--lengths", default="2000,8000")
+    ap.add_argument("--max-tokens", type=int, default=32)
+    ap.add_argument("--model", default=str(ROOT / ".deps/test-models/SmolLM2-135M-Instruct"))
+    ap.add_argument("--bin", default=str(ROOT / "target/release/wuwei"))
+    ap.add_argument("--kv-bits", type=int, default=0)
+    ap.add_argument("--mlx-quantized", action="store_true",
+                    help="mlx-lm keeps quantized weights as stored (default: dequantized, as Wuwei's auto)")
+    ap.add_argument("--no-write", action="store_true")
+    a = ap.parse_args()
+    model_dir = Path(a.model)
+    lengths = [int(x) for x in a.lengths.split(",")]
+    from transformers import AutoTokenizer
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+
+    port = free_port()
+    env = dict(os.environ, WUWEI_LOG="warn", WUWEI_KV_CACHE="false")
+    if a.kv_bits:
+        env["WUWEI_KV_BITS"] = str(a.kv_bits)
+    server = subprocess.Popen([a.bin, "serve", "--port", str(port), "--models", str(model_dir.parent),
+                               "--default-model", model_dir.name],
+                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    rows = []
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            try:
+                wuwei_run(url, model_dir.name, "Hello there", 2)
+                break
+            except requests.RequestException:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("wuwei serve did not start")
+                time.sleep(0.5)
+        for i, length in enumerate(lengths):
+            text, ids = prompt_ids(tokenizer, length, seed=i)
+            load_w = load_avg()
+            w = wuwei_run(url, model_dir.name, text, a.max_tokens)
+            w["load"] = load_w
+            load_m = load_avg()
+            m = mlx_run(model_dir, ids, a.max_tokens, a.kv_bits, not a.mlx_quantized)
+            m["load"] = load_m
+            for name, r in (("wuwei serve", w), ("mlx-lm", m)):
+                r.update(name=name, length=len(ids), prefill=len(ids) / r["ttft"])
+                rows.append(r)
+                print(json.dumps(r), flush=True)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+    lines = ["| prompt tokens | engine | TTFT (s) | prefill tok/s | decode tok/s | tokens | load (1 min) |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['length']} | {r['name']} | {r['ttft']:.1f} | {r['prefill']:.0f} | "
+                     f"{r['decode']:.1f} | {r['tokens']} | {r['load']:.1f} |")
+    ratios = []
+    for length in sorted({r["length"] for r in rows}):
+        w = next(r for r in rows if r["length"] == length and r["name"] == "wuwei serve")
+        m = next(r for r in rows if r["length"] == length and r["name"] == "mlx-lm")
+        ratios.append(f"- {length} tokens: Wuwei prefill {w['prefill'] / m['prefill']:.2f}x mlx-lm "
+                      f"(target >= 1.5x at 8k), decode {w['decode'] / m['decode']:.2f}x (target >= 1.0x).")
+    body = "\n".join(lines) + "\n\n" + "\n".join(ratios) + (
+        f"\n\nModel `{model_dir.name}`, raw completion of random README words (the same ids to both), "
+        f"greedy, up to {a.max_tokens} new tokens; Wuwei's prefix cache off"
+        + (f", KV {a.kv_bits}-bit in both" if a.kv_bits else "")
+        + f"; Wuwei binary `{Path(a.bin).name}`, default weights/activations (auto: float32, quantized layers expanded); mlx-lm "
+        + ("with the weights as stored" if a.mlx_quantized else "with the weights dequantized in-process "
+           "(`mlx_lm.utils.dequantize_model`, the same float32 matrices)")
+        + (", OpenBLAS preloaded" if OPENBLAS.exists() else "")
+        + ", `stream_generate` defaults (prefill_step_size 2048). One run per length, Wuwei then "
+        "mlx-lm; the load column is the 1-minute load average when each started (other jobs "
+        "share these cores, so compare ratios within a row pair).")
+    print(body)
+    if not a.no_write:
+        cmd = f".venv/bin/python bench/long_context.py --lengths {a.lengths} --max-tokens {a.max_tokens}"
+        if a.kv_bits:
+            cmd += f" --kv-bits {a.kv_bits}"
+        write_section("long-context", "Long context: TTFT and decode vs mlx-lm", cmd, body)
+
+
+if __name__ == "__main__":
+    main()
