@@ -82,6 +82,8 @@ pub struct Config {
     pub kv_cache: bool,
     /// Positions per KV block (the unit of sharing and of SSD files).
     pub kv_block_size: usize,
+    /// Positions between snapshots of a hybrid model's recurrent state (prefix reuse).
+    pub kv_snapshot_interval: usize,
     /// RAM for cached KV blocks per model, in bytes (default: 1/8 of memory, at most 4 GiB).
     pub kv_ram_bytes: Option<u64>,
     /// The SSD tier of the KV cache (on/off; also switchable at runtime).
@@ -191,6 +193,7 @@ impl Default for Config {
             per_model: BTreeMap::new(),
             kv_cache: true,
             kv_block_size: kv::DEFAULT_BLOCK_SIZE,
+            kv_snapshot_interval: kv::DEFAULT_SNAPSHOT_INTERVAL,
             kv_ram_bytes: None,
             kv_ssd: true,
             kv_ssd_dir: None,
@@ -355,6 +358,7 @@ impl Config {
         var.parse("WUWEI_ACTIVATIONS", &mut self.activations)?;
         var.with("WUWEI_KV_CACHE", &mut self.kv_cache, parse_bool)?;
         var.parse("WUWEI_KV_BLOCK_SIZE", &mut self.kv_block_size)?;
+        var.parse("WUWEI_KV_SNAPSHOT_INTERVAL", &mut self.kv_snapshot_interval)?;
         var.some("WUWEI_KV_RAM_BYTES", &mut self.kv_ram_bytes)?;
         var.with("WUWEI_KV_SSD", &mut self.kv_ssd, parse_bool)?;
         var.with("WUWEI_KV_SSD_DIR", &mut self.kv_ssd_dir, |v| {
@@ -400,6 +404,7 @@ impl Config {
             ("prefill_chunk", self.prefill_chunk.unwrap_or(1)),
             ("max_body_bytes", self.max_body_bytes),
             ("kv_block_size", self.kv_block_size),
+            ("kv_snapshot_interval", self.kv_snapshot_interval),
         ];
         for (field, value) in positive {
             if value == 0 {
@@ -487,6 +492,7 @@ impl Config {
         KvConfig {
             enabled: self.kv_cache,
             block_size: self.kv_block_size,
+            snapshot_interval: self.kv_snapshot_interval,
             ram_bytes: self
                 .kv_ram_bytes
                 .map_or_else(kv::default_ram_bytes, |b| b as usize),

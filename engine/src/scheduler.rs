@@ -603,6 +603,12 @@ impl Engine {
 
         // Each sequence's input for this step, and where its tokens come from.
         let mut budget = self.config.prefill_chunk;
+        // Hybrid models: chunks stop at snapshot boundaries, where the prefix cache snapshots
+        // the recurrent state.
+        let interval = self
+            .prefix
+            .as_ref()
+            .and_then(PrefixCache::snapshot_interval);
         let mut inputs: Vec<Input> = Vec::new();
         let mut pieces: Vec<TokenSource> = Vec::new();
         for (i, seq) in running.iter().enumerate() {
@@ -610,7 +616,10 @@ impl Engine {
                 if budget == 0 {
                     continue;
                 }
-                let len = (seq.target - seq.prefilled).min(budget);
+                let mut len = (seq.target - seq.prefilled).min(budget);
+                if let Some(iv) = interval {
+                    len = len.min(iv - seq.prefilled % iv);
+                }
                 budget -= len;
                 pieces.push(TokenSource::Host(
                     seq.tokens[seq.prefilled..seq.prefilled + len].to_vec(),
@@ -673,6 +682,9 @@ impl Engine {
         for (r, input) in inputs.iter().enumerate() {
             let seq = &mut running[input.index];
             seq.prefilled += input.prefill;
+            if let Some(p) = self.prefix.as_ref() {
+                p.note_state(seq.cache.as_mut(), &mut seq.blocks);
+            }
             if input.samples {
                 rows.push(
                     seq.sampler
@@ -944,12 +956,6 @@ fn build_prefix_cache(
     if config.block_size == 0 {
         return Err("block size 0".into());
     }
-    if model.has_recurrent_state() {
-        // Linear-attention layers' state is not in the KV blocks; reusing a prefix's keys
-        // and values alone would serve a wrong state.
-        tracing::info!(model = %model_id, "prefix cache off: the model keeps recurrent state");
-        return Ok(None);
-    }
     let mut cache = DenseKvCache::new(model.num_layers());
     let tokens = Array::from_slice(&[1i32, 2], &[1, 2]);
     let logits = model
@@ -970,7 +976,26 @@ fn build_prefix_cache(
         .flat_map(|x| ((x * 10.0).round() as i32).to_le_bytes())
         .collect();
     let layout = layout_of(&cache, config.block_size).map_err(|e| e.to_string())?;
-    let shape = format!("{layout:?}");
+    // The layer layout (which layers keep KV, which keep recurrent state) and every state's
+    // shape and dtype: a snapshot is never restored into another layout.
+    // (Written as before linear layers existed for plain models, whose identity, and so
+    // their blocks on disk, stay as they were.)
+    let mut shape = format!(
+        "KvLayout {{ layers: {}, kv_heads: {}, head_dim: {}, block_size: {}, dtype: {:?} }}",
+        layout.layers, layout.kv_heads, layout.head_dim, layout.block_size, layout.dtype
+    );
+    if layout.linear != 0 {
+        shape.push_str(&format!(" linear: {:#x}", layout.linear));
+    }
+    if model.has_recurrent_state() {
+        for layer in 0..cache.num_layers() {
+            if let Some(state) = cache.state(layer) {
+                for a in state.iter() {
+                    shape.push_str(&format!(" {layer}:{:?}{:?}", a.shape(), a.dtype()));
+                }
+            }
+        }
+    }
     let extra: [&[u8]; 3] = [
         config.weights_mode.as_bytes(),
         shape.as_bytes(),

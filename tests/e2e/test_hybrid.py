@@ -5,10 +5,11 @@ random-weight bf16 4-bit checkpoints written by mlx-lm's own classes with SmolLM
 
 Greedy tokens equal mlx-lm's over prompts longer than the window; a sequence's tokens do not
 depend on its batch; a prefix-cache hit on the windowed model (the cache keeps every position,
-windowed layers mask by position) gives the tokens of a cold run; the hybrid model keeps its
-recurrent state per sequence and runs with the prefix cache off (its KV blocks alone cannot
-restore a linear layer's state), so a repeated prompt is computed in full, with the same
-tokens."""
+windowed layers mask by position) gives the tokens of a cold run; the hybrid model's prefix
+cache snapshots its linear layers' recurrent state every SNAPSHOT positions (small here, so
+that short prompts cross several), and a hit restores the KV blocks up to the nearest snapshot
+at or before the match plus that snapshot: a repeated prompt and a partial match ending
+between snapshots give mlx-lm's (cold) tokens."""
 
 import concurrent.futures as cf
 import os
@@ -24,7 +25,8 @@ from test_half_precision import _complete, _mlx_lm
 
 GEMMA = "rand-gemma3-bf16-q4"
 NEXT = "rand-qwen3next-bf16-q4"
-ENV = {"WUWEI_ACTIVATIONS": "checkpoint"}
+SNAPSHOT = 64  # two blocks of 32
+ENV = {"WUWEI_ACTIVATIONS": "checkpoint", "WUWEI_KV_SNAPSHOT_INTERVAL": str(SNAPSHOT)}
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +77,32 @@ def test_repeated_prompts_give_the_cold_tokens(daemon):
     hot, usage = _complete(daemon, GEMMA, prompt)[:2]
     assert _cached(usage) > 0, "the windowed model reuses the prefix"
     assert hot == cold, "a prefix hit on a sliding-window model changed the output"
-    cold, _ = _complete(daemon, NEXT, prompt)[:2]
+    cold, usage = _complete(daemon, NEXT, prompt)[:2]
+    assert _cached(usage) == 0
     again, usage = _complete(daemon, NEXT, prompt)[:2]
-    assert _cached(usage) == 0, "no prefix reuse without recurrent-state snapshots"
-    assert again == cold
+    # The whole usable prefix is 4 blocks (128 positions), a snapshot boundary.
+    assert usage["prompt_tokens"] > 2 * SNAPSHOT
+    cached = _cached(usage)
+    assert cached > 0 and cached % SNAPSHOT == 0, usage
+    assert cached > usage["prompt_tokens"] - 1 - SNAPSHOT, usage
+    assert again == cold, "a prefix hit on the hybrid model changed the output"
+
+
+def test_hybrid_partial_match_between_snapshots_gives_the_cold_tokens(daemon, models):
+    from tokenizers import Tokenizer
+
+    shared = _text("hybrid-partial", 8)
+    first = shared + " The end of the first letter."
+    second = shared + " A different ending: the harbor road stayed open all winter."
+    want = _mlx_lm(models / NEXT, [first, second], 12)
+    tok = Tokenizer.from_file(str(models / NEXT / "tokenizer.json"))
+    shared_tokens = len(tok.encode(shared, add_special_tokens=False).ids)
+    # The shared prefix ends between snapshots, past the first one.
+    assert SNAPSHOT < shared_tokens and shared_tokens % SNAPSHOT >= 32, shared_tokens
+    _, usage, text = _complete(daemon, NEXT, first)
+    assert text == tok.decode(want[0], skip_special_tokens=False)
+    _, usage, text = _complete(daemon, NEXT, second)
+    cached = _cached(usage)
+    # Blocks match past the snapshot; only the snapshot's prefix is reused.
+    assert cached == shared_tokens // SNAPSHOT * SNAPSHOT, (cached, shared_tokens)
+    assert text == tok.decode(want[1], skip_special_tokens=False)

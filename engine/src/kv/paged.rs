@@ -26,6 +26,9 @@ pub struct KvLayout {
     pub head_dim: usize,
     pub block_size: usize,
     pub dtype: KvDtype,
+    /// Layers that hold recurrent state instead of KV (bit `i`: layer `i`; 0 for plain
+    /// models). Their KV is not in the blocks; their state is in the snapshots.
+    pub linear: u128,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,9 +80,19 @@ impl KvLayout {
         self.kv_heads * self.block_size * self.head_dim * self.dtype.size()
     }
 
-    /// Bytes of a whole block: every layer's K then V.
+    /// Bytes of a whole block: every KV layer's K then V.
     pub fn block_bytes(&self) -> usize {
-        self.layers * 2 * self.tensor_bytes()
+        self.kv_layers().count() * 2 * self.tensor_bytes()
+    }
+
+    /// Whether `layer` keeps recurrent state rather than KV.
+    pub fn is_linear(&self, layer: usize) -> bool {
+        layer < 128 && self.linear & (1u128 << layer) != 0
+    }
+
+    /// The layers whose KV the blocks hold, in order.
+    pub fn kv_layers(&self) -> impl Iterator<Item = usize> + '_ {
+        (0..self.layers).filter(|&l| !self.is_linear(l))
     }
 }
 
@@ -102,9 +115,22 @@ pub enum PagedError {
 
 /// The layout of `cache`'s blocks, once it holds something.
 pub fn layout_of(cache: &dyn KvCache, block_size: usize) -> Result<KvLayout, PagedError> {
-    let (k, _) = cache.range(0, 0, 1)?.ok_or(PagedError::EmptyLayer(0))?;
+    // Layers without KV after a forward pass keep recurrent state (linear attention).
+    let mut linear = 0u128;
+    let mut first = None;
+    for layer in 0..cache.num_layers() {
+        match cache.range(layer, 0, 1)? {
+            Some((k, _)) => {
+                first.get_or_insert(k);
+            }
+            None if layer < 128 => linear |= 1u128 << layer,
+            None => return Err(PagedError::EmptyLayer(layer)),
+        }
+    }
+    let k = first.ok_or(PagedError::EmptyLayer(0))?;
     let shape = k.shape();
     Ok(KvLayout {
+        linear,
         layers: cache.num_layers(),
         kv_heads: shape[1] as usize,
         head_dim: shape[3] as usize,
@@ -163,7 +189,7 @@ pub fn blocks_from_cache(
             data: Vec::with_capacity(layout.block_bytes()),
         })
         .collect();
-    for layer in 0..layout.layers {
+    for layer in layout.kv_layers() {
         let (k, v) = cache
             .range(layer, start, end)?
             .ok_or(PagedError::EmptyLayer(layer))?;
@@ -202,10 +228,10 @@ pub fn fill_cache_from_blocks<B: std::ops::Deref<Target = KvBlock>>(
         layout.head_dim as i32,
     ];
     let mut scratch = vec![0u8; tensor * count];
-    for layer in 0..layout.layers {
+    for (stored, layer) in layout.kv_layers().enumerate() {
         let mut kv = Vec::with_capacity(2);
         for part in 0..2 {
-            let base = (layer * 2 + part) * tensor;
+            let base = (stored * 2 + part) * tensor;
             for (j, block) in blocks.iter().enumerate() {
                 for h in 0..layout.kv_heads {
                     let src = base + h * row;

@@ -93,7 +93,8 @@ pub trait LanguageModel: Send {
     ) -> Result<Array, Exception>;
     fn num_layers(&self) -> usize;
     /// Whether some layers keep a recurrent state per sequence (linear attention) beside the
-    /// KV cache: the prefix cache, which restores keys and values only, is off for them.
+    /// KV cache: the prefix cache then snapshots that state at snapshot boundaries and
+    /// restores a prefix only up to a snapshot.
     fn has_recurrent_state(&self) -> bool {
         false
     }

@@ -77,6 +77,8 @@ pub(super) fn decode(
         kv_heads: u32_at(68) as usize,
         head_dim: u32_at(72) as usize,
         block_size: u32_at(76) as usize,
+        // Models with linear layers keep no blocks on disk (their snapshots are RAM-only).
+        linear: 0,
     };
     let len = u64::from_le_bytes(bytes[80..88].try_into().expect("8 bytes")) as usize;
     if stored != *layout || len != layout.block_bytes() || HEADER_BYTES + len != body.len() {

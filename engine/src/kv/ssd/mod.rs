@@ -552,6 +552,7 @@ mod tests {
             head_dim: 2,
             block_size: 2,
             dtype: KvDtype::F32,
+            linear: 0,
         }
     }
 
