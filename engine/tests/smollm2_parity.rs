@@ -116,6 +116,20 @@ fn greedy(m: &Loaded, prompt: &[u32]) -> Vec<u32> {
     out
 }
 
+/// Each prompt's ids and greedy tokens under `m`.
+fn greedy_all(m: &Loaded) -> Vec<(Vec<u32>, Vec<u32>)> {
+    prompts()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            let ids = prompt_ids(m, p);
+            let tokens = greedy(m, &ids);
+            (ids, tokens)
+        })
+        .collect()
+}
+
 #[test]
 fn greedy_tokens_match_mlx_lm_and_gguf_matches_conversion() {
     // Three independent runs of the same prompts — mlx-lm (a Python process), the conversion
@@ -125,31 +139,11 @@ fn greedy_tokens_match_mlx_lm_and_gguf_matches_conversion() {
     let reference = std::thread::spawn(reference);
     let gguf_run = std::thread::spawn(|| {
         // MLX streams belong to a thread: load where the model runs.
-        let gguf = loader::load(&gguf(), WeightsMode::Native).unwrap();
-        let runs: Vec<(Vec<u32>, Vec<u32>)> = prompts()
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|p| {
-                let ids = prompt_ids(&gguf, p);
-                let tokens = greedy(&gguf, &ids);
-                (ids, tokens)
-            })
-            .collect();
-        runs
+        greedy_all(&loader::load(&gguf(), WeightsMode::Native).unwrap())
     });
     let mlx = loader::load(converted, WeightsMode::Native).unwrap();
     let prompts = prompts();
-    let ours: Vec<(Vec<u32>, Vec<u32>)> = prompts
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| {
-            let ids = prompt_ids(&mlx, p);
-            let tokens = greedy(&mlx, &ids);
-            (ids, tokens)
-        })
-        .collect();
+    let ours = greedy_all(&mlx);
     let reference = reference.join().expect("the mlx-lm reference");
     let gguf = gguf_run.join().expect("the GGUF run");
     for (i, p) in prompts.as_array().unwrap().iter().enumerate() {
