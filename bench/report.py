@@ -2,6 +2,7 @@
 import datetime
 import platform
 import re
+import os
 from pathlib import Path
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "BENCHMARKS.md"
@@ -11,6 +12,31 @@ Each section is written by the command it names, which runs Wuwei and the refere
 implementation (mlx-lm 0.32.2 on the same MLX 0.32.2 build) alternately in the same run.
 Ratios matter; absolute numbers move with machine load.
 """
+
+
+def _openblas_core():
+    """Exports OPENBLAS_CORETYPE for the processes a benchmark starts (Wuwei, and mlx-lm with
+    OpenBLAS preloaded) when OpenBLAS would fall back to its oldest kernels on a CPU it does not
+    recognise: the same rule, and the reason, as scripts/openblas-core.sh."""
+    if platform.system() != "Linux" or os.environ.get("OPENBLAS_CORETYPE"):
+        return
+    try:
+        import ctypes
+
+        lib = ctypes.CDLL("libopenblas.so.0")
+        lib.openblas_get_corename.restype = ctypes.c_char_p
+        if lib.openblas_get_corename().decode().lower() != "prescott":
+            return
+        flags = next(l for l in Path("/proc/cpuinfo").read_text().splitlines() if l.startswith("flags")).split()
+    except (OSError, StopIteration):
+        return
+    if "avx512f" in flags and "avx512bw" in flags:
+        os.environ["OPENBLAS_CORETYPE"] = "SkylakeX"
+    elif "avx2" in flags:
+        os.environ["OPENBLAS_CORETYPE"] = "Haswell"
+
+
+_openblas_core()
 
 
 def write_section(key, title, command, body, machine=None, stamp=None):
@@ -30,8 +56,6 @@ def write_section(key, title, command, body, machine=None, stamp=None):
 
 
 def _cpu():
-    try:
-        import os
-        return f"{os.cpu_count()} cores"
-    except Exception:
-        return "unknown CPU"
+    cores = f"{os.cpu_count()} cores"
+    core = os.environ.get("OPENBLAS_CORETYPE")
+    return f"{cores}, OpenBLAS {core} kernels" if core else cores

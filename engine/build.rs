@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 fn main() {
     println!("cargo:rerun-if-env-changed=MLX_SYS_MLX_DIR");
     println!("cargo:rerun-if-env-changed=WUWEI_OPENBLAS");
+    println!("cargo::rustc-check-cfg=cfg(wuwei_openblas)");
     let mlx_dir = std::env::var_os("MLX_SYS_MLX_DIR").map(PathBuf::from);
     if let Some(dir) = &mlx_dir {
         let lib = dir.join("lib");
@@ -34,6 +35,8 @@ fn main() {
         println!("cargo:rustc-link-arg=-Wl,--no-as-needed");
         println!("cargo:rustc-link-arg=-l:libopenblas.so.0");
         println!("cargo:rustc-link-arg=-Wl,--as-needed");
+        // device.rs asks OpenBLAS which kernels it chose, for the startup log.
+        println!("cargo:rustc-cfg=wuwei_openblas");
     }
 }
 

@@ -5,6 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+# shellcheck source=scripts/openblas-core.sh
+source scripts/openblas-core.sh
 # On a Mac, the Metal build: MLX's default device is then the GPU, and the daemon runs models
 # in their checkpoint dtype with quantized weights kept as stored (see engine/src/device.rs).
 FEATURES=""

@@ -15,6 +15,8 @@ cd "$(dirname "$0")/.."
 ROOT=$PWD
 export WUWEI_SETUP_TEST=1
 bash scripts/setup.sh
+# shellcheck source=scripts/openblas-core.sh
+source scripts/openblas-core.sh
 
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 

@@ -248,3 +248,33 @@ mod tests {
         assert!("fp8".parse::<Activations>().is_err());
     }
 }
+
+/// The kernel set OpenBLAS chose at load (e.g. "SkylakeX"), where the binary links it (Linux,
+/// CPU backend; engine/build.rs). OpenBLAS picks by CPU model number and falls back to
+/// "Prescott" (SSE3) on CPUs it does not know, ~1.6x slower prefill on an AVX-512 Xeon here;
+/// `OPENBLAS_CORETYPE`, read when the library loads, overrides it (scripts/openblas-core.sh).
+pub fn openblas_core() -> Option<String> {
+    #[cfg(wuwei_openblas)]
+    {
+        extern "C" {
+            fn openblas_get_corename() -> *const std::ffi::c_char;
+        }
+        // SAFETY: OpenBLAS returns a pointer to a static NUL-terminated name.
+        let name = unsafe { std::ffi::CStr::from_ptr(openblas_get_corename()) };
+        Some(name.to_string_lossy().into_owned())
+    }
+    #[cfg(not(wuwei_openblas))]
+    None
+}
+
+/// Whether OpenBLAS runs its generic fallback kernels on a CPU that has AVX2: worth a warning,
+/// since setting `OPENBLAS_CORETYPE` before start-up makes every f32 matmul faster.
+pub fn openblas_misdetected() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        openblas_core().is_some_and(|c| c.eq_ignore_ascii_case("prescott"))
+            && std::arch::is_x86_feature_detected!("avx2")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}

@@ -144,8 +144,15 @@ fn log_device(weights: wuwei::model::WeightsMode) {
         activations = ?wuwei::device::activations(),
         weights = ?weights,
         cpu_levers = wuwei::device::cpu_levers(),
+        openblas = wuwei::device::openblas_core(),
         "compute device"
     );
+    if wuwei::device::openblas_misdetected() {
+        tracing::warn!(
+            "OpenBLAS did not recognise this CPU and runs its generic SSE3 kernels; start with \
+             OPENBLAS_CORETYPE=SkylakeX (AVX-512) or Haswell (AVX2) for faster f32 matmuls"
+        );
+    }
 }
 
 fn serve(args: wuwei::config::ServeArgs) -> anyhow::Result<()> {
