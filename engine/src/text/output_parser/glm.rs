@@ -14,7 +14,9 @@
 use super::emit::{take_until_tag, Emitter};
 use super::schema::Untyped;
 use super::tagged::TOOL_CLOSE;
-use super::xml_call::{ahead, skip_stray, valid_name, Ahead, Step, Trim, XmlArgs};
+use super::xml_call::{
+    ahead, end_call, next_tag, read_value, valid_name, Ahead, Next, Step, Trim, ValueRead, XmlArgs,
+};
 use crate::core::ToolSpec;
 
 const KEY_OPEN: &str = "<arg_key>";
@@ -71,28 +73,18 @@ impl Call {
     ) -> Step {
         match self.state {
             State::Name => self.step_name(buf, emit, at_end),
-            State::Args => match ahead(buf, &[KEY_OPEN, TOOL_CLOSE], at_end) {
-                Ahead::Tag { tag, ws } => {
-                    buf.drain(..ws + tag.len());
-                    if tag == KEY_OPEN {
-                        self.key.clear();
-                        self.state = State::Key;
-                        Step::Progress
-                    } else {
-                        self.end_call(emit);
-                        Step::Done
-                    }
-                }
-                Ahead::Wait => Step::Wait,
-                Ahead::Other { .. } if at_end => {
-                    self.end_call(emit);
-                    Step::Done
-                }
-                Ahead::Other { ws } => {
-                    buf.drain(..ws);
-                    skip_stray(buf);
+            State::Args => match next_tag(buf, &[KEY_OPEN, TOOL_CLOSE], at_end) {
+                Next::Tag(KEY_OPEN) => {
+                    self.key.clear();
+                    self.state = State::Key;
                     Step::Progress
                 }
+                Next::Tag(_) | Next::End => {
+                    end_call(&mut self.args, emit);
+                    Step::Done
+                }
+                Next::Wait => Step::Wait,
+                Next::Skipped => Step::Progress,
             },
             State::Key => {
                 let (text, tag) = take_until_tag(buf, &[KEY_CLOSE], at_end);
@@ -103,7 +95,7 @@ impl Call {
                         Step::Progress
                     }
                     None if at_end => {
-                        self.end_call(emit);
+                        end_call(&mut self.args, emit);
                         Step::Done
                     }
                     None => Step::Wait,
@@ -126,23 +118,18 @@ impl Call {
                 }
             },
             State::Value => {
-                let (text, tag) = take_until_tag(buf, &[VALUE_CLOSE, KEY_OPEN, TOOL_CLOSE], at_end);
                 let args = self.args.as_mut().expect("a call is open");
-                args.param_text(&text, &mut emit.out);
-                match tag {
-                    Some(tag) => {
-                        args.param_end(&mut emit.out);
-                        if tag != VALUE_CLOSE {
-                            buf.insert_str(0, tag);
-                        }
+                let also = [KEY_OPEN, TOOL_CLOSE];
+                match read_value(args, buf, &mut emit.out, VALUE_CLOSE, &also, at_end) {
+                    ValueRead::Ended => {
                         self.state = State::Args;
                         Step::Progress
                     }
-                    None if at_end => {
-                        self.end_call(emit);
+                    ValueRead::Truncated => {
+                        end_call(&mut self.args, emit);
                         Step::Done
                     }
-                    None => Step::Wait,
+                    ValueRead::Wait => Step::Wait,
                 }
             }
         }
@@ -175,12 +162,6 @@ impl Call {
         self.args = Some(XmlArgs::start(name, Trim::Whitespace, Untyped::Json, emit));
         self.state = State::Args;
         Step::Progress
-    }
-
-    fn end_call(&mut self, emit: &mut Emitter) {
-        if let Some(args) = self.args.take() {
-            args.finish(emit);
-        }
     }
 }
 

@@ -12,9 +12,12 @@
 //! Names may be quoted or not; values are trimmed of whitespace at both ends (the guide's
 //! parser strips them).
 
-use super::emit::{take_until_tag, Emitter};
+use super::emit::Emitter;
 use super::schema::Untyped;
-use super::xml_call::{ahead, attr, skip_stray, valid_name, Ahead, Attr, Step, Trim, XmlArgs};
+use super::xml_call::{
+    ahead, attr, end_call, next_tag, read_param_name, read_value, skip_stray, valid_name, Ahead,
+    Attr, Next, Step, Trim, ValueRead, XmlArgs,
+};
 use crate::core::ToolSpec;
 
 pub(super) const BLOCK_OPEN: &str = "<minimax:tool_call>";
@@ -117,84 +120,48 @@ impl Call {
                 _ => Step::NotACall(std::mem::take(&mut self.raw)),
             },
             State::Params => {
-                let tags = [PARAM_OPEN, INVOKE_CLOSE, BLOCK_CLOSE];
-                match ahead(buf, &tags, at_end) {
-                    Ahead::Tag { tag, ws } => {
-                        buf.drain(..ws + tag.len());
-                        match tag {
-                            PARAM_OPEN => {
-                                self.state = State::ParamName;
-                                Step::Progress
-                            }
-                            INVOKE_CLOSE => {
-                                self.end_call(emit);
-                                self.state = State::Block;
-                                Step::Progress
-                            }
-                            _ => {
-                                self.end_call(emit);
-                                Step::Done
-                            }
-                        }
-                    }
-                    Ahead::Wait => Step::Wait,
-                    Ahead::Other { .. } if at_end => {
-                        self.end_call(emit);
-                        Step::Done
-                    }
-                    Ahead::Other { ws } => {
-                        buf.drain(..ws);
-                        skip_stray(buf);
+                match next_tag(buf, &[PARAM_OPEN, INVOKE_CLOSE, BLOCK_CLOSE], at_end) {
+                    Next::Tag(PARAM_OPEN) => {
+                        self.state = State::ParamName;
                         Step::Progress
                     }
+                    Next::Tag(INVOKE_CLOSE) => {
+                        end_call(&mut self.args, emit);
+                        self.state = State::Block;
+                        Step::Progress
+                    }
+                    Next::Tag(_) | Next::End => {
+                        end_call(&mut self.args, emit);
+                        Step::Done
+                    }
+                    Next::Wait => Step::Wait,
+                    Next::Skipped => Step::Progress,
                 }
             }
-            State::ParamName => match attr(buf, at_end) {
-                Attr::Done { value, len } => {
-                    buf.drain(..len);
-                    let name = unquote(&value);
-                    if valid_name(name) {
-                        let args = self.args.as_mut().expect("a call is open");
-                        args.param_start(name, tools, &mut emit.out);
-                        self.state = State::Value;
-                    } else {
-                        self.state = State::Params;
-                    }
-                    Step::Progress
-                }
-                Attr::Wait => Step::Wait,
-                Attr::Bad => {
-                    self.state = State::Params;
-                    Step::Progress
-                }
-            },
-            State::Value => {
-                let ends = [PARAM_CLOSE, PARAM_OPEN, INVOKE_CLOSE, BLOCK_CLOSE];
-                let (text, tag) = take_until_tag(buf, &ends, at_end);
+            State::ParamName => {
                 let args = self.args.as_mut().expect("a call is open");
-                args.param_text(&text, &mut emit.out);
-                match tag {
-                    Some(tag) => {
-                        args.param_end(&mut emit.out);
-                        if tag != PARAM_CLOSE {
-                            buf.insert_str(0, tag);
-                        }
+                match read_param_name(args, buf, tools, &mut emit.out, at_end, unquote) {
+                    Some(true) => self.state = State::Value,
+                    Some(false) => self.state = State::Params,
+                    None => return Step::Wait,
+                }
+                Step::Progress
+            }
+            State::Value => {
+                let args = self.args.as_mut().expect("a call is open");
+                let also = [PARAM_OPEN, INVOKE_CLOSE, BLOCK_CLOSE];
+                match read_value(args, buf, &mut emit.out, PARAM_CLOSE, &also, at_end) {
+                    ValueRead::Ended => {
                         self.state = State::Params;
                         Step::Progress
                     }
-                    None if at_end => {
-                        self.end_call(emit);
+                    ValueRead::Truncated => {
+                        end_call(&mut self.args, emit);
                         Step::Done
                     }
-                    None => Step::Wait,
+                    ValueRead::Wait => Step::Wait,
                 }
             }
-        }
-    }
-
-    fn end_call(&mut self, emit: &mut Emitter) {
-        if let Some(args) = self.args.take() {
-            args.finish(emit);
         }
     }
 }

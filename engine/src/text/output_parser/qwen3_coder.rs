@@ -16,10 +16,13 @@
 //! too and the `</tool_call>` after it is optional. A `<tool_call>` holding JSON is a Hermes
 //! call, which Qwen models also write.
 
-use super::emit::{take_until_tag, Emitter};
+use super::emit::Emitter;
 use super::schema::Untyped;
 use super::tagged::{TOOL_CLOSE, TOOL_OPEN};
-use super::xml_call::{ahead, attr, skip_stray, valid_name, Ahead, Attr, Step, Trim, XmlArgs};
+use super::xml_call::{
+    ahead, attr, end_call, next_tag, read_param_name, read_value, valid_name, Ahead, Attr, Next,
+    Step, Trim, ValueRead, XmlArgs,
+};
 use crate::core::ToolSpec;
 
 pub(super) const FUNCTION_OPEN: &str = "<function=";
@@ -103,76 +106,48 @@ impl Call {
                 Attr::Wait => Step::Wait,
                 _ => Step::NotACall(std::mem::take(&mut self.raw)),
             },
-            State::Params => match ahead(buf, &[PARAM_OPEN, FUNCTION_CLOSE, TOOL_CLOSE], at_end) {
-                Ahead::Tag { tag, ws } => {
-                    buf.drain(..ws + tag.len());
-                    match tag {
-                        PARAM_OPEN => {
-                            self.state = State::ParamName;
-                            Step::Progress
-                        }
-                        FUNCTION_CLOSE => {
-                            self.end_call(emit);
-                            self.state = State::AfterFunction;
-                            Step::Progress
-                        }
-                        // `</tool_call>` with `</function>` missing.
-                        _ => {
-                            self.end_call(emit);
-                            Step::Done
-                        }
-                    }
+            State::Params => match next_tag(buf, &[PARAM_OPEN, FUNCTION_CLOSE, TOOL_CLOSE], at_end)
+            {
+                Next::Tag(PARAM_OPEN) => {
+                    self.state = State::ParamName;
+                    Step::Progress
                 }
-                Ahead::Wait => Step::Wait,
-                Ahead::Other { .. } if at_end => {
-                    self.end_call(emit);
+                Next::Tag(FUNCTION_CLOSE) => {
+                    end_call(&mut self.args, emit);
+                    self.state = State::AfterFunction;
+                    Step::Progress
+                }
+                // `</tool_call>` with `</function>` missing, or the end of the text.
+                Next::Tag(_) | Next::End => {
+                    end_call(&mut self.args, emit);
                     Step::Done
                 }
-                Ahead::Other { ws } => {
-                    buf.drain(..ws);
-                    skip_stray(buf);
-                    Step::Progress
-                }
+                Next::Wait => Step::Wait,
+                Next::Skipped => Step::Progress,
             },
-            State::ParamName => match attr(buf, at_end) {
-                Attr::Done { value, len } => {
-                    buf.drain(..len);
-                    if valid_name(&value) {
-                        let args = self.args.as_mut().expect("a call is open");
-                        args.param_start(&value, tools, &mut emit.out);
-                        self.state = State::Value;
-                    } else {
-                        self.state = State::Params;
-                    }
-                    Step::Progress
-                }
-                Attr::Wait => Step::Wait,
-                // A `<parameter=` that names nothing is stray text.
-                Attr::Bad => {
-                    self.state = State::Params;
-                    Step::Progress
-                }
-            },
-            State::Value => {
-                let ends = [PARAM_CLOSE, PARAM_OPEN, FUNCTION_CLOSE, TOOL_CLOSE];
-                let (text, tag) = take_until_tag(buf, &ends, at_end);
+            State::ParamName => {
                 let args = self.args.as_mut().expect("a call is open");
-                args.param_text(&text, &mut emit.out);
-                match tag {
-                    Some(tag) => {
-                        args.param_end(&mut emit.out);
-                        if tag != PARAM_CLOSE {
-                            // It ends the value and is read next.
-                            buf.insert_str(0, tag);
-                        }
+                match read_param_name(args, buf, tools, &mut emit.out, at_end, str::trim) {
+                    Some(true) => self.state = State::Value,
+                    // A `<parameter=` that names nothing is stray text.
+                    Some(false) => self.state = State::Params,
+                    None => return Step::Wait,
+                }
+                Step::Progress
+            }
+            State::Value => {
+                let args = self.args.as_mut().expect("a call is open");
+                let also = [PARAM_OPEN, FUNCTION_CLOSE, TOOL_CLOSE];
+                match read_value(args, buf, &mut emit.out, PARAM_CLOSE, &also, at_end) {
+                    ValueRead::Ended => {
                         self.state = State::Params;
                         Step::Progress
                     }
-                    None if at_end => {
-                        self.end_call(emit);
+                    ValueRead::Truncated => {
+                        end_call(&mut self.args, emit);
                         Step::Done
                     }
-                    None => Step::Wait,
+                    ValueRead::Wait => Step::Wait,
                 }
             }
             State::AfterFunction => match ahead(buf, &[TOOL_CLOSE, FUNCTION_OPEN], at_end) {
@@ -189,12 +164,6 @@ impl Call {
                 Ahead::Wait => Step::Wait,
                 Ahead::Other { .. } => Step::Done,
             },
-        }
-    }
-
-    fn end_call(&mut self, emit: &mut Emitter) {
-        if let Some(args) = self.args.take() {
-            args.finish(emit);
         }
     }
 }

@@ -6,7 +6,7 @@
 //! coding agent can be long); any other value is held until its end, then typed by the schema
 //! ([`schema`](super::schema)).
 
-use super::emit::Emitter;
+use super::emit::{take_until_tag, Emitter};
 use super::new_tool_call_id;
 use super::schema::{self, Types, Untyped};
 use crate::core::{Event, ToolSpec};
@@ -261,4 +261,101 @@ pub(super) fn skip_stray(buf: &mut String) {
         .find(|(_, c)| *c == '<')
         .map_or(buf.len(), |(at, _)| at);
     buf.drain(..end);
+}
+
+/// The next tag between a call's parameters (the grammars differ only in their tags).
+#[derive(Debug, PartialEq)]
+pub(super) enum Next {
+    /// This tag, read (consumed with the whitespace before it).
+    Tag(&'static str),
+    Wait,
+    /// The text ended with no tag: the call ends there.
+    End,
+    /// Stray text, up to the next tag, was skipped; call again.
+    Skipped,
+}
+
+pub(super) fn next_tag(buf: &mut String, tags: &[&'static str], at_end: bool) -> Next {
+    match ahead(buf, tags, at_end) {
+        Ahead::Tag { tag, ws } => {
+            buf.drain(..ws + tag.len());
+            Next::Tag(tag)
+        }
+        Ahead::Wait => Next::Wait,
+        Ahead::Other { .. } if at_end => Next::End,
+        Ahead::Other { ws } => {
+            buf.drain(..ws);
+            skip_stray(buf);
+            Next::Skipped
+        }
+    }
+}
+
+/// How reading a parameter's value went.
+#[derive(Debug, PartialEq)]
+pub(super) enum ValueRead {
+    /// The value ended (at `close`, or at another tag that is put back to be read next).
+    Ended,
+    Wait,
+    /// The text ended inside the value: the call ends there.
+    Truncated,
+}
+
+/// Reads the current value up to `close` or any of `also`, which end it too (a model that
+/// forgets the closing tag still closes the value with the next tag of the call).
+pub(super) fn read_value(
+    args: &mut XmlArgs,
+    buf: &mut String,
+    out: &mut Vec<crate::core::Event>,
+    close: &'static str,
+    also: &[&'static str],
+    at_end: bool,
+) -> ValueRead {
+    let ends: Vec<&str> = std::iter::once(close).chain(also.iter().copied()).collect();
+    let (text, tag) = take_until_tag(buf, &ends, at_end);
+    args.param_text(&text, out);
+    match tag {
+        Some(tag) => {
+            args.param_end(out);
+            if tag != close {
+                buf.insert_str(0, tag);
+            }
+            ValueRead::Ended
+        }
+        None if at_end => ValueRead::Truncated,
+        None => ValueRead::Wait,
+    }
+}
+
+/// Reads a parameter's name (`P>` after its opening tag, `clean` undoing a format's quoting)
+/// and starts its value: `Some(true)` when started, `Some(false)` for a name that names
+/// nothing (stray text; the parameter is dropped), `None` to wait.
+pub(super) fn read_param_name(
+    args: &mut XmlArgs,
+    buf: &mut String,
+    tools: &[ToolSpec],
+    out: &mut Vec<crate::core::Event>,
+    at_end: bool,
+    clean: fn(&str) -> &str,
+) -> Option<bool> {
+    match attr(buf, at_end) {
+        Attr::Done { value, len } => {
+            buf.drain(..len);
+            let name = clean(&value);
+            let ok = valid_name(name);
+            if ok {
+                args.param_start(name, tools, out);
+            }
+            Some(ok)
+        }
+        Attr::Wait => None,
+        Attr::Bad => Some(false),
+    }
+}
+
+/// Closes the open call, if any.
+pub(super) fn end_call(args: &mut Option<XmlArgs>, emit: &mut Emitter) {
+    if let Some(args) = args.take() {
+        args.finish(emit);
+    }
 }
