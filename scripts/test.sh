@@ -18,7 +18,9 @@ bash scripts/setup.sh
 # shellcheck source=scripts/openblas-core.sh
 source scripts/openblas-core.sh
 
-step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+# Each step says how long the run has taken so far (CI's time limit is the budget to watch).
+step() { printf '\n\033[1m== %s\033[0m  (%dm%02ds in)\n' "$*" $((SECONDS / 60)) $((SECONDS % 60)); }
+trap 'printf "\n== done or stopped after %dm%02ds\n" $((SECONDS / 60)) $((SECONDS % 60))' EXIT
 
 step "cargo fmt --check"
 cargo fmt --all -- --check
@@ -46,7 +48,7 @@ cargo test --workspace --no-fail-fast 2>&1 | tee .deps/cargo-test.log
 
 step "end-to-end tests (pytest)"
 export WUWEI_BIN=$ROOT/target/debug/wuwei WUWEI_TEST_MODELS=$MODELS
-.venv/bin/python -m pytest -q tests/e2e
+.venv/bin/python -m pytest -q --durations=12 tests/e2e
 
 step "dashboard (vitest + headless Chromium against the real daemon)"
 WUWEI_BIN="$ROOT/target/debug/wuwei" tests/ui/run.sh
