@@ -127,8 +127,12 @@ pub struct Config {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ModelSettings {
-    /// Caps the context length (prompt + output) below the model's own.
+    /// Caps the context length (prompt + output) below the model's own (or below what
+    /// `rope_scaling` extends it to).
     pub context_length: Option<usize>,
+    /// Extends the model's context with a RoPE scaling its config.json does not have
+    /// (`{ type = "yarn", factor = 4.0 }`; see [`crate::loader::RopeScaling`]).
+    pub rope_scaling: Option<crate::loader::RopeScaling>,
     /// Sampling used when a request gives none.
     pub temperature: Option<f32>,
     pub top_p: Option<f32>,
@@ -430,6 +434,12 @@ impl Config {
             KvQuant::new(8, self.kv_group_size).map_err(invalid_kv)?;
         }
         for (id, m) in &self.per_model {
+            if let Some(rope) = &m.rope_scaling {
+                rope.validate().map_err(|message| ConfigError::Invalid {
+                    field: "rope_scaling",
+                    message: format!("[models.\"{id}\"]: {message}"),
+                })?;
+            }
             let bits = m.kv_bits.filter(|&b| b != 0).or(self.kv_bits).unwrap_or(8);
             let group = m.kv_group_size.unwrap_or(self.kv_group_size);
             KvQuant::new(bits, group).map_err(|e| invalid_kv(format!("[models.\"{id}\"]: {e}")))?;
@@ -499,6 +509,7 @@ impl Config {
             ssd,
             model_path: None,
             weights_mode: format!("{:?}", self.weights),
+            model_overrides: String::new(),
         }
     }
 
@@ -868,6 +879,31 @@ models_dirs = ["/file/models"]
         let cfg = Config::resolve(&ServeArgs::default(), env_of(&[]), Some(file)).unwrap();
         assert_eq!(cfg.api_key, None);
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn rope_scaling_per_model() {
+        use crate::loader::{RopeScaling, RopeScalingKind};
+        let cfg = Config::from_toml(
+            "[models.a]\nrope_scaling = { type = \"yarn\", factor = 4.0 }\n\
+             [models.b]\nrope_scaling = { rope_type = \"linear\", factor = 2, \
+             original_max_position_embeddings = 1000 }\n",
+        )
+        .unwrap();
+        let a = cfg.per_model["a"].rope_scaling.clone().unwrap();
+        assert_eq!((a.kind, a.factor), (RopeScalingKind::Yarn, 4.0));
+        assert_eq!(a.context(32768), 131072);
+        let b: &RopeScaling = cfg.per_model["b"].rope_scaling.as_ref().unwrap();
+        assert_eq!(b.context(8192), 2000);
+        for bad in [
+            "type = \"yarn\", factor = 0.5",
+            "type = \"dynamic\", factor = 2.0",
+            "type = \"yarn\", factor = 2.0, bogus = 1",
+        ] {
+            let parsed = Config::from_toml(&format!("[models.x]\nrope_scaling = {{ {bad} }}"));
+            let invalid = parsed.map_or(true, |mut c| c.validate().is_err());
+            assert!(invalid, "{bad}");
+        }
     }
 
     #[test]

@@ -231,24 +231,6 @@ pub fn cpu_levers() -> bool {
     !info().backend.is_gpu() && activations() == Activations::Float32
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_cpu_build_reports_the_cpu() {
-        // CI and development run the mlx-cpu wheel: MLX's default device is the CPU.
-        let i = info();
-        assert_eq!(i.backend, Backend::Cpu);
-        assert!(!i.name.is_empty());
-        assert_eq!(i.memory_bytes, None);
-        assert_eq!(Activations::Auto.resolve(), Activations::Float32);
-        assert_eq!(Activations::Checkpoint.resolve(), Activations::Checkpoint);
-        assert_eq!("CHECKPOINT".parse(), Ok(Activations::Checkpoint));
-        assert!("fp8".parse::<Activations>().is_err());
-    }
-}
-
 /// The kernel set OpenBLAS chose at load (e.g. "SkylakeX"), where the binary links it (Linux,
 /// CPU backend; engine/build.rs). OpenBLAS picks by CPU model number and falls back to
 /// "Prescott" (SSE3) on CPUs it does not know, ~1.6x slower prefill on an AVX-512 Xeon here;
@@ -277,4 +259,22 @@ pub fn openblas_misdetected() -> bool {
     }
     #[cfg(not(target_arch = "x86_64"))]
     false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cpu_build_reports_the_cpu() {
+        // CI and development run the mlx-cpu wheel: MLX's default device is the CPU.
+        let i = info();
+        assert_eq!(i.backend, Backend::Cpu);
+        assert!(!i.name.is_empty());
+        assert_eq!(i.memory_bytes, None);
+        assert_eq!(Activations::Auto.resolve(), Activations::Float32);
+        assert_eq!(Activations::Checkpoint.resolve(), Activations::Checkpoint);
+        assert_eq!("CHECKPOINT".parse(), Ok(Activations::Checkpoint));
+        assert!("fp8".parse::<Activations>().is_err());
+    }
 }

@@ -996,11 +996,15 @@ fn build_prefix_cache(
             }
         }
     }
-    let extra: [&[u8]; 3] = [
+    let mut extra: Vec<&[u8]> = vec![
         config.weights_mode.as_bytes(),
         shape.as_bytes(),
         &fingerprint,
     ];
+    // Only when set: the identity (and the blocks on disk) of models without stay as they were.
+    if !config.model_overrides.is_empty() {
+        extra.push(config.model_overrides.as_bytes());
+    }
     let identity = match &config.model_path {
         Some(path) => ModelIdentity::of_model(path, &extra),
         None => ModelIdentity::from_parts(

@@ -48,11 +48,13 @@ def daemon(models, tmp_path_factory):
         yield url
 
 
-def _mlx_lm(model_dir, prompts, max_tokens):
-    """mlx-lm's greedy tokens (EOS excluded), computed in the checkpoint's dtype."""
+def _mlx_lm(model_dir, prompts, max_tokens, model_config=None):
+    """mlx-lm's greedy tokens (EOS excluded), computed in the checkpoint's dtype;
+    `model_config` amends its config.json (mlx_lm.load's model_config)."""
     out = subprocess.run(
         [sys.executable, str(REPO_ROOT / "tests/reference/mlx_lm_greedy.py"), str(model_dir),
-         str(max_tokens), json.dumps([{"text": p, "chat": False} for p in prompts])],
+         str(max_tokens), json.dumps([{"text": p, "chat": False} for p in prompts]),
+         *([json.dumps(model_config)] if model_config else [])],
         check=True, capture_output=True, text=True).stdout
     return [r["tokens"] for r in json.loads(out)]
 

@@ -1,6 +1,8 @@
 """Greedy token ids from mlx-lm for a list of prompts, as JSON on stdout.
 
-usage: mlx_lm_greedy.py MODEL_DIR MAX_TOKENS '[{"text": "...", "chat": true}, ...]'
+usage: mlx_lm_greedy.py MODEL_DIR MAX_TOKENS '[{"text": "...", "chat": true}, ...]' [MODEL_CONFIG]
+MODEL_CONFIG (JSON) amends the model's config.json as mlx_lm.load's model_config does (e.g. a
+rope_scaling the checkpoint does not have).
 Chat prompts go through the tokenizer's chat template (add_generation_prompt); raw prompts
 through tokenizer.encode, as mlx_lm.generate does. Generation stops at an EOS token (not
 included) or after MAX_TOKENS tokens.
@@ -20,7 +22,8 @@ import mlx_compat  # noqa: E402,F401  (quantized MoE on MLX 0.32.2)
 def main():
     mx.set_default_device(mx.cpu)
     model_dir, max_tokens, prompts = sys.argv[1], int(sys.argv[2]), json.loads(sys.argv[3])
-    model, tokenizer = load(model_dir)
+    model_config = json.loads(sys.argv[4]) if len(sys.argv) > 4 else None
+    model, tokenizer = load(model_dir, model_config=model_config)
     results = []
     for p in prompts:
         if p["chat"]:

@@ -62,6 +62,9 @@ pub struct KvConfig {
     pub model_path: Option<PathBuf>,
     /// How the weights are held (part of the identity: it changes the numbers).
     pub weights_mode: String,
+    /// The model's config overrides that change its numbers (a RoPE scaling), as text; part
+    /// of the identity. Empty: none.
+    pub model_overrides: String,
     /// Positions between snapshots of recurrent state (hybrid models; rounded up to a
     /// multiple of the block size).
     pub snapshot_interval: usize,
@@ -76,6 +79,7 @@ impl Default for KvConfig {
             ssd: None,
             model_path: None,
             weights_mode: String::new(),
+            model_overrides: String::new(),
             snapshot_interval: DEFAULT_SNAPSHOT_INTERVAL,
         }
     }

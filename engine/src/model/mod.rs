@@ -574,7 +574,15 @@ pub fn load_model_dir(
     dir: &Path,
     mode: WeightsMode,
 ) -> Result<(Value, Box<dyn LanguageModel>), ModelError> {
-    let config = read_config(dir)?;
+    load_model_config(dir, read_config(dir)?, mode)
+}
+
+/// [`load_model_dir`] with its config.json already read (and perhaps amended).
+pub fn load_model_config(
+    dir: &Path,
+    config: Value,
+    mode: WeightsMode,
+) -> Result<(Value, Box<dyn LanguageModel>), ModelError> {
     // Reject an unknown architecture before reading gigabytes of weights.
     let model_type = config
         .get("model_type")

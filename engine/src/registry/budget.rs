@@ -73,10 +73,17 @@ impl Registry {
         self.config.per_model.get(id).cloned().unwrap_or_default()
     }
 
+    /// The model's context: its own, or what its `rope_scaling` setting extends it to,
+    /// capped by its `context_length` setting.
     pub(super) fn capped_context(facts: &ModelFacts, settings: &ModelSettings) -> usize {
+        let own = facts.context_length;
+        let full = settings
+            .rope_scaling
+            .as_ref()
+            .map_or(own, |rope| rope.context(own).max(own));
         settings
             .context_length
-            .map_or(facts.context_length, |cap| cap.min(facts.context_length))
+            .map_or(full, |cap| cap.min(full))
             .max(2)
     }
 

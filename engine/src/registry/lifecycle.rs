@@ -132,6 +132,12 @@ impl Registry {
         let (model_id, path_buf) = (id.to_string(), path.to_path_buf());
         let mut sched = self.config.scheduler.clone();
         sched.kv.model_path = Some(path.to_path_buf());
+        sched.kv.model_overrides = settings
+            .rope_scaling
+            .as_ref()
+            .map(|rope| rope.identity())
+            .unwrap_or_default();
+        let rope = settings.rope_scaling.clone();
         // Running sequences share the KV memory counted for the model in the budget.
         sched.kv_quant = self.kv_quant(&settings);
         let kv_bytes_per_token = self.kv_bytes_per_token(facts, &settings);
@@ -141,7 +147,7 @@ impl Registry {
         std::thread::Builder::new()
             .name(format!("engine-{id}"))
             .spawn(move || {
-                match loader::load(&path_buf, plan.mode) {
+                match loader::load_with(&path_buf, plan.mode, rope.as_ref()) {
                     Ok(loaded) => {
                         let ready = (loaded.tokenizer.clone(), loaded.context_length);
                         // Ready once the engine exists (its prefix cache included), so that the
