@@ -5,8 +5,14 @@ model load and a short warm-up generation excluded), alternating per prompt leng
 a raw completion (no chat template) of random words cut to the length.
 Writes its table to docs/BENCHMARKS.md (section "long-context").
 
+With --claude-code, also replays Claude Code's first request of a session (recorded by
+tests/e2e/test_claude_code.py into artifacts/claude_code/long_context.json: its system prompt,
+tools and message, ~12k tokens) to `wuwei serve` over the Anthropic API on the same model with
+its context raised to 32k in a copy of its config (as the issue measured it), prefix cache off,
+and reports the time to its first token.
+
 usage: .venv/bin/python bench/long_context.py [--lengths 2000,8000] [--max-tokens 32]
-       [--model DIR] [--bin target/release/wuwei] [--kv-bits N]
+       [--model DIR] [--bin target/release/wuwei] [--kv-bits N] [--claude-code [JSON]]
        (build first: cargo build --release --bin wuwei)
 """
 import argparse
@@ -116,6 +122,63 @@ def mlx_env():
     return env
 
 
+CLAUDE_CODE_RECORDING = ROOT / "artifacts/claude_code/long_context.json"
+
+
+def claude_code_replay(binary, model_dir, recording):
+    """TTFT of Claude Code's recorded first request, streamed as Claude Code asks for it."""
+    import shutil
+    import tempfile
+
+    exchanges = json.loads(Path(recording).read_text())["exchanges"]
+    body = max((e["body"] for e in exchanges if e["path"].startswith("/v1/messages")),
+               key=lambda b: len(json.dumps(b)))
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "models" / (model_dir.name + "-32k")
+        folder.mkdir(parents=True)
+        for f in model_dir.iterdir():
+            if f.name != "config.json":
+                (folder / f.name).symlink_to(f.resolve())
+        config = json.loads((model_dir / "config.json").read_text())
+        config["max_position_embeddings"] = 32768
+        (folder / "config.json").write_text(json.dumps(config))
+        port = free_port()
+        env = dict(os.environ, WUWEI_LOG="warn", WUWEI_KV_CACHE="false")
+        server = subprocess.Popen([binary, "serve", "--port", str(port), "--models", str(folder.parent),
+                                   "--default-model", folder.name],
+                                  env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + 300
+            while True:
+                try:
+                    wuwei_run(url, folder.name, "Hello there", 2)
+                    break
+                except requests.RequestException:
+                    if server.poll() is not None or time.monotonic() > deadline:
+                        raise RuntimeError("wuwei serve did not start")
+                    time.sleep(0.5)
+            body = dict(body, model=folder.name, max_tokens=8, stream=True)
+            load = load_avg()
+            t0 = time.perf_counter()
+            first, input_tokens = None, None
+            with requests.post(f"{url}/v1/messages", json=body, stream=True, timeout=3600,
+                               headers={"anthropic-version": "2023-06-01"}) as r:
+                r.raise_for_status()
+                for line in r.iter_lines():
+                    if not line.startswith(b"data: "):
+                        continue
+                    event = json.loads(line[6:])
+                    if event.get("type") == "message_start":
+                        input_tokens = event["message"]["usage"]["input_tokens"]
+                    if event.get("type") == "content_block_delta" and first is None:
+                        first = time.perf_counter()
+            return dict(ttft=(first or time.perf_counter()) - t0, input_tokens=input_tokens, load=load)
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
+
+
 def load_avg():
     return os.getloadavg()[0]
 
@@ -129,6 +192,9 @@ def main():
     ap.add_argument("--kv-bits", type=int, default=0)
     ap.add_argument("--mlx-quantized", action="store_true",
                     help="mlx-lm keeps quantized weights as stored (default: dequantized, as Wuwei's auto)")
+    ap.add_argument("--claude-code", nargs="?", const=str(CLAUDE_CODE_RECORDING), default=None,
+                    help="also replay Claude Code's recorded first request (default recording: "
+                         "artifacts/claude_code/long_context.json, written by the e2e tests)")
     ap.add_argument("--no-write", action="store_true")
     a = ap.parse_args()
     model_dir = Path(a.model)
@@ -193,11 +259,22 @@ def main():
         + ", `stream_generate` defaults (prefill_step_size 2048). One run per length, Wuwei then "
         "mlx-lm; the load column is the 1-minute load average when each started (other jobs "
         "share these cores, so compare ratios within a row pair).")
+    if a.claude_code:
+        cc = claude_code_replay(a.bin, model_dir, a.claude_code)
+        print(json.dumps(cc), flush=True)
+        body += (f"\n\nClaude Code's recorded first request ({cc['input_tokens']} prompt tokens after "
+                 f"Wuwei's chat template), replayed over the Anthropic API to `{model_dir.name}` with "
+                 f"its context raised to 32k, prefix cache off: **TTFT {cc['ttft']:.1f} s** "
+                 f"({cc['input_tokens'] / cc['ttft']:.0f} tok/s; load {cc['load']:.1f}). The issue "
+                 "measured ~6.5 minutes for the same kind of request (11,860 tokens) before the "
+                 "long-context work.")
     print(body)
     if not a.no_write:
         cmd = f".venv/bin/python bench/long_context.py --lengths {a.lengths} --max-tokens {a.max_tokens}"
         if a.kv_bits:
             cmd += f" --kv-bits {a.kv_bits}"
+        if a.claude_code:
+            cmd += " --claude-code"
         write_section("long-context", "Long context: TTFT and decode vs mlx-lm", cmd, body)
 
 
