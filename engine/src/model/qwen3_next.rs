@@ -265,6 +265,68 @@ impl GatedDeltaNet {
     fn forward(&self, x: &Array, batch: &mut [BatchSeq<'_>], layer: usize) -> Result<Array> {
         let s = x.shape()[1];
         let (mixed, z, b, a) = self.project(x)?;
+        let out = if batch.len() > 1 && batch.iter().all(|seq| seq.len == 1) {
+            self.decode_together(&mixed, &a, &b, batch, layer, x.dtype())?
+        } else {
+            self.each_sequence(&mixed, &a, &b, batch, layer, x.dtype())?
+        };
+        // Qwen3NextRMSNormGated: precise_swiglu(out, z, rms_norm(out))
+        let normed = rms_norm(&out, Some(&self.norm), self.eps)?;
+        let gated = (silu(&z.as_dtype(Dtype::Float32)?)? * normed.as_dtype(Dtype::Float32)?)
+            .as_dtype(out.dtype())?;
+        self.out_proj.forward(&gated.reshape(&[1, s, -1])?)
+    }
+
+    /// A decode step of several sequences (one row each) as one batch of the recurrence: the
+    /// same operations per row as [`Self::sequence`] alone (rows never mix), so a sequence's
+    /// numbers do not depend on its batch, but a fixed number of graph operations per layer
+    /// instead of one set per sequence. Returns `[1, B, Hv, Dv]`.
+    fn decode_together(
+        &self,
+        mixed: &Array,
+        a: &Array,
+        b: &Array,
+        batch: &mut [BatchSeq<'_>],
+        layer: usize,
+        dtype: Dtype,
+    ) -> Result<Array> {
+        let n = batch.len() as i32;
+        let rows = |t: &Array| -> Result<Array> {
+            let mut shape = t.shape().to_vec();
+            shape[0] = n;
+            shape[1] = 1;
+            t.reshape(&shape)
+        };
+        let (mut convs, mut recurrents) = (Vec::new(), Vec::new());
+        for seq in batch.iter_mut() {
+            let [conv, recurrent] = self.state_or_zeros(seq.cache.state(layer).take(), 1, dtype)?;
+            convs.push(conv);
+            recurrents.push(recurrent);
+        }
+        let state = [concatenate(&convs, 0)?, concatenate(&recurrents, 0)?];
+        let (y, [conv, recurrent]) = self.sequence(&rows(mixed)?, &rows(a)?, &rows(b)?, state)?;
+        for (i, seq) in batch.iter_mut().enumerate() {
+            let i = i as i32;
+            *seq.cache.state(layer) = Some(vec![
+                slice_axis(&conv, 0, i, i + 1)?,
+                slice_axis(&recurrent, 0, i, i + 1)?,
+            ]);
+        }
+        let shape = y.shape();
+        y.reshape(&[1, n, shape[2], shape[3]])
+    }
+
+    /// Each sequence's rows through its own recurrence. Returns `[1, S, Hv, Dv]`.
+    fn each_sequence(
+        &self,
+        mixed: &Array,
+        a: &Array,
+        b: &Array,
+        batch: &mut [BatchSeq<'_>],
+        layer: usize,
+        dtype: Dtype,
+    ) -> Result<Array> {
+        let s = mixed.shape()[1];
         let mut outs = Vec::with_capacity(batch.len());
         let mut start = 0;
         for seq in batch.iter_mut() {
@@ -276,42 +338,54 @@ impl GatedDeltaNet {
                     Ok(slice_axis(t, 1, start, end)?)
                 }
             };
-            let state = seq.cache.state(layer);
-            let (out, new_state) = self.sequence(
-                &rows(&mixed)?,
-                &rows(&a)?,
-                &rows(&b)?,
-                state.take(),
-                x.dtype(),
-            )?;
-            *state = Some(new_state);
+            let state = self.state_or_zeros(seq.cache.state(layer).take(), 1, dtype)?;
+            let (out, new_state) = self.sequence(&rows(mixed)?, &rows(a)?, &rows(b)?, state)?;
+            *seq.cache.state(layer) = Some(new_state.to_vec());
             outs.push(out);
             start = end;
         }
-        let out = if outs.len() == 1 {
-            outs.pop().expect("one sequence")
+        if outs.len() == 1 {
+            Ok(outs.pop().expect("one sequence"))
         } else {
-            concatenate(&outs, 1)?
-        };
-        // Qwen3NextRMSNormGated: precise_swiglu(out, z, rms_norm(out))
-        let normed = rms_norm(&out, Some(&self.norm), self.eps)?;
-        let gated = (silu(&z.as_dtype(Dtype::Float32)?)? * normed.as_dtype(Dtype::Float32)?)
-            .as_dtype(out.dtype())?;
-        self.out_proj.forward(&gated.reshape(&[1, s, -1])?)
+            concatenate(&outs, 1)
+        }
     }
 
-    /// One sequence's rows: `mixed` `[1, L, conv_dim]`, `a`/`b` `[1, L, v_heads]`, its state
-    /// (conv state `[1, kernel - 1, conv_dim]`, recurrent state `[1, Hv, Dv, Dk]` float32).
-    /// Returns `[1, L, Hv, Dv]` and the new state.
+    /// A sequence's state (conv state `[n, kernel - 1, conv_dim]`, recurrent state
+    /// `[n, Hv, Dv, Dk]` float32), zeros before its first token.
+    fn state_or_zeros(
+        &self,
+        state: Option<Vec<Array>>,
+        n: i32,
+        dtype: Dtype,
+    ) -> Result<[Array; 2]> {
+        match state {
+            Some(mut s) if s.len() == 2 => {
+                let recurrent = s.pop().expect("two");
+                Ok([s.pop().expect("two"), recurrent])
+            }
+            _ => Ok([
+                zeros_dtype(&[n, self.kernel - 1, self.conv_dim()], dtype)?,
+                zeros_dtype(
+                    &[n, self.num_v_heads, self.head_v_dim, self.head_k_dim],
+                    Dtype::Float32,
+                )?,
+            ]),
+        }
+    }
+
+    /// `N` independent recurrences of `L` rows each (one sequence's prefill chunk: N = 1; a
+    /// batched decode step: L = 1): `mixed` `[N, L, conv_dim]`, `a`/`b` `[N, L, v_heads]`,
+    /// their states (see [`Self::state_or_zeros`]). Returns `[N, L, Hv, Dv]` and the new
+    /// states.
     fn sequence(
         &self,
         mixed: &Array,
         a: &Array,
         b: &Array,
-        state: Option<Vec<Array>>,
-        dtype: Dtype,
-    ) -> Result<(Array, Vec<Array>)> {
-        let l = mixed.shape()[1];
+        [conv_state, recurrent]: [Array; 2],
+    ) -> Result<(Array, [Array; 2])> {
+        let (n, l) = (mixed.shape()[0], mixed.shape()[1]);
         let (nk, dk, nv, dv) = (
             self.num_k_heads,
             self.head_k_dim,
@@ -319,16 +393,6 @@ impl GatedDeltaNet {
             self.head_v_dim,
         );
         let keep = self.kernel - 1;
-        let (conv_state, recurrent) = match state {
-            Some(mut s) if s.len() == 2 => {
-                let r = s.pop().expect("two");
-                (s.pop().expect("two"), r)
-            }
-            _ => (
-                zeros_dtype(&[1, keep, self.conv_dim()], dtype)?,
-                zeros_dtype(&[1, nv, dv, dk], Dtype::Float32)?,
-            ),
-        };
         let conv_input = concatenate(&[conv_state, mixed.clone()], 1)?;
         let total = conv_input.shape()[1];
         let new_conv = slice_axis(&conv_input, 1, total - keep, total)?;
@@ -341,9 +405,9 @@ impl GatedDeltaNet {
             self.conv_dim(),
         )?)?;
         let kd = self.key_dim();
-        let q = last_axis(&conv_out, 0, kd)?.reshape(&[1, l, nk, dk])?;
-        let k = last_axis(&conv_out, kd, 2 * kd)?.reshape(&[1, l, nk, dk])?;
-        let v = last_axis(&conv_out, 2 * kd, self.conv_dim())?.reshape(&[1, l, nv, dv])?;
+        let q = last_axis(&conv_out, 0, kd)?.reshape(&[n, l, nk, dk])?;
+        let k = last_axis(&conv_out, kd, 2 * kd)?.reshape(&[n, l, nk, dk])?;
+        let v = last_axis(&conv_out, 2 * kd, self.conv_dim())?.reshape(&[n, l, nv, dv])?;
 
         // normalize_qk(inv_scale = dk^-0.5, eps = 1e-6)
         let inv_scale = (dk as f64).powf(-0.5);
@@ -358,8 +422,8 @@ impl GatedDeltaNet {
         let repeat = nv / nk;
         let (q, k) = if repeat > 1 {
             let rep = |t: &Array| -> Result<Array> {
-                broadcast_to(t.reshape(&[1, l, nk, 1, dk])?, &[1, l, nk, repeat, dk])?
-                    .reshape(&[1, l, nv, dk])
+                broadcast_to(t.reshape(&[n, l, nk, 1, dk])?, &[n, l, nk, repeat, dk])?
+                    .reshape(&[n, l, nv, dk])
             };
             (rep(&q)?, rep(&k)?)
         } else {
@@ -376,17 +440,17 @@ impl GatedDeltaNet {
             let (qt, kt, vt) = (at(&q, i)?, at(&k, i)?, at(&v, i)?);
             let (gt, bt) = (at(&g, i)?, at(&beta, i)?);
             // _gated_delta_step_ops
-            let decay = gt.reshape(&[1, nv, 1, 1])?;
+            let decay = gt.reshape(&[n, nv, 1, 1])?;
             state = &state * decay;
-            let k_row = kt.reshape(&[1, nv, 1, dk])?;
+            let k_row = kt.reshape(&[n, nv, 1, dk])?;
             let kv_mem = (&state * &k_row).sum_axis(-1, false)?;
-            let delta = (vt - kv_mem) * bt.reshape(&[1, nv, 1])?;
-            state = &state + &k_row * delta.reshape(&[1, nv, dv, 1])?;
-            let y = (&state * qt.reshape(&[1, nv, 1, dk])?).sum_axis(-1, false)?;
+            let delta = (vt - kv_mem) * bt.reshape(&[n, nv, 1])?;
+            state = &state + &k_row * delta.reshape(&[n, nv, dv, 1])?;
+            let y = (&state * qt.reshape(&[n, nv, 1, dk])?).sum_axis(-1, false)?;
             ys.push(y.as_dtype(qt.dtype())?);
         }
         let y = stack(&ys, 1)?;
-        Ok((y, vec![new_conv, state]))
+        Ok((y, [new_conv, state]))
     }
 }
 
