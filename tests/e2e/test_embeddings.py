@@ -167,6 +167,10 @@ def test_bad_requests_get_400s_in_openai_shape(oai, url):
         oai.chat.completions.create(model=QWEN, max_tokens=4,
                                     messages=[{"role": "user", "content": "hi"}])
     assert e.value.body["param"] == "model" and "embedding model" in e.value.body["message"]
+    r = requests.post(f"{url}/v1/messages", json={"model": QWEN, "max_tokens": 4, "messages": [
+        {"role": "user", "content": "hi"}]}, timeout=30)
+    assert r.status_code == 400 and r.json()["type"] == "error", r.text
+    assert "embedding model" in r.json()["error"]["message"]
     r = requests.post(f"{url}/v1/embeddings", json={"model": "nope", "input": "a"}, timeout=30)
     assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found"
 
@@ -186,5 +190,7 @@ def test_a_chat_stream_goes_on_while_embeddings_run(oai, url):
         assert answer.result(timeout=120).strip()
     listed = {m.id for m in oai.models.list()}
     assert {QWEN, LLAMA, CHAT} <= listed
-    admin = {m["id"] for m in requests.get(f"{url}/admin/api/models", timeout=30).json()["models"]}
-    assert {QWEN, LLAMA, CHAT} <= admin
+    admin = {m["id"]: m for m in requests.get(f"{url}/admin/api/models", timeout=30).json()["models"]}
+    assert {m: admin[m]["kind"] for m in (QWEN, LLAMA, CHAT)} == {
+        QWEN: "embedding", LLAMA: "embedding", CHAT: "chat"}
+    assert admin[QWEN]["state"] == "loaded" and admin[QWEN]["estimated_memory_bytes"] > 0

@@ -86,11 +86,7 @@ impl Registry {
             return Err(CoreError::Stopped);
         }
         let id = self.resolve(request.model.as_deref())?;
-        if self.embedding_spec(&id)?.is_some() {
-            return Err(CoreError::WrongModelKind(format!(
-                "model '{id}' is an embedding model: it serves POST /v1/embeddings, not text generation"
-            )));
-        }
+        self.refuse_embedding_model(&id)?;
         let served = self.ensure_loaded(&id).await?;
         let RenderedPrompt {
             tokens: prompt,
@@ -198,6 +194,16 @@ impl Registry {
                 "model '{id}' is incomplete and cannot be loaded: {reason}"
             ))),
             None => Ok(None),
+        }
+    }
+
+    /// Generation (and counting a prompt's tokens) is not for embedding models.
+    fn refuse_embedding_model(&self, id: &str) -> Result<(), CoreError> {
+        match self.embedding_spec(id)? {
+            Some(_) => Err(CoreError::WrongModelKind(format!(
+                "model '{id}' is an embedding model: it serves POST /v1/embeddings, not text generation"
+            ))),
+            None => Ok(()),
         }
     }
 
@@ -318,6 +324,7 @@ impl Backend for Registry {
     ) -> BoxFuture<'a, Result<usize, CoreError>> {
         Box::pin(async move {
             let id = self.resolve(model)?;
+            self.refuse_embedding_model(&id)?;
             let served = self.ensure_loaded(&id).await?;
             Ok(Self::renderer(&served).render(prompt)?.tokens.len())
         })
