@@ -78,6 +78,8 @@ def run_codex(codex_bin, daemon_url, workdir, prompt, name, trimmed=True, timeou
             # One try: a failure shows at once instead of after retries.
             "model_providers.wuwei.request_max_retries": "0",
             "model_providers.wuwei.stream_max_retries": "0",
+            # Nothing leaves the machine but requests to the daemon.
+            "analytics.enabled": "false",
         }
         if trimmed:
             config.update({
@@ -116,6 +118,8 @@ def test_codex_exec_round_trip(codex_bin, greedy_url, tmp_path):
     request = sent[0]["body"]
     assert request["model"] == MODEL and request["stream"] is True
     assert request["tools"], "Codex offered its tools"
+    metadata = json.loads(request["client_metadata"]["x-codex-turn-metadata"])
+    assert metadata["analytics_enabled"] is False, metadata
     events = sse_events(sent[-1]["response"])
     kinds = [e["type"] for e in events]
     assert kinds[0] == "response.created" and kinds[-1] == "response.completed", kinds
