@@ -246,6 +246,24 @@ pub struct ModelStatus {
     pub aliases: Vec<String>,
     /// The sampling a request gets for each setting it leaves out.
     pub sampling_defaults: SamplingDefaults,
+    /// What the model serves: text generation, or vectors (`POST /v1/embeddings`).
+    pub kind: ModelKind,
+}
+
+/// What a model serves; values this app does not know yet read as `Other`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(ts_rs::TS))]
+#[serde(rename_all = "snake_case")]
+pub enum ModelKind {
+    /// Chat and text completions, the Messages and Responses APIs.
+    #[default]
+    Chat,
+    /// Embeddings only (`POST /v1/embeddings`).
+    Embedding,
+    #[serde(other)]
+    // Not a value on the wire: what this build reads for values it does not know.
+    #[cfg_attr(test, ts(skip))]
+    Other,
 }
 
 /// A model's default sampling: its `[models."id"]` settings, else its

@@ -33,6 +33,7 @@ fn declarations() -> String {
         ModelStatus::decl(&cfg),
         SamplingDefaults::decl(&cfg),
         ModelState::decl(&cfg),
+        ModelKind::decl(&cfg),
         Settings::decl(&cfg),
         ModelAnswer::decl(&cfg),
         DefaultAnswer::decl(&cfg),

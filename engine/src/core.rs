@@ -284,6 +284,31 @@ pub struct Generation {
     pub events: mpsc::Receiver<Event>,
 }
 
+/// What an embeddings request embeds: texts (the model's tokenizer reads them) or token ids.
+#[derive(Debug, Clone, PartialEq)]
+pub enum EmbedInput {
+    Texts(Vec<String>),
+    Tokens(Vec<Vec<u32>>),
+}
+
+/// An embeddings request, after the adapter checked its shape.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EmbedRequest {
+    pub model: Option<String>,
+    pub input: EmbedInput,
+    /// Keep the first this many dimensions (then normalized again), where the model allows it.
+    pub dimensions: Option<usize>,
+}
+
+/// One vector per input, in the input's order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Embeddings {
+    /// The model id that served it (aliases resolved).
+    pub model: String,
+    pub vectors: Vec<Vec<f32>>,
+    pub prompt_tokens: usize,
+}
+
 /// A model the daemon can serve.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ModelInfo {
@@ -306,6 +331,10 @@ pub enum CoreError {
     PromptTooLong { tokens: usize, max: usize },
     #[error("invalid request: {0}")]
     Invalid(String),
+    /// The model exists but does the other job (an embedding model asked to generate, or
+    /// a generative one asked for embeddings).
+    #[error("{0}")]
+    WrongModelKind(String),
     /// The model has no vision / the feature is not supported by this model.
     #[error("{0}")]
     Unsupported(String),
@@ -341,5 +370,14 @@ pub trait Backend: Send + Sync + 'static {
     /// Validates, tokenizes and queues the request. Resolves once the request is queued (after
     /// the model has loaded, if it had to); it never waits for generation itself.
     fn submit(&self, request: GenerateRequest) -> BoxFuture<'_, Result<Generation, CoreError>>;
+    /// Embeds the request's inputs with an embedding model (loading it first if needed).
+    fn embed(&self, request: EmbedRequest) -> BoxFuture<'_, Result<Embeddings, CoreError>> {
+        let _ = request;
+        Box::pin(async {
+            Err(CoreError::Unsupported(
+                "embeddings are not served here".into(),
+            ))
+        })
+    }
     fn health(&self) -> Health;
 }

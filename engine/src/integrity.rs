@@ -30,6 +30,8 @@ pub struct ModelFacts {
     pub state_bytes_per_sequence: u64,
     /// Tokens the model can attend to, as its config says.
     pub context_length: usize,
+    /// `Some`: an embedding model (it serves `/v1/embeddings`, not generation).
+    pub embedding: Option<crate::embedding::EmbeddingSpec>,
 }
 
 /// Why a model is not usable, shown to users as is.
@@ -208,6 +210,7 @@ fn check_mlx_dir(dir: &Path) -> Result<ModelFacts, Incomplete> {
         kv_bytes_per_token: kv_bytes_per_token(layers, kv_heads, head_dim),
         state_bytes_per_sequence,
         context_length: crate::loader::context_length(&config),
+        embedding: crate::embedding::detect(dir, &config)?,
     })
 }
 
@@ -257,6 +260,7 @@ fn check_gguf(path: &Path) -> Result<ModelFacts, Incomplete> {
         kv_bytes_per_token: kv_bytes_per_token(layers, kv_heads, head_dim),
         state_bytes_per_sequence: 0,
         context_length,
+        embedding: None,
     })
 }
 

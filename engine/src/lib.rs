@@ -4,6 +4,7 @@ pub mod admin;
 pub mod config;
 pub mod core;
 pub mod device;
+pub mod embedding;
 pub mod generate;
 pub mod gguf;
 pub mod integrity;

@@ -297,11 +297,17 @@ reason?: string, size_bytes: number, estimated_memory_bytes: number, context_len
 /**
  * The sampling a request gets for each setting it leaves out.
  */
-sampling_defaults: SamplingDefaults, };
+sampling_defaults: SamplingDefaults, 
+/**
+ * What the model serves: text generation, or vectors (`POST /v1/embeddings`).
+ */
+kind: ModelKind, };
 
 export type SamplingDefaults = { temperature?: number, top_p?: number, top_k?: number, min_p?: number, repetition_penalty?: number, };
 
 export type ModelState = "available" | "loading" | "loaded" | "unloading" | "incomplete" | "failed";
+
+export type ModelKind = "chat" | "embedding";
 
 export type Settings = { 
 /**

@@ -369,7 +369,7 @@ function modelsPage(): string {
         <td><b>${h(m.id)}</b><div class="muted small">${h(m.path)}</div>${
           m.reason ? `<div class="problem" data-testid="model-problem">${h(m.reason)}</div>` : ''
         }</td>
-        <td>${h(m.format)}</td>
+        <td>${h(m.format)}${m.kind === 'embedding' ? '<div class="muted small" data-testid="model-kind">embedding</div>' : ''}</td>
         <td><span class="state state-${h(m.state)}">${h(m.state)}${progress}</span></td>
         <td>${h(formatBytes(m.size_bytes))}</td>
         <td>${h(formatBytes(m.estimated_memory_bytes))}</td>

@@ -165,13 +165,9 @@ impl<A: SelfAttention> Decoder<A> {
     }
 }
 
-impl<A: SelfAttention> LanguageModel for Decoder<A> {
-    fn forward(
-        &self,
-        tokens: &Array,
-        batch: &mut [BatchSeq<'_>],
-        logits: Logits,
-    ) -> Result<Array, Exception> {
+impl<A: SelfAttention> Decoder<A> {
+    /// The embeddings through every block (before the final norm), advancing the caches.
+    fn blocks(&self, tokens: &Array, batch: &mut [BatchSeq<'_>]) -> Result<Array, Exception> {
         let mut h = embed(&self.embed_tokens, tokens)?;
         for (i, layer) in self.layers.iter().enumerate() {
             h = layer.forward(&h, batch, i)?;
@@ -179,11 +175,31 @@ impl<A: SelfAttention> LanguageModel for Decoder<A> {
         for seq in batch.iter_mut() {
             seq.cache.advance(seq.len);
         }
+        Ok(h)
+    }
+}
+
+impl<A: SelfAttention> LanguageModel for Decoder<A> {
+    fn forward(
+        &self,
+        tokens: &Array,
+        batch: &mut [BatchSeq<'_>],
+        logits: Logits,
+    ) -> Result<Array, Exception> {
+        let h = self.blocks(tokens, batch)?;
         let lm_head = self.lm_head.as_ref().unwrap_or(&self.embed_tokens);
         head(&h, batch, logits, &self.norm, lm_head)
     }
 
     fn num_layers(&self) -> usize {
         self.layers.len()
+    }
+
+    fn hidden_states(
+        &self,
+        tokens: &Array,
+        batch: &mut [BatchSeq<'_>],
+    ) -> Result<Array, Exception> {
+        self.norm.forward(&self.blocks(tokens, batch)?)
     }
 }

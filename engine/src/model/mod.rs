@@ -92,6 +92,19 @@ pub trait LanguageModel: Send {
         logits: Logits,
     ) -> Result<Array, Exception>;
     fn num_layers(&self) -> usize;
+    /// Runs `tokens` as [`LanguageModel::forward`] does but stops before the head: the final
+    /// norm's output at every position, `[1, N, hidden]` (embedding models pool these).
+    /// Architectures without it answer an error.
+    fn hidden_states(
+        &self,
+        tokens: &Array,
+        batch: &mut [BatchSeq<'_>],
+    ) -> Result<Array, Exception> {
+        let _ = (tokens, batch);
+        Err(Exception::custom(
+            "this architecture does not give hidden states (it cannot serve embeddings)",
+        ))
+    }
     /// Whether some layers keep a recurrent state per sequence (linear attention) beside the
     /// KV cache: the prefix cache then snapshots that state at snapshot boundaries and
     /// restores a prefix only up to a snapshot.
@@ -594,11 +607,29 @@ pub fn load_model_config(
             model_type: model_type.into(),
         });
     }
-    let tensors = weights::load_safetensors_dir(dir, compute_dtype())?;
+    let tensors = with_model_prefix(weights::load_safetensors_dir(dir, compute_dtype())?);
     materialize(&tensors)?;
     let tensors = Tensors::new(tensors, Quantization::from_config(&config), dir.into());
     let model = build_model(&config, tensors, mode)?;
     Ok((config, model))
+}
+
+/// A transformers base-model checkpoint (`Qwen3Model`, as Qwen3-Embedding is published) names
+/// its tensors without the `model.` prefix its `…ForCausalLM` class adds (`embed_tokens.weight`,
+/// `layers.0.…`, `norm.weight`) and has no head: prefixed here so that the decoder reads both.
+fn with_model_prefix(tensors: HashMap<String, Array>) -> HashMap<String, Array> {
+    if tensors.contains_key("model.embed_tokens.weight")
+        || !tensors.contains_key("embed_tokens.weight")
+    {
+        return tensors;
+    }
+    tensors
+        .into_iter()
+        .map(|(name, t)| match name.starts_with("lm_head.") {
+            true => (name, t),
+            false => (format!("model.{name}"), t),
+        })
+        .collect()
 }
 
 /// Reads every tensor into memory now (MLX loads lazily), so that load time is paid at load,

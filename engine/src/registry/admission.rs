@@ -9,15 +9,16 @@ use tokio::sync::mpsc;
 
 use crate::config::ModelSettings;
 use crate::core::{
-    Backend, BoxFuture, CoreError, GenerateRequest, Generation, Health, ModelInfo, Prompt,
-    SamplingRequest,
+    Backend, BoxFuture, CoreError, EmbedInput, EmbedRequest, Embeddings, GenerateRequest,
+    Generation, Health, ModelInfo, Prompt, SamplingRequest,
 };
+use crate::embedding::{self, EmbedJob, EmbeddingSpec};
 use crate::memory::format_bytes;
 use crate::scheduler::{SeqRequest, EVENT_CHANNEL_CAPACITY};
 use crate::text::output_parser::{self, ParserConfig, ParserSetup};
 use crate::text::prompt::{PromptRenderer, RenderedPrompt};
 
-use super::{Registry, Served, State};
+use super::{Inbox, Registry, Served, State};
 
 /// The sampling a model's `generation_config.json` recommends (temperature, top_p, top_k,
 /// min_p, repetition_penalty; `do_sample` is not read, as vLLM does not). An MLX folder's file;
@@ -85,6 +86,7 @@ impl Registry {
             return Err(CoreError::Stopped);
         }
         let id = self.resolve(request.model.as_deref())?;
+        self.refuse_embedding_model(&id)?;
         let served = self.ensure_loaded(&id).await?;
         let RenderedPrompt {
             tokens: prompt,
@@ -163,8 +165,8 @@ impl Registry {
         served.stats.waiting.fetch_add(1, Ordering::Relaxed);
         served.touch();
         let sent = match served.requests.lock().unwrap().as_ref() {
-            Some(sender) => sender.send(seq).is_ok(),
-            None => false,
+            Some(Inbox::Generate(sender)) => sender.send(seq).is_ok(),
+            _ => false,
         };
         if !sent {
             served.stats.waiting.fetch_sub(1, Ordering::Relaxed);
@@ -177,6 +179,114 @@ impl Registry {
             prompt_tokens,
             cached_tokens,
             events: rx,
+        })
+    }
+}
+
+impl Registry {
+    /// How model `id` embeds, if it is an embedding model (from its folder, without loading
+    /// it); an incomplete model's reason as the error loading it would give.
+    fn embedding_spec(&self, id: &str) -> Result<Option<EmbeddingSpec>, CoreError> {
+        let models = self.models.lock().unwrap();
+        match models.get(id).map(|e| &e.facts) {
+            Some(Ok(facts)) => Ok(facts.embedding),
+            Some(Err(reason)) => Err(CoreError::Unsupported(format!(
+                "model '{id}' is incomplete and cannot be loaded: {reason}"
+            ))),
+            None => Ok(None),
+        }
+    }
+
+    /// Generation (and counting a prompt's tokens) is not for embedding models.
+    fn refuse_embedding_model(&self, id: &str) -> Result<(), CoreError> {
+        match self.embedding_spec(id)? {
+            Some(_) => Err(CoreError::WrongModelKind(format!(
+                "model '{id}' is an embedding model: it serves POST /v1/embeddings, not text generation"
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    /// Tokenizes, checks and embeds the request's inputs as one job on the model's engine
+    /// (which batches it with whatever else is waiting).
+    pub(super) async fn embed_inner(&self, request: EmbedRequest) -> Result<Embeddings, CoreError> {
+        if !self.serving.load(Ordering::Relaxed) {
+            return Err(CoreError::Stopped);
+        }
+        let id = self.resolve(request.model.as_deref())?;
+        let Some(spec) = self.embedding_spec(&id)? else {
+            return Err(CoreError::WrongModelKind(format!(
+                "model '{id}' is not an embedding model (it generates text: use /v1/chat/completions); \
+                 embedding models are those whose folder has sentence-transformers' modules.json and pooling config"
+            )));
+        };
+        if let Some(d) = request.dimensions {
+            if d == 0 || d > spec.dimensions {
+                return Err(CoreError::Invalid(format!(
+                    "dimensions must be between 1 and {} for model '{id}'",
+                    spec.dimensions
+                )));
+            }
+            if d != spec.dimensions && !spec.truncatable {
+                return Err(CoreError::Unsupported(format!(
+                    "model '{id}' does not support shortened embeddings (dimensions); its vectors have {}",
+                    spec.dimensions
+                )));
+            }
+        }
+        let served = self.ensure_loaded(&id).await?;
+        let inputs = match request.input {
+            EmbedInput::Texts(texts) => texts
+                .iter()
+                .map(|t| served.tokenizer.encode(t, true))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| CoreError::Invalid(format!("cannot tokenize the input: {e}")))?,
+            EmbedInput::Tokens(tokens) => {
+                let vocab = served.tokenizer.vocab_size();
+                if let Some(bad) = tokens.iter().flatten().find(|&&t| t as usize >= vocab) {
+                    return Err(CoreError::Invalid(format!(
+                        "token id {bad} is outside the vocabulary of '{id}' ({vocab} tokens)"
+                    )));
+                }
+                tokens
+            }
+        };
+        for (i, tokens) in inputs.iter().enumerate() {
+            if tokens.is_empty() {
+                return Err(CoreError::Invalid(format!("input[{i}] has no tokens")));
+            }
+            if tokens.len() > served.context_length {
+                return Err(CoreError::PromptTooLong {
+                    tokens: tokens.len(),
+                    max: served.context_length,
+                });
+            }
+        }
+        let prompt_tokens = inputs.iter().map(Vec::len).sum();
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        served.touch();
+        let sent = match served.requests.lock().unwrap().as_ref() {
+            Some(Inbox::Embed(sender)) => sender.send(EmbedJob { inputs, reply }).is_ok(),
+            _ => false,
+        };
+        if !sent {
+            return Err(CoreError::Internal(format!(
+                "the engine of '{id}' has stopped"
+            )));
+        }
+        let vectors = answer
+            .await
+            .map_err(|_| CoreError::Internal(format!("the engine of '{id}' has stopped")))?
+            .map_err(|e| CoreError::Internal(format!("embedding failed: {e}")))?;
+        served.touch();
+        let vectors = vectors
+            .into_iter()
+            .map(|v| embedding::finish(v, request.dimensions, spec.normalize))
+            .collect();
+        Ok(Embeddings {
+            model: id,
+            vectors,
+            prompt_tokens,
         })
     }
 }
@@ -214,6 +324,7 @@ impl Backend for Registry {
     ) -> BoxFuture<'a, Result<usize, CoreError>> {
         Box::pin(async move {
             let id = self.resolve(model)?;
+            self.refuse_embedding_model(&id)?;
             let served = self.ensure_loaded(&id).await?;
             Ok(Self::renderer(&served).render(prompt)?.tokens.len())
         })
@@ -221,6 +332,10 @@ impl Backend for Registry {
 
     fn submit(&self, request: GenerateRequest) -> BoxFuture<'_, Result<Generation, CoreError>> {
         Box::pin(self.submit_inner(request))
+    }
+
+    fn embed(&self, request: EmbedRequest) -> BoxFuture<'_, Result<Embeddings, CoreError>> {
+        Box::pin(self.embed_inner(request))
     }
 
     fn health(&self) -> Health {

@@ -10,6 +10,7 @@ use wuwei_api::{EventKind, EvictReason};
 
 use crate::config::ModelSettings;
 use crate::core::CoreError;
+use crate::embedding::{self, EmbedJob, Pooling};
 use crate::integrity::ModelFacts;
 use crate::loader;
 use crate::memory;
@@ -17,7 +18,7 @@ use crate::scheduler::{Engine, EngineStats, SeqRequest};
 
 use super::budget::{MemoryPlan, Unload};
 use super::status::wire_name;
-use super::{is_idle, Registry, Served, State};
+use super::{is_idle, Inbox, Registry, Served, State};
 
 impl Registry {
     /// The loaded model `id`, loading it first if needed (other callers wait for that load).
@@ -127,6 +128,8 @@ impl Registry {
     ) -> Result<Arc<Served>, CoreError> {
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
         let (req_tx, req_rx) = std::sync::mpsc::channel::<SeqRequest>();
+        let (embed_tx, embed_rx) = std::sync::mpsc::channel::<EmbedJob>();
+        let embedding = facts.embedding;
         let (exit_tx, exit_rx) = watch::channel(false);
         let stats = Arc::new(EngineStats::default());
         let (model_id, path_buf) = (id.to_string(), path.to_path_buf());
@@ -148,6 +151,13 @@ impl Registry {
             .name(format!("engine-{id}"))
             .spawn(move || {
                 match loader::load_with(&path_buf, plan.mode, rope.as_ref()) {
+                    Ok(loaded) if embedding.is_some() => {
+                        let pooling = embedding.map(|e| e.pooling).unwrap_or(Pooling::LastToken);
+                        let _ = ready_tx.send(Ok((loaded.tokenizer, loaded.context_length)));
+                        drop(req_rx);
+                        embedding::run_engine(loaded.model, embed_rx, pooling);
+                        tracing::info!(model = %model_id, "embedding engine stopped; model dropped");
+                    }
                     Ok(loaded) => {
                         let ready = (loaded.tokenizer.clone(), loaded.context_length);
                         // Ready once the engine exists (its prefix cache included), so that the
@@ -206,7 +216,11 @@ impl Registry {
             settings,
             sampling,
             loaded_at: SystemTime::now(),
-            requests: Mutex::new(Some(req_tx)),
+            embedding,
+            requests: Mutex::new(Some(match embedding {
+                Some(_) => Inbox::Embed(embed_tx),
+                None => Inbox::Generate(req_tx),
+            })),
             last_used: Mutex::new(Instant::now()),
             idle_since: Mutex::new(None),
             exited: exit_rx,

@@ -32,6 +32,7 @@ use tokio::sync::{broadcast, watch};
 use wuwei_api::Event;
 
 use crate::config::ModelSettings;
+use crate::embedding::{EmbedJob, EmbeddingSpec};
 use crate::integrity::ModelFacts;
 use crate::memory::{self, Amount};
 use crate::model::WeightsMode;
@@ -102,13 +103,22 @@ pub struct Served {
     /// model's `generation_config.json`).
     pub sampling: crate::core::SamplingRequest,
     pub loaded_at: SystemTime,
+    /// `Some`: an embedding model, which takes embedding jobs rather than generations.
+    pub embedding: Option<EmbeddingSpec>,
     /// Dropping the sender (taking it out) lets the engine thread finish its work and exit.
-    requests: Mutex<Option<std::sync::mpsc::Sender<SeqRequest>>>,
+    requests: Mutex<Option<Inbox>>,
     last_used: Mutex<Instant>,
     /// When the monitor first saw the model idle (reset when it sees it busy).
     idle_since: Mutex<Option<Instant>>,
     /// Turns true once the engine thread has dropped the model and ended.
     exited: watch::Receiver<bool>,
+}
+
+/// Where a loaded model's engine thread takes its work: the scheduler's queue, or an
+/// embedding model's.
+enum Inbox {
+    Generate(std::sync::mpsc::Sender<SeqRequest>),
+    Embed(std::sync::mpsc::Sender<EmbedJob>),
 }
 
 impl Served {

@@ -6,7 +6,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use wuwei_api::{
-    LoadedStatus, ModelState, ModelStatus, PrefixCache, RamCache, SamplingDefaults, SsdCache,
+    LoadedStatus, ModelKind, ModelState, ModelStatus, PrefixCache, RamCache, SamplingDefaults,
+    SsdCache,
 };
 
 use crate::core::SamplingRequest;
@@ -167,7 +168,12 @@ impl Registry {
                     })
                     .map(|(pattern, _)| pattern.clone())
                     .collect();
+                let kind = match &facts {
+                    Ok(f) if f.embedding.is_some() => ModelKind::Embedding,
+                    _ => ModelKind::Chat,
+                };
                 ModelStatus {
+                    kind,
                     sampling_defaults: sampling_defaults(&sampling),
                     format: if is_gguf(&path) { "gguf" } else { "mlx" }.into(),
                     pinned: pinned.contains(&id),

@@ -126,6 +126,11 @@ impl From<CoreError> for ApiError {
             CoreError::Invalid(_) => {
                 Self::new(StatusCode::BAD_REQUEST, "invalid_request_error", message)
             }
+            CoreError::WrongModelKind(_) => Self {
+                param: Some("model".into()),
+                code: Some("model_not_supported"),
+                ..Self::new(StatusCode::BAD_REQUEST, "invalid_request_error", message)
+            },
             CoreError::Unsupported(_) => Self {
                 code: Some("unsupported"),
                 ..Self::new(StatusCode::BAD_REQUEST, "invalid_request_error", message)

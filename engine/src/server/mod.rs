@@ -4,6 +4,7 @@
 pub mod anthropic;
 pub mod browser_guard;
 pub mod dashboard;
+pub mod embeddings;
 pub mod errors;
 pub mod generation;
 pub mod models;
@@ -63,6 +64,7 @@ pub fn router_with_admin(
         .route("/v1/models/{id}", get(models::get_model))
         .route("/v1/chat/completions", post(openai::chat_completions))
         .route("/v1/completions", post(openai::completions))
+        .route("/v1/embeddings", post(embeddings::create))
         .route("/v1/responses", post(responses::create))
         .route(
             "/v1/responses/{id}",
