@@ -6,6 +6,7 @@ pub mod attention;
 pub mod batch;
 pub mod decoder;
 pub mod gemma3_text;
+pub mod gemma4_text;
 pub mod glm4_moe;
 pub mod gpt_oss;
 pub mod layers;
