@@ -1024,6 +1024,40 @@ fn gemma4_text_moe_float() {
 fn gemma4_text_moe_q4_bf16() {
     check_windowed("gemma4_text_moe", Quant::Affine(4), Dtype::Bf16);
 }
+/// A Hugging Face Gemma 4 MoE checkpoint keeps each layer's experts as `experts.gate_up_proj`
+/// (gate and up stacked) and `experts.down_proj`; loaded, it is the model mlx-lm's sanitize
+/// makes of it.
+#[test]
+fn gemma4_hf_experts_load() {
+    let dir = make_model("gemma4_text_moe", Quant::Float, Dtype::F32);
+    let tensors = Array::load_safetensors(dir.path().join("model.safetensors")).unwrap();
+    let mut hf = std::collections::HashMap::new();
+    for (name, a) in &tensors {
+        if let Some(p) = name.strip_suffix(".experts.switch_glu.gate_proj.weight") {
+            let up = &tensors[&format!("{p}.experts.switch_glu.up_proj.weight")];
+            let both = mlx_rs::ops::concatenate(&[a, up], -2).unwrap();
+            hf.insert(format!("{p}.experts.gate_up_proj"), both);
+        } else if let Some(p) = name.strip_suffix(".experts.switch_glu.down_proj.weight") {
+            hf.insert(format!("{p}.experts.down_proj"), a.clone());
+        } else if !name.ends_with(".experts.switch_glu.up_proj.weight") {
+            hf.insert(name.clone(), a.clone());
+        }
+    }
+    let out = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        dir.path().join("config.json"),
+        out.path().join("config.json"),
+    )
+    .unwrap();
+    Array::save_safetensors(hf.iter(), None, out.path().join("model.safetensors")).unwrap();
+    let prompt: Vec<u32> = (0..12).map(|i| (i * 37 % 509) as u32 + 1).collect();
+    let logits = |dir: &Path| {
+        let (_, model) = load_model_dir(dir, WeightsMode::Native).unwrap();
+        let mut cache = DenseKvCache::new(model.num_layers());
+        run_ours(model.as_ref(), &prompt, &[5], &mut cache)
+    };
+    assert_eq!(logits(out.path()), logits(dir.path()), "HF experts layout");
+}
 #[test]
 fn gemma4_wrapper_loads_the_text_model() {
     wrapper_loads_the_text_model("gemma4_text", "gemma4");

@@ -197,6 +197,28 @@ fn proportional_freqs(dims: i32, rotated: i32, base: f32, factor: f32) -> Result
     Ok(freqs)
 }
 
+/// mlx-lm's `sanitize` of a Hugging Face checkpoint's experts: `experts.gate_up_proj`
+/// (`[experts, 2 * moe_intermediate, hidden]`, gate then up) split into SwitchGLU's
+/// `gate_proj` and `up_proj`, `experts.down_proj` renamed. Returns SwitchGLU's prefix.
+fn split_gate_up(t: &mut Tensors, experts: &str) -> std::result::Result<String, ModelError> {
+    let into = format!("{experts}.switch_glu");
+    let gate_up = format!("{experts}.gate_up_proj");
+    if t.contains(&gate_up) {
+        let parts = t.take(&gate_up)?.split_equal(2, -2)?;
+        for (part, name) in parts.into_iter().zip(["gate_proj", "up_proj"]) {
+            let part = part.contiguous()?;
+            part.eval()?;
+            t.insert(format!("{into}.{name}.weight"), part);
+        }
+    }
+    let down = format!("{experts}.down_proj");
+    if t.contains(&down) {
+        let w = t.take(&down)?;
+        t.insert(format!("{into}.down_proj.weight"), w);
+    }
+    Ok(into)
+}
+
 /// The keys and values of a layer that computes its own (`k_proj`; `v_proj` unless values
 /// are the keys).
 struct KvProj {
@@ -501,6 +523,7 @@ pub fn load(
         };
         let moe = if g.enable_moe_block {
             let r = format!("{p}.router");
+            let switch_glu = split_gate_up(&mut t, &format!("{p}.experts"))?;
             let scale = t.take(&format!("{r}.scale"))?;
             let root_size = (args.hidden_size as f32).powf(-0.5);
             let scale = &scale * scalar(root_size, &scale)?;
@@ -519,7 +542,7 @@ pub fn load(
                 experts: Experts {
                     switch_glu: SwitchGlu::load(
                         &mut t,
-                        &format!("{p}.experts.switch_glu"),
+                        &switch_glu,
                         false,
                         Activation::GeGlu,
                         None,
