@@ -92,6 +92,8 @@ pub trait LanguageModel: Send {
         batch: &mut [BatchSeq<'_>],
         logits: Logits,
     ) -> Result<Array, Exception>;
+    /// The layers a sequence's cache holds (KV or recurrent state): every layer, except
+    /// those that read another layer's KV (Gemma 4's KV-shared layers).
     fn num_layers(&self) -> usize;
     /// Whether some layers keep a recurrent state per sequence (linear attention) beside the
     /// KV cache: the prefix cache then snapshots that state at snapshot boundaries and
