@@ -139,6 +139,59 @@ fn hybrid_layers(config: &Value, layers: u64) -> Option<(u64, u64)> {
     Some((attention, linear * (conv + recurrent)))
 }
 
+/// Gemma 4's KV bytes per token (`model_type` gemma4 or gemma4_text, else `None`): only the
+/// first `num_hidden_layers - num_kv_shared_layers` layers keep KV (the others attend over an
+/// earlier layer's); full-attention layers have heads of `global_head_dim` and, where values
+/// are the keys (`attention_k_eq_v`), `num_global_key_value_heads` of them. Sliding layers
+/// keep every position, as the cache does. mlx-lm's defaults where the config is silent.
+fn gemma4_kv_bytes_per_token(config: &Value) -> Option<u64> {
+    let model_type = config.get("model_type").and_then(Value::as_str)?;
+    if model_type != "gemma4" && model_type != "gemma4_text" {
+        return None;
+    }
+    let field = |key: &str| {
+        config
+            .get("text_config")
+            .and_then(|t| t.get(key))
+            .or_else(|| config.get(key))
+    };
+    let layers = config_u64(config, "num_hidden_layers").unwrap_or(35);
+    let shared = config_u64(config, "num_kv_shared_layers").unwrap_or(20);
+    let kv_heads = config_u64(config, "num_key_value_heads").unwrap_or(1);
+    let head_dim = config_u64(config, "head_dim").unwrap_or(256);
+    let global_dim = match field("global_head_dim") {
+        Some(Value::Null) => head_dim,
+        Some(v) => v.as_u64().filter(|&d| d > 0).unwrap_or(head_dim),
+        None => 512,
+    };
+    let k_eq_v = field("attention_k_eq_v").and_then(Value::as_bool) == Some(true);
+    let global_kv_heads = match config_u64(config, "num_global_key_value_heads") {
+        Some(n) if k_eq_v => n,
+        _ => kv_heads,
+    };
+    let pattern = config_u64(config, "sliding_window_pattern")
+        .unwrap_or(5)
+        .max(1);
+    let types: Option<Vec<bool>> = field("layer_types").and_then(Value::as_array).map(|t| {
+        t.iter()
+            .map(|x| x.as_str() == Some("sliding_attention"))
+            .collect()
+    });
+    let elem = if compute_dtype().is_some() { 4 } else { 2 };
+    let per_layer = (0..layers.saturating_sub(shared)).map(|i| {
+        let sliding = match &types {
+            Some(t) => t.get(i as usize).copied().unwrap_or(true),
+            None => (i + 1) % pattern != 0,
+        };
+        if sliding {
+            kv_heads * head_dim
+        } else {
+            global_kv_heads * global_dim
+        }
+    });
+    Some(per_layer.sum::<u64>() * 2 * elem)
+}
+
 fn check_mlx_dir(dir: &Path) -> Result<ModelFacts, Incomplete> {
     let config_path = dir.join("config.json");
     let text = std::fs::read_to_string(&config_path)
@@ -207,7 +260,8 @@ fn check_mlx_dir(dir: &Path) -> Result<ModelFacts, Incomplete> {
         weights_native: native,
         weights_dequantized: dequantized,
         quantized,
-        kv_bytes_per_token: kv_bytes_per_token(layers, kv_heads, head_dim),
+        kv_bytes_per_token: gemma4_kv_bytes_per_token(&config)
+            .unwrap_or_else(|| kv_bytes_per_token(layers, kv_heads, head_dim)),
         state_bytes_per_sequence,
         context_length: crate::loader::context_length(&config),
         embedding: crate::embedding::detect(dir, &config)?,

@@ -242,14 +242,16 @@ fn check_long(arch: &str, quant: Quant, dtype: Dtype, recurrent: bool) {
     check_dir(dir.path(), &case);
     // The estimate takes activations in the checkpoint's dtype to be half precision, as
     // published checkpoints are.
-    if recurrent && dtype != Dtype::F32 {
-        memory_estimate_counts_recurrent_state(dir.path(), &case.prompt);
+    if dtype != Dtype::F32 {
+        memory_estimate_counts_what_the_cache_holds(dir.path(), &case.prompt, recurrent);
     }
 }
 
-/// The registry's estimate (from config.json alone) of a hybrid model's memory: KV for the
-/// attention layers only, and the recurrent state a sequence actually holds.
-fn memory_estimate_counts_recurrent_state(dir: &Path, prompt: &[u32]) {
+/// The registry's estimate (from config.json alone) of a model's memory per token and per
+/// sequence is what a sequence's cache holds: KV only for the layers that keep it (attention
+/// layers of a hybrid model, the layers KV-shared ones read, each with its own head shape),
+/// and the recurrent state of a hybrid model.
+fn memory_estimate_counts_what_the_cache_holds(dir: &Path, prompt: &[u32], recurrent: bool) {
     std::fs::write(dir.join("tokenizer.json"), "{}").unwrap();
     let facts = wuwei::integrity::check_model(dir).unwrap();
     std::fs::remove_file(dir.join("tokenizer.json")).unwrap();
@@ -266,7 +268,7 @@ fn memory_estimate_counts_recurrent_state(dir: &Path, prompt: &[u32]) {
             kv_per_token += k.nbytes() + v.nbytes();
         }
     }
-    assert!(state_bytes > 0 && kv_per_token > 0);
+    assert!(kv_per_token > 0 && (state_bytes > 0) == recurrent);
     assert_eq!(facts.state_bytes_per_sequence, state_bytes as u64);
     assert_eq!(facts.kv_bytes_per_token, kv_per_token as u64);
 }
@@ -959,14 +961,21 @@ fn gemma3_text_q4_f16() {
 /// logits.
 #[test]
 fn gemma3_wrapper_loads_the_text_model() {
-    let dir = make_model("gemma3_text", Quant::Affine(4), Dtype::F32);
+    wrapper_loads_the_text_model("gemma3_text", "gemma3");
+}
+
+/// A wrapped checkpoint (`wrapper`: the text model's config under `text_config`, its tensors
+/// under `language_model.`, as mlx-lm's gemma3.py/gemma4.py wrap the text model) gives the
+/// text model's logits.
+fn wrapper_loads_the_text_model(arch: &str, wrapper: &str) {
+    let dir = make_model(arch, Quant::Affine(4), Dtype::F32);
     let text: Value =
         serde_json::from_str(&std::fs::read_to_string(dir.path().join("config.json")).unwrap())
             .unwrap();
     let mut inner = text.clone();
     let quantization = inner.as_object_mut().unwrap().remove("quantization");
     let mut wrapped = json!({
-        "model_type": "gemma3",
+        "model_type": wrapper,
         "vocab_size": text["vocab_size"],
         "text_config": inner,
     });
@@ -988,7 +997,70 @@ fn gemma3_wrapper_loads_the_text_model() {
         let mut cache = DenseKvCache::new(model.num_layers());
         run_ours(model.as_ref(), &prompt, &[5], &mut cache)
     };
-    assert_eq!(logits(out.path()), logits(dir.path()), "gemma3 wrapper");
+    assert_eq!(logits(out.path()), logits(dir.path()), "{wrapper} wrapper");
+}
+
+// Gemma 4: per-layer inputs, KV-shared layers, wider full-attention heads with proportional
+// RoPE, soft-capped logits (gemma4_text); the MoE layout with values equal to keys on full
+// layers (gemma4_text_moe). Float experts in half precision are not run: MLX's CPU gather_mm
+// takes float32 only (mlx-lm fails the same way).
+#[test]
+fn gemma4_text_float() {
+    check_windowed("gemma4_text", Quant::Float, Dtype::F32);
+}
+#[test]
+fn gemma4_text_q4() {
+    check_windowed("gemma4_text", Quant::Affine(4), Dtype::F32);
+}
+#[test]
+fn gemma4_text_bf16() {
+    check_windowed("gemma4_text", Quant::Float, Dtype::Bf16);
+}
+#[test]
+fn gemma4_text_moe_float() {
+    check_windowed("gemma4_text_moe", Quant::Float, Dtype::F32);
+}
+#[test]
+fn gemma4_text_moe_q4_bf16() {
+    check_windowed("gemma4_text_moe", Quant::Affine(4), Dtype::Bf16);
+}
+/// A Hugging Face Gemma 4 MoE checkpoint keeps each layer's experts as `experts.gate_up_proj`
+/// (gate and up stacked) and `experts.down_proj`; loaded, it is the model mlx-lm's sanitize
+/// makes of it.
+#[test]
+fn gemma4_hf_experts_load() {
+    let dir = make_model("gemma4_text_moe", Quant::Float, Dtype::F32);
+    let tensors = Array::load_safetensors(dir.path().join("model.safetensors")).unwrap();
+    let mut hf = std::collections::HashMap::new();
+    for (name, a) in &tensors {
+        if let Some(p) = name.strip_suffix(".experts.switch_glu.gate_proj.weight") {
+            let up = &tensors[&format!("{p}.experts.switch_glu.up_proj.weight")];
+            let both = mlx_rs::ops::concatenate(&[a, up], -2).unwrap();
+            hf.insert(format!("{p}.experts.gate_up_proj"), both);
+        } else if let Some(p) = name.strip_suffix(".experts.switch_glu.down_proj.weight") {
+            hf.insert(format!("{p}.experts.down_proj"), a.clone());
+        } else if !name.ends_with(".experts.switch_glu.up_proj.weight") {
+            hf.insert(name.clone(), a.clone());
+        }
+    }
+    let out = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        dir.path().join("config.json"),
+        out.path().join("config.json"),
+    )
+    .unwrap();
+    Array::save_safetensors(hf.iter(), None, out.path().join("model.safetensors")).unwrap();
+    let prompt: Vec<u32> = (0..12).map(|i| (i * 37 % 509) as u32 + 1).collect();
+    let logits = |dir: &Path| {
+        let (_, model) = load_model_dir(dir, WeightsMode::Native).unwrap();
+        let mut cache = DenseKvCache::new(model.num_layers());
+        run_ours(model.as_ref(), &prompt, &[5], &mut cache)
+    };
+    assert_eq!(logits(out.path()), logits(dir.path()), "HF experts layout");
+}
+#[test]
+fn gemma4_wrapper_loads_the_text_model() {
+    wrapper_loads_the_text_model("gemma4_text", "gemma4");
 }
 
 #[test]

@@ -97,6 +97,41 @@ CONFIGS = {
         query_pre_attn_scalar=48, sliding_window=16, sliding_window_pattern=2,
         max_position_embeddings=4096,
     ),
+    # Gemma 4 (the small "E" models' layout): sliding-window layers (head_dim 32, plain RoPE)
+    # and full ones (global_head_dim 64, proportional RoPE on a quarter of it); per-layer
+    # embeddings projected into every layer; the last 2 layers (one of each kind) reuse the
+    # KV of the last earlier layer of their kind, with double-wide MLPs; logits soft-capped at
+    # 0.5 (the random logits are within ±1, so the cap bends them).
+    "gemma4_text": dict(
+        model_type="gemma4_text", hidden_size=128, num_hidden_layers=6, intermediate_size=128,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=32, global_head_dim=64,
+        rms_norm_eps=1e-6, vocab_size=512, vocab_size_per_layer_input=512,
+        hidden_size_per_layer_input=32, num_kv_shared_layers=2, use_double_wide_mlp=True,
+        sliding_window=16, sliding_window_pattern=3, final_logit_softcapping=0.5,
+        max_position_embeddings=4096,
+        rope_parameters=dict(
+            full_attention=dict(partial_rotary_factor=0.25, rope_theta=1000000.0,
+                                rope_type="proportional"),
+            sliding_attention=dict(rope_theta=10000.0, rope_type="default"),
+        ),
+    ),
+    # Gemma 4's MoE layout (26B-A4B): a dense MLP beside routed experts in every layer, full
+    # layers whose values are their keys (attention_k_eq_v) with their own KV head count, no
+    # per-layer embeddings and no KV sharing.
+    "gemma4_text_moe": dict(
+        model_type="gemma4_text", hidden_size=128, num_hidden_layers=4, intermediate_size=64,
+        num_attention_heads=4, num_key_value_heads=2, num_global_key_value_heads=1,
+        head_dim=32, global_head_dim=64, rms_norm_eps=1e-6, vocab_size=512,
+        hidden_size_per_layer_input=0, num_kv_shared_layers=0, attention_k_eq_v=True,
+        enable_moe_block=True, num_experts=8, top_k_experts=2, moe_intermediate_size=64,
+        sliding_window=16, layer_types=["sliding_attention", "full_attention"] * 2,
+        final_logit_softcapping=30.0, max_position_embeddings=4096,
+        rope_parameters=dict(
+            full_attention=dict(partial_rotary_factor=0.25, rope_theta=1000000.0,
+                                rope_type="proportional"),
+            sliding_attention=dict(rope_theta=10000.0, rope_type="default"),
+        ),
+    ),
     # Qwen3-Next: Gated DeltaNet layers (2 key heads shared by 4 value heads) alternating with
     # gated attention (partial RoPE); MoE with a gated shared expert, layer 2 a dense MLP.
     "qwen3_next": dict(
@@ -139,7 +174,10 @@ TIED_BY_ABSENCE = {"gemma3_text"}
 
 # Routers get larger weights than the rest, so that experts' scores are well apart and a
 # rounding difference in the hidden state cannot flip which experts a token picks.
-ROUTER = re.compile(r"\.(gate|router)\.weight$")
+ROUTER = re.compile(r"\.(gate|router|router\.proj)\.weight$")
+# Scales that multiply a whole layer's output or an expert's weight: near one, as trained
+# ones are (a random small one would shrink the signal away).
+NEAR_ONE = re.compile(r"(norm|layer_scalar|router\.scale|per_expert_scale)")
 
 
 def scale_of(name, value):
@@ -179,7 +217,7 @@ def main():
     cast = getattr(model, "cast_predicate", lambda _: True)
     weights = {}
     for k, v in params:
-        w = mx.random.normal(v.shape) * scale_of(k, v) + (1.0 if "norm" in k else 0.0)
+        w = mx.random.normal(v.shape) * scale_of(k, v) + (1.0 if NEAR_ONE.search(k) else 0.0)
         weights[k] = w.astype(dtype) if cast(k) else w
     if a.arch in TIED_BY_ABSENCE:
         weights.pop("lm_head.weight")

@@ -111,18 +111,35 @@ pub enum PagedError {
     UnsupportedDtype(Dtype),
     #[error("KV cache layer {0} is empty")]
     EmptyLayer(usize),
+    /// Blocks hold one `[kv_heads, block, head_dim]` shape for every layer (Gemma 4's full
+    /// layers have wider heads than its sliding ones).
+    #[error("KV cache layer {layer} holds {shape:?} per position, layer 0 {first:?}: blocks need one shape")]
+    MixedShapes {
+        layer: usize,
+        shape: (i32, i32),
+        first: (i32, i32),
+    },
 }
 
 /// The layout of `cache`'s blocks, once it holds something.
 pub fn layout_of(cache: &dyn KvCache, block_size: usize) -> Result<KvLayout, PagedError> {
     // Layers without KV after a forward pass keep recurrent state (linear attention).
     let mut linear = 0u128;
-    let mut first = None;
+    let mut first: Option<Array> = None;
+    let heads_and_dim = |k: &Array| (k.shape()[1], k.shape()[3]);
     for layer in 0..cache.num_layers() {
         match cache.range(layer, 0, 1)? {
-            Some((k, _)) => {
-                first.get_or_insert(k);
-            }
+            Some((k, _)) => match &first {
+                Some(f) if heads_and_dim(f) != heads_and_dim(&k) => {
+                    return Err(PagedError::MixedShapes {
+                        layer,
+                        shape: heads_and_dim(&k),
+                        first: heads_and_dim(f),
+                    })
+                }
+                Some(_) => {}
+                None => first = Some(k),
+            },
             None if layer < 128 => linear |= 1u128 << layer,
             None => return Err(PagedError::EmptyLayer(layer)),
         }
@@ -285,6 +302,29 @@ mod tests {
             .unwrap()
             .as_slice::<f32>()
             .to_vec()
+    }
+
+    /// Layers of different head shapes cannot share a block layout: no layout, so the prefix
+    /// cache stays off rather than mixing them up.
+    #[test]
+    fn layers_of_different_head_shapes_have_no_layout() {
+        let cache = filled(2, Dtype::Float32);
+        let wide = Array::zeros::<f32>(&[1, 1, 2, 6]).unwrap();
+        let mut mixed = DenseKvCache::new(3);
+        for layer in 0..2 {
+            let (k, v) = cache.range(layer, 0, 2).unwrap().unwrap();
+            mixed.load_layer(layer, k, v).unwrap();
+        }
+        mixed.load_layer(2, wide.clone(), wide).unwrap();
+        mixed.advance(2);
+        assert!(matches!(
+            layout_of(&mixed, 2),
+            Err(PagedError::MixedShapes {
+                layer: 2,
+                shape: (1, 6),
+                first: (2, 3)
+            })
+        ));
     }
 
     #[test]

@@ -5,8 +5,8 @@
 use serde_json::Value;
 
 use super::{
-    gemma3_text, glm4_moe, gpt_oss, llama, minimax, qwen2, qwen3, qwen3_5, qwen3_moe, qwen3_next,
-    LanguageModel, ModelArgs, ModelError, Tensors, WeightsMode,
+    gemma3_text, gemma4_text, glm4_moe, gpt_oss, llama, minimax, qwen2, qwen3, qwen3_5, qwen3_moe,
+    qwen3_next, LanguageModel, ModelArgs, ModelError, Tensors, WeightsMode,
 };
 
 /// Builds the model from config.json, its common fields and the tensors.
@@ -125,6 +125,28 @@ pub const ARCHITECTURES: &[Architecture] = &[
         config: Some(gemma3_text::wrapped_config),
         load: |config, args, t, mode| {
             Ok(Box::new(gemma3_text::load(
+                config,
+                args,
+                t,
+                mode,
+                "language_model.",
+            )?))
+        },
+    },
+    Architecture {
+        model_type: "gemma4_text",
+        gguf: None,
+        hf_class: "Gemma4ForCausalLM",
+        config: Some(gemma4_text::text_config),
+        load: |config, args, t, mode| Ok(Box::new(gemma4_text::load(config, args, t, mode, "")?)),
+    },
+    Architecture {
+        model_type: "gemma4",
+        gguf: None,
+        hf_class: "Gemma4ForConditionalGeneration",
+        config: Some(gemma4_text::wrapped_config),
+        load: |config, args, t, mode| {
+            Ok(Box::new(gemma4_text::load(
                 config,
                 args,
                 t,

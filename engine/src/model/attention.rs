@@ -76,19 +76,51 @@ pub fn attend_with(
     scale: f32,
     extras: Extras<'_>,
 ) -> Result<Array> {
-    let params = (rope, scale, extras);
+    attend_kv(
+        queries,
+        Some((keys, values)),
+        batch,
+        layer,
+        (rope, scale, extras),
+    )
+}
+
+/// Attention of a layer that computes no keys or values of its own (Gemma 4's KV-shared
+/// layers): `queries` against what layer `layer` stored in this pass and before, with that
+/// layer's window. Nothing is written.
+pub fn attend_stored(
+    queries: &Array,
+    batch: &mut [BatchSeq<'_>],
+    layer: usize,
+    rope: &Rope,
+    scale: f32,
+    extras: Extras<'_>,
+) -> Result<Array> {
+    attend_kv(queries, None, batch, layer, (rope, scale, extras))
+}
+
+/// New keys and values to store (`None`: read what the layer already stored).
+type NewKv<'a> = Option<(&'a Array, &'a Array)>;
+
+fn attend_kv(
+    queries: &Array,
+    kv: NewKv<'_>,
+    batch: &mut [BatchSeq<'_>],
+    layer: usize,
+    params: Params<'_>,
+) -> Result<Array> {
+    let (rope, scale, extras) = params;
     match shared_pool(batch) {
         Some(pool) => PooledPass {
             queries,
-            keys,
-            values,
+            kv,
             layer,
             rope,
             scale,
             extras,
         }
         .run(batch, &pool),
-        None => attend_each(queries, keys, values, batch, layer, params),
+        None => attend_each(queries, kv, batch, layer, params),
     }
 }
 
@@ -142,8 +174,7 @@ fn merge_heads(out: Array, n: i32) -> Result<Array> {
 
 fn attend_each(
     queries: &Array,
-    keys: &Array,
-    values: &Array,
+    kv: NewKv<'_>,
     batch: &mut [BatchSeq<'_>],
     layer: usize,
     params: Params<'_>,
@@ -152,28 +183,48 @@ fn attend_each(
     let mut start = 0;
     for seq in batch.iter_mut() {
         let end = start + seq.len as i32;
-        let rows = [queries, keys, values].map(|a| rows_of(a, start, end));
+        let rows = seq_rows(queries, kv, start, end)?;
         outputs.push(attend_one(seq, rows, layer, params)?);
         start = end;
     }
     concat_rows(outputs)
 }
 
-/// One sequence through its own cache: `rows` are its queries, keys and values
-/// (`[1, heads, len, dim]`). Returns `[1, len, heads * dim]`.
+/// A sequence's queries and (new) keys and values: rows `start..end`, `[1, heads, len, dim]`.
+type SeqRows = (Array, Option<(Array, Array)>);
+
+fn seq_rows(queries: &Array, kv: NewKv<'_>, start: i32, end: i32) -> Result<SeqRows> {
+    let kv = match kv {
+        Some((k, v)) => Some((rows_of(k, start, end)?, rows_of(v, start, end)?)),
+        None => None,
+    };
+    Ok((rows_of(queries, start, end)?, kv))
+}
+
+/// One sequence through its own cache: `rows` are its queries and new keys and values
+/// (`[1, heads, len, dim]`; no keys: the layer's stored ones). Returns `[1, len, heads * dim]`.
 fn attend_one(
     seq: &mut BatchSeq<'_>,
-    rows: [Result<Array>; 3],
+    (q, new_kv): SeqRows,
     layer: usize,
     (rope, scale, extras): Params<'_>,
 ) -> Result<Array> {
-    let [q, k, v] = rows;
     let offset = seq.cache.offset() as i32;
-    let q = rope.forward(&q?, offset)?;
-    let k = rope.forward(&k?, offset)?;
+    let q = rope.forward(&q, offset)?;
     let len = seq.len as i32;
+    let new_kv = match new_kv {
+        Some((k, v)) => Some((rope.forward(&k, offset)?, v)),
+        None => None,
+    };
     if let Some(quant) = seq.cache.quantized() {
-        let (k, v) = seq.cache.update_and_fetch_quantized(layer, &k, &v?)?;
+        let Some((k, v)) = new_kv else {
+            // mlx-lm 0.32.2 fails here too (its shared layers get packed tuples and call the
+            // float attention kernel).
+            return Err(Exception::custom(
+                "quantized KV does not support KV-shared layers (Gemma 4); unset kv_bits",
+            ));
+        };
+        let (k, v) = seq.cache.update_and_fetch_quantized(layer, &k, &v)?;
         // mlx-lm's masks: none for one query, else causal (and windowed) over every key.
         let mask = if len > 1 || extras.window.is_some() {
             Some(chunk_mask(offset, len, 0, extras.window)?)
@@ -188,7 +239,13 @@ fn attend_one(
         let out = quantized_attention(&q, &k, &v, scale, mask.as_ref(), quant)?;
         return merge_heads(out, len);
     }
-    let (k, v) = seq.cache.update_and_fetch(layer, k, v?)?;
+    let (k, v) = match new_kv {
+        Some((k, v)) => seq.cache.update_and_fetch(layer, k, v)?,
+        None => seq
+            .cache
+            .range(layer, 0, offset + len)?
+            .ok_or_else(|| Exception::custom(format!("KV layer {layer} holds nothing yet")))?,
+    };
     let out = if extras.window.is_none() {
         let mask = (len > 1).then_some(ScaledDotProductAttentionMask::Causal);
         scaled_dot_product_attention(q, k, v, scale, mask, extras.sinks)?
@@ -299,21 +356,19 @@ fn concat_rows(mut outputs: Vec<Array>) -> Result<Array> {
     }
 }
 
-/// A prefill chunk's share of a pooled pass.
+/// A prefill chunk's share of a pooled pass (`kv`: its new keys and values, if any).
 struct Chunk {
     slot: usize,
     offset: i32,
     len: i32,
     q: Array,
-    k: Array,
-    v: Array,
+    kv: Option<(Array, Array)>,
 }
 
 /// One layer's pooled pass: the batch's rows and how to attend them.
 struct PooledPass<'q> {
     queries: &'q Array,
-    keys: &'q Array,
-    values: &'q Array,
+    kv: NewKv<'q>,
     layer: usize,
     rope: &'q Rope,
     scale: f32,
@@ -367,8 +422,8 @@ impl Layout {
     }
 }
 
-/// Queries, keys and values of the decoders as a batch `[B, heads, 1, dim]`.
-type DecoderRows = (Array, Array, Array);
+/// Queries, and new keys and values, of the decoders as a batch `[B, heads, 1, dim]`.
+type DecoderRows = (Array, Option<(Array, Array)>);
 
 impl PooledPass<'_> {
     /// The pass in its steps: the decoders' rows, stand-alone sequences, prefill chunks; then,
@@ -385,14 +440,16 @@ impl PooledPass<'_> {
         let mut pool = pool.lock();
         // Every write of the layer before any read: a read is a view of the buffer, and MLX
         // can update a buffer in place only while nothing else refers to it.
-        if let Some((_, k, v)) = &decoders {
+        if let Some((_, Some((k, v)))) = &decoders {
             pool.write_decode(self.layer, &layout.dec_slots, &layout.dec_offsets, k, v)?;
         }
         for c in &chunks {
-            pool.write(self.layer, c.slot, c.offset, &c.k, &c.v)?;
+            if let Some((k, v)) = &c.kv {
+                pool.write(self.layer, c.slot, c.offset, k, v)?;
+            }
         }
         let dec_out = match decoders {
-            Some((q, _, _)) => Some(self.attend_decoders(&pool, &layout, q)?),
+            Some((q, _)) => Some(self.attend_decoders(&pool, &layout, q)?),
             None => None,
         };
         let chunk_outs = self.attend_chunks(&pool, chunks)?;
@@ -421,10 +478,13 @@ impl PooledPass<'_> {
                 .transpose_axes(&[0, 2, 1, 3])
         };
         let offsets = Array::from_slice(&layout.dec_offsets, &[n_dec]);
+        let kv = match self.kv {
+            Some((k, v)) => Some((self.rope.forward_rows(&pick(k)?, &offsets)?, pick(v)?)),
+            None => None,
+        };
         Ok(Some((
             self.rope.forward_rows(&pick(self.queries)?, &offsets)?,
-            self.rope.forward_rows(&pick(self.keys)?, &offsets)?,
-            pick(self.values)?,
+            kv,
         )))
     }
 
@@ -438,7 +498,7 @@ impl PooledPass<'_> {
         for (i, seq) in batch.iter_mut().enumerate() {
             if layout.slots[i].is_none() {
                 let (start, end) = (layout.starts[i], layout.starts[i] + seq.len as i32);
-                let rows = [self.queries, self.keys, self.values].map(|a| rows_of(a, start, end));
+                let rows = seq_rows(self.queries, self.kv, start, end)?;
                 let params = (self.rope, self.scale, self.extras);
                 alone[i] = Some(attend_one(seq, rows, self.layer, params)?);
             }
@@ -455,17 +515,17 @@ impl PooledPass<'_> {
             };
             let (start, len) = (layout.starts[i], seq.len as i32);
             let offset = seq.cache.offset() as i32;
+            let (q, kv) = seq_rows(self.queries, self.kv, start, start + len)?;
+            let kv = match kv {
+                Some((k, v)) => Some((self.rope.forward(&k, offset)?, v)),
+                None => None,
+            };
             chunks.push(Chunk {
                 slot,
                 offset,
                 len,
-                q: self
-                    .rope
-                    .forward(&rows_of(self.queries, start, start + len)?, offset)?,
-                k: self
-                    .rope
-                    .forward(&rows_of(self.keys, start, start + len)?, offset)?,
-                v: rows_of(self.values, start, start + len)?,
+                q: self.rope.forward(&q, offset)?,
+                kv,
             });
         }
         Ok(chunks)

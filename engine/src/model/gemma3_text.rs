@@ -10,7 +10,7 @@
 //! logit soft-capping (Gemma 2 did), so neither do we.
 
 use mlx_rs::error::Exception;
-use mlx_rs::ops::{clip, tanh};
+use mlx_rs::ops::clip;
 use mlx_rs::{Array, Dtype};
 use serde::Deserialize;
 use serde_json::Value;
@@ -18,7 +18,7 @@ use serde_json::Value;
 use super::architectures::parse_args;
 use super::attention::{attend_with, Extras};
 use super::decoder::linear;
-use super::layers::{embed, head, Linear, Matrix, RmsNorm, Rope};
+use super::layers::{embed, head, GeluMlp, Linear, Matrix, RmsNorm, Rope};
 use super::{
     make_rope, prepare, BatchSeq, LanguageModel, Logits, ModelArgs, ModelError, Tensors,
     WeightsMode,
@@ -63,8 +63,9 @@ const TEXT_DEFAULTS: &[(&str, f64)] = &[
     ("num_key_value_heads", 1.0),
 ];
 
-fn fill_defaults(config: &mut serde_json::Map<String, Value>) {
-    for (key, value) in TEXT_DEFAULTS {
+/// Inserts `defaults` (a Gemma text model's `ModelArgs` defaults) that `config` leaves out.
+pub(super) fn fill_defaults(config: &mut serde_json::Map<String, Value>, defaults: &[(&str, f64)]) {
+    for (key, value) in defaults {
         if !config.contains_key(*key) {
             let v = if value.fract() == 0.0 {
                 Value::from(*value as i64)
@@ -79,13 +80,26 @@ fn fill_defaults(config: &mut serde_json::Map<String, Value>) {
 /// `model_type: gemma3_text`'s config with mlx-lm's defaults filled in.
 pub fn text_config(config: &Value) -> Value {
     let mut c = config.as_object().cloned().unwrap_or_default();
-    fill_defaults(&mut c);
+    fill_defaults(&mut c, TEXT_DEFAULTS);
     Value::Object(c)
 }
 
 /// `model_type: gemma3`: the text model's config, as gemma3.py's `ModelArgs.__post_init__`
 /// makes it (the top-level vocabulary size, 8 heads and 4 KV heads unless given).
 pub fn wrapped_config(config: &Value) -> Value {
+    unwrap_text_config(config, "gemma3", 262208, 4, TEXT_DEFAULTS)
+}
+
+/// A Gemma wrapper's (`model_type`) text model config: `text_config` with the top-level
+/// vocabulary size (default `vocab`), 8 heads and `kv_heads` KV heads unless given, the
+/// wrapper's quantization, and the text model's `defaults`.
+pub(super) fn unwrap_text_config(
+    config: &Value,
+    model_type: &str,
+    vocab: i64,
+    kv_heads: i64,
+    defaults: &[(&str, f64)],
+) -> Value {
     let mut c = config
         .get("text_config")
         .and_then(Value::as_object)
@@ -94,18 +108,19 @@ pub fn wrapped_config(config: &Value) -> Value {
     let vocab = config
         .get("vocab_size")
         .cloned()
-        .unwrap_or(Value::from(262208));
+        .unwrap_or(Value::from(vocab));
     c.insert("vocab_size".into(), vocab);
     c.entry("num_attention_heads").or_insert(Value::from(8));
-    c.entry("num_key_value_heads").or_insert(Value::from(4));
-    c.insert("model_type".into(), Value::from("gemma3"));
+    c.entry("num_key_value_heads")
+        .or_insert(Value::from(kv_heads));
+    c.insert("model_type".into(), Value::from(model_type));
     if let Some(q) = config
         .get("quantization")
         .or_else(|| config.get("quantization_config"))
     {
         c.insert("quantization".into(), q.clone());
     }
-    fill_defaults(&mut c);
+    fill_defaults(&mut c, defaults);
     Value::Object(c)
 }
 
@@ -119,20 +134,6 @@ fn gemma_norm(t: &mut Tensors, prefix: &str, eps: f32) -> Result<RmsNorm, ModelE
     Ok(RmsNorm { weight, eps })
 }
 
-/// A Python float in `x`'s dtype (MLX's weak scalars).
-fn scalar(v: f32, like: &Array) -> Result<Array, Exception> {
-    Array::from_f32(v).as_dtype(like.dtype())
-}
-
-/// `nn.gelu_approx`: `0.5 * x * (1 + tanh(√(2/π) * (x + 0.044715 * x**3)))`, op for op.
-fn gelu_approx(x: &Array) -> Result<Array, Exception> {
-    let half = x * scalar(0.5, x)?;
-    let cube = x.power(scalar(3.0, x)?)?;
-    let inner = x + cube * scalar(0.044715, x)?;
-    let t = tanh(inner * scalar((2.0f64 / std::f64::consts::PI).sqrt() as f32, x)?)?;
-    Ok(half * (scalar(1.0, x)? + t))
-}
-
 /// gemma3_text.py's `clip_residual`: `x + y`, in float16 summed in float32 and clipped to
 /// float16's range.
 fn clip_residual(x: &Array, y: &Array) -> Result<Array, Exception> {
@@ -142,19 +143,6 @@ fn clip_residual(x: &Array, y: &Array) -> Result<Array, Exception> {
     let bound = 65504.0f32;
     let sum = x.as_dtype(Dtype::Float32)? + y.as_dtype(Dtype::Float32)?;
     clip(&sum, (-bound, bound))?.as_dtype(Dtype::Float16)
-}
-
-struct Mlp {
-    gate_proj: Linear,
-    up_proj: Linear,
-    down_proj: Linear,
-}
-
-impl Mlp {
-    fn forward(&self, x: &Array) -> Result<Array, Exception> {
-        let gate = gelu_approx(&self.gate_proj.forward(x)?)?;
-        self.down_proj.forward(&(gate * self.up_proj.forward(x)?))
-    }
 }
 
 struct Attention {
@@ -203,7 +191,7 @@ impl Attention {
 
 struct Block {
     self_attn: Attention,
-    mlp: Mlp,
+    mlp: GeluMlp,
     input_layernorm: RmsNorm,
     post_attention_layernorm: RmsNorm,
     pre_feedforward_layernorm: RmsNorm,
@@ -288,14 +276,9 @@ pub fn load(
             rope,
             window: sliding.then_some(g.sliding_window),
         };
-        let m = format!("{p}.mlp");
         layers.push(Block {
             self_attn,
-            mlp: Mlp {
-                gate_proj: linear(&mut t, &format!("{m}.gate_proj"), false, mode)?,
-                up_proj: linear(&mut t, &format!("{m}.up_proj"), false, mode)?,
-                down_proj: linear(&mut t, &format!("{m}.down_proj"), false, mode)?,
-            },
+            mlp: GeluMlp::load(&mut t, &format!("{p}.mlp"), mode)?,
             input_layernorm: gemma_norm(&mut t, &format!("{p}.input_layernorm"), eps)?,
             post_attention_layernorm: gemma_norm(
                 &mut t,

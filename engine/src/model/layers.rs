@@ -3,7 +3,7 @@
 
 use mlx_rs::error::Exception;
 use mlx_rs::fast::{rms_norm, rope, rope_dynamic};
-use mlx_rs::ops::{addmm, concatenate, matmul, multiply, sigmoid};
+use mlx_rs::ops::{addmm, concatenate, matmul, multiply, sigmoid, tanh};
 use mlx_rs::{Array, Dtype};
 
 use super::batch::BatchSeq;
@@ -228,6 +228,50 @@ impl Mlp {
         let silu = multiply(&gate, sigmoid(&gate)?)?;
         self.down_proj
             .forward(&multiply(silu, self.up_proj.forward(x)?)?)
+    }
+}
+
+/// A Python float in `like`'s dtype (MLX's weak scalars: a float32 array would promote
+/// half-precision activations).
+pub fn scalar(v: f32, like: &Array) -> Result<Array> {
+    Array::from_f32(v).as_dtype(like.dtype())
+}
+
+/// `nn.gelu_approx`: `0.5 * x * (1 + tanh(√(2/π) * (x + 0.044715 * x**3)))`, op for op
+/// (Gemma's gated MLPs).
+pub fn gelu_approx(x: &Array) -> Result<Array> {
+    let half = x * scalar(0.5, x)?;
+    let cube = x.power(scalar(3.0, x)?)?;
+    let inner = x + cube * scalar(0.044715, x)?;
+    let t = tanh(inner * scalar((2.0f64 / std::f64::consts::PI).sqrt() as f32, x)?)?;
+    Ok(half * (scalar(1.0, x)? + t))
+}
+
+/// Gemma's gated MLP: `down(gelu_approx(gate(x)) * up(x))`.
+pub struct GeluMlp {
+    pub gate_proj: Linear,
+    pub up_proj: Linear,
+    pub down_proj: Linear,
+}
+
+impl GeluMlp {
+    /// The MLP at `prefix` (`gate_proj`, `up_proj`, `down_proj`, no biases).
+    pub fn load(
+        t: &mut super::Tensors,
+        prefix: &str,
+        mode: super::WeightsMode,
+    ) -> std::result::Result<Self, super::ModelError> {
+        use super::decoder::linear;
+        Ok(Self {
+            gate_proj: linear(t, &format!("{prefix}.gate_proj"), false, mode)?,
+            up_proj: linear(t, &format!("{prefix}.up_proj"), false, mode)?,
+            down_proj: linear(t, &format!("{prefix}.down_proj"), false, mode)?,
+        })
+    }
+
+    pub fn forward(&self, x: &Array) -> Result<Array> {
+        let gate = gelu_approx(&self.gate_proj.forward(x)?)?;
+        self.down_proj.forward(&(gate * self.up_proj.forward(x)?))
     }
 }
 

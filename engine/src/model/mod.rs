@@ -6,6 +6,7 @@ pub mod attention;
 pub mod batch;
 pub mod decoder;
 pub mod gemma3_text;
+pub mod gemma4_text;
 pub mod glm4_moe;
 pub mod gpt_oss;
 pub mod layers;
@@ -91,6 +92,8 @@ pub trait LanguageModel: Send {
         batch: &mut [BatchSeq<'_>],
         logits: Logits,
     ) -> Result<Array, Exception>;
+    /// The layers a sequence's cache holds (KV or recurrent state): every layer, except
+    /// those that read another layer's KV (Gemma 4's KV-shared layers).
     fn num_layers(&self) -> usize;
     /// Runs `tokens` as [`LanguageModel::forward`] does but stops before the head: the final
     /// norm's output at every position, `[1, N, hidden]` (embedding models pool these).

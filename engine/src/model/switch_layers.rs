@@ -17,7 +17,7 @@ use mlx_rs::ops::{
 use mlx_rs::{Array, Dtype};
 
 use super::decoder::{linear, FeedForward};
-use super::layers::{Linear, Matrix, Mlp};
+use super::layers::{gelu_approx, Linear, Matrix, Mlp};
 use super::{ModelError, Tensors, WeightsMode};
 use crate::mlx_ext::{gather_mm, gather_qmm, slice_axis};
 
@@ -104,6 +104,8 @@ pub enum Activation {
     /// gpt-oss's `swiglu_oai`: the gate clipped from above, the linear part clipped both ways
     /// and shifted by one: `(clip(up) + 1) * (g * sigmoid(alpha * g))`, `g = min(gate, limit)`.
     SwiGluOai { alpha: f32, limit: f32 },
+    /// `gelu_approx(gate) * up` (Gemma 4's `GeGLU`).
+    GeGlu,
 }
 
 impl Activation {
@@ -119,6 +121,7 @@ impl Activation {
                 let glu = multiply(&gate, sigmoid(multiply(&gate, c(alpha)?)?)?)?;
                 multiply(up + c(1.0)?, glu)
             }
+            Activation::GeGlu => multiply(gelu_approx(gate)?, up),
         }
     }
 }
@@ -369,34 +372,39 @@ impl SparseMoeBlock {
 }
 
 impl SparseMoeBlock {
-    /// The router's logits `[..., experts]`. A float router runs one token at a time (a batch
-    /// of one-row matmuls): BLAS rounds a row differently with other rows beside it, and a
-    /// router's rounding picks experts, so batching must not change it. Quantized routers
-    /// already compute each row on its own.
+    /// The router's logits `[..., experts]` ([`router_logits`]).
     fn gate_logits(&self, x: &Array) -> Result<Array> {
         let x = if self.gate_in_f32 {
             x.as_dtype(Dtype::Float32)?
         } else {
             x.clone()
         };
-        match &self.gate.matrix {
-            Matrix::Dense(w) => {
-                let shape = x.shape().to_vec();
-                let hidden = shape[shape.len() - 1];
-                // `[tokens, 1, hidden] @ [1, hidden, experts]`: a 3-D right side keeps MLX
-                // from folding the tokens into one matrix (a view of `w`, not a copy).
-                let wt = w.reshape(&[1, -1, hidden])?.swap_axes(-1, -2)?;
-                let logits = matmul(x.reshape(&[-1, 1, hidden])?, wt)?;
-                let mut out_shape = shape;
-                *out_shape.last_mut().expect("feature axis") = w.shape()[0];
-                let logits = logits.reshape(&out_shape)?;
-                match &self.gate.bias {
-                    Some(b) => Ok(logits + b),
-                    None => Ok(logits),
-                }
+        router_logits(&self.gate, &x)
+    }
+}
+
+/// A router's logits `gate(x)` `[..., experts]`, batch-invariant: a float router runs one
+/// token at a time (a batch of one-row matmuls), because BLAS rounds a row differently with
+/// other rows beside it, and a router's rounding picks experts. Quantized routers already
+/// compute each row on its own.
+pub fn router_logits(gate: &Linear, x: &Array) -> Result<Array> {
+    match &gate.matrix {
+        Matrix::Dense(w) => {
+            let shape = x.shape().to_vec();
+            let hidden = shape[shape.len() - 1];
+            // `[tokens, 1, hidden] @ [1, hidden, experts]`: a 3-D right side keeps MLX from
+            // folding the tokens into one matrix (a view of `w`, not a copy).
+            let wt = w.reshape(&[1, -1, hidden])?.swap_axes(-1, -2)?;
+            let logits = matmul(x.reshape(&[-1, 1, hidden])?, wt)?;
+            let mut out_shape = shape;
+            *out_shape.last_mut().expect("feature axis") = w.shape()[0];
+            let logits = logits.reshape(&out_shape)?;
+            match &gate.bias {
+                Some(b) => Ok(logits + b),
+                None => Ok(logits),
             }
-            Matrix::Quantized { .. } => self.gate.forward(&x),
         }
+        Matrix::Quantized { .. } => gate.forward(x),
     }
 }
 
