@@ -25,6 +25,7 @@ use crate::core::{Event, FinishReason, SamplingParams, Timings, TokenLogprob, Us
 use crate::kv::cache::{DenseKvCache, KvCache};
 use crate::kv::paged::layout_of;
 use crate::kv::prefix::ModelIdentity;
+use crate::kv::snapshot::state_layout;
 use crate::kv::quant::{KvQuant, QuantizedKvCache};
 use crate::kv::slots::SharedSlots;
 use crate::kv::{KvConfig, PrefixCache, PrefixProbe, SeqBlocks};
@@ -1007,10 +1008,18 @@ fn build_prefix_cache(
             std::iter::once(model_id.as_bytes()).chain(extra.iter().copied()),
         ),
     };
+    // The shape a snapshot must have to be restored (checked again on every file read).
+    let states = if layout.linear != 0 {
+        let linear = (0..layout.layers).filter(|&l| layout.is_linear(l));
+        state_layout(&mut cache, linear).map_err(|e| e.to_string())?
+    } else {
+        Vec::new()
+    };
     Ok(Some(PrefixCache::new(
         model_id.to_string(),
         identity,
         layout,
+        states,
         config,
         stats.prefix.clone(),
     )))
