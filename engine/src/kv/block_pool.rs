@@ -176,13 +176,20 @@ impl<T> BlockPool<T> {
         }
         while self.used_bytes + extra > self.budget_bytes {
             // The LRU holds unreferenced blocks only; `hash` itself is skipped.
-            let victim = self.lru.iter().find(|(_, h)| *h != hash).map(|(t, h)| (*t, *h));
+            let victim = self
+                .lru
+                .iter()
+                .find(|(_, h)| *h != hash)
+                .map(|(t, h)| (*t, *h));
             let Some((tick, victim)) = victim else {
                 self.refused += 1;
                 return false;
             };
             self.lru.remove(&tick);
-            let gone = self.entries.remove(&victim).expect("LRU entries are cached");
+            let gone = self
+                .entries
+                .remove(&victim)
+                .expect("LRU entries are cached");
             self.used_bytes -= gone.bytes;
             self.evictions += 1;
             evicted.push(victim);
@@ -326,12 +333,12 @@ mod tests {
         pool.insert(h(1), (), 10, &mut ev).unwrap();
         pool.insert(h(2), (), 10, &mut ev).unwrap();
         pool.release(&h(1));
-        // 15 more on block 2: block 1 (unreferenced) is evicted to make room.
-        assert!(pool.attach(&h(2), 15, &mut ev));
+        // 25 more on block 2: block 1 (unreferenced) is evicted to make room.
+        assert!(pool.attach(&h(2), 25, &mut ev));
         assert_eq!(ev, vec![h(1)]);
-        assert_eq!(pool.stats().bytes, 25);
+        assert_eq!(pool.stats().bytes, 35);
         // No room left that eviction could make (block 2 is referenced), nor a block to attach to.
-        assert!(!pool.attach(&h(2), 16, &mut ev));
+        assert!(!pool.attach(&h(2), 6, &mut ev));
         assert!(!pool.attach(&h(9), 1, &mut ev));
         // Evicting the block frees what was attached to it.
         pool.release(&h(2));

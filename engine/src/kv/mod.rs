@@ -30,9 +30,7 @@ use std::sync::{Arc, Mutex};
 
 use block_pool::{BlockPool, PoolStats};
 use paged::{blocks_from_cache, fill_cache_from_blocks, KvBlock, KvLayout};
-use prefix::{
-    chain_hashes, chain_hashes_from, chain_root, snapshot_key, BlockHash, ModelIdentity,
-};
+use prefix::{chain_hashes, chain_hashes_from, chain_root, snapshot_key, BlockHash, ModelIdentity};
 use snapshot::{StateLayout, StateSnapshot};
 use ssd::SsdStore;
 
@@ -204,7 +202,6 @@ fn restorable(
 
 /// Each linear layer's recurrent state, by layer index.
 type LayerStates = Vec<(usize, Vec<Array>)>;
-
 
 /// The blocks of one running sequence.
 #[derive(Debug, Default)]

@@ -26,7 +26,11 @@ pub struct StateShape {
 
 impl StateShape {
     pub fn bytes(&self) -> usize {
-        self.shape.iter().map(|&d| d.max(0) as usize).product::<usize>() * self.dtype.size()
+        self.shape
+            .iter()
+            .map(|&d| d.max(0) as usize)
+            .product::<usize>()
+            * self.dtype.size()
     }
 }
 
@@ -63,10 +67,13 @@ pub fn state_layout(
 ) -> Result<StateLayout, SnapshotError> {
     let mut out = Vec::new();
     for layer in layers {
-        let state = cache.state(layer).as_ref().ok_or(SnapshotError::NoState(layer))?;
+        let state = cache
+            .state(layer)
+            .as_ref()
+            .ok_or(SnapshotError::NoState(layer))?;
         for a in state {
-            let dtype = KvDtype::from_mlx(a.dtype())
-                .ok_or(PagedError::UnsupportedDtype(a.dtype()))?;
+            let dtype =
+                KvDtype::from_mlx(a.dtype()).ok_or(PagedError::UnsupportedDtype(a.dtype()))?;
             out.push(StateShape {
                 layer,
                 dtype,
@@ -84,8 +91,8 @@ impl StateSnapshot {
         let mut data = Vec::new();
         for (layer, arrays) in states {
             for a in arrays {
-                let dtype = KvDtype::from_mlx(a.dtype())
-                    .ok_or(PagedError::UnsupportedDtype(a.dtype()))?;
+                let dtype =
+                    KvDtype::from_mlx(a.dtype()).ok_or(PagedError::UnsupportedDtype(a.dtype()))?;
                 data.extend_from_slice(&host_bytes(a)?);
                 layout.push(StateShape {
                     layer: *layer,
@@ -155,7 +162,10 @@ mod tests {
     use mlx_rs::Dtype;
 
     fn floats(a: &Array) -> Vec<f32> {
-        a.as_dtype(Dtype::Float32).unwrap().as_slice::<f32>().to_vec()
+        a.as_dtype(Dtype::Float32)
+            .unwrap()
+            .as_slice::<f32>()
+            .to_vec()
     }
 
     #[test]

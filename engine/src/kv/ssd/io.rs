@@ -13,8 +13,8 @@ use super::super::paged::KvLayout;
 use super::super::prefix::{BlockHash, ModelIdentity};
 use super::super::snapshot::StateLayout;
 use super::format::{
-    decode, decode_snapshot, encode, encode_snapshot, is_stray_temp, kind_path, write_file,
-    Kind, Reject, CRC_BYTES, EXTENSION, HEADER_BYTES, SNAPSHOT_EXTENSION,
+    decode, decode_snapshot, encode, encode_snapshot, is_stray_temp, kind_path, write_file, Kind,
+    Reject, CRC_BYTES, EXTENSION, HEADER_BYTES, SNAPSHOT_EXTENSION,
 };
 use super::{Loaded, Payload, ReadJob, Shared, WriteJob};
 
@@ -83,10 +83,7 @@ pub(super) fn write_one(shared: &Shared, job: WriteJob, last_cap_refresh: &mut I
     }
     let (bytes, kind) = match &job.payload {
         Payload::Block(block) => (encode(&job.model, &job.hash, block), Kind::Block),
-        Payload::Snapshot(snap) => (
-            encode_snapshot(&job.model, &job.hash, snap),
-            Kind::Snapshot,
-        ),
+        Payload::Snapshot(snap) => (encode_snapshot(&job.model, &job.hash, snap), Kind::Snapshot),
     };
     let cap = shared.cap.load(Ordering::Relaxed);
     if bytes.len() as u64 > cap {

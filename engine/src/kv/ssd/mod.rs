@@ -709,6 +709,84 @@ mod tests {
         assert_eq!(s.stats().checksum_failures, 1);
     }
 
+    fn snapshot(fill: u8) -> StateSnapshot {
+        use crate::kv::paged::KvDtype;
+        use crate::kv::snapshot::StateShape;
+        StateSnapshot {
+            layout: vec![
+                StateShape {
+                    layer: 0,
+                    dtype: KvDtype::Bf16,
+                    shape: vec![1, 3, 4],
+                },
+                StateShape {
+                    layer: 0,
+                    dtype: KvDtype::F32,
+                    shape: vec![1, 2, 2, 2],
+                },
+            ],
+            data: vec![fill; 3 * 4 * 2 + 8 * 4],
+        }
+    }
+
+    #[test]
+    fn snapshots_are_read_back_after_reopen_only_into_their_own_layout() {
+        let dir = tempfile::tempdir().unwrap();
+        let (s, m) = store_with(dir.path(), 2);
+        let key = crate::kv::prefix::snapshot_key(ids(2).1);
+        assert!(s.enqueue_snapshot(m, key, Arc::new(snapshot(5))));
+        assert!(s.flush(Duration::from_secs(5)));
+        drop(s);
+        let s = store(dir.path());
+        wait_scan(&s);
+        assert!(s.contains(&key));
+        let states = Arc::new(snapshot(0).layout);
+        let hashes = [ids(1).1, ids(2).1];
+        let (blocks, snap) = s.read_with_snapshot(m, &hashes, layout(), key, states.clone());
+        assert_eq!(blocks, vec![block(1), block(2)]);
+        assert_eq!(snap, Some(snapshot(5)));
+        // Blocks only count as lookups and hits.
+        assert_eq!((s.stats().lookups, s.stats().read_hits), (2, 2));
+
+        // A model whose state has another shape (one more layer) never gets it: the file is
+        // rejected, deleted and counted.
+        let mut other = snapshot(0).layout;
+        other.push(other[1].clone());
+        other[2].layer = 1;
+        let (blocks, snap) = s.read_with_snapshot(m, &hashes, layout(), key, Arc::new(other));
+        assert_eq!((blocks.len(), snap), (2, None));
+        assert_eq!(s.stats().checksum_failures, 1);
+        assert!(!s.contains(&key));
+        assert!(!format::kind_path(s.root(), &m, &key, Kind::Snapshot).exists());
+    }
+
+    #[test]
+    fn damaged_snapshot_files_are_rejected() {
+        let dir = tempfile::tempdir().unwrap();
+        let (s, m) = store_with(dir.path(), 1);
+        let states = Arc::new(snapshot(0).layout);
+        for (n, damage) in [
+            |b: &mut Vec<u8>| b[70] ^= 1,              // the state layout
+            |b: &mut Vec<u8>| b.truncate(b.len() - 9), // the payload
+            |b: &mut Vec<u8>| b[8] = 9,                // the format version
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let key = crate::kv::prefix::snapshot_key(BlockHash([n as u8 + 40; 16]));
+            s.enqueue_snapshot(m, key, Arc::new(snapshot(1)));
+            assert!(s.flush(Duration::from_secs(5)));
+            let path = format::kind_path(s.root(), &m, &key, Kind::Snapshot);
+            let mut bytes = fs::read(&path).unwrap();
+            damage(&mut bytes);
+            fs::write(&path, &bytes).unwrap();
+            let (_, snap) = s.read_with_snapshot(m, &[], layout(), key, states.clone());
+            assert!(snap.is_none());
+            assert!(!path.exists());
+        }
+        assert_eq!(s.stats().checksum_failures, 3);
+    }
+
     #[test]
     fn corrupt_truncated_and_foreign_files_are_deleted_and_counted() {
         let dir = tempfile::tempdir().unwrap();
