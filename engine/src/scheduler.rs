@@ -25,9 +25,9 @@ use crate::core::{Event, FinishReason, SamplingParams, Timings, TokenLogprob, Us
 use crate::kv::cache::{DenseKvCache, KvCache};
 use crate::kv::paged::layout_of;
 use crate::kv::prefix::ModelIdentity;
-use crate::kv::snapshot::state_layout;
 use crate::kv::quant::{KvQuant, QuantizedKvCache};
 use crate::kv::slots::SharedSlots;
+use crate::kv::snapshot::state_layout;
 use crate::kv::{KvConfig, PrefixCache, PrefixProbe, SeqBlocks};
 use crate::metrics;
 use crate::model::{BatchSeq, LanguageModel, Logits};
@@ -604,12 +604,6 @@ impl Engine {
 
         // Each sequence's input for this step, and where its tokens come from.
         let mut budget = self.config.prefill_chunk;
-        // Hybrid models: chunks stop at snapshot boundaries, where the prefix cache snapshots
-        // the recurrent state.
-        let interval = self
-            .prefix
-            .as_ref()
-            .and_then(PrefixCache::snapshot_interval);
         let mut inputs: Vec<Input> = Vec::new();
         let mut pieces: Vec<TokenSource> = Vec::new();
         for (i, seq) in running.iter().enumerate() {
@@ -618,8 +612,10 @@ impl Engine {
                     continue;
                 }
                 let mut len = (seq.target - seq.prefilled).min(budget);
-                if let Some(iv) = interval {
-                    len = len.min(iv - seq.prefilled % iv);
+                // Hybrid models: chunks stop at snapshot boundaries, where the prefix cache
+                // snapshots the recurrent state.
+                if let Some(p) = self.prefix.as_ref() {
+                    len = len.min(p.prefill_limit(seq.prefilled, &seq.blocks));
                 }
                 budget -= len;
                 pieces.push(TokenSource::Host(

@@ -25,7 +25,7 @@ import pytest
 import requests
 
 from conftest import REPO_ROOT, running_daemon
-from test_cache import _cache, _intact, _killable_daemon, _metric, _text, _wait_scan
+from test_cache import BLOCK, _cache, _intact, _killable_daemon, _metric, _text, _wait_scan
 from test_half_precision import _complete
 from test_hybrid import SNAPSHOT
 
@@ -75,8 +75,9 @@ def _tokens(models, text):
 
 
 def _full_hit(prompt_tokens):
-    """A repeated prompt's hit: its full blocks (one token left to compute), down to a snapshot."""
-    return (prompt_tokens - 1) // SNAPSHOT * SNAPSHOT
+    """A repeated prompt's hit: its full blocks (one token left to compute), where the first
+    run left a snapshot (its tail snapshot, at the prompt's last block boundary)."""
+    return (prompt_tokens - 1) // BLOCK * BLOCK
 
 
 def _settled(url, kv, at_least=1, timeout=60):
@@ -126,8 +127,8 @@ def test_ram_and_ssd_hits_and_a_partial_match_give_the_cold_tokens(models, cold,
         assert tokens == cold[(NEXT, LONG)], "a RAM hit changed the output"
         _settled(url, kv)
     snaps = sorted(kv.rglob("*.snap"))
-    # One snapshot per boundary the sequence crossed (prompt and generated tokens).
-    assert len(snaps) >= _full_hit(n) // SNAPSHOT, snaps
+    # One snapshot per interval the sequence crossed, and the prompt's tail.
+    assert len(snaps) >= _full_hit(n) // SNAPSHOT + 1, snaps
     assert all(_snap_intact(p) for p in snaps)
 
     with running_daemon(_fresh(tmp_path / "two"), env, models=models) as url:
@@ -136,8 +137,9 @@ def test_ram_and_ssd_hits_and_a_partial_match_give_the_cold_tokens(models, cold,
         assert _cached_of(usage) == _full_hit(n), usage
         assert tokens == cold[(NEXT, LONG)], "an SSD hit after a restart changed the output"
         assert _metric(url, "wuwei_prefix_cache_hit_tokens_total", tier="ssd") == _full_hit(n)
-        # Blocks match past the first snapshot, the match ends between snapshots: the blocks
-        # up to that snapshot (in RAM now) and the snapshot (still only on disk) are reused.
+        # Blocks match past the first snapshot, the match ends between snapshots (and before
+        # LONG's tail): the blocks up to that snapshot (in RAM now) and the snapshot (still
+        # only on disk) are reused.
         tokens, usage, _ = _complete(url, NEXT, OTHER)
         assert _cached_of(usage) == shared // SNAPSHOT * SNAPSHOT, (usage, shared)
         assert tokens == cold[(NEXT, OTHER)], "a partial match changed the output"

@@ -12,8 +12,10 @@
 //! Hybrid models (linear-attention layers with a recurrent state) also snapshot that state
 //! every `snapshot_interval` positions (`snapshot`); a snapshot is kept beside the block that
 //! ends there, in RAM (its bytes count against that block in the pool's budget and go when
-//! the block is evicted) and on the SSD tier. A hit restores the blocks up to the nearest
-//! snapshot at or before the match, and that snapshot.
+//! the block is evicted) and on the SSD tier. Each prompt's last block boundary gets a
+//! snapshot too (its tail): the next turn of a conversation extends the prompt, so it finds
+//! a snapshot less than a block before where it diverges. A hit restores the blocks up to the
+//! nearest snapshot at or before the match, and that snapshot.
 
 pub mod block_pool;
 pub mod cache;
@@ -163,11 +165,11 @@ impl PrefixProbe {
             let guard = self.state.lock().unwrap();
             let s = guard.as_ref().expect("set above");
             let run = hashes.iter().take_while(|h| s.ram.contains(h)).count();
-            if let Some(iv) = interval {
+            if interval.is_some() {
                 // Blocks from RAM then disk, up to a snapshot in either.
                 let disk = ssd.as_ref();
                 let run = run + disk.map_or(0, |d| d.longest_prefix(&hashes[run..]));
-                return restorable(run, block_size, iv, |j| {
+                return restorable(run, |j| {
                     let h = hashes[j - 1];
                     s.snapshots.contains(&h) || disk.is_some_and(|d| d.contains(&snapshot_key(h)))
                 }) * block_size;
@@ -185,19 +187,10 @@ impl PrefixProbe {
     }
 }
 
-/// The longest `j <= run` blocks that end at a snapshot (`has(j)`: block `j - 1` has one).
-fn restorable(
-    run: usize,
-    block_size: usize,
-    interval: usize,
-    has: impl Fn(usize) -> bool,
-) -> usize {
-    let per = (interval / block_size).max(1);
-    let mut j = run / per * per;
-    while j > 0 && !has(j) {
-        j -= per;
-    }
-    j
+/// The longest `j <= run` blocks that end at a snapshot (`has(j)`: block `j - 1` has one):
+/// at a multiple of the interval, or at the end of a prompt (its tail snapshot).
+fn restorable(run: usize, has: impl Fn(usize) -> bool) -> usize {
+    (1..=run).rev().find(|&j| has(j)).unwrap_or(0)
 }
 
 /// Each linear layer's recurrent state, by layer index.
@@ -213,6 +206,8 @@ pub struct SeqBlocks {
     /// Hybrid models: the recurrent state each time the sequence stood at a snapshot boundary
     /// (that position, each linear layer's state), stored once its blocks are published.
     pending: Vec<(usize, LayerStates)>,
+    /// Hybrid models: the prompt's last block boundary (its tail snapshot goes there).
+    tail: usize,
 }
 
 /// One model's prefix cache, owned by its engine thread.
@@ -314,8 +309,9 @@ impl PrefixCache {
         let b = self.layout.block_size;
         let usable = prompt.len().saturating_sub(1) / b;
         let hashes = chain_hashes(&self.identity, &prompt[..usable * b], b);
+        blocks.tail = usable * b;
         let (mut found, mut from_ssd, snapshot) = match self.interval {
-            Some(iv) => self.find_hybrid(&hashes, iv, blocks),
+            Some(_) => self.find_hybrid(&hashes, blocks),
             None => {
                 let (found, from_ssd) = self.find_plain(&hashes, blocks);
                 (found, from_ssd, None)
@@ -412,10 +408,8 @@ impl PrefixCache {
     fn find_hybrid(
         &mut self,
         hashes: &[BlockHash],
-        iv: usize,
         blocks: &mut SeqBlocks,
     ) -> (Vec<Arc<KvBlock>>, usize, Option<Arc<StateSnapshot>>) {
-        let b = self.layout.block_size;
         let ram_run = self.pool.longest_prefix(hashes);
         let ssd = self.ssd.clone();
         let disk_run = ssd
@@ -425,7 +419,7 @@ impl PrefixCache {
             ssd.as_ref()
                 .is_some_and(|d| d.contains(&snapshot_key(hashes[j - 1])))
         };
-        let j = restorable(ram_run + disk_run, b, iv, |j| {
+        let j = restorable(ram_run + disk_run, |j| {
             self.snapshots.contains_key(&hashes[j - 1]) || on_disk(j)
         });
         if j == 0 {
@@ -463,9 +457,7 @@ impl PrefixCache {
             return (found, j - k, Some(snap));
         }
         // Short: the nearest snapshot in RAM within what is here; the rest is let go.
-        let j = restorable(found.len(), b, iv, |j| {
-            self.snapshots.contains_key(&hashes[j - 1])
-        });
+        let j = restorable(found.len(), |j| self.snapshots.contains_key(&hashes[j - 1]));
         found.truncate(j);
         let keep: HashSet<BlockHash> = hashes[..j].iter().copied().collect();
         let held: Vec<BlockHash> = blocks.held.drain(held_before..).collect();
@@ -518,9 +510,21 @@ impl PrefixCache {
         }
     }
 
-    /// Hybrid models: positions between snapshots (prefill chunks stop at them).
-    pub fn snapshot_interval(&self) -> Option<usize> {
-        self.interval
+    /// Hybrid models: the most positions the next prefill chunk of a sequence standing at
+    /// `prefilled` may take, so that it stops at the next snapshot boundary: a multiple of
+    /// the interval, or the prompt's last block boundary. That tail snapshot lets the next
+    /// turn of a conversation, whose prompt extends this one, recompute only what is new
+    /// (plus less than a block) instead of up to an interval.
+    pub fn prefill_limit(&self, prefilled: usize, blocks: &SeqBlocks) -> usize {
+        let Some(iv) = self.interval else {
+            return usize::MAX;
+        };
+        let next = iv - prefilled % iv;
+        if blocks.tail > prefilled {
+            next.min(blocks.tail - prefilled)
+        } else {
+            next
+        }
     }
 
     /// Called right after a step was queued for the sequence: when it then stands at a
@@ -531,7 +535,8 @@ impl PrefixCache {
             return;
         };
         let at = cache.offset();
-        if at == 0 || !at.is_multiple_of(iv) || blocks.chain.len() * self.layout.block_size >= at {
+        let boundary = at.is_multiple_of(iv) || at == blocks.tail;
+        if at == 0 || !boundary || blocks.chain.len() * self.layout.block_size >= at {
             return;
         }
         let mut states = Vec::new();
@@ -693,21 +698,19 @@ mod tests {
     #[test]
     fn a_hybrid_hit_stops_at_the_nearest_snapshot_at_or_before_the_match() {
         // Blocks of 32, snapshots every 64 positions (every second block).
-        let all = |_: usize| true;
-        assert_eq!(restorable(0, 32, 64, all), 0);
+        let even = |j: usize| j % 2 == 0;
+        assert_eq!(restorable(0, even), 0);
         assert_eq!(
-            restorable(1, 32, 64, all),
+            restorable(1, even),
             0,
             "no snapshot before the match: a miss"
         );
-        assert_eq!(
-            restorable(3, 32, 64, all),
-            2,
-            "between snapshots: the one before"
-        );
-        assert_eq!(restorable(4, 32, 64, all), 4);
+        assert_eq!(restorable(3, even), 2, "between snapshots: the one before");
+        assert_eq!(restorable(4, even), 4);
+        // A prompt's tail snapshot (block 3) between two interval ones.
+        assert_eq!(restorable(3, |j| even(j) || j == 3), 3);
         // A snapshot evicted: the one before it.
-        assert_eq!(restorable(5, 32, 64, |j| j != 4), 2);
-        assert_eq!(restorable(5, 32, 64, |_| false), 0);
+        assert_eq!(restorable(5, |j| even(j) && j != 4), 2);
+        assert_eq!(restorable(5, |_| false), 0);
     }
 }
