@@ -100,7 +100,8 @@ def make_model(root):
     out = root / MODEL
     subprocess.run([sys.executable, str(ROOT / "tests/reference/make_random_model.py"),
                     "qwen3_next", str(out), "--dtype", "bfloat16", "--bits", "4",
-                    "--group-size", "32", "--tokenizer", str(tokenizer)],
+                    "--group-size", "32", "--tokenizer", str(tokenizer),
+                    "--set", "max_position_embeddings=16384"],
                    check=True, capture_output=True)
     return out
 
@@ -152,7 +153,6 @@ def main():
         try:
             wait_ready(url, proc, MODEL)
             wuwei = run_turns(url, MODEL, system, turns, a.max_tokens)
-            print("wuwei:", wuwei, file=sys.stderr)
         finally:
             proc.terminate()
             proc.wait()
