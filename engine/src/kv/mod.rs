@@ -698,7 +698,7 @@ mod tests {
     #[test]
     fn a_hybrid_hit_stops_at_the_nearest_snapshot_at_or_before_the_match() {
         // Blocks of 32, snapshots every 64 positions (every second block).
-        let even = |j: usize| j % 2 == 0;
+        let even = |j: usize| j.is_multiple_of(2);
         assert_eq!(restorable(0, even), 0);
         assert_eq!(
             restorable(1, even),
