@@ -27,6 +27,7 @@ use crate::kv::paged::layout_of;
 use crate::kv::prefix::ModelIdentity;
 use crate::kv::quant::{KvQuant, QuantizedKvCache};
 use crate::kv::slots::SharedSlots;
+use crate::kv::snapshot::state_layout;
 use crate::kv::{KvConfig, PrefixCache, PrefixProbe, SeqBlocks};
 use crate::metrics;
 use crate::model::{BatchSeq, LanguageModel, Logits};
@@ -603,12 +604,6 @@ impl Engine {
 
         // Each sequence's input for this step, and where its tokens come from.
         let mut budget = self.config.prefill_chunk;
-        // Hybrid models: chunks stop at snapshot boundaries, where the prefix cache snapshots
-        // the recurrent state.
-        let interval = self
-            .prefix
-            .as_ref()
-            .and_then(PrefixCache::snapshot_interval);
         let mut inputs: Vec<Input> = Vec::new();
         let mut pieces: Vec<TokenSource> = Vec::new();
         for (i, seq) in running.iter().enumerate() {
@@ -617,8 +612,10 @@ impl Engine {
                     continue;
                 }
                 let mut len = (seq.target - seq.prefilled).min(budget);
-                if let Some(iv) = interval {
-                    len = len.min(iv - seq.prefilled % iv);
+                // Hybrid models: chunks stop at snapshot boundaries, where the prefix cache
+                // snapshots the recurrent state.
+                if let Some(p) = self.prefix.as_ref() {
+                    len = len.min(p.prefill_limit(seq.prefilled, &seq.blocks));
                 }
                 budget -= len;
                 pieces.push(TokenSource::Host(
@@ -1011,10 +1008,18 @@ fn build_prefix_cache(
             std::iter::once(model_id.as_bytes()).chain(extra.iter().copied()),
         ),
     };
+    // The shape a snapshot must have to be restored (checked again on every file read).
+    let states = if layout.linear != 0 {
+        let linear = (0..layout.layers).filter(|&l| layout.is_linear(l));
+        state_layout(&mut cache, linear).map_err(|e| e.to_string())?
+    } else {
+        Vec::new()
+    };
     Ok(Some(PrefixCache::new(
         model_id.to_string(),
         identity,
         layout,
+        states,
         config,
         stats.prefix.clone(),
     )))

@@ -320,15 +320,17 @@ def _free_port():
 
 
 @contextlib.contextmanager
-def _killable_daemon(log_path, env_extra):
-    """The daemon, without the clean-exit check of running_daemon: it is killed with -9."""
+def _killable_daemon(log_path, env_extra, models=None):
+    """The daemon, without the clean-exit check of running_daemon: it is killed with -9.
+    `models`: the models folder (default: $WUWEI_TEST_MODELS)."""
     port = _free_port()
     env = dict(os.environ, WUWEI_LOG="info", **env_extra)
     for var in ("WUWEI_API_KEY", "WUWEI_CONFIG", "WUWEI_HOST", "WUWEI_PORT", "WUWEI_MODELS"):
         env.pop(var, None)
     log = open(log_path, "a")
     proc = subprocess.Popen(
-        [os.environ["WUWEI_BIN"], "serve", "--port", str(port), "--models", os.environ["WUWEI_TEST_MODELS"]],
+        [os.environ["WUWEI_BIN"], "serve", "--port", str(port), "--models",
+         str(models or os.environ["WUWEI_TEST_MODELS"])],
         stdout=log,
         stderr=subprocess.STDOUT,
         env=env,

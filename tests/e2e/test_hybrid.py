@@ -8,7 +8,7 @@ depend on its batch; a prefix-cache hit on the windowed model (the cache keeps e
 windowed layers mask by position) gives the tokens of a cold run; the hybrid model's prefix
 cache snapshots its linear layers' recurrent state every SNAPSHOT positions (small here, so
 that short prompts cross several), and a hit restores the KV blocks up to the nearest snapshot
-at or before the match plus that snapshot: a repeated prompt and a partial match ending
+at or before the match (or at a previous prompt's last block boundary) plus that snapshot: a repeated prompt and a partial match ending
 between snapshots give mlx-lm's (cold) tokens."""
 
 import concurrent.futures as cf
@@ -80,11 +80,11 @@ def test_repeated_prompts_give_the_cold_tokens(daemon):
     cold, usage = _complete(daemon, NEXT, prompt)[:2]
     assert _cached(usage) == 0
     again, usage = _complete(daemon, NEXT, prompt)[:2]
-    # The whole usable prefix is 4 blocks (128 positions), a snapshot boundary.
+    # The whole usable prefix (full blocks, one token left to compute): the first run left a
+    # snapshot at the prompt's last block boundary (its tail), not only at multiples of
+    # SNAPSHOT.
     assert usage["prompt_tokens"] > 2 * SNAPSHOT
-    cached = _cached(usage)
-    assert cached > 0 and cached % SNAPSHOT == 0, usage
-    assert cached > usage["prompt_tokens"] - 1 - SNAPSHOT, usage
+    assert _cached(usage) == (usage["prompt_tokens"] - 1) // 32 * 32, usage
     assert again == cold, "a prefix hit on the hybrid model changed the output"
 
 
@@ -92,13 +92,17 @@ def test_hybrid_partial_match_between_snapshots_gives_the_cold_tokens(daemon, mo
     from tokenizers import Tokenizer
 
     shared = _text("hybrid-partial", 8)
-    first = shared + " The end of the first letter."
+    # Long enough that its tail snapshot (at its last block boundary) lies past the shared part.
+    first = shared + " The end of the first letter, and a postscript: " + _text("postscript", 2)
     second = shared + " A different ending: the harbor road stayed open all winter."
     want = _mlx_lm(models / NEXT, [first, second], 12)
     tok = Tokenizer.from_file(str(models / NEXT / "tokenizer.json"))
     shared_tokens = len(tok.encode(shared, add_special_tokens=False).ids)
-    # The shared prefix ends between snapshots, past the first one.
+    # The shared prefix ends between snapshots, past the first one, and before the first
+    # prompt's tail snapshot.
     assert SNAPSHOT < shared_tokens and shared_tokens % SNAPSHOT >= 32, shared_tokens
+    first_tokens = len(tok.encode(first, add_special_tokens=False).ids)
+    assert (first_tokens - 1) // 32 * 32 > shared_tokens // 32 * 32, first_tokens
     _, usage, text = _complete(daemon, NEXT, first)
     assert text == tok.decode(want[0], skip_special_tokens=False)
     _, usage, text = _complete(daemon, NEXT, second)

@@ -199,10 +199,15 @@ def main():
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     ap.add_argument("--tokenizer", help="an MLX model folder whose tokenizer the model takes")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=JSON",
+                    help="override a config entry (e.g. another layer layout)")
     a = ap.parse_args()
 
     mx.random.seed(a.seed)
     config = dict(CONFIGS[a.arch])
+    for entry in a.set:
+        key, value = entry.split("=", 1)
+        config[key] = json.loads(value)
     special = []
     if a.tokenizer:
         tok = json.loads((Path(a.tokenizer) / "tokenizer.json").read_text())

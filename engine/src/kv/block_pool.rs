@@ -166,6 +166,40 @@ impl<T> BlockPool<T> {
         Ok(data)
     }
 
+    /// Counts `extra` more bytes against the cached block `hash` (something kept beside it
+    /// that lives and dies with it: a hybrid model's state snapshot), evicting other
+    /// unreferenced blocks to make room. False (nothing counted) when the block is not
+    /// cached or there is no room.
+    pub fn attach(&mut self, hash: &BlockHash, extra: usize, evicted: &mut Vec<BlockHash>) -> bool {
+        if !self.entries.contains_key(hash) || extra > self.budget_bytes {
+            return false;
+        }
+        while self.used_bytes + extra > self.budget_bytes {
+            // The LRU holds unreferenced blocks only; `hash` itself is skipped.
+            let victim = self
+                .lru
+                .iter()
+                .find(|(_, h)| *h != hash)
+                .map(|(t, h)| (*t, *h));
+            let Some((tick, victim)) = victim else {
+                self.refused += 1;
+                return false;
+            };
+            self.lru.remove(&tick);
+            let gone = self
+                .entries
+                .remove(&victim)
+                .expect("LRU entries are cached");
+            self.used_bytes -= gone.bytes;
+            self.evictions += 1;
+            evicted.push(victim);
+        }
+        let entry = self.entries.get_mut(hash).expect("checked above");
+        entry.bytes += extra;
+        self.used_bytes += extra;
+        true
+    }
+
     /// Removes every unreferenced block (e.g. to give memory back).
     pub fn clear_unreferenced(&mut self) -> Vec<BlockHash> {
         let victims: Vec<BlockHash> = std::mem::take(&mut self.lru).into_values().collect();
@@ -290,6 +324,27 @@ mod tests {
         assert_eq!(pool.stats().referenced_blocks, 0);
         // Releasing an unknown block is harmless.
         pool.release(&h(9));
+    }
+
+    #[test]
+    fn attached_bytes_count_against_the_budget_and_go_with_their_block() {
+        let mut pool = BlockPool::new(40);
+        let mut ev = Vec::new();
+        pool.insert(h(1), (), 10, &mut ev).unwrap();
+        pool.insert(h(2), (), 10, &mut ev).unwrap();
+        pool.release(&h(1));
+        // 25 more on block 2: block 1 (unreferenced) is evicted to make room.
+        assert!(pool.attach(&h(2), 25, &mut ev));
+        assert_eq!(ev, vec![h(1)]);
+        assert_eq!(pool.stats().bytes, 35);
+        // No room left that eviction could make (block 2 is referenced), nor a block to attach to.
+        assert!(!pool.attach(&h(2), 6, &mut ev));
+        assert!(!pool.attach(&h(9), 1, &mut ev));
+        // Evicting the block frees what was attached to it.
+        pool.release(&h(2));
+        pool.insert(h(3), (), 40, &mut ev).unwrap();
+        assert_eq!(ev, vec![h(1), h(2)]);
+        assert_eq!(pool.stats().bytes, 40);
     }
 
     #[test]

@@ -8,6 +8,14 @@
 //! sequence's dense cache and prefills only the rest. While a sequence runs, each block it
 //! fills is published to the pool (and written through to the SSD tier in the background), so
 //! that concurrent and later requests with the same prefix reuse it.
+//!
+//! Hybrid models (linear-attention layers with a recurrent state) also snapshot that state
+//! every `snapshot_interval` positions (`snapshot`); a snapshot is kept beside the block that
+//! ends there, in RAM (its bytes count against that block in the pool's budget and go when
+//! the block is evicted) and on the SSD tier. Each prompt's last block boundary gets a
+//! snapshot too (its tail): the next turn of a conversation extends the prompt, so it finds
+//! a snapshot less than a block before where it diverges. A hit restores the blocks up to the
+//! nearest snapshot at or before the match, and that snapshot.
 
 pub mod block_pool;
 pub mod cache;
@@ -15,15 +23,17 @@ pub mod paged;
 pub mod prefix;
 pub mod quant;
 pub mod slots;
+pub mod snapshot;
 pub mod ssd;
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use block_pool::{BlockPool, PoolStats};
 use paged::{blocks_from_cache, fill_cache_from_blocks, KvBlock, KvLayout};
-use prefix::{chain_hashes, chain_hashes_from, chain_root, BlockHash, ModelIdentity};
+use prefix::{chain_hashes, chain_hashes_from, chain_root, snapshot_key, BlockHash, ModelIdentity};
+use snapshot::{StateLayout, StateSnapshot};
 use ssd::SsdStore;
 
 use mlx_rs::Array;
@@ -159,9 +169,13 @@ impl PrefixProbe {
             let guard = self.state.lock().unwrap();
             let s = guard.as_ref().expect("set above");
             let run = hashes.iter().take_while(|h| s.ram.contains(h)).count();
-            if let Some(iv) = interval {
-                return restorable(run, block_size, iv, |j| {
-                    s.snapshots.contains(&hashes[j - 1])
+            if interval.is_some() {
+                // Blocks from RAM then disk, up to a snapshot in either.
+                let disk = ssd.as_ref();
+                let run = run + disk.map_or(0, |d| d.longest_prefix(&hashes[run..]));
+                return restorable(run, |j| {
+                    let h = hashes[j - 1];
+                    s.snapshots.contains(&h) || disk.is_some_and(|d| d.contains(&snapshot_key(h)))
                 }) * block_size;
             }
             run
@@ -177,30 +191,14 @@ impl PrefixProbe {
     }
 }
 
-/// The longest `j <= run` blocks that end at a snapshot (`has(j)`: block `j - 1` has one).
-fn restorable(
-    run: usize,
-    block_size: usize,
-    interval: usize,
-    has: impl Fn(usize) -> bool,
-) -> usize {
-    let per = (interval / block_size).max(1);
-    let mut j = run / per * per;
-    while j > 0 && !has(j) {
-        j -= per;
-    }
-    j
+/// The longest `j <= run` blocks that end at a snapshot (`has(j)`: block `j - 1` has one):
+/// at a multiple of the interval, or at the end of a prompt (its tail snapshot).
+fn restorable(run: usize, has: impl Fn(usize) -> bool) -> usize {
+    (1..=run).rev().find(|&j| has(j)).unwrap_or(0)
 }
 
 /// Each linear layer's recurrent state, by layer index.
 type LayerStates = Vec<(usize, Vec<Array>)>;
-
-/// The recurrent state of every linear layer of one sequence after a prefix whose last block
-/// is the key it is stored under.
-struct Snapshot {
-    states: LayerStates,
-    bytes: usize,
-}
 
 /// The blocks of one running sequence.
 #[derive(Debug, Default)]
@@ -212,6 +210,8 @@ pub struct SeqBlocks {
     /// Hybrid models: the recurrent state each time the sequence stood at a snapshot boundary
     /// (that position, each linear layer's state), stored once its blocks are published.
     pending: Vec<(usize, LayerStates)>,
+    /// Hybrid models: the prompt's last block boundary (its tail snapshot goes there).
+    tail: usize,
 }
 
 /// One model's prefix cache, owned by its engine thread.
@@ -225,11 +225,13 @@ pub struct PrefixCache {
     failed_logged: bool,
     /// Hybrid models: positions between snapshots (a multiple of the block size).
     interval: Option<usize>,
-    /// Snapshots by the hash of the block they end (RAM only), oldest first for eviction.
-    snapshots: HashMap<BlockHash, Snapshot>,
-    snapshot_order: VecDeque<BlockHash>,
-    snapshot_bytes: usize,
-    snapshot_budget: usize,
+    /// The model's recurrent-state layout (empty for plain models): a snapshot of any other
+    /// is never restored.
+    states: Arc<StateLayout>,
+    /// Snapshots in RAM by the hash of the block they end; their bytes are counted on that
+    /// block in the pool, and they go when it is evicted.
+    snapshots: HashMap<BlockHash, Arc<StateSnapshot>>,
+    snapshot_warned: bool,
     /// Lookup counters (the pool keeps its own).
     queries: u64,
     hits: u64,
@@ -242,18 +244,14 @@ impl PrefixCache {
         model: String,
         identity: ModelIdentity,
         layout: KvLayout,
+        states: StateLayout,
         config: &KvConfig,
         probe: Arc<PrefixProbe>,
     ) -> Self {
         let b = layout.block_size;
         let interval =
             (layout.linear != 0).then(|| config.snapshot_interval.max(1).div_ceil(b) * b);
-        // Snapshots are RAM-only: a hybrid model's blocks are useless on disk without them.
-        let ssd = if interval.is_some() {
-            None
-        } else {
-            config.ssd.clone()
-        };
+        let ssd = config.ssd.clone();
         *probe.state.lock().unwrap() = Some(ProbeState {
             identity,
             block_size: layout.block_size,
@@ -276,20 +274,15 @@ impl PrefixCache {
             model,
             identity,
             layout,
-            // Hybrid models: half the budget for blocks, half for snapshots.
-            pool: BlockPool::new(if interval.is_some() {
-                config.ram_bytes / 2
-            } else {
-                config.ram_bytes
-            }),
+            // One budget: snapshots count against the block they end.
+            pool: BlockPool::new(config.ram_bytes),
             ssd,
             probe,
             failed_logged: false,
             interval,
+            states: Arc::new(states),
             snapshots: HashMap::new(),
-            snapshot_order: VecDeque::new(),
-            snapshot_bytes: 0,
-            snapshot_budget: config.ram_bytes / 2,
+            snapshot_warned: false,
             queries: 0,
             hits: 0,
             hit_tokens_ram: 0,
@@ -320,45 +313,17 @@ impl PrefixCache {
         let b = self.layout.block_size;
         let usable = prompt.len().saturating_sub(1) / b;
         let hashes = chain_hashes(&self.identity, &prompt[..usable * b], b);
-        let mut found: Vec<Arc<KvBlock>> = Vec::new();
-        let mut run = self.pool.longest_prefix(&hashes);
-        if let Some(iv) = self.interval {
-            // Only up to the nearest snapshot: the linear layers' state exists there alone.
-            run = restorable(run, b, iv, |j| self.snapshots.contains_key(&hashes[j - 1]));
-        }
-        for h in &hashes[..run] {
-            found.push(self.pool.acquire(h).expect("present"));
-            blocks.held.push(*h);
-        }
-        let from_ram = found.len();
-        if let Some(ssd) = &self.ssd {
-            let rest = &hashes[from_ram..];
-            let read = ssd.lookup(self.identity, rest, self.layout);
-            if !read.is_empty() {
-                let mut evicted = Vec::new();
-                for (h, block) in rest.iter().zip(read) {
-                    match self
-                        .pool
-                        .insert(*h, block, self.layout.block_bytes(), &mut evicted)
-                    {
-                        Ok(arc) => {
-                            blocks.held.push(*h);
-                            self.probe.with(|s| {
-                                s.ram.insert(*h);
-                            });
-                            found.push(arc);
-                        }
-                        // No room in RAM: this sequence still uses it.
-                        Err((_, block)) => found.push(Arc::new(block)),
-                    }
-                }
-                self.forget(&evicted);
+        blocks.tail = usable * b;
+        let (mut found, mut from_ssd, snapshot) = match self.interval {
+            Some(_) => self.find_hybrid(&hashes, blocks),
+            None => {
+                let (found, from_ssd) = self.find_plain(&hashes, blocks);
+                (found, from_ssd, None)
             }
-        }
-        let mut from_ssd = found.len() - from_ram;
+        };
         let mut filled = fill_cache_from_blocks(cache, &found).map_err(|e| e.to_string());
-        if filled.is_ok() && self.interval.is_some() && !found.is_empty() {
-            filled = self.restore_snapshot(&hashes[found.len() - 1], cache);
+        if let (Ok(()), Some(snap)) = (&filled, &snapshot) {
+            filled = snap.restore(&self.states, cache).map_err(|e| e.to_string());
         }
         if let Err(e) = filled {
             // Never fatal: compute the whole prompt instead.
@@ -371,15 +336,159 @@ impl PrefixCache {
         }
         blocks.chain = hashes[..found.len()].to_vec();
         let cached = found.len() * b;
+        let from_ram = found.len() - from_ssd;
         metrics::record_prefix_lookup(&self.model, cached, from_ssd * b);
         self.queries += 1;
         self.hits += u64::from(cached > 0);
-        self.hit_tokens_ram += ((found.len() - from_ssd) * b) as u64;
+        self.hit_tokens_ram += (from_ram * b) as u64;
         self.hit_tokens_ssd += (from_ssd * b) as u64;
         if cached > 0 {
             tracing::debug!(model = %self.model, cached, from_ram = from_ram * b, from_ssd = from_ssd * b, "prefix cache hit");
         }
         cached
+    }
+
+    /// Takes a reference on each of `hashes` (cached in the pool) for the sequence.
+    fn acquire_run(&mut self, hashes: &[BlockHash], blocks: &mut SeqBlocks) -> Vec<Arc<KvBlock>> {
+        let mut found = Vec::with_capacity(hashes.len());
+        for h in hashes {
+            found.push(self.pool.acquire(h).expect("present"));
+            blocks.held.push(*h);
+        }
+        found
+    }
+
+    /// Keeps blocks read from disk in the pool (the sequence references them) and returns
+    /// them in order, those that did not fit included.
+    fn keep_read(
+        &mut self,
+        hashes: &[BlockHash],
+        read: Vec<KvBlock>,
+        blocks: &mut SeqBlocks,
+    ) -> Vec<Arc<KvBlock>> {
+        let mut out = Vec::with_capacity(read.len());
+        let mut evicted = Vec::new();
+        for (h, block) in hashes.iter().zip(read) {
+            match self
+                .pool
+                .insert(*h, block, self.layout.block_bytes(), &mut evicted)
+            {
+                Ok(arc) => {
+                    blocks.held.push(*h);
+                    self.probe.with(|s| {
+                        s.ram.insert(*h);
+                    });
+                    out.push(arc);
+                }
+                // No room in RAM: this sequence still uses it.
+                Err((_, block)) => out.push(Arc::new(block)),
+            }
+        }
+        self.forget(&evicted);
+        out
+    }
+
+    /// A plain model's hit: the longest run of blocks from RAM, then from disk.
+    fn find_plain(
+        &mut self,
+        hashes: &[BlockHash],
+        blocks: &mut SeqBlocks,
+    ) -> (Vec<Arc<KvBlock>>, usize) {
+        let run = self.pool.longest_prefix(hashes);
+        let mut found = self.acquire_run(&hashes[..run], blocks);
+        if let Some(ssd) = self.ssd.clone() {
+            let rest = &hashes[run..];
+            let read = ssd.lookup(self.identity, rest, self.layout);
+            found.extend(self.keep_read(rest, read, blocks));
+        }
+        let from_ssd = found.len() - run;
+        (found, from_ssd)
+    }
+
+    /// A hybrid model's hit: the blocks up to the nearest snapshot at or before the longest
+    /// run (blocks from RAM then disk, the snapshot from either), and that snapshot. When
+    /// disk does not deliver (a bad file, a timeout), the nearest snapshot in RAM within what
+    /// was read.
+    fn find_hybrid(
+        &mut self,
+        hashes: &[BlockHash],
+        blocks: &mut SeqBlocks,
+    ) -> (Vec<Arc<KvBlock>>, usize, Option<Arc<StateSnapshot>>) {
+        let ram_run = self.pool.longest_prefix(hashes);
+        let ssd = self.ssd.clone();
+        let disk_run = ssd
+            .as_ref()
+            .map_or(0, |d| d.longest_prefix(&hashes[ram_run..]));
+        let on_disk = |j: usize| {
+            ssd.as_ref()
+                .is_some_and(|d| d.contains(&snapshot_key(hashes[j - 1])))
+        };
+        let j = restorable(ram_run + disk_run, |j| {
+            self.snapshots.contains_key(&hashes[j - 1]) || on_disk(j)
+        });
+        if j == 0 {
+            return (Vec::new(), 0, None);
+        }
+        let k = j.min(ram_run);
+        let in_ram = self.snapshots.get(&hashes[j - 1]).cloned();
+        if k == j {
+            if let Some(snap) = in_ram {
+                return (self.acquire_run(&hashes[..j], blocks), 0, Some(snap));
+            }
+        }
+        let ssd = ssd.expect("a block or snapshot is on disk");
+        let held_before = blocks.held.len();
+        let mut found = self.acquire_run(&hashes[..k], blocks);
+        let (read, snapshot) = match in_ram {
+            Some(snap) => (
+                ssd.lookup(self.identity, &hashes[k..j], self.layout),
+                Some(snap),
+            ),
+            None => {
+                let (read, snap) = ssd.read_with_snapshot(
+                    self.identity,
+                    &hashes[k..j],
+                    self.layout,
+                    snapshot_key(hashes[j - 1]),
+                    self.states.clone(),
+                );
+                (read, snap.map(Arc::new))
+            }
+        };
+        found.extend(self.keep_read(&hashes[k..], read, blocks));
+        if let (true, Some(snap)) = (found.len() == j, snapshot) {
+            self.keep_snapshot(hashes[j - 1], snap.clone());
+            return (found, j - k, Some(snap));
+        }
+        // Short: the nearest snapshot in RAM within what is here; the rest is let go.
+        let j = restorable(found.len(), |j| self.snapshots.contains_key(&hashes[j - 1]));
+        found.truncate(j);
+        let keep: HashSet<BlockHash> = hashes[..j].iter().copied().collect();
+        let held: Vec<BlockHash> = blocks.held.drain(held_before..).collect();
+        for h in held {
+            if keep.contains(&h) {
+                blocks.held.push(h);
+            } else {
+                self.pool.release(&h);
+            }
+        }
+        let snap = (j > 0).then(|| self.snapshots[&hashes[j - 1]].clone());
+        (found, j.saturating_sub(k), snap)
+    }
+
+    /// Keeps `snap` in RAM beside the cached block `h` (counted on it), when there is room.
+    fn keep_snapshot(&mut self, h: BlockHash, snap: Arc<StateSnapshot>) {
+        if self.snapshots.contains_key(&h) {
+            return;
+        }
+        let mut evicted = Vec::new();
+        if self.pool.attach(&h, snap.nbytes(), &mut evicted) {
+            self.snapshots.insert(h, snap);
+            self.probe.with(|p| {
+                p.snapshots.insert(h);
+            });
+        }
+        self.forget(&evicted);
     }
 
     /// Publishes the full blocks of `tokens` that `cache` now holds and this sequence has not
@@ -405,9 +514,21 @@ impl PrefixCache {
         }
     }
 
-    /// Hybrid models: positions between snapshots (prefill chunks stop at them).
-    pub fn snapshot_interval(&self) -> Option<usize> {
-        self.interval
+    /// Hybrid models: the most positions the next prefill chunk of a sequence standing at
+    /// `prefilled` may take, so that it stops at the next snapshot boundary: a multiple of
+    /// the interval, or the prompt's last block boundary. That tail snapshot lets the next
+    /// turn of a conversation, whose prompt extends this one, recompute only what is new
+    /// (plus less than a block) instead of up to an interval.
+    pub fn prefill_limit(&self, prefilled: usize, blocks: &SeqBlocks) -> usize {
+        let Some(iv) = self.interval else {
+            return usize::MAX;
+        };
+        let next = iv - prefilled % iv;
+        if blocks.tail > prefilled {
+            next.min(blocks.tail - prefilled)
+        } else {
+            next
+        }
     }
 
     /// Called right after a step was queued for the sequence: when it then stands at a
@@ -418,7 +539,8 @@ impl PrefixCache {
             return;
         };
         let at = cache.offset();
-        if at == 0 || !at.is_multiple_of(iv) || blocks.chain.len() * self.layout.block_size >= at {
+        let boundary = at.is_multiple_of(iv) || at == blocks.tail;
+        if at == 0 || !boundary || blocks.chain.len() * self.layout.block_size >= at {
             return;
         }
         let mut states = Vec::new();
@@ -438,67 +560,27 @@ impl PrefixCache {
 
     fn store_snapshot(&mut self, h: BlockHash, states: LayerStates) {
         let started = std::time::Instant::now();
-        // Own buffers: a state may be a view of a whole chunk's buffer (the conv state is the
-        // last rows of the conv input), which the snapshot must not keep alive.
-        let owned = (|| -> Result<LayerStates, mlx_rs::error::Exception> {
-            let mut out = Vec::with_capacity(states.len());
-            for (layer, arrays) in &states {
-                let contiguous = arrays
-                    .iter()
-                    .map(Array::contiguous)
-                    .collect::<Result<Vec<_>, _>>()?;
-                mlx_rs::transforms::eval(contiguous.iter())?;
-                out.push((*layer, contiguous.iter().map(Array::deep_clone).collect()));
+        let snap = match StateSnapshot::from_states(&states) {
+            Ok(s) if s.layout == *self.states => Arc::new(s),
+            Ok(s) => {
+                if !self.snapshot_warned {
+                    self.snapshot_warned = true;
+                    tracing::warn!(model = %self.model, got = ?s.layout, want = ?self.states, "recurrent state not shaped as the model's; not snapshotted");
+                }
+                return;
             }
-            Ok(out)
-        })();
-        let states = match owned {
-            Ok(s) => s,
             Err(e) => {
                 tracing::warn!(model = %self.model, error = %e, "cannot snapshot recurrent state");
                 return;
             }
         };
-        let bytes = states
-            .iter()
-            .flat_map(|(_, s)| s.iter())
-            .map(Array::nbytes)
-            .sum::<usize>();
-        if bytes > self.snapshot_budget {
-            return;
+        let bytes = snap.nbytes();
+        self.keep_snapshot(h, snap.clone());
+        // Queued after the blocks it ends (published just before), so written after them.
+        if let Some(ssd) = &self.ssd {
+            ssd.enqueue_snapshot(self.identity, snapshot_key(h), snap);
         }
-        while self.snapshot_bytes + bytes > self.snapshot_budget {
-            let Some(old) = self.snapshot_order.pop_front() else {
-                break;
-            };
-            if let Some(s) = self.snapshots.remove(&old) {
-                self.snapshot_bytes -= s.bytes;
-                self.probe.with(|p| {
-                    p.snapshots.remove(&old);
-                });
-            }
-        }
-        self.snapshot_bytes += bytes;
-        self.snapshots.insert(h, Snapshot { states, bytes });
-        self.snapshot_order.push_back(h);
-        self.probe.with(|p| {
-            p.snapshots.insert(h);
-        });
         tracing::debug!(model = %self.model, bytes, micros = started.elapsed().as_micros() as u64, "recurrent state snapshot");
-    }
-
-    fn restore_snapshot(&self, h: &BlockHash, cache: &mut dyn KvCache) -> Result<(), String> {
-        let snap = self
-            .snapshots
-            .get(h)
-            .ok_or_else(|| "snapshot gone".to_string())?;
-        for (layer, state) in &snap.states {
-            if *layer >= cache.num_layers() {
-                return Err(format!("snapshot layer {layer} outside the model"));
-            }
-            *cache.state(*layer) = Some(state.clone());
-        }
-        Ok(())
     }
 
     fn publish_blocks(
@@ -571,13 +653,18 @@ impl PrefixCache {
         blocks.pending.clear();
     }
 
-    fn forget(&self, evicted: &[BlockHash]) {
+    /// Blocks the pool evicted: gone from the probe, and their snapshots with them.
+    fn forget(&mut self, evicted: &[BlockHash]) {
         if evicted.is_empty() {
             return;
+        }
+        for h in evicted {
+            self.snapshots.remove(h);
         }
         self.probe.with(|s| {
             for h in evicted {
                 s.ram.remove(h);
+                s.snapshots.remove(h);
             }
         });
     }
@@ -615,21 +702,19 @@ mod tests {
     #[test]
     fn a_hybrid_hit_stops_at_the_nearest_snapshot_at_or_before_the_match() {
         // Blocks of 32, snapshots every 64 positions (every second block).
-        let all = |_: usize| true;
-        assert_eq!(restorable(0, 32, 64, all), 0);
+        let even = |j: usize| j.is_multiple_of(2);
+        assert_eq!(restorable(0, even), 0);
         assert_eq!(
-            restorable(1, 32, 64, all),
+            restorable(1, even),
             0,
             "no snapshot before the match: a miss"
         );
-        assert_eq!(
-            restorable(3, 32, 64, all),
-            2,
-            "between snapshots: the one before"
-        );
-        assert_eq!(restorable(4, 32, 64, all), 4);
+        assert_eq!(restorable(3, even), 2, "between snapshots: the one before");
+        assert_eq!(restorable(4, even), 4);
+        // A prompt's tail snapshot (block 3) between two interval ones.
+        assert_eq!(restorable(3, |j| even(j) || j == 3), 3);
         // A snapshot evicted: the one before it.
-        assert_eq!(restorable(5, 32, 64, |j| j != 4), 2);
-        assert_eq!(restorable(5, 32, 64, |_| false), 0);
+        assert_eq!(restorable(5, |j| even(j) && j != 4), 2);
+        assert_eq!(restorable(5, |_| false), 0);
     }
 }

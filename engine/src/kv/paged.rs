@@ -56,7 +56,7 @@ impl KvDtype {
         }
     }
 
-    fn from_mlx(d: Dtype) -> Option<Self> {
+    pub(crate) fn from_mlx(d: Dtype) -> Option<Self> {
         match d {
             Dtype::Float32 => Some(KvDtype::F32),
             Dtype::Float16 => Some(KvDtype::F16),
@@ -65,7 +65,7 @@ impl KvDtype {
         }
     }
 
-    fn to_mlx(self) -> Dtype {
+    pub(crate) fn to_mlx(self) -> Dtype {
         match self {
             KvDtype::F32 => Dtype::Float32,
             KvDtype::F16 => Dtype::Float16,
@@ -157,7 +157,7 @@ pub fn layout_of(cache: &dyn KvCache, block_size: usize) -> Result<KvLayout, Pag
 }
 
 /// Bytes of an evaluated, contiguous array of a float dtype.
-fn host_bytes(a: &Array) -> Result<Vec<u8>, PagedError> {
+pub(crate) fn host_bytes(a: &Array) -> Result<Vec<u8>, PagedError> {
     let a = a.contiguous()?;
     a.eval()?;
     // SAFETY (all arms): a float slice viewed as bytes; u8 has no alignment or validity needs.

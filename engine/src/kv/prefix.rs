@@ -120,6 +120,19 @@ pub fn block_hash(parent: BlockHash, tokens: &[u32]) -> BlockHash {
     BlockHash(out)
 }
 
+/// Key of the snapshot of recurrent state taken at the end of the block keyed `block`: its
+/// own key (the SSD tier indexes blocks and snapshots together), derived from the block's so
+/// that it carries the same model and prefix.
+pub fn snapshot_key(block: BlockHash) -> BlockHash {
+    let mut h = Sha256::new();
+    h.update(b"wuwei-state-snapshot");
+    h.update(block.0);
+    let digest = h.finalize();
+    let mut out = [0u8; 16];
+    out.copy_from_slice(&digest[..16]);
+    BlockHash(out)
+}
+
 /// Keys of the full blocks of `tokens` (a trailing partial block has none: it is never shared).
 pub fn chain_hashes(model: &ModelIdentity, tokens: &[u32], block_size: usize) -> Vec<BlockHash> {
     chain_hashes_from(model.root(), tokens, block_size)

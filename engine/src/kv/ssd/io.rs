@@ -9,13 +9,17 @@ use std::sync::mpsc::Receiver;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use super::super::paged::{KvBlock, KvLayout};
+use super::super::paged::KvLayout;
 use super::super::prefix::{BlockHash, ModelIdentity};
+use super::super::snapshot::StateLayout;
 use super::format::{
-    decode, encode, file_path, is_stray_temp, write_file, Reject, CRC_BYTES, EXTENSION,
-    HEADER_BYTES,
+    decode, decode_snapshot, encode, encode_snapshot, is_stray_temp, kind_path, write_file, Kind,
+    Reject, CRC_BYTES, EXTENSION, HEADER_BYTES, SNAPSHOT_EXTENSION,
 };
-use super::{ReadJob, Shared, WriteJob};
+use super::{Loaded, Payload, ReadJob, Shared, WriteJob};
+
+/// Largest snapshot file read back (a bad index entry must not read without bound).
+const MAX_SNAPSHOT_FILE: u64 = 1 << 32;
 
 pub(super) fn log_once(flag: &AtomicBool, what: &str, path: &Path, err: &dyn std::fmt::Display) {
     if !flag.swap(true, Ordering::Relaxed) {
@@ -77,7 +81,10 @@ pub(super) fn write_one(shared: &Shared, job: WriteJob, last_cap_refresh: &mut I
         refresh_cap(shared);
         *last_cap_refresh = Instant::now();
     }
-    let bytes = encode(&job.model, &job.hash, &job.block);
+    let (bytes, kind) = match &job.payload {
+        Payload::Block(block) => (encode(&job.model, &job.hash, block), Kind::Block),
+        Payload::Snapshot(snap) => (encode_snapshot(&job.model, &job.hash, snap), Kind::Snapshot),
+    };
     let cap = shared.cap.load(Ordering::Relaxed);
     if bytes.len() as u64 > cap {
         // No room at all (the filesystem is full): the block is not kept.
@@ -85,7 +92,7 @@ pub(super) fn write_one(shared: &Shared, job: WriteJob, last_cap_refresh: &mut I
         return;
     }
     make_room(shared, cap.saturating_sub(bytes.len() as u64));
-    let path = file_path(&shared.root, &job.model, &job.hash);
+    let path = kind_path(&shared.root, &job.model, &job.hash, kind);
     match write_file(&path, &bytes) {
         Ok(()) => {
             shared.counters.writes.fetch_add(1, Ordering::Relaxed);
@@ -142,13 +149,20 @@ pub(super) fn make_room(shared: &Shared, limit: u64) {
 
 pub(super) fn reader_loop(shared: Arc<Shared>, jobs: Receiver<ReadJob>) {
     for job in jobs {
-        for hash in &job.hashes {
+        for (hash, kind) in &job.items {
             if job.abandoned.load(Ordering::Relaxed) || !shared.enabled.load(Ordering::Relaxed) {
                 break;
             }
-            let block = read_one(&shared, &job.model, hash, &job.layout);
-            let stop = block.is_none();
-            if job.reply.send(block).is_err() || stop {
+            let loaded = read_one(
+                &shared,
+                &job.model,
+                hash,
+                *kind,
+                &job.layout,
+                job.states.as_deref(),
+            );
+            let stop = loaded.is_none();
+            if job.reply.send(loaded).is_err() || stop {
                 break;
             }
         }
@@ -165,8 +179,10 @@ pub(super) fn read_one(
     shared: &Shared,
     model: &ModelIdentity,
     hash: &BlockHash,
+    kind: Kind,
     layout: &KvLayout,
-) -> Option<KvBlock> {
+    states: Option<&StateLayout>,
+) -> Option<Loaded> {
     let path = {
         let mut idx = shared.index.lock().unwrap();
         let t = idx.tick();
@@ -174,8 +190,14 @@ pub(super) fn read_one(
         e.last_used = t;
         e.path.clone()
     };
-    let expected = (HEADER_BYTES + layout.block_bytes() + CRC_BYTES) as u64;
-    let mut bytes = Vec::with_capacity(expected as usize);
+    let expected = match kind {
+        Kind::Block => (HEADER_BYTES + layout.block_bytes() + CRC_BYTES) as u64,
+        Kind::Snapshot => MAX_SNAPSHOT_FILE,
+    };
+    let mut bytes = Vec::with_capacity(match kind {
+        Kind::Block => expected as usize,
+        Kind::Snapshot => 0,
+    });
     let read = File::open(&path).and_then(|f| f.take(expected + 1).read_to_end(&mut bytes));
     if let Err(e) = read {
         shared.index.lock().unwrap().remove(hash);
@@ -196,8 +218,15 @@ pub(super) fn read_one(
         );
         return None;
     }
-    match decode(&bytes, model, hash, layout) {
-        Ok(block) => Some(block),
+    let decoded = match (kind, states) {
+        (Kind::Block, _) => decode(&bytes, model, hash, layout).map(Loaded::Block),
+        (Kind::Snapshot, Some(states)) => {
+            decode_snapshot(&bytes, model, hash, states).map(Loaded::Snapshot)
+        }
+        (Kind::Snapshot, None) => Err(Reject::Corrupt("no state layout to check against")),
+    };
+    match decoded {
+        Ok(loaded) => Some(loaded),
         Err(Reject::Corrupt(why)) => {
             shared.index.lock().unwrap().remove(hash);
             shared
@@ -242,6 +271,7 @@ pub(super) fn scan(shared: &Shared) {
                 }
                 let Some(hash) = name
                     .strip_suffix(&format!(".{EXTENSION}"))
+                    .or_else(|| name.strip_suffix(&format!(".{SNAPSHOT_EXTENSION}")))
                     .and_then(BlockHash::from_hex)
                 else {
                     continue;

@@ -1,5 +1,6 @@
-//! The SSD tier: full KV blocks in files, written in the background, read back on a prefix hit
-//! (also after a restart), and never able to stall generation.
+//! The SSD tier: full KV blocks in files, and hybrid models' recurrent-state snapshots beside
+//! them, written in the background, read back on a prefix hit (also after a restart), and
+//! never able to stall generation.
 //!
 //! - The engine thread only ever does `try_send` into a bounded queue (full: the block is
 //!   dropped and counted) and waits for reads at most `read_timeout` (late: recompute).
@@ -16,7 +17,10 @@
 //! - A read that hangs (a stalled disk) costs one `read_timeout`: until the reader thread is
 //!   free again, further lookups skip the tier at once instead of queueing behind it.
 //!
-//! Layout: `<dir>/v1/<model identity, 16 hex>/<2 hex>/<block hash, 32 hex>.kv`.
+//! Layout: `<dir>/v1/<model identity, 16 hex>/<2 hex>/<block hash, 32 hex>.kv`, and a
+//! snapshot in `<snapshot key, 32 hex>.snap` in the same tree (its key is derived from the
+//! hash of the block it ends, `prefix::snapshot_key`). A snapshot file also carries the
+//! shape of every state array (layer, dtype, axes), which must equal the model's.
 //!
 //! `format` is the files (paths, bytes, writes), `io` the tier's threads (writer, reader,
 //! scan); this module holds the store, its index and the state the threads share.
@@ -30,10 +34,12 @@ use std::time::{Duration, Instant};
 
 use super::paged::{KvBlock, KvLayout};
 use super::prefix::{BlockHash, ModelIdentity};
+use super::snapshot::{StateLayout, StateSnapshot};
 
 mod format;
 mod io;
 
+use format::Kind;
 use io::{reader_loop, refresh_cap, scan, writer_loop};
 
 /// Folder of this on-disk layout under the cache dir; a new layout gets a new folder.
@@ -248,21 +254,36 @@ impl Shared {
     }
 }
 
+/// What a write puts in a file.
+enum Payload {
+    Block(Arc<KvBlock>),
+    Snapshot(Arc<StateSnapshot>),
+}
+
 struct WriteJob {
     model: ModelIdentity,
     hash: BlockHash,
-    block: Arc<KvBlock>,
+    payload: Payload,
+}
+
+/// What a read brought back.
+enum Loaded {
+    Block(KvBlock),
+    Snapshot(StateSnapshot),
 }
 
 struct ReadJob {
     model: ModelIdentity,
-    hashes: Vec<BlockHash>,
+    /// Files to read in order (the reader stops at the first missing or bad one).
+    items: Vec<(BlockHash, Kind)>,
     layout: KvLayout,
+    /// The model's state layout (jobs that read a snapshot).
+    states: Option<Arc<StateLayout>>,
     /// Set by the engine when it stopped waiting.
     abandoned: Arc<AtomicBool>,
     /// Set by the reader when it is finished with the job.
     done: Arc<AtomicBool>,
-    reply: mpsc::Sender<Option<KvBlock>>,
+    reply: mpsc::Sender<Option<Loaded>>,
 }
 
 /// The SSD tier, shared by every model's engine (and the admin API).
@@ -386,12 +407,31 @@ impl SsdStore {
 
     /// Queues a block for writing; never waits. Returns whether it was queued.
     pub fn enqueue(&self, model: ModelIdentity, hash: BlockHash, block: Arc<KvBlock>) -> bool {
+        self.enqueue_payload(model, hash, Payload::Block(block))
+    }
+
+    /// Queues a snapshot for writing under `key` (`prefix::snapshot_key` of the block it
+    /// ends); never waits. Queued after its blocks, it is written after them.
+    pub fn enqueue_snapshot(
+        &self,
+        model: ModelIdentity,
+        key: BlockHash,
+        snapshot: Arc<StateSnapshot>,
+    ) -> bool {
+        self.enqueue_payload(model, key, Payload::Snapshot(snapshot))
+    }
+
+    fn enqueue_payload(&self, model: ModelIdentity, hash: BlockHash, payload: Payload) -> bool {
         if !self.enabled() || self.shared.index.lock().unwrap().files.contains_key(&hash) {
             return false;
         }
         // Counted before the send so that the writer never decrements below zero.
         self.shared.pending.fetch_add(1, Ordering::Relaxed);
-        match self.writes.try_send(WriteJob { model, hash, block }) {
+        match self.writes.try_send(WriteJob {
+            model,
+            hash,
+            payload,
+        }) {
             Ok(()) => true,
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
                 self.shared.pending.fetch_sub(1, Ordering::Relaxed);
@@ -431,7 +471,58 @@ impl SsdStore {
         hashes: &[BlockHash],
         layout: KvLayout,
     ) -> Vec<KvBlock> {
-        if !self.enabled() || hashes.is_empty() {
+        let items = hashes.iter().map(|h| (*h, Kind::Block)).collect();
+        self.read_items(model, items, layout, None)
+            .into_iter()
+            .filter_map(|l| match l {
+                Loaded::Block(b) => Some(b),
+                Loaded::Snapshot(_) => None,
+            })
+            .collect()
+    }
+
+    /// A hybrid model's hit: the blocks of `hashes` (counted as lookups) and then the
+    /// snapshot under `key`, whose state layout must be `states`; all within one read
+    /// timeout. The snapshot comes back only when every block did.
+    pub fn read_with_snapshot(
+        &self,
+        model: ModelIdentity,
+        hashes: &[BlockHash],
+        layout: KvLayout,
+        key: BlockHash,
+        states: Arc<StateLayout>,
+    ) -> (Vec<KvBlock>, Option<StateSnapshot>) {
+        if !self.enabled() {
+            return (Vec::new(), None);
+        }
+        self.shared
+            .counters
+            .lookups
+            .fetch_add(hashes.len() as u64, Ordering::Relaxed);
+        let mut items: Vec<_> = hashes.iter().map(|h| (*h, Kind::Block)).collect();
+        items.push((key, Kind::Snapshot));
+        let mut blocks = Vec::new();
+        let mut snapshot = None;
+        for loaded in self.read_items(model, items, layout, Some(states)) {
+            match loaded {
+                Loaded::Block(b) => blocks.push(b),
+                Loaded::Snapshot(s) => snapshot = Some(s),
+            }
+        }
+        (blocks, snapshot)
+    }
+
+    /// Reads `items` in order, stopping at the first that is missing or bad, and waits at
+    /// most the read timeout in all: what arrived by then is returned. Blocks served count
+    /// as read hits.
+    fn read_items(
+        &self,
+        model: ModelIdentity,
+        items: Vec<(BlockHash, Kind)>,
+        layout: KvLayout,
+        states: Option<Arc<StateLayout>>,
+    ) -> Vec<Loaded> {
+        if !self.enabled() || items.is_empty() {
             return Vec::new();
         }
         if self.shared.reader_stalled.load(Ordering::Relaxed) {
@@ -443,10 +534,12 @@ impl SsdStore {
         let (tx, rx) = mpsc::channel();
         let abandoned = Arc::new(AtomicBool::new(false));
         let done = Arc::new(AtomicBool::new(false));
+        let wanted = items.len();
         let job = ReadJob {
             model,
-            hashes: hashes.to_vec(),
+            items,
             layout,
+            states,
             abandoned: abandoned.clone(),
             done: done.clone(),
             reply: tx,
@@ -459,9 +552,9 @@ impl SsdStore {
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match rx.recv_timeout(left) {
-                Ok(Some(block)) => {
-                    blocks.push(block);
-                    if blocks.len() == hashes.len() {
+                Ok(Some(loaded)) => {
+                    blocks.push(loaded);
+                    if blocks.len() == wanted {
                         break;
                     }
                 }
@@ -477,17 +570,21 @@ impl SsdStore {
                     self.count_timeout();
                     tracing::debug!(
                         got = blocks.len(),
-                        wanted = hashes.len(),
+                        wanted,
                         "SSD read timed out; recomputing the rest"
                     );
                     break;
                 }
             }
         }
+        let served = blocks
+            .iter()
+            .filter(|l| matches!(l, Loaded::Block(_)))
+            .count();
         self.shared
             .counters
             .read_hits
-            .fetch_add(blocks.len() as u64, Ordering::Relaxed);
+            .fetch_add(served as u64, Ordering::Relaxed);
         blocks
     }
 
@@ -610,6 +707,84 @@ mod tests {
             .read_prefix(ModelIdentity([8; 32]), &[h], layout())
             .is_empty());
         assert_eq!(s.stats().checksum_failures, 1);
+    }
+
+    fn snapshot(fill: u8) -> StateSnapshot {
+        use crate::kv::paged::KvDtype;
+        use crate::kv::snapshot::StateShape;
+        StateSnapshot {
+            layout: vec![
+                StateShape {
+                    layer: 0,
+                    dtype: KvDtype::Bf16,
+                    shape: vec![1, 3, 4],
+                },
+                StateShape {
+                    layer: 0,
+                    dtype: KvDtype::F32,
+                    shape: vec![1, 2, 2, 2],
+                },
+            ],
+            data: vec![fill; 3 * 4 * 2 + 8 * 4],
+        }
+    }
+
+    #[test]
+    fn snapshots_are_read_back_after_reopen_only_into_their_own_layout() {
+        let dir = tempfile::tempdir().unwrap();
+        let (s, m) = store_with(dir.path(), 2);
+        let key = crate::kv::prefix::snapshot_key(ids(2).1);
+        assert!(s.enqueue_snapshot(m, key, Arc::new(snapshot(5))));
+        assert!(s.flush(Duration::from_secs(5)));
+        drop(s);
+        let s = store(dir.path());
+        wait_scan(&s);
+        assert!(s.contains(&key));
+        let states = Arc::new(snapshot(0).layout);
+        let hashes = [ids(1).1, ids(2).1];
+        let (blocks, snap) = s.read_with_snapshot(m, &hashes, layout(), key, states.clone());
+        assert_eq!(blocks, vec![block(1), block(2)]);
+        assert_eq!(snap, Some(snapshot(5)));
+        // Blocks only count as lookups and hits.
+        assert_eq!((s.stats().lookups, s.stats().read_hits), (2, 2));
+
+        // A model whose state has another shape (one more layer) never gets it: the file is
+        // rejected, deleted and counted.
+        let mut other = snapshot(0).layout;
+        other.push(other[1].clone());
+        other[2].layer = 1;
+        let (blocks, snap) = s.read_with_snapshot(m, &hashes, layout(), key, Arc::new(other));
+        assert_eq!((blocks.len(), snap), (2, None));
+        assert_eq!(s.stats().checksum_failures, 1);
+        assert!(!s.contains(&key));
+        assert!(!format::kind_path(s.root(), &m, &key, Kind::Snapshot).exists());
+    }
+
+    #[test]
+    fn damaged_snapshot_files_are_rejected() {
+        let dir = tempfile::tempdir().unwrap();
+        let (s, m) = store_with(dir.path(), 1);
+        let states = Arc::new(snapshot(0).layout);
+        for (n, damage) in [
+            |b: &mut Vec<u8>| b[70] ^= 1,              // the state layout
+            |b: &mut Vec<u8>| b.truncate(b.len() - 9), // the payload
+            |b: &mut Vec<u8>| b[8] = 9,                // the format version
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let key = crate::kv::prefix::snapshot_key(BlockHash([n as u8 + 40; 16]));
+            s.enqueue_snapshot(m, key, Arc::new(snapshot(1)));
+            assert!(s.flush(Duration::from_secs(5)));
+            let path = format::kind_path(s.root(), &m, &key, Kind::Snapshot);
+            let mut bytes = fs::read(&path).unwrap();
+            damage(&mut bytes);
+            fs::write(&path, &bytes).unwrap();
+            let (_, snap) = s.read_with_snapshot(m, &[], layout(), key, states.clone());
+            assert!(snap.is_none());
+            assert!(!path.exists());
+        }
+        assert_eq!(s.stats().checksum_failures, 3);
     }
 
     #[test]

@@ -1,0 +1,204 @@
+//! A hybrid model's recurrent state at a snapshot boundary, as host bytes: what the RAM tier
+//! keeps beside the block that ends there and what the SSD tier writes to a file.
+//!
+//! Host bytes rather than MLX arrays for the same reasons as KV blocks (`paged`): the SSD
+//! writer is another thread (MLX streams are per thread), the size is exact, and no chunk's
+//! buffer is kept alive by a view of it. Restoring copies the bytes into fresh arrays.
+//!
+//! A snapshot carries its own shape: which layers, and each state array's dtype and shape
+//! ([`StateLayout`]). The model's expected shape is fixed when its prefix cache is built;
+//! a snapshot whose shape differs (another model, another layout, another dtype) is never
+//! restored.
+
+use mlx_rs::error::Exception;
+use mlx_rs::Array;
+
+use super::cache::KvCache;
+use super::paged::{host_bytes, KvDtype, PagedError};
+
+/// One state array's place and form: its layer, dtype and shape.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StateShape {
+    pub layer: usize,
+    pub dtype: KvDtype,
+    pub shape: Vec<i32>,
+}
+
+impl StateShape {
+    pub fn bytes(&self) -> usize {
+        self.shape
+            .iter()
+            .map(|&d| d.max(0) as usize)
+            .product::<usize>()
+            * self.dtype.size()
+    }
+}
+
+/// Every state array of one sequence, in layer order, then in the order the layer keeps them.
+pub type StateLayout = Vec<StateShape>;
+
+/// The recurrent state of every linear layer of one sequence after some prefix.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StateSnapshot {
+    pub layout: StateLayout,
+    /// The arrays' bytes, one after another in `layout`'s order.
+    pub data: Vec<u8>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    #[error(transparent)]
+    Paged(#[from] PagedError),
+    #[error(transparent)]
+    Mlx(#[from] Exception),
+    #[error("recurrent state shaped {got:?}, the model's is {want:?}")]
+    LayoutMismatch {
+        got: Box<StateLayout>,
+        want: Box<StateLayout>,
+    },
+    #[error("layer {0} has no recurrent state")]
+    NoState(usize),
+}
+
+/// The layout of the state `cache` holds for `layers` (evaluated arrays or lazy ones).
+pub fn state_layout(
+    cache: &mut dyn KvCache,
+    layers: impl Iterator<Item = usize>,
+) -> Result<StateLayout, SnapshotError> {
+    let mut out = Vec::new();
+    for layer in layers {
+        let state = cache
+            .state(layer)
+            .as_ref()
+            .ok_or(SnapshotError::NoState(layer))?;
+        for a in state {
+            let dtype =
+                KvDtype::from_mlx(a.dtype()).ok_or(PagedError::UnsupportedDtype(a.dtype()))?;
+            out.push(StateShape {
+                layer,
+                dtype,
+                shape: a.shape().to_vec(),
+            });
+        }
+    }
+    Ok(out)
+}
+
+impl StateSnapshot {
+    /// Copies the states (`(layer, arrays)`) to host bytes, evaluating them.
+    pub fn from_states(states: &[(usize, Vec<Array>)]) -> Result<Self, SnapshotError> {
+        let mut layout = Vec::new();
+        let mut data = Vec::new();
+        for (layer, arrays) in states {
+            for a in arrays {
+                let dtype =
+                    KvDtype::from_mlx(a.dtype()).ok_or(PagedError::UnsupportedDtype(a.dtype()))?;
+                data.extend_from_slice(&host_bytes(a)?);
+                layout.push(StateShape {
+                    layer: *layer,
+                    dtype,
+                    shape: a.shape().to_vec(),
+                });
+            }
+        }
+        Ok(Self { layout, data })
+    }
+
+    /// Bytes held (what the RAM tier counts).
+    pub fn nbytes(&self) -> usize {
+        self.data.len()
+    }
+
+    /// Whether the payload length agrees with the layout (checked when decoding a file).
+    pub fn consistent(&self) -> bool {
+        self.layout.iter().map(StateShape::bytes).sum::<usize>() == self.data.len()
+    }
+
+    /// Puts the state into `cache`'s linear layers, when its layout is exactly `expected`.
+    pub fn restore(
+        &self,
+        expected: &StateLayout,
+        cache: &mut dyn KvCache,
+    ) -> Result<(), SnapshotError> {
+        if &self.layout != expected || !self.consistent() {
+            return Err(SnapshotError::LayoutMismatch {
+                got: Box::new(self.layout.clone()),
+                want: Box::new(expected.clone()),
+            });
+        }
+        let mut by_layer: Vec<(usize, Vec<Array>)> = Vec::new();
+        let mut at = 0;
+        for s in &self.layout {
+            if s.layer >= cache.num_layers() {
+                return Err(SnapshotError::NoState(s.layer));
+            }
+            let n = s.bytes();
+            // SAFETY: `data[at..at + n]` holds exactly the shape's element count of `dtype`
+            // (checked by `consistent`); MLX copies it.
+            let array = unsafe {
+                Array::from_raw_data(
+                    self.data[at..at + n].as_ptr().cast(),
+                    &s.shape,
+                    s.dtype.to_mlx(),
+                )
+            };
+            at += n;
+            match by_layer.last_mut() {
+                Some((l, arrays)) if *l == s.layer => arrays.push(array),
+                _ => by_layer.push((s.layer, vec![array])),
+            }
+        }
+        for (layer, arrays) in by_layer {
+            *cache.state(layer) = Some(arrays);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kv::cache::DenseKvCache;
+    use mlx_rs::Dtype;
+
+    fn floats(a: &Array) -> Vec<f32> {
+        a.as_dtype(Dtype::Float32)
+            .unwrap()
+            .as_slice::<f32>()
+            .to_vec()
+    }
+
+    #[test]
+    fn a_snapshot_restores_only_into_its_own_layout() {
+        let conv = Array::from_slice(&[1.5f32, 2.0, -3.0, 4.25, 5.0, 6.0], &[1, 2, 3])
+            .as_dtype(Dtype::Bfloat16)
+            .unwrap();
+        let rec = Array::from_slice(&[0.125f32, -7.0, 8.5, 9.0], &[1, 1, 2, 2]);
+        let snap = StateSnapshot::from_states(&[(1, vec![conv.clone(), rec.clone()])]).unwrap();
+        assert_eq!(snap.nbytes(), 6 * 2 + 4 * 4);
+        let mut source = DenseKvCache::new(3);
+        *source.state(1) = Some(vec![conv.clone(), rec.clone()]);
+        let layout = state_layout(&mut source, [1].into_iter()).unwrap();
+        assert_eq!(snap.layout, layout);
+
+        let mut target = DenseKvCache::new(3);
+        snap.restore(&layout, &mut target).unwrap();
+        let got = target.state(1).clone().unwrap();
+        assert_eq!(got[0].dtype(), Dtype::Bfloat16);
+        assert_eq!(floats(&got[0]), floats(&conv));
+        assert_eq!(floats(&got[1]), floats(&rec));
+
+        // Another layer, dtype or shape: refused, and the cache is left as it was.
+        let mut other = layout.clone();
+        other[0].layer = 2;
+        let mut fresh = DenseKvCache::new(3);
+        assert!(snap.restore(&other, &mut fresh).is_err());
+        let mut other = layout.clone();
+        other[1].dtype = KvDtype::F16;
+        assert!(snap.restore(&other, &mut fresh).is_err());
+        let mut other = layout;
+        other[1].shape = vec![1, 2, 1, 2];
+        assert!(snap.restore(&other, &mut fresh).is_err());
+        assert!(fresh.state(1).is_none() && fresh.state(2).is_none());
+    }
+}
