@@ -200,6 +200,7 @@ impl Registry {
             settings,
             sampling,
             loaded_at: SystemTime::now(),
+            grammars: std::sync::OnceLock::new(),
             requests: Mutex::new(Some(req_tx)),
             last_used: Mutex::new(Instant::now()),
             idle_since: Mutex::new(None),

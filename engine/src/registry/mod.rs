@@ -36,6 +36,7 @@ use crate::integrity::ModelFacts;
 use crate::memory::{self, Amount};
 use crate::model::WeightsMode;
 use crate::scheduler::{EngineStats, SchedulerConfig, SeqRequest};
+use crate::text::constraint::{ConstraintError, GrammarCompiler};
 use crate::text::tokenizer::Tokenizer;
 
 use discovery::new_entry;
@@ -102,6 +103,9 @@ pub struct Served {
     /// model's `generation_config.json`).
     pub sampling: crate::core::SamplingRequest,
     pub loaded_at: SystemTime,
+    /// Compiles constrained requests' grammars; built on the first one (an error is kept:
+    /// the tokenizer does not change).
+    pub grammars: std::sync::OnceLock<Result<Arc<GrammarCompiler>, ConstraintError>>,
     /// Dropping the sender (taking it out) lets the engine thread finish its work and exit.
     requests: Mutex<Option<std::sync::mpsc::Sender<SeqRequest>>>,
     last_used: Mutex<Instant>,
