@@ -184,7 +184,7 @@ struct ToSample {
 
 /// Work waiting for room in the batch.
 enum Waiting {
-    New(SeqRequest),
+    New(Box<SeqRequest>),
     /// A sequence paused to give its KV back when the running batch outgrew the KV budget.
     /// It keeps its output state; its KV is recomputed (much of it found in the prefix
     /// cache, which holds its published blocks) when it runs again.
@@ -361,13 +361,13 @@ impl Engine {
                     return;
                 }
                 match requests.recv() {
-                    Ok(r) => waiting.push_back(Waiting::New(r)),
+                    Ok(r) => waiting.push_back(Waiting::New(Box::new(r))),
                     Err(_) => return,
                 }
             }
             loop {
                 match requests.try_recv() {
-                    Ok(r) => waiting.push_back(Waiting::New(r)),
+                    Ok(r) => waiting.push_back(Waiting::New(Box::new(r))),
                     Err(std_mpsc::TryRecvError::Empty) => break,
                     Err(std_mpsc::TryRecvError::Disconnected) => {
                         open = false;
@@ -400,7 +400,7 @@ impl Engine {
                 self.stats.running.fetch_add(1, Ordering::Relaxed);
                 self.stats.waiting.fetch_sub(1, Ordering::Relaxed);
                 running.push(match next {
-                    Waiting::New(req) => self.start(req),
+                    Waiting::New(req) => self.start(*req),
                     Waiting::Paused(seq) => self.resume(*seq),
                 });
             }

@@ -142,15 +142,16 @@ def _check_call(choice, names):
 def test_enforced_tool_choice_openai(client, model_id):
     messages = [{"role": "user", "content": "Hello! How are you today?"}]
     required = parallel(
-        lambda s: chat(client, model_id, s, messages=messages, tools=OPENAI_TOOLS, tool_choice="required"),
-        range(4),
+        lambda s: chat(client, model_id, s, messages=messages, tools=OPENAI_TOOLS, tool_choice="required",
+                       max_tokens=64),
+        range(3),
     )
     for c in required:
         _check_call(c, set(SCHEMAS))
     named = parallel(
         lambda s: chat(client, model_id, s, messages=messages, tools=OPENAI_TOOLS,
-                       tool_choice={"type": "function", "function": {"name": "get_time"}}),
-        range(4),
+                       tool_choice={"type": "function", "function": {"name": "get_time"}}, max_tokens=64),
+        range(3),
     )
     for c in named:
         assert _check_call(c, {"get_time"}) == "get_time"
@@ -161,7 +162,7 @@ def test_responses_text_format(client, model_id):
     rs = parallel(
         lambda s: client.responses.create(model=model_id, input="Describe a person and their pet.",
                                           temperature=1.0, max_output_tokens=96, text={"format": fmt}),
-        range(3),
+        range(2),
     )
     for r in rs:
         assert r.status == "completed", r
@@ -169,22 +170,23 @@ def test_responses_text_format(client, model_id):
 
 
 def test_anthropic_output_format_and_tool_choice(anthropic_client):
-    def ask(seed, **kwargs):
+    # The Messages API has no seed: each request samples from the daemon's own entropy.
+    def ask(_, **kwargs):
         return anthropic_client.messages.create(
-            model="claude-sonnet-4-5", max_tokens=96,
+            model="claude-sonnet-4-5", max_tokens=96 if "output_config" in kwargs["extra_body"] else 64,
             messages=[{"role": "user", "content": "Describe a person and their pet."}], **kwargs)
 
     formatted = parallel(
         lambda s: ask(s, extra_body={"temperature": 1.0, "output_config": {
             "format": {"type": "json_schema", "schema": PROFILE}}}),
-        range(3),
+        range(2),
     )
     for m in formatted:
         assert m.stop_reason == "end_turn", m
         validate(json.loads("".join(b.text for b in m.content if b.type == "text")), PROFILE)
     for choice, names in (({"type": "any"}, set(SCHEMAS)), ({"type": "tool", "name": "get_weather"}, {"get_weather"})):
         for m in parallel(lambda s: ask(s, tools=ANTHROPIC_TOOLS, tool_choice=choice,
-                                        extra_body={"temperature": 1.0}), range(3)):
+                                        extra_body={"temperature": 1.0}), range(2)):
             assert m.stop_reason == "tool_use", m
             uses = [b for b in m.content if b.type == "tool_use"]
             assert len(uses) == 1 and uses[0].name in names, m
@@ -225,7 +227,7 @@ def test_constrained_and_free_requests_share_a_batch(client, model_id):
         return chat(client, model_id, i, messages=[{"role": "user", "content": "A person as JSON."}],
                     response_format=fmt)
 
-    results = parallel(run, range(6))
+    results = parallel(run, range(4))
     for i, r in enumerate(results):
         if i % 2 == 0:
             assert r == alone

@@ -206,13 +206,16 @@ impl GrammarCompiler {
         if let Some(e) = matcher.get_error() {
             return Err(ConstraintError::Invalid(e));
         }
-        Ok(Grammar { matcher })
+        Ok(Grammar {
+            matcher: Box::new(matcher),
+        })
     }
 }
 
 /// One constrained generation's grammar state.
 pub struct Grammar {
-    matcher: Matcher,
+    /// Boxed: the matcher is large, and requests move through channels and queues.
+    matcher: Box<Matcher>,
 }
 
 impl Grammar {

@@ -683,7 +683,7 @@ mod tests {
                 let free = Sampler::new(p.clone()).row(&[], 0, None);
                 // The masked row beside a free one: the free one samples as it would alone.
                 let both: Vec<f32> = values.iter().chain(values.iter()).copied().collect();
-                let logits = Array::from_slice(&both, &[2, vocab as i32])
+                let logits = Array::from_slice(&both, &[2, vocab])
                     .as_dtype(Dtype::Bfloat16)
                     .unwrap();
                 let got = sample(&logits, &[row, free.clone()])
@@ -693,7 +693,7 @@ mod tests {
                 assert!(allowed.contains(&(got[0].token as usize)), "{:?}", got[0]);
                 let (_, top) = got[0].logprobs.clone().unwrap();
                 assert!(top.iter().all(|(t, _)| allowed.contains(&(*t as usize))));
-                let single = Array::from_slice(&values, &[1, vocab as i32])
+                let single = Array::from_slice(&values, &[1, vocab])
                     .as_dtype(Dtype::Bfloat16)
                     .unwrap();
                 let alone = sample(&single, &[free]).unwrap().read().unwrap();
