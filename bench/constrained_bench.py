@@ -12,6 +12,7 @@ usage: .venv/bin/python bench/constrained_bench.py [--bin PATH] [--baseline PATH
 import argparse
 import json
 import os
+import re
 import socket
 import statistics
 import subprocess
@@ -58,10 +59,13 @@ def free_port():
 
 
 def start(binary, models, log_dir):
+    """Starts a daemon; its engine's per-sequence lines (debug) go to `log_dir`/daemon-PORT.log."""
     port = free_port()
-    env = dict(os.environ, WUWEI_LOG="warn", WUWEI_KV_SSD_DIR=str(Path(log_dir) / f"kv{port}"))
+    env = dict(os.environ, WUWEI_LOG="warn,wuwei::scheduler=debug", WUWEI_KV_SSD_DIR=str(Path(log_dir) / f"kv{port}"))
+    log = open(Path(log_dir) / f"daemon-{port}.log", "w")
     proc = subprocess.Popen([binary, "serve", "--host", "127.0.0.1", "--port", str(port), "--models", models],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            env=env, stdout=log, stderr=subprocess.STDOUT)
+    proc.log_path = Path(log.name)
     url = f"http://127.0.0.1:{port}"
     for _ in range(1200):
         if proc.poll() is not None:
@@ -82,6 +86,19 @@ def stop(proc):
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
+
+
+def mask_ms_per_token(log_path):
+    """Host time computing masks per constrained token, from the engine's `sequence finished`
+    lines (`mask_ms` is logged for constrained sequences only)."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", log_path.read_text())
+    total_ms = tokens = 0
+    for line in text.splitlines():
+        m = re.search(r'completion_tokens=(\d+).*mask_ms="?([\d.]+)', line)
+        if "sequence finished" in line and m:
+            tokens += int(m.group(1))
+            total_ms += float(m.group(2))
+    return total_ms / tokens if tokens else None
 
 
 def model_of(url):
@@ -154,6 +171,7 @@ def main():
             stop(proc)
             if base:
                 stop(base)
+        mask_ms = mask_ms_per_token(proc.log_path)
 
     f, c = statistics.median(free), statistics.median(constrained)
     rows = [
@@ -168,6 +186,10 @@ def main():
     body = "\n".join(rows) + f"\n\nConstrained / unconstrained: **{c / f:.3f}x** per decoded token"
     if main_free:
         body += f"; unconstrained this build / baseline: **{f / statistics.median(main_free):.3f}x**"
+    if mask_ms is not None:
+        body += (f".\nMask computation on the host (llguidance), per constrained token: {mask_ms:.2f} ms "
+                 f"({100 * mask_ms / c:.1f}% of a decode step; it runs while the device computes the "
+                 f"forward pass)")
     body += (f".\nGreedy, {args.tokens} tokens, SmolLM2-135M-Instruct, {args.rounds} alternating rounds; "
              f"tokens decoded: {sorted(counts)}.")
     if args.note:

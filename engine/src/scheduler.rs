@@ -9,7 +9,10 @@
 //! host then streams the previous step's tokens while the device computes. Only token ids
 //! (and log-probabilities, when asked) cross to the host. Where the host must know every
 //! token first — penalties that depend on them, or pausing a sequence — the step before is
-//! read before the next is built.
+//! read before the next is built. A constrained sequence's mask depends on its newest token
+//! too, but only the sampling needs it: such a step's forward pass is queued first, the step
+//! before is read and the masks computed while the device runs it, then its sampling is
+//! queued (`sample_masked`).
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -124,6 +127,8 @@ struct Sequence {
     parser: OutputParser,
     /// A constrained sequence's grammar state: it has read every token the host has read.
     grammar: Option<Grammar>,
+    /// Host time spent computing its masks (logged when it finishes).
+    mask_time: Duration,
     pending_logprobs: Vec<TokenLogprob>,
     first_token_at: Option<Instant>,
     last_token_at: Option<Instant>,
@@ -490,6 +495,7 @@ impl Engine {
             stop,
             parser,
             grammar,
+            mask_time: Duration::ZERO,
             pending_logprobs: Vec::new(),
             first_token_at: None,
             last_token_at: None,
@@ -788,7 +794,10 @@ impl Engine {
             let Some(grammar) = seq.grammar.as_mut() else {
                 continue;
             };
-            rows[row].allowed = match grammar.mask() {
+            let started = Instant::now();
+            let mask = grammar.mask();
+            seq.mask_time += started.elapsed();
+            rows[row].allowed = match mask {
                 Ok(mask) => Some(mask),
                 Err(e) => {
                     // Unreachable while every token is sampled from its mask; end the sequence
@@ -1026,6 +1035,11 @@ impl Engine {
         } else {
             (seq.generated - 1) as f64 / decode.as_secs_f64()
         };
+        // A constrained sequence: the host time its masks took, all steps together.
+        let mask_ms = seq
+            .grammar
+            .is_some()
+            .then(|| format!("{:.1}", seq.mask_time.as_secs_f64() * 1000.0));
         // The HTTP layer writes the one info line per request; this one is the engine's view
         // (for `WUWEI_LOG=debug` and for `wuwei generate`).
         tracing::debug!(
@@ -1036,6 +1050,7 @@ impl Engine {
             cached_tokens = usage.cached_tokens,
             ttft_ms = ttft.as_millis() as u64,
             tok_s = format!("{tok_s:.1}"),
+            mask_ms = mask_ms,
             finish = ?reason,
             "sequence finished"
         );
