@@ -129,6 +129,13 @@ def test_json_object(client, model_id):
         assert isinstance(json.loads(c.message.content), dict)
 
 
+def test_max_tokens_still_cuts_a_constrained_answer(client, model_id):
+    fmt = {"type": "json_schema", "json_schema": {"name": "profile", "schema": PROFILE}}
+    c = chat(client, model_id, 0, messages=[{"role": "user", "content": "A person."}], max_tokens=5,
+             response_format=fmt)
+    assert c.finish_reason == "length" and c.message.content.startswith('{"'), c
+
+
 def _check_call(choice, names):
     assert choice.finish_reason == "tool_calls", f"{choice.finish_reason} {choice.message}"
     calls = choice.message.tool_calls

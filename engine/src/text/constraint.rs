@@ -346,6 +346,41 @@ mod tests {
             g(),
             "<tool_call>\n{\"name\": \"other\", \"arguments\": {}}\n</tool_call>"
         ));
+        // Llama 3 writes the bare object, its arguments under `parameters`.
+        let llama = || {
+            grammar_for(
+                None,
+                &ToolChoice::Named("get_weather".into()),
+                &tools,
+                ToolParser::Llama3,
+                false,
+            )
+            .unwrap()
+        };
+        assert!(accepts(
+            &compiler,
+            &tok,
+            llama(),
+            r#"{"name": "get_weather", "parameters": {"city": "Oslo"}}"#
+        ));
+        assert!(!accepts(
+            &compiler,
+            &tok,
+            llama(),
+            r#"{"name": "get_weather", "arguments": {"city": "Oslo"}}"#
+        ));
+        // A prompt that opened reasoning: the grammar closes it first.
+        let thinking = || {
+            grammar_for(
+                None,
+                &ToolChoice::Required,
+                &tools,
+                ToolParser::Hermes,
+                true,
+            )
+            .unwrap()
+        };
+        assert!(accepts(&compiler, &tok, thinking(), "</think>\n\n<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Rome\"}}\n</tool_call>"));
         // A format without a grammar leaves the choice to the template.
         assert!(grammar_for(
             None,
