@@ -64,6 +64,16 @@ pub enum ToolChoice {
     Named(String),
 }
 
+/// A form the output must take, whichever API asked for it: generation is constrained token
+/// by token so that the text parses as it says (a `length` finish may still cut it short).
+#[derive(Debug, Clone, PartialEq)]
+pub enum OutputConstraint {
+    /// Any JSON object.
+    JsonObject,
+    /// JSON valid against this JSON Schema.
+    JsonSchema(Value),
+}
+
 /// What the model reads.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Prompt {
@@ -192,6 +202,9 @@ pub struct GenerateRequest {
     pub logprobs: Option<usize>,
     /// Upper bound on reasoning tokens (thinking budget); `None`: no bound.
     pub reasoning_budget: Option<usize>,
+    /// The output's required form (`None`: free text). A chat prompt whose `tool_choice` is
+    /// `Required` or `Named` is constrained to a call of the model's tool-call syntax as well.
+    pub constraint: Option<OutputConstraint>,
 }
 
 /// Log-probability of one generated token and its most likely alternatives.

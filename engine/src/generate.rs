@@ -116,6 +116,7 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
                 tools: false,
             }
             .into(),
+            grammar: None,
             events: tx,
             received: Instant::now(),
         })?;

@@ -137,6 +137,24 @@ pub fn scatter(
     }
 }
 
+/// `(a >> b) & 1` elementwise (integer arrays, broadcast): bit `b` of `a`. mlx-rs 0.33 binds
+/// neither shift nor bitwise and.
+pub fn bit_at(a: &Array, b: &Array) -> Result<Array, MlxOpError> {
+    let stream = Stream::thread_local_or_default();
+    let one = Array::from_slice(&[1u32], &[1]);
+    // SAFETY: all handles are valid arrays; `shifted` is freed once used.
+    unsafe {
+        let mut shifted = mlx_sys::mlx_array_new();
+        let status =
+            mlx_sys::mlx_right_shift(&mut shifted, a.as_ptr(), b.as_ptr(), stream.as_ptr());
+        let shifted = finish(status, shifted, "right_shift")?;
+        let mut res = mlx_sys::mlx_array_new();
+        let status =
+            mlx_sys::mlx_bitwise_and(&mut res, shifted.as_ptr(), one.as_ptr(), stream.as_ptr());
+        finish(status, res, "bitwise_and")
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Quantized and gathered matmuls with a quantization mode. mlx-rs 0.33 binds these with the
 // mode fixed to "affine" (and leaks an empty array for each absent optional input); MLX 0.32

@@ -9,7 +9,10 @@
 //! host then streams the previous step's tokens while the device computes. Only token ids
 //! (and log-probabilities, when asked) cross to the host. Where the host must know every
 //! token first — penalties that depend on them, or pausing a sequence — the step before is
-//! read before the next is built.
+//! read before the next is built. A constrained sequence's mask depends on its newest token
+//! too, but only the sampling needs it: such a step's forward pass is queued first, the step
+//! before is read and the masks computed while the device runs it, then its sampling is
+//! queued (`sample_masked`).
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -31,9 +34,10 @@ use crate::kv::snapshot::state_layout;
 use crate::kv::{KvConfig, PrefixCache, PrefixProbe, SeqBlocks};
 use crate::metrics;
 use crate::model::{BatchSeq, LanguageModel, Logits};
+use crate::text::constraint::{Grammar, TokenMask};
 use crate::text::detokenizer::IncrementalDetokenizer;
 use crate::text::output_parser::{OutputParser, ParserSetup};
-use crate::text::sampler::{self, Choice, Sampled, Sampler};
+use crate::text::sampler::{self, Choice, Row, Sampled, Sampler};
 
 /// Prompts up to this many tokens run in the engine's slot pool (batched decode attention);
 /// longer ones keep their own KV buffers and attend alone. Every slot of the pool is as long
@@ -57,6 +61,8 @@ pub struct SeqRequest {
     pub logprobs: Option<usize>,
     /// The model's output format and the request's tools.
     pub parser: ParserSetup,
+    /// The grammar the output must follow (`None`: free text).
+    pub grammar: Option<Grammar>,
     pub events: mpsc::Sender<Event>,
     pub received: Instant,
 }
@@ -120,6 +126,10 @@ struct Sequence {
     detok: IncrementalDetokenizer,
     stop: StopMatcher,
     parser: OutputParser,
+    /// A constrained sequence's grammar state: it has read every token the host has read.
+    grammar: Option<Grammar>,
+    /// Host time spent computing its masks (logged when it finishes).
+    mask_time: Duration,
     pending_logprobs: Vec<TokenLogprob>,
     first_token_at: Option<Instant>,
     last_token_at: Option<Instant>,
@@ -162,13 +172,25 @@ struct Launched {
     inputs: Vec<Input>,
     /// The sampled rows, in the order of the inputs that sample.
     sampled: Option<Sampled>,
+    /// A step with constrained rows whose sampling waits for their masks: the forward pass is
+    /// queued, the masks are computed on the host meanwhile, then `sampled` is built.
+    to_sample: Option<ToSample>,
     /// Evaluated when nothing samples (a step of prompt chunks only), so the KV is written.
     logits: Array,
 }
 
+/// The sampling of a step, held back until its constrained rows have their masks.
+struct ToSample {
+    /// The logits of the sampling rows.
+    logits: Array,
+    rows: Vec<Row>,
+    /// `(row, sequence key)` of each constrained row.
+    constrained: Vec<(usize, u64)>,
+}
+
 /// Work waiting for room in the batch.
 enum Waiting {
-    New(SeqRequest),
+    New(Box<SeqRequest>),
     /// A sequence paused to give its KV back when the running batch outgrew the KV budget.
     /// It keeps its output state; its KV is recomputed (much of it found in the prefix
     /// cache, which holds its published blocks) when it runs again.
@@ -345,13 +367,13 @@ impl Engine {
                     return;
                 }
                 match requests.recv() {
-                    Ok(r) => waiting.push_back(Waiting::New(r)),
+                    Ok(r) => waiting.push_back(Waiting::New(Box::new(r))),
                     Err(_) => return,
                 }
             }
             loop {
                 match requests.try_recv() {
-                    Ok(r) => waiting.push_back(Waiting::New(r)),
+                    Ok(r) => waiting.push_back(Waiting::New(Box::new(r))),
                     Err(std_mpsc::TryRecvError::Empty) => break,
                     Err(std_mpsc::TryRecvError::Disconnected) => {
                         open = false;
@@ -384,7 +406,7 @@ impl Engine {
                 self.stats.running.fetch_add(1, Ordering::Relaxed);
                 self.stats.waiting.fetch_sub(1, Ordering::Relaxed);
                 running.push(match next {
-                    Waiting::New(req) => self.start(req),
+                    Waiting::New(req) => self.start(*req),
                     Waiting::Paused(seq) => self.resume(*seq),
                 });
             }
@@ -400,7 +422,7 @@ impl Engine {
             self.publish_gauges(&running, waiting.len());
             // Queue the next step on the device, then hand the previous one's tokens out while
             // it runs.
-            let next = match self.launch(&mut running, in_flight.as_ref()) {
+            let mut next = match self.launch(&mut running, in_flight.as_ref()) {
                 Ok(next) => next,
                 Err(e) => {
                     in_flight = None;
@@ -410,6 +432,13 @@ impl Engine {
             };
             if let Some(prev) = in_flight.take() {
                 if let Err(e) = self.complete(prev, &mut running) {
+                    self.fail_all(&mut running, &e);
+                    continue;
+                }
+            }
+            // Masks that waited for the tokens just read, computed while the forward pass runs.
+            if let Some(step) = next.as_mut() {
+                if let Err(e) = self.sample_masked(step, &mut running) {
                     self.fail_all(&mut running, &e);
                     continue;
                 }
@@ -453,6 +482,7 @@ impl Engine {
         // Markup the parser reads must reach it even where the tokenizer marks it special.
         let detok = self.tokenizer.detokenizer_keeping(&req.parser.markup());
         let parser = OutputParser::with_setup(std::mem::take(&mut req.parser));
+        let grammar = req.grammar.take();
         self.started += 1;
         let mut seq = Sequence {
             cache: no_cache(),
@@ -465,6 +495,8 @@ impl Engine {
             detok,
             stop,
             parser,
+            grammar,
+            mask_time: Duration::ZERO,
             pending_logprobs: Vec::new(),
             first_token_at: None,
             last_token_at: None,
@@ -676,6 +708,10 @@ impl Engine {
         // What to sample, row by row; the prompt read so far is known now.
         let mut rows = Vec::new();
         let mut sampling_rows = Vec::new();
+        let mut constrained = Vec::new();
+        // Whether a constrained row's newest token is still on the device: its mask waits for
+        // the step in flight to be read.
+        let mut mask_waits = false;
         for (r, input) in inputs.iter().enumerate() {
             let seq = &mut running[input.index];
             seq.prefilled += input.prefill;
@@ -683,6 +719,10 @@ impl Engine {
                 p.note_state(seq.cache.as_mut(), &mut seq.blocks);
             }
             if input.samples {
+                if seq.grammar.is_some() {
+                    constrained.push((rows.len(), seq.admitted));
+                    mask_waits |= seq.pending > 0;
+                }
                 rows.push(
                     seq.sampler
                         .row(&seq.tokens, seq.generated, seq.req.logprobs),
@@ -691,25 +731,93 @@ impl Engine {
                 seq.pending += 1;
             }
         }
-        let sampled = if rows.is_empty() {
-            mlx_rs::transforms::async_eval([&logits])?;
-            None
+        let mut launched = Launched {
+            inputs,
+            sampled: None,
+            to_sample: None,
+            logits,
+        };
+        if rows.is_empty() {
+            mlx_rs::transforms::async_eval([&launched.logits])?;
+            return Ok(Some(launched));
+        }
+        let sampling_logits = if sampling_rows.len() == launched.inputs.len() {
+            launched.logits.clone()
         } else {
-            let sampling_logits = if sampling_rows.len() == inputs.len() {
-                logits.clone()
-            } else {
-                let idx = Array::from_slice(&sampling_rows, &[sampling_rows.len() as i32]);
-                logits.take_axis(&idx, 0)?
-            };
+            let idx = Array::from_slice(&sampling_rows, &[sampling_rows.len() as i32]);
+            launched.logits.take_axis(&idx, 0)?
+        };
+        if constrained.is_empty() {
             let sampled = sampler::sample(&sampling_logits, &rows)?;
             mlx_rs::transforms::async_eval(sampled.arrays())?;
-            Some(sampled)
-        };
-        Ok(Some(Launched {
-            inputs,
-            sampled,
+            launched.sampled = Some(sampled);
+            return Ok(Some(launched));
+        }
+        // Constrained rows: the forward pass goes to the device now, and their masks are
+        // computed on the host while it runs (after the step in flight is read, when a mask
+        // depends on its token: `run` calls `sample_masked` then).
+        mlx_rs::transforms::async_eval([&sampling_logits])?;
+        launched.to_sample = Some(ToSample {
+            logits: sampling_logits,
+            rows,
+            constrained,
+        });
+        if !mask_waits {
+            self.sample_masked(&mut launched, running)?;
+        }
+        Ok(Some(launched))
+    }
+
+    /// Gives a launched step's constrained rows their masks (each grammar has read every token
+    /// of its sequence by now) and queues the step's sampling.
+    fn sample_masked(
+        &self,
+        step: &mut Launched,
+        running: &mut [Sequence],
+    ) -> Result<(), mlx_rs::error::Exception> {
+        let Some(ToSample {
             logits,
-        }))
+            mut rows,
+            constrained,
+        }) = step.to_sample.take()
+        else {
+            return Ok(());
+        };
+        for (row, key) in constrained {
+            // A sequence that finished meanwhile samples freely; its token is never read.
+            let Some(seq) = running.iter_mut().find(|s| s.admitted == key) else {
+                continue;
+            };
+            let Some(grammar) = seq.grammar.as_mut() else {
+                continue;
+            };
+            let started = Instant::now();
+            let mask = grammar.mask();
+            seq.mask_time += started.elapsed();
+            rows[row].allowed = match mask {
+                Ok(mask) => Some(mask),
+                Err(e) => {
+                    // Unreachable while every token is sampled from its mask; end the sequence
+                    // rather than let it run unconstrained.
+                    tracing::warn!(id = %seq.req.id, error = %e, "grammar failed; ending the sequence");
+                    Some(self.eos_only())
+                }
+            };
+        }
+        let sampled = sampler::sample(&logits, &rows)?;
+        mlx_rs::transforms::async_eval(sampled.arrays())?;
+        step.sampled = Some(sampled);
+        Ok(())
+    }
+
+    /// A mask that allows only the end of sequence.
+    fn eos_only(&self) -> TokenMask {
+        let top = self.eos.iter().copied().max().unwrap_or(0) as usize;
+        let mut words = vec![0u32; top / 32 + 1];
+        for &e in &self.eos {
+            words[e as usize / 32] |= 1 << (e % 32);
+        }
+        TokenMask(words.into())
     }
 
     /// Reads a launched step's tokens (waiting for the device) and hands them out: prefix
@@ -814,9 +922,23 @@ impl Engine {
         if self.eos.contains(&token) {
             return Outcome::Finished(FinishReason::Eos);
         }
+        let grammar_done = match seq.grammar.as_mut() {
+            None => false,
+            Some(g) => match g.consume(token) {
+                Ok(()) => g.is_finished(),
+                Err(e) => {
+                    tracing::warn!(id = %seq.req.id, error = %e, "grammar refused a sampled token; ending the sequence");
+                    true
+                }
+            },
+        };
         let text = seq.detok.push(token);
         if let Some(stop) = self.send_text(seq, &text) {
             return Outcome::Finished(FinishReason::StopSequence(stop));
+        }
+        // The grammar is complete: nothing may follow, as if the model had ended it.
+        if grammar_done {
+            return Outcome::Finished(FinishReason::Eos);
         }
         if seq.generated >= seq.req.max_tokens {
             return Outcome::Finished(if seq.req.limited_by_context {
@@ -910,6 +1032,11 @@ impl Engine {
         } else {
             (seq.generated - 1) as f64 / decode.as_secs_f64()
         };
+        // A constrained sequence: the host time its masks took, all steps together.
+        let mask_ms = seq
+            .grammar
+            .is_some()
+            .then(|| format!("{:.1}", seq.mask_time.as_secs_f64() * 1000.0));
         // The HTTP layer writes the one info line per request; this one is the engine's view
         // (for `WUWEI_LOG=debug` and for `wuwei generate`).
         tracing::debug!(
@@ -920,6 +1047,7 @@ impl Engine {
             cached_tokens = usage.cached_tokens,
             ttft_ms = ttft.as_millis() as u64,
             tok_s = format!("{tok_s:.1}"),
+            mask_ms = mask_ms,
             finish = ?reason,
             "sequence finished"
         );

@@ -122,6 +122,7 @@ fn engine(model: &Path, prompts: &[Vec<u32>]) -> Vec<Streamed> {
                     tools: false,
                 }
                 .into(),
+                grammar: None,
                 events: tx,
                 received: Instant::now(),
             })

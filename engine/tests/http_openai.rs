@@ -988,11 +988,11 @@ fn bad_inputs() -> Vec<BadInput> {
         ),
         ("n > 1", c, chat(json!({"n": 2})), 400, Some("n")),
         (
-            "json response_format",
+            "unknown response_format",
             c,
-            chat(json!({"response_format": {"type": "json_object"}})),
+            chat(json!({"response_format": {"type": "yaml"}})),
             400,
-            Some("response_format"),
+            Some("response_format.type"),
         ),
         (
             "stop a number",

@@ -139,6 +139,7 @@ fn the_engine_runs_with_eight_bit_kv() {
                     tools: false,
                 }
                 .into(),
+                grammar: None,
                 events: tx,
                 received: Instant::now(),
             })

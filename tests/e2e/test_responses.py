@@ -233,7 +233,9 @@ def _bad_cases(model_id):
         ("tool_choice required without tools", {**text, "tool_choice": "required"}, "tool_choice"),
         ("temperature 3", {**text, "temperature": 3}, "temperature"),
         ("max_output_tokens 0", {**text, "max_output_tokens": 0}, "max_output_tokens"),
-        ("json format", {**text, "text": {"format": {"type": "json_object"}}}, "text.format"),
+        ("unknown format", {**text, "text": {"format": {"type": "yaml"}}}, "text.format.type"),
+        ("json_schema without schema", {**text, "text": {"format": {"type": "json_schema", "name": "x"}}},
+         "text.format.schema"),
         ("stream string", {**text, "stream": "yes"}, "stream"),
     ]
 

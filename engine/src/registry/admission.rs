@@ -3,6 +3,7 @@
 
 use std::path::Path;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Instant;
 
 use tokio::sync::mpsc;
@@ -10,13 +11,15 @@ use tokio::sync::mpsc;
 use crate::config::ModelSettings;
 use crate::core::{
     Backend, BoxFuture, CoreError, EmbedInput, EmbedRequest, Embeddings, GenerateRequest,
-    Generation, Health, ModelInfo, Prompt, SamplingRequest,
+    Generation, Health, ModelInfo, Prompt, SamplingRequest, ToolChoice, ToolSpec,
 };
 use crate::embedding::{self, EmbedJob, EmbeddingSpec};
 use crate::memory::format_bytes;
 use crate::scheduler::{SeqRequest, EVENT_CHANNEL_CAPACITY};
+use crate::text::constraint::{grammar_for, ConstraintError, Grammar, GrammarCompiler};
 use crate::text::output_parser::{self, ParserConfig, ParserSetup};
 use crate::text::prompt::{PromptRenderer, RenderedPrompt};
+use llguidance::api::TopLevelGrammar;
 
 use super::{Inbox, Registry, Served, State};
 
@@ -68,6 +71,30 @@ pub(super) fn model_sampling(
 }
 
 impl Registry {
+    /// A request's grammar compiled for `served`'s tokenizer (the compiler built on first use),
+    /// on a blocking thread: a large schema takes milliseconds.
+    async fn compile_grammar(
+        served: &Arc<Served>,
+        grammar: TopLevelGrammar,
+    ) -> Result<Grammar, CoreError> {
+        let served = served.clone();
+        tokio::task::spawn_blocking(move || {
+            let compiler = served
+                .grammars
+                .get_or_init(|| GrammarCompiler::new(served.tokenizer.clone()).map(Arc::new));
+            match compiler {
+                Ok(c) => c.compile(grammar),
+                Err(e) => Err(e.clone()),
+            }
+        })
+        .await
+        .map_err(|e| CoreError::Internal(format!("grammar compilation failed: {e}")))?
+        .map_err(|e| match e {
+            ConstraintError::Invalid(_) => CoreError::Invalid(e.to_string()),
+            ConstraintError::Unavailable(_) => CoreError::Unsupported(e.to_string()),
+        })
+    }
+
     /// How `served` reads prompts.
     pub(super) fn renderer(served: &Served) -> PromptRenderer<'_> {
         PromptRenderer {
@@ -132,6 +159,29 @@ impl Registry {
             });
         }
         let sampling = request.sampling.resolve(&served.sampling);
+        let format = output_parser::choose(
+            served.settings.tool_parser,
+            served.tokenizer.chat_template_source(),
+            served.tokenizer.model_type(),
+        );
+        let offered: &[ToolSpec] = match &request.prompt {
+            Prompt::Chat { tools, .. } => tools,
+            _ => &[],
+        };
+        let tool_choice = match &request.prompt {
+            Prompt::Chat { tool_choice, .. } => tool_choice.clone(),
+            _ => ToolChoice::Auto,
+        };
+        let grammar = match grammar_for(
+            request.constraint.as_ref(),
+            &tool_choice,
+            offered,
+            format,
+            starts_in_reasoning,
+        ) {
+            None => None,
+            Some(grammar) => Some(Self::compile_grammar(&served, grammar).await?),
+        };
         let (tx, rx) = mpsc::channel(EVENT_CHANNEL_CAPACITY);
         let prompt_tokens = prompt.len();
         let cached_tokens = served.stats.prefix.estimate_cached_tokens(&prompt);
@@ -149,16 +199,10 @@ impl Registry {
                     starts_in_reasoning,
                     tools,
                 },
-                format: output_parser::choose(
-                    served.settings.tool_parser,
-                    served.tokenizer.chat_template_source(),
-                    served.tokenizer.model_type(),
-                ),
-                tools: match &request.prompt {
-                    Prompt::Chat { tools, .. } => tools.clone(),
-                    _ => Vec::new(),
-                },
+                format,
+                tools: offered.to_vec(),
             },
+            grammar,
             events: tx,
             received: Instant::now(),
         };

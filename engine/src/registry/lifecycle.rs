@@ -217,6 +217,7 @@ impl Registry {
             sampling,
             loaded_at: SystemTime::now(),
             embedding,
+            grammars: std::sync::OnceLock::new(),
             requests: Mutex::new(Some(match embedding {
                 Some(_) => Inbox::Embed(embed_tx),
                 None => Inbox::Generate(req_tx),

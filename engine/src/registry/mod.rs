@@ -37,6 +37,7 @@ use crate::integrity::ModelFacts;
 use crate::memory::{self, Amount};
 use crate::model::WeightsMode;
 use crate::scheduler::{EngineStats, SchedulerConfig, SeqRequest};
+use crate::text::constraint::{ConstraintError, GrammarCompiler};
 use crate::text::tokenizer::Tokenizer;
 
 use discovery::new_entry;
@@ -105,6 +106,9 @@ pub struct Served {
     pub loaded_at: SystemTime,
     /// `Some`: an embedding model, which takes embedding jobs rather than generations.
     pub embedding: Option<EmbeddingSpec>,
+    /// Compiles constrained requests' grammars; built on the first one (an error is kept:
+    /// the tokenizer does not change).
+    pub grammars: std::sync::OnceLock<Result<Arc<GrammarCompiler>, ConstraintError>>,
     /// Dropping the sender (taking it out) lets the engine thread finish its work and exit.
     requests: Mutex<Option<Inbox>>,
     last_used: Mutex<Instant>,

@@ -9,6 +9,7 @@ pub mod errors;
 pub mod generation;
 pub mod models;
 pub mod openai;
+pub mod output_format;
 pub mod responses;
 pub mod sse;
 

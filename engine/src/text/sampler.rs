@@ -22,6 +22,7 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::core::SamplingParams;
 use crate::mlx_ext::{scatter, slice_axis};
+use crate::text::constraint::TokenMask;
 
 type Result<T> = std::result::Result<T, Exception>;
 
@@ -67,6 +68,7 @@ impl Sampler {
             uniform,
             penalties: penalties(p, context, generated),
             logprobs,
+            allowed: None,
         }
     }
 }
@@ -108,6 +110,8 @@ pub struct Row {
     pub penalties: Vec<(u32, f32, f32)>,
     /// `Some(k)`: the chosen token's log-probability and the `k` most likely tokens.
     pub logprobs: Option<usize>,
+    /// A constrained sequence's allowed tokens; the others get probability 0.
+    pub allowed: Option<TokenMask>,
 }
 
 impl Row {
@@ -199,6 +203,17 @@ fn host<T: mlx_rs::ArrayElement + Copy>(a: &Array) -> Result<Vec<T>> {
 pub fn sample(logits: &Array, rows: &[Row]) -> Result<Sampled> {
     let n = rows.len();
     let vocab = logits.shape()[1] as usize;
+    // Constrained rows: their disallowed tokens to -inf before anything else, so that every
+    // path below (greedy, filters, penalties, logprobs) sees only allowed tokens. A batch
+    // without constrained rows adds nothing to the graph.
+    let masked;
+    let logits = match mask_bias(rows, vocab, logits.dtype())? {
+        Some(bias) => {
+            masked = logits.add(&bias)?;
+            &masked
+        }
+        None => logits,
+    };
     let wants: Vec<Option<usize>> = rows.iter().map(|r| r.logprobs).collect();
     // Greedy rows without penalties: mlx-lm's rule, in the logits' dtype.
     let plain_greedy = |r: &Row| r.greedy() && r.penalties.is_empty();
@@ -265,6 +280,45 @@ pub fn sample(logits: &Array, rows: &[Row]) -> Result<Sampled> {
         logprobs,
         wants,
     })
+}
+
+/// `[rows, vocab]` of 0 (allowed) and -inf (disallowed) in `dtype`, or `None` when no row is
+/// constrained. Only the masks' bits cross to the device (a word per 32 tokens); they are
+/// expanded there. Unconstrained rows allow everything: adding 0 leaves their logits exactly
+/// as they were, in any dtype, so they sample as they would alone.
+fn mask_bias(rows: &[Row], vocab: usize, dtype: Dtype) -> Result<Option<Array>> {
+    if rows.iter().all(|r| r.allowed.is_none()) {
+        return Ok(None);
+    }
+    let width = vocab.div_ceil(32);
+    let mut words = vec![u32::MAX; rows.len() * width];
+    for (r, row) in rows.iter().enumerate() {
+        if let Some(mask) = &row.allowed {
+            let out = &mut words[r * width..(r + 1) * width];
+            let n = mask.0.len().min(width);
+            out[..n].copy_from_slice(&mask.0[..n]);
+            // Past the mask's end (logits wider than the tokenizer): never allowed.
+            out[n..].fill(0);
+        }
+    }
+    let words = Array::from_slice(&words, &[rows.len() as i32, width as i32]);
+    let token = arange::<_, u32>(0, vocab as u32, None)?;
+    let word_of = token.floor_divide(Array::from_slice(&[32u32], &[1]))?;
+    let bit_of = token.remainder(Array::from_slice(&[32u32], &[1]))?;
+    let bits = crate::mlx_ext::bit_at(
+        &words.take_axis(&word_of.as_dtype(Dtype::Int32)?, 1)?,
+        &bit_of,
+    )?;
+    let bias = select(
+        bits.eq(Array::from_slice(&[1u32], &[1]))?,
+        Array::from_f32(0.0),
+        Array::from_f32(f32::NEG_INFINITY),
+    )?;
+    Ok(Some(if dtype == Dtype::Float32 {
+        bias
+    } else {
+        bias.as_dtype(dtype)?
+    }))
 }
 
 /// Rows `members` of `a` (all of them when that is every row, without a copy).
@@ -599,6 +653,53 @@ mod tests {
         let batch = Array::from_slice(&all, &[rows.len() as i32, vocab as i32]);
         let together = sample(&batch, &rows).unwrap().read().unwrap();
         assert_eq!(together, alone);
+    }
+
+    fn mask_of(allowed: &[usize]) -> TokenMask {
+        let mut words = vec![0u32; 4];
+        for &t in allowed {
+            words[t / 32] |= 1 << (t % 32);
+        }
+        TokenMask(words.into())
+    }
+
+    #[test]
+    fn a_masked_row_samples_only_allowed_tokens_and_leaves_the_others_alone() {
+        let vocab = 40;
+        let values: Vec<f32> = (0..vocab).map(|i| (i as f32 * 0.71).sin() * 4.0).collect();
+        let allowed = [3usize, 17, 35];
+        for p in [
+            params(0.0),
+            params(1.0),
+            SamplingParams {
+                top_p: 0.9,
+                ..params(1.5)
+            },
+        ] {
+            let mut s = Sampler::new(p.clone());
+            for _ in 0..30 {
+                let mut row = s.row(&[], 0, Some(2));
+                row.allowed = Some(mask_of(&allowed));
+                let free = Sampler::new(p.clone()).row(&[], 0, None);
+                // The masked row beside a free one: the free one samples as it would alone.
+                let both: Vec<f32> = values.iter().chain(values.iter()).copied().collect();
+                let logits = Array::from_slice(&both, &[2, vocab])
+                    .as_dtype(Dtype::Bfloat16)
+                    .unwrap();
+                let got = sample(&logits, &[row, free.clone()])
+                    .unwrap()
+                    .read()
+                    .unwrap();
+                assert!(allowed.contains(&(got[0].token as usize)), "{:?}", got[0]);
+                let (_, top) = got[0].logprobs.clone().unwrap();
+                assert!(top.iter().all(|(t, _)| allowed.contains(&(*t as usize))));
+                let single = Array::from_slice(&values, &[1, vocab])
+                    .as_dtype(Dtype::Bfloat16)
+                    .unwrap();
+                let alone = sample(&single, &[free]).unwrap().read().unwrap();
+                assert_eq!(got[1], alone[0]);
+            }
+        }
     }
 
     #[test]

@@ -6,6 +6,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use super::super::errors::ApiError;
+use super::super::output_format::constraint_from;
 use super::content::{messages_from, Block, Content, InMessage};
 use crate::core::{GenerateRequest, Prompt, Role, SamplingRequest, ToolChoice, ToolSpec};
 
@@ -28,6 +29,10 @@ pub struct MessagesRequest {
     top_p: Option<f64>,
     top_k: Option<i64>,
     stream: Option<bool>,
+    /// `{"format": {"type": "json_schema", "schema": …}}` (structured outputs).
+    output_config: Option<Value>,
+    /// The structured-outputs beta's earlier spelling of `output_config.format`.
+    output_format: Option<Value>,
     #[allow(dead_code)]
     metadata: Option<Value>,
 }
@@ -235,6 +240,14 @@ pub fn translate(req: MessagesRequest, id: &str) -> Result<Translated, ApiError>
         ));
     }
     let (prompt, reasoning_budget) = prompt_from(&req)?;
+    let constraint = match (
+        req.output_config.as_ref().and_then(|c| c.get("format")),
+        &req.output_format,
+    ) {
+        (Some(format), _) => constraint_from(format, "output_config.format", &["schema"])?,
+        (None, Some(format)) => constraint_from(format, "output_format", &["schema"])?,
+        (None, None) => None,
+    };
     let sampling = SamplingRequest {
         temperature: req.temperature.map(|v| v as f32),
         top_p: req.top_p.map(|v| v as f32),
@@ -251,6 +264,7 @@ pub fn translate(req: MessagesRequest, id: &str) -> Result<Translated, ApiError>
             stop,
             logprobs: None,
             reasoning_budget,
+            constraint,
         },
         stream: req.stream.unwrap_or(false),
     })

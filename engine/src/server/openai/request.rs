@@ -6,6 +6,7 @@ use serde_json::{json, Map, Value};
 
 use super::super::errors::ApiError;
 use super::super::generation::random_id;
+use super::super::output_format::constraint_from;
 use crate::core::{
     ChatMessage, GenerateRequest, Prompt, Role, SamplingRequest, ToolCall, ToolChoice, ToolSpec,
 };
@@ -481,15 +482,10 @@ pub fn chat_request(
 ) -> Result<(GenerateRequest, ResponseOptions), ApiError> {
     let common = req.take_common();
     check_n(common.n)?;
-    if let Some(format) = &req.response_format {
-        let kind = format.get("type").and_then(Value::as_str);
-        if kind != Some("text") {
-            return Err(ApiError::unsupported(
-                "response_format",
-                "only `response_format` {\"type\": \"text\"} is supported",
-            ));
-        }
-    }
+    let constraint = match &req.response_format {
+        Some(format) => constraint_from(format, "response_format", &["json_schema", "schema"])?,
+        None => None,
+    };
     let sampling = sampling_from(&common)?;
     let max_tokens = match req.max_completion_tokens {
         Some(_) => max_tokens_from("max_completion_tokens", req.max_completion_tokens)?,
@@ -552,6 +548,7 @@ pub fn chat_request(
         stop,
         logprobs,
         reasoning_budget: None,
+        constraint,
     };
     Ok((request, options))
 }
@@ -644,6 +641,7 @@ pub fn completion_request(
             stop,
             logprobs,
             reasoning_budget: None,
+            constraint: None,
         },
         options,
     ))

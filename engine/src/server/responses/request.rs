@@ -7,6 +7,7 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 use super::super::errors::ApiError;
+use super::super::output_format::constraint_from;
 use crate::core::{
     ChatMessage, GenerateRequest, Prompt, Role, SamplingRequest, ToolCall, ToolChoice, ToolSpec,
 };
@@ -440,14 +441,10 @@ pub fn translate(
             ))
         }
     };
-    if let Some(format) = req.text.as_ref().and_then(|t| t.get("format")) {
-        if format.get("type").and_then(Value::as_str) != Some("text") {
-            return Err(ApiError::unsupported(
-                "text.format",
-                "only `text.format` {\"type\": \"text\"} is supported",
-            ));
-        }
-    }
+    let constraint = match req.text.as_ref().and_then(|t| t.get("format")) {
+        Some(format) => constraint_from(format, "text.format", &["schema"])?,
+        None => None,
+    };
     let input = match &req.input {
         None | Some(Value::Null) => return Err(invalid("input", "`input` is required")),
         Some(input) => input_messages(input, earlier)?,
@@ -523,6 +520,7 @@ pub fn translate(
             stop: Vec::new(),
             logprobs: None,
             reasoning_budget: None,
+            constraint,
         },
         input,
         echo,
