@@ -176,3 +176,46 @@ def test_anthropic_tool_use(anthropic_client, family):
     assert final.stop_reason == "tool_use"
     [use] = [b for b in final.content if b.type == "tool_use"]
     assert use.name == "get_weather" and use.input == ARGUMENTS
+
+
+# A second tool these models never call by themselves: their transcript calls get_weather.
+TIME = {
+    "name": "get_time",
+    "description": "Current time in a zone",
+    "parameters": {
+        "type": "object",
+        "properties": {"zone": {"enum": ["utc", "cet"]},
+                       "offset": {"type": "integer", "minimum": 0, "maximum": 12}},
+        "required": ["zone", "offset"],
+    },
+}
+
+
+@pytest.mark.parametrize("family", ["qwen3-coder", "minimax-m2", "glm-4.6"])
+def test_an_enforced_tool_choice_is_written_in_the_familys_syntax(openai_client, anthropic_client,
+                                                                  family):
+    """`tool_choice` naming get_time makes a model whose every answer calls get_weather write
+    get_time instead, in its own XML call syntax (the grammar's), with arguments its schema
+    allows — through both APIs."""
+    def valid(name, args):
+        assert name == "get_time", name
+        assert set(args) == {"zone", "offset"}, args
+        assert args["zone"] in ("utc", "cet") and 0 <= args["offset"] <= 12, args
+
+    tools = [{"type": "function", "function": WEATHER}, {"type": "function", "function": TIME}]
+    response = openai_client.chat.completions.create(
+        model=family, messages=QUESTION, temperature=0, max_tokens=96, tools=tools,
+        tool_choice={"type": "function", "function": {"name": "get_time"}})
+    choice = response.choices[0]
+    assert choice.finish_reason == "tool_calls", choice
+    [call] = choice.message.tool_calls
+    valid(call.function.name, json.loads(call.function.arguments))
+
+    message = anthropic_client.messages.create(
+        model=family, messages=QUESTION, max_tokens=96, extra_body={"temperature": 0},
+        tools=[{"name": t["name"], "description": t["description"], "input_schema": t["parameters"]}
+               for t in (WEATHER, TIME)],
+        tool_choice={"type": "tool", "name": "get_time"})
+    assert message.stop_reason == "tool_use", message
+    [use] = [b for b in message.content if b.type == "tool_use"]
+    valid(use.name, use.input)

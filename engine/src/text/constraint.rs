@@ -114,7 +114,10 @@ fn tool_call_lark(tools: &[&ToolSpec], format: ToolParser) -> Option<String> {
     let arguments_key = match format {
         ToolParser::Hermes => "arguments",
         ToolParser::Llama3 => "parameters",
-        _ => return None,
+        ToolParser::Qwen3Coder => return Some(xml_calls_lark(tools, &QWEN3_CODER)),
+        ToolParser::MiniMax => return Some(xml_calls_lark(tools, &MINIMAX)),
+        ToolParser::Glm45 => return Some(xml_calls_lark(tools, &GLM45)),
+        ToolParser::Harmony | ToolParser::None => return None,
     };
     // One object per tool: its name fixed, its arguments its schema, name first (the parser
     // announces a call once it knows the name).
@@ -142,6 +145,172 @@ fn tool_call_lark(tools: &[&ToolSpec], format: ToolParser) -> Option<String> {
         ToolParser::Hermes => format!(r#""<tool_call>\n" %json{schema} "\n</tool_call>""#),
         _ => format!("%json{schema}"),
     })
+}
+
+/// How an XML call format writes one call, as its chat template renders it and its output
+/// parser ([`crate::text::output_parser`]) reads it back.
+struct XmlCallFormat {
+    /// Before the function's name.
+    open: &'static str,
+    /// After the name.
+    after_name: &'static str,
+    /// Before a parameter's name.
+    param_open: &'static str,
+    /// Between a parameter's name and its value.
+    before_value: &'static str,
+    /// The value's closing tag.
+    value_close: &'static str,
+    /// After the closing tag.
+    after_value: &'static str,
+    /// The other tags that end a value in the parser: a text value may not contain them.
+    value_enders: &'static [&'static str],
+    /// After the last parameter.
+    close: &'static str,
+}
+
+const QWEN3_CODER: XmlCallFormat = XmlCallFormat {
+    open: "<tool_call>\n<function=",
+    after_name: ">\n",
+    param_open: "<parameter=",
+    before_value: ">\n",
+    value_close: "</parameter>",
+    after_value: "\n",
+    value_enders: &["<parameter=", "</function>", "</tool_call>"],
+    close: "</function>\n</tool_call>",
+};
+
+const MINIMAX: XmlCallFormat = XmlCallFormat {
+    open: "<minimax:tool_call>\n<invoke name=\"",
+    after_name: "\">\n",
+    param_open: "<parameter name=\"",
+    before_value: "\">",
+    value_close: "</parameter>",
+    after_value: "\n",
+    value_enders: &["<parameter name=", "</invoke>", "</minimax:tool_call>"],
+    close: "</invoke>\n</minimax:tool_call>",
+};
+
+const GLM45: XmlCallFormat = XmlCallFormat {
+    open: "<tool_call>",
+    after_name: "\n",
+    param_open: "<arg_key>",
+    before_value: "</arg_key>\n<arg_value>",
+    value_close: "</arg_value>",
+    after_value: "\n",
+    value_enders: &["<arg_key>", "</tool_call>"],
+    close: "</tool_call>",
+};
+
+/// One call of `tools` in an XML format: the name fixed per tool, then the tool's parameters
+/// in its schema's order (the required ones always, the others optionally), each value typed
+/// by its schema — JSON for numbers, booleans, objects and arrays (how the templates write
+/// them and the parsers read them), one of the literals for a string enum, and for any other
+/// string free text up to the closing tag that contains no tag the parser would stop at.
+fn xml_calls_lark(tools: &[&ToolSpec], format: &XmlCallFormat) -> String {
+    let mut rules = Vec::new();
+    let mut calls = Vec::new();
+    for (i, tool) in tools.iter().enumerate() {
+        let properties = tool.parameters.get("properties").and_then(Value::as_object);
+        let required: Vec<&str> = tool
+            .parameters
+            .get("required")
+            .and_then(Value::as_array)
+            .map(|r| r.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        let mut body = vec![
+            lark_str(format.open),
+            lark_str(&tool.name),
+            lark_str(format.after_name),
+        ];
+        for (j, (name, schema)) in properties.into_iter().flatten().enumerate() {
+            let rule = format!("t{i}_p{j}");
+            let value = match xml_text_value(schema, format) {
+                // A terminal of its own: the text and the closing tag that ends it.
+                Some(text) => {
+                    let terminal = format!("V{i}_{j}");
+                    rules.push(format!("{terminal}: {text}"));
+                    format!("{terminal} {}", lark_str(format.after_value))
+                }
+                None => format!(
+                    "{} {}",
+                    xml_typed_value(schema),
+                    lark_str(&format!("{}{}", format.value_close, format.after_value))
+                ),
+            };
+            rules.push(format!(
+                "{rule}: {} {} {} {value}",
+                lark_str(format.param_open),
+                lark_str(name),
+                lark_str(format.before_value),
+            ));
+            body.push(if required.contains(&name.as_str()) {
+                rule
+            } else {
+                format!("{rule}?")
+            });
+        }
+        body.push(lark_str(format.close));
+        rules.push(format!("t{i}: {}", body.join(" ")));
+        calls.push(format!("t{i}"));
+    }
+    // The first rule is the grammar's body (see `grammar_for`); the tools' rules follow.
+    format!("({})\n{}", calls.join(" | "), rules.join("\n"))
+}
+
+/// For a free-text parameter (a string without an enum, or no type), the regex of its value
+/// with the closing tag: any text up to the first closing tag, containing no tag the parser
+/// would take as the value's end. The tag belongs to the same lexeme, so the text cannot
+/// swallow it.
+fn xml_text_value(schema: &Value, format: &XmlCallFormat) -> Option<String> {
+    let kind = schema.get("type").and_then(Value::as_str);
+    if !matches!(kind, None | Some("string")) || schema.get("enum").is_some() {
+        return None;
+    }
+    let close = regex_escape(format.value_close);
+    let enders: Vec<String> = format
+        .value_enders
+        .iter()
+        .map(|t| regex_escape(t))
+        .collect();
+    Some(format!(
+        "/(?s:.*){close}/ & ~/(?s:.*{close}.+)/ & ~/(?s:.*({}).*)/",
+        enders.join("|")
+    ))
+}
+
+/// Any other value: one of a string enum's literals, else JSON of its schema.
+fn xml_typed_value(schema: &Value) -> String {
+    let choices: Option<Vec<&str>> = schema
+        .get("enum")
+        .and_then(Value::as_array)
+        .and_then(|e| e.iter().map(Value::as_str).collect());
+    match choices {
+        Some(choices) if !choices.is_empty() => {
+            let alts: Vec<String> = choices.iter().map(|c| lark_str(c)).collect();
+            format!("({})", alts.join(" | "))
+        }
+        _ => format!(
+            "%json{}",
+            serde_json::to_string(&with_json_options(schema.clone())).expect("serializes")
+        ),
+    }
+}
+
+/// `text` as a Lark string literal (JSON's escapes are Lark's).
+fn lark_str(text: &str) -> String {
+    serde_json::to_string(text).expect("a string serializes")
+}
+
+/// `text` as a regex matching itself, inside a Lark `/…/` literal.
+fn regex_escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() * 2);
+    for c in text.chars() {
+        if "\\.+*?()|[]{}^$#&-~/\"".contains(c) {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
 }
 
 /// The token trie of a model's tokenizer, with its tokenizer for the grammar's own tokenizing.
@@ -321,6 +490,90 @@ mod tests {
     }
 
     #[test]
+    fn xml_call_formats_follow_the_tools_schema() {
+        let Some(tok) = smollm2() else { return };
+        let compiler = GrammarCompiler::new(tok.clone()).unwrap();
+        let tools = vec![
+            ToolSpec {
+                name: "get_weather".into(),
+                description: None,
+                parameters: json!({"type": "object", "properties": {
+                    "city": {"type": "string"},
+                    "days": {"type": "integer"},
+                    "unit": {"enum": ["c", "f"]},
+                }, "required": ["city"]}),
+            },
+            ToolSpec {
+                name: "noop".into(),
+                description: None,
+                parameters: json!({"type": "object", "properties": {}}),
+            },
+        ];
+        // (format, calls it accepts, calls it refuses)
+        let cases: [(ToolParser, &[&str], &[&str]); 3] = [
+            (
+                ToolParser::Qwen3Coder,
+                &[
+                    "<tool_call>\n<function=get_weather>\n<parameter=city>\nNew <York>\n</parameter>\n<parameter=days>\n3</parameter>\n</function>\n</tool_call>",
+                    "<tool_call>\n<function=get_weather>\n<parameter=city>\nOslo\n</parameter>\n<parameter=unit>\nf</parameter>\n</function>\n</tool_call>",
+                    "<tool_call>\n<function=noop>\n</function>\n</tool_call>",
+                ],
+                &[
+                    // city is required; days is an integer; no such function; a value may
+                    // not hold a tag the parser would end it at.
+                    "<tool_call>\n<function=get_weather>\n<parameter=days>\n3</parameter>\n</function>\n</tool_call>",
+                    "<tool_call>\n<function=get_weather>\n<parameter=city>\nOslo\n</parameter>\n<parameter=days>\nthree</parameter>\n</function>\n</tool_call>",
+                    "<tool_call>\n<function=other>\n</function>\n</tool_call>",
+                    "<tool_call>\n<function=get_weather>\n<parameter=city>\nOslo</function>\n</parameter>\n</function>\n</tool_call>",
+                ],
+            ),
+            (
+                ToolParser::MiniMax,
+                &["<minimax:tool_call>\n<invoke name=\"get_weather\">\n<parameter name=\"city\">Paris</parameter>\n<parameter name=\"days\">2</parameter>\n</invoke>\n</minimax:tool_call>"],
+                &["<minimax:tool_call>\n<invoke name=\"get_weather\">\n<parameter name=\"unit\">k</parameter>\n</invoke>\n</minimax:tool_call>"],
+            ),
+            (
+                ToolParser::Glm45,
+                &["<tool_call>get_weather\n<arg_key>city</arg_key>\n<arg_value>Rome</arg_value>\n</tool_call>"],
+                &["<tool_call>get_weather\n<arg_key>town</arg_key>\n<arg_value>Rome</arg_value>\n</tool_call>"],
+            ),
+        ];
+        for (format, good, bad) in cases {
+            let g = || grammar_for(None, &ToolChoice::Required, &tools, format, false).unwrap();
+            for text in good {
+                assert!(
+                    accepts(&compiler, &tok, g(), text),
+                    "{format:?} refused {text}"
+                );
+            }
+            for text in bad {
+                assert!(
+                    !accepts(&compiler, &tok, g(), text),
+                    "{format:?} accepted {text}"
+                );
+            }
+            // What the grammar lets through is what the format's parser reads as the call.
+            use crate::text::output_parser::{OutputParser, ParserConfig, ParserSetup};
+            let mut parser = OutputParser::with_setup(ParserSetup {
+                config: ParserConfig {
+                    tools: true,
+                    ..ParserConfig::default()
+                },
+                format,
+                tools: tools.clone(),
+            });
+            let events = parser.push(good[0]);
+            let events = [events, parser.finish()].concat();
+            assert!(
+                events
+                    .iter()
+                    .any(|e| matches!(e, crate::core::Event::ToolCallStart { name, .. } if name == "get_weather")),
+                "{format:?}: {events:?}"
+            );
+        }
+    }
+
+    #[test]
     fn a_required_tool_call_is_the_models_call_syntax() {
         let Some(tok) = smollm2() else { return };
         let compiler = GrammarCompiler::new(tok.clone()).unwrap();
@@ -381,7 +634,8 @@ mod tests {
             .unwrap()
         };
         assert!(accepts(&compiler, &tok, thinking(), "</think>\n\n<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Rome\"}}\n</tool_call>"));
-        // A format without a grammar leaves the choice to the template.
+        // A format without a grammar (harmony's calls need its special tokens) leaves the
+        // choice to the template.
         assert!(grammar_for(
             None,
             &ToolChoice::Required,
