@@ -191,12 +191,12 @@ TIME = {
 }
 
 
-@pytest.mark.parametrize("family", ["qwen3-coder", "minimax-m2", "glm-4.6"])
+@pytest.mark.parametrize("family", ["qwen3-coder", "minimax-m2", "glm-4.6", "gpt-oss"])
 def test_an_enforced_tool_choice_is_written_in_the_familys_syntax(openai_client, anthropic_client,
                                                                   family):
     """`tool_choice` naming get_time makes a model whose every answer calls get_weather write
-    get_time instead, in its own XML call syntax (the grammar's), with arguments its schema
-    allows — through both APIs."""
+    get_time instead, in its own call syntax (the grammar's: XML, or harmony's special tokens),
+    with arguments its schema allows — through both APIs."""
     def valid(name, args):
         assert name == "get_time", name
         assert set(args) == {"zone", "offset"}, args

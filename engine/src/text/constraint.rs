@@ -117,7 +117,8 @@ fn tool_call_lark(tools: &[&ToolSpec], format: ToolParser) -> Option<String> {
         ToolParser::Qwen3Coder => return Some(xml_calls_lark(tools, &QWEN3_CODER)),
         ToolParser::MiniMax => return Some(xml_calls_lark(tools, &MINIMAX)),
         ToolParser::Glm45 => return Some(xml_calls_lark(tools, &GLM45)),
-        ToolParser::Harmony | ToolParser::None => return None,
+        ToolParser::Harmony => return Some(harmony_calls_lark(tools)),
+        ToolParser::None => return None,
     };
     // One object per tool: its name fixed, its arguments its schema, name first (the parser
     // announces a call once it knows the name).
@@ -126,7 +127,7 @@ fn tool_call_lark(tools: &[&ToolSpec], format: ToolParser) -> Option<String> {
         .map(|t| {
             let mut properties = Map::new();
             properties.insert("name".into(), json!({"const": t.name}));
-            properties.insert(arguments_key.into(), t.parameters.clone());
+            properties.insert(arguments_key.into(), declared_only(&t.parameters));
             json!({
                 "type": "object",
                 "properties": properties,
@@ -145,6 +146,38 @@ fn tool_call_lark(tools: &[&ToolSpec], format: ToolParser) -> Option<String> {
         ToolParser::Hermes => format!(r#""<tool_call>\n" %json{schema} "\n</tool_call>""#),
         _ => format!("%json{schema}"),
     })
+}
+
+/// A tool's parameter schema with no arguments beyond those it declares, unless it says
+/// otherwise: JSON Schema lets an object hold any other key by default, and a forced call is
+/// only of use with the tool's own parameters (a small model can otherwise wander into keys
+/// without end).
+fn declared_only(parameters: &Value) -> Value {
+    let mut schema = parameters.clone();
+    if let Some(map) = schema.as_object_mut() {
+        if map.contains_key("properties") && !map.contains_key("additionalProperties") {
+            map.insert("additionalProperties".into(), Value::Bool(false));
+        }
+    }
+    schema
+}
+
+/// One harmony (gpt-oss) call of `tools`: a commentary message to `functions.NAME` whose
+/// body is JSON of the tool's schema, ended by `<|call|>` — the markup as the model's special
+/// tokens (llguidance's `<|…|>` syntax), not as text that merely spells them.
+fn harmony_calls_lark(tools: &[&ToolSpec]) -> String {
+    let mut rules = Vec::new();
+    let mut calls = Vec::new();
+    for (i, tool) in tools.iter().enumerate() {
+        let schema = serde_json::to_string(&with_json_options(declared_only(&tool.parameters)))
+            .expect("serializes");
+        rules.push(format!(
+            "t{i}: <|channel|> {} <|constrain|> \"json\" <|message|> %json{schema} <|call|>",
+            lark_str(&format!("commentary to=functions.{} ", tool.name)),
+        ));
+        calls.push(format!("t{i}"));
+    }
+    format!("({})\n{}", calls.join(" | "), rules.join("\n"))
 }
 
 /// How an XML call format writes one call, as its chat template renders it and its output
@@ -634,16 +667,10 @@ mod tests {
             .unwrap()
         };
         assert!(accepts(&compiler, &tok, thinking(), "</think>\n\n<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Rome\"}}\n</tool_call>"));
-        // A format without a grammar (harmony's calls need its special tokens) leaves the
-        // choice to the template.
-        assert!(grammar_for(
-            None,
-            &ToolChoice::Required,
-            &tools,
-            ToolParser::Harmony,
-            false
-        )
-        .is_none());
+        // A format without a grammar leaves the choice to the template.
+        assert!(
+            grammar_for(None, &ToolChoice::Required, &tools, ToolParser::None, false).is_none()
+        );
         assert!(grammar_for(None, &ToolChoice::Auto, &tools, ToolParser::Hermes, false).is_none());
     }
 }
