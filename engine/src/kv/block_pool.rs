@@ -139,17 +139,10 @@ impl<T> BlockPool<T> {
             return Err((InsertError::TooLarge, data));
         }
         while self.used_bytes + bytes > self.budget_bytes {
-            let Some((_, victim)) = self.lru.pop_first() else {
+            if !self.evict_one(None, evicted) {
                 self.refused += 1;
                 return Err((InsertError::Full, data));
-            };
-            let gone = self
-                .entries
-                .remove(&victim)
-                .expect("LRU entries are cached");
-            self.used_bytes -= gone.bytes;
-            self.evictions += 1;
-            evicted.push(victim);
+            }
         }
         let data = Arc::new(data);
         self.used_bytes += bytes;
@@ -175,28 +168,36 @@ impl<T> BlockPool<T> {
             return false;
         }
         while self.used_bytes + extra > self.budget_bytes {
-            // The LRU holds unreferenced blocks only; `hash` itself is skipped.
-            let victim = self
-                .lru
-                .iter()
-                .find(|(_, h)| *h != hash)
-                .map(|(t, h)| (*t, *h));
-            let Some((tick, victim)) = victim else {
+            if !self.evict_one(Some(hash), evicted) {
                 self.refused += 1;
                 return false;
-            };
-            self.lru.remove(&tick);
-            let gone = self
-                .entries
-                .remove(&victim)
-                .expect("LRU entries are cached");
-            self.used_bytes -= gone.bytes;
-            self.evictions += 1;
-            evicted.push(victim);
+            }
         }
         let entry = self.entries.get_mut(hash).expect("checked above");
         entry.bytes += extra;
         self.used_bytes += extra;
+        true
+    }
+
+    /// Evicts the least recently used unreferenced block other than `keep` (the LRU holds
+    /// unreferenced blocks only). False when there is none.
+    fn evict_one(&mut self, keep: Option<&BlockHash>, evicted: &mut Vec<BlockHash>) -> bool {
+        let victim = self
+            .lru
+            .iter()
+            .find(|(_, h)| Some(*h) != keep)
+            .map(|(t, h)| (*t, *h));
+        let Some((tick, victim)) = victim else {
+            return false;
+        };
+        self.lru.remove(&tick);
+        let gone = self
+            .entries
+            .remove(&victim)
+            .expect("LRU entries are cached");
+        self.used_bytes -= gone.bytes;
+        self.evictions += 1;
+        evicted.push(victim);
         true
     }
 

@@ -299,7 +299,7 @@ impl GatedDeltaNet {
         };
         let (mut convs, mut recurrents) = (Vec::new(), Vec::new());
         for seq in batch.iter_mut() {
-            let [conv, recurrent] = self.state_or_zeros(seq.cache.state(layer).take(), 1, dtype)?;
+            let [conv, recurrent] = self.state_or_zeros(seq.cache.state(layer).take(), dtype)?;
             convs.push(conv);
             recurrents.push(recurrent);
         }
@@ -338,7 +338,7 @@ impl GatedDeltaNet {
                     Ok(slice_axis(t, 1, start, end)?)
                 }
             };
-            let state = self.state_or_zeros(seq.cache.state(layer).take(), 1, dtype)?;
+            let state = self.state_or_zeros(seq.cache.state(layer).take(), dtype)?;
             let (out, new_state) = self.sequence(&rows(mixed)?, &rows(a)?, &rows(b)?, state)?;
             *seq.cache.state(layer) = Some(new_state.to_vec());
             outs.push(out);
@@ -351,23 +351,18 @@ impl GatedDeltaNet {
         }
     }
 
-    /// A sequence's state (conv state `[n, kernel - 1, conv_dim]`, recurrent state
-    /// `[n, Hv, Dv, Dk]` float32), zeros before its first token.
-    fn state_or_zeros(
-        &self,
-        state: Option<Vec<Array>>,
-        n: i32,
-        dtype: Dtype,
-    ) -> Result<[Array; 2]> {
+    /// A sequence's state (conv state `[1, kernel - 1, conv_dim]`, recurrent state
+    /// `[1, Hv, Dv, Dk]` float32), zeros before its first token.
+    fn state_or_zeros(&self, state: Option<Vec<Array>>, dtype: Dtype) -> Result<[Array; 2]> {
         match state {
             Some(mut s) if s.len() == 2 => {
                 let recurrent = s.pop().expect("two");
                 Ok([s.pop().expect("two"), recurrent])
             }
             _ => Ok([
-                zeros_dtype(&[n, self.kernel - 1, self.conv_dim()], dtype)?,
+                zeros_dtype(&[1, self.kernel - 1, self.conv_dim()], dtype)?,
                 zeros_dtype(
-                    &[n, self.num_v_heads, self.head_v_dim, self.head_k_dim],
+                    &[1, self.num_v_heads, self.head_v_dim, self.head_k_dim],
                     Dtype::Float32,
                 )?,
             ]),
