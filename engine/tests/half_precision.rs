@@ -7,11 +7,13 @@
 //! prompts are short and so are the answers; fp16 checkpoints are checked on small random
 //! models (arch_parity.rs, tests/e2e/test_half_precision.py).
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
+use common::{python, root};
 use serde_json::{json, Value};
 use wuwei::core::{Event, SamplingParams};
 use wuwei::device::{set_activations, Activations};
@@ -20,26 +22,6 @@ use wuwei::scheduler::{Engine, EngineStats, SchedulerConfig, SeqRequest, EVENT_C
 use wuwei::text::output_parser::ParserConfig;
 
 const MAX_TOKENS: usize = 8;
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .into()
-}
-
-fn python(args: &[&str]) -> String {
-    let out = Command::new(root().join(".venv/bin/python"))
-        .args(args)
-        .output()
-        .expect("run .venv/bin/python (scripts/setup.sh installs it)");
-    assert!(
-        out.status.success(),
-        "python {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
 
 /// The embedded GGUF converted once per test run, then cast to `dtype` as published
 /// half-precision MLX checkpoints are (scales and biases of the quantized layers included).

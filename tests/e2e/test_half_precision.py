@@ -19,7 +19,7 @@ import pytest
 import requests
 
 from conftest import REPO_ROOT, make_anthropic_client, running_daemon
-from test_cache import _cached, _expected_hit, _metric, _text, _wait_writes
+from cache_helpers import _cached, _expected_hit, _metric, _text, _wait_writes
 
 BF16_Q4 = "rand-llama-bf16-q4"
 F16 = "rand-qwen3-f16"

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO_ROOT, running_daemon
-from test_cache import _cached, _text
+from cache_helpers import _cached, _text
 from test_half_precision import _complete, _mlx_lm
 
 GEMMA = "rand-gemma3-bf16-q4"

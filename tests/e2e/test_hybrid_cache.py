@@ -25,7 +25,7 @@ import pytest
 import requests
 
 from conftest import REPO_ROOT, running_daemon
-from test_cache import BLOCK, _cache, _intact, _killable_daemon, _metric, _text, _wait_scan
+from cache_helpers import BLOCK, _cache, _intact, _killable_daemon, _metric, _text, _wait_scan
 from test_half_precision import _complete
 from test_hybrid import SNAPSHOT
 
