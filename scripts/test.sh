@@ -52,10 +52,12 @@ cargo test --workspace --doc
 
 # Two workers, a test file each at a time (module fixtures stay single): much of these tests'
 # time is waiting — daemons starting, kill -9 lives, SSD writes, the CLIs' Node start-up — so
-# two share CI's two cores well (measured: 12.5 min one at a time, 9 min in two).
+# two share CI's two cores well; with one BLAS thread per daemon, as OpenBLAS's spinning
+# threads otherwise oversubscribe the cores (measured: 12.5 min one at a time, 9 min in two,
+# 7.4 min in two with one BLAS thread each).
 step "end-to-end tests (pytest, two workers)"
 export WUWEI_BIN=$ROOT/target/debug/wuwei WUWEI_TEST_MODELS=$MODELS
-.venv/bin/python -m pytest -q -n 2 --dist loadfile --durations=12 tests/e2e
+OPENBLAS_NUM_THREADS=1 .venv/bin/python -m pytest -q -n 2 --dist loadfile --durations=12 tests/e2e
 
 step "dashboard (vitest + headless Chromium against the real daemon)"
 WUWEI_BIN="$ROOT/target/debug/wuwei" tests/ui/run.sh
