@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use mlx_rs::error::Exception;
 use mlx_rs::fast::{scaled_dot_product_attention, ScaledDotProductAttentionMask};
 use mlx_rs::ops::{arange, concatenate, select, softmax_axis};
-use mlx_rs::{Array, Dtype};
+use mlx_rs::{Array, Device, Dtype, Stream};
 
 use super::batch::BatchSeq;
 use super::layers::Rope;
@@ -132,6 +132,64 @@ fn window_start(offset: i32, window: Option<i32>) -> i32 {
     window.map_or(0, |w| (offset - w + 1).max(0))
 }
 
+/// Queries per prefill chunk from which [`causal_attention`] splits the chunk over two CPU
+/// streams: below it the split's extra ops cost more than the second core gives.
+const SPLIT_MIN_QUERIES: i32 = 64;
+
+thread_local! {
+    /// A second CPU stream of this (engine) thread: MLX runs each stream's ops on its own
+    /// thread, and its CPU ops are otherwise single-threaded (BLAS aside).
+    static SIDE_STREAM: Stream = Stream::new_with_device(&Device::cpu());
+}
+
+/// Causal attention of `q` (`[1, heads, len, dim]`, the last `len` positions) over every key
+/// (`[1, kv_heads, keys, dim]`), no sinks. With the CPU levers on (CPU backend, float32), a
+/// long chunk is split in two by query rows, the first half attending over the keys it can
+/// see and the second over all of them, on two streams: MLX's CPU softmax is scalar and
+/// single-threaded (its `exp` was ~55% of a 12k-token prefill, profiled), so the two halves
+/// run on both cores. Each query row's scores, softmax and sum are the same ops over the same
+/// values either way (measured: bit-identical to the whole chunk in float32). On a GPU, and
+/// in half precision, one fused call as mlx-lm makes it.
+fn causal_attention(q: Array, k: Array, v: Array, scale: f32) -> Result<Array> {
+    let len = q.shape()[2];
+    if len < SPLIT_MIN_QUERIES || !crate::device::cpu_levers() {
+        return scaled_dot_product_attention(
+            q,
+            k,
+            v,
+            scale,
+            ScaledDotProductAttentionMask::Causal,
+            None,
+        );
+    }
+    let keys = k.shape()[2];
+    let half = len / 2;
+    // MLX's causal mask aligns the queries with the last keys: the first half's queries are
+    // the last `half` of the first `keys - (len - half)` keys.
+    let seen = keys - (len - half);
+    let first = scaled_dot_product_attention(
+        slice_axis(&q, 2, 0, half)?,
+        slice_axis(&k, 2, 0, seen)?,
+        slice_axis(&v, 2, 0, seen)?,
+        scale,
+        ScaledDotProductAttentionMask::Causal,
+        None,
+    )?;
+    let second = SIDE_STREAM.with(|side| {
+        mlx_rs::with_stream(side, || {
+            scaled_dot_product_attention(
+                slice_axis(&q, 2, half, len)?,
+                &k,
+                &v,
+                scale,
+                ScaledDotProductAttentionMask::Causal,
+                None,
+            )
+        })
+    })?;
+    concatenate(&[first, second], 2)
+}
+
 /// The mask of queries at positions `offset..offset + len` over keys at `start..offset +
 /// len`: causal, and within the window if there is one.
 fn chunk_mask(offset: i32, len: i32, start: i32, window: Option<i32>) -> Result<Array> {
@@ -246,7 +304,9 @@ fn attend_one(
             .range(layer, 0, offset + len)?
             .ok_or_else(|| Exception::custom(format!("KV layer {layer} holds nothing yet")))?,
     };
-    let out = if extras.window.is_none() {
+    let out = if extras.window.is_none() && extras.sinks.is_none() && len > 1 {
+        causal_attention(q, k, v, scale)?
+    } else if extras.window.is_none() {
         let mask = (len > 1).then_some(ScaledDotProductAttentionMask::Causal);
         scaled_dot_product_attention(q, k, v, scale, mask, extras.sinks)?
     } else {
@@ -591,7 +651,9 @@ impl PooledPass<'_> {
             let start = window_start(c.offset, window);
             let (k, v) = pool.read(self.layer, c.slot, start, c.offset + c.len)?;
             let sinks = self.extras.sinks;
-            let out = if window.is_none() {
+            let out = if window.is_none() && sinks.is_none() {
+                causal_attention(c.q, k, v, self.scale)?
+            } else if window.is_none() {
                 let mask = ScaledDotProductAttentionMask::Causal;
                 scaled_dot_product_attention(c.q, k, v, self.scale, mask, sinks)?
             } else {
@@ -634,4 +696,34 @@ fn in_batch_order(
         }
     }
     concat_rows(pieces)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mlx_rs::random::normal;
+
+    /// The two-stream split of a long chunk gives what one call gives, bit for bit (float32 on
+    /// the CPU, where the split runs: `cpu_levers()` holds under the default settings).
+    #[test]
+    fn a_split_chunk_attends_exactly_as_the_whole_chunk() {
+        assert!(crate::device::cpu_levers());
+        // Grouped queries (4 heads over 2), a chunk of 96 queries after 200 cached positions.
+        let q = normal::<f32>(&[1, 4, 96, 16], None, None, None).unwrap();
+        let k = normal::<f32>(&[1, 2, 296, 16], None, None, None).unwrap();
+        let v = normal::<f32>(&[1, 2, 296, 16], None, None, None).unwrap();
+        let whole = scaled_dot_product_attention(
+            &q,
+            &k,
+            &v,
+            0.25,
+            ScaledDotProductAttentionMask::Causal,
+            None,
+        )
+        .unwrap();
+        let split = causal_attention(q, k, v, 0.25).unwrap();
+        assert_eq!(split.shape(), whole.shape());
+        let (a, b) = (whole.as_slice::<f32>(), split.as_slice::<f32>());
+        assert!(a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits()));
+    }
 }
