@@ -136,10 +136,55 @@ fn window_start(offset: i32, window: Option<i32>) -> i32 {
 /// streams: below it the split's extra ops cost more than the second core gives.
 const SPLIT_MIN_QUERIES: i32 = 64;
 
+/// A second CPU stream for one engine thread: MLX runs each stream's ops on a thread of its
+/// own, and its CPU ops are otherwise single-threaded (BLAS aside). MLX never frees a
+/// stream's thread, so a stream outlives the engine thread that used it: it goes back to
+/// [`SPARE_SIDE_STREAMS`] and the next engine thread takes it, rather than every model load
+/// adding a thread for the daemon's lifetime.
+struct SideStream(Option<Stream>);
+
+/// An `mlx_stream` is an index into MLX's scheduler and a device: any thread may enqueue on
+/// it, and the pool hands each to one thread at a time.
+struct SpareStream(Stream);
+// SAFETY: see above; MLX's scheduler owns the thread, the handle is a plain value.
+unsafe impl Send for SpareStream {}
+
+static SPARE_SIDE_STREAMS: std::sync::Mutex<Vec<SpareStream>> = std::sync::Mutex::new(Vec::new());
+
+/// Side streams made so far (each an MLX thread for the process's lifetime).
+static SIDE_STREAMS_MADE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+impl SideStream {
+    fn take() -> SideStream {
+        let spare = SPARE_SIDE_STREAMS
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pop();
+        SideStream(Some(spare.map_or_else(
+            || {
+                SIDE_STREAMS_MADE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                Stream::new_with_device(&Device::cpu())
+            },
+            |s| s.0,
+        )))
+    }
+}
+
+impl Drop for SideStream {
+    fn drop(&mut self) {
+        if let Some(stream) = self.0.take() {
+            // Whatever this thread queued on it was evaluated before the thread ended (its
+            // results were read), so the next user starts on an idle stream.
+            SPARE_SIDE_STREAMS
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(SpareStream(stream));
+        }
+    }
+}
+
 thread_local! {
-    /// A second CPU stream of this (engine) thread: MLX runs each stream's ops on its own
-    /// thread, and its CPU ops are otherwise single-threaded (BLAS aside).
-    static SIDE_STREAM: Stream = Stream::new_with_device(&Device::cpu());
+    static SIDE_STREAM: SideStream = SideStream::take();
 }
 
 /// Causal attention of `q` (`[1, heads, len, dim]`, the last `len` positions) over every key
@@ -176,6 +221,7 @@ fn causal_attention(q: Array, k: Array, v: Array, scale: f32) -> Result<Array> {
         None,
     )?;
     let second = SIDE_STREAM.with(|side| {
+        let side = side.0.as_ref().expect("held until the thread ends");
         mlx_rs::with_stream(side, || {
             scaled_dot_product_attention(
                 slice_axis(&q, 2, half, len)?,
@@ -725,5 +771,19 @@ mod tests {
         assert_eq!(split.shape(), whole.shape());
         let (a, b) = (whole.as_slice::<f32>(), split.as_slice::<f32>());
         assert!(a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits()));
+    }
+    /// An engine thread's side stream goes back to the pool when the thread ends and the next
+    /// thread takes it: five engine threads in turn make at most one stream (two if the test
+    /// above runs at the same moment), not five MLX threads for the process's lifetime.
+    #[test]
+    fn side_streams_are_reused_by_later_threads() {
+        use std::sync::atomic::Ordering;
+        let before = SIDE_STREAMS_MADE.load(Ordering::Relaxed);
+        for _ in 0..5 {
+            std::thread::spawn(|| SIDE_STREAM.with(|s| assert!(s.0.is_some())))
+                .join()
+                .unwrap();
+        }
+        assert!(SIDE_STREAMS_MADE.load(Ordering::Relaxed) - before <= 2);
     }
 }
