@@ -188,24 +188,24 @@ thread_local! {
 }
 
 /// Causal attention of `q` (`[1, heads, len, dim]`, the last `len` positions) over every key
-/// (`[1, kv_heads, keys, dim]`), no sinks. With the CPU levers on (CPU backend, float32), a
-/// long chunk is split in two by query rows, the first half attending over the keys it can
+/// (`[1, kv_heads, keys, dim]`). With the CPU levers on (CPU backend, float32), a long chunk
+/// without sinks is split in two by query rows, the first half attending over the keys it can
 /// see and the second over all of them, on two streams: MLX's CPU softmax is scalar and
 /// single-threaded (its `exp` was ~55% of a 12k-token prefill, profiled), so the two halves
 /// run on both cores. Each query row's scores, softmax and sum are the same ops over the same
 /// values either way (measured: bit-identical to the whole chunk in float32). On a GPU, and
 /// in half precision, one fused call as mlx-lm makes it.
-fn causal_attention(q: Array, k: Array, v: Array, scale: f32) -> Result<Array> {
+fn causal_attention(
+    q: Array,
+    k: Array,
+    v: Array,
+    scale: f32,
+    sinks: Option<&Array>,
+) -> Result<Array> {
     let len = q.shape()[2];
-    if len < SPLIT_MIN_QUERIES || !crate::device::cpu_levers() {
-        return scaled_dot_product_attention(
-            q,
-            k,
-            v,
-            scale,
-            ScaledDotProductAttentionMask::Causal,
-            None,
-        );
+    if len < SPLIT_MIN_QUERIES || sinks.is_some() || !crate::device::cpu_levers() {
+        let mask = ScaledDotProductAttentionMask::Causal;
+        return scaled_dot_product_attention(q, k, v, scale, mask, sinks);
     }
     let keys = k.shape()[2];
     let half = len / 2;
@@ -350,11 +350,11 @@ fn attend_one(
             .range(layer, 0, offset + len)?
             .ok_or_else(|| Exception::custom(format!("KV layer {layer} holds nothing yet")))?,
     };
-    let out = if extras.window.is_none() && extras.sinks.is_none() && len > 1 {
-        causal_attention(q, k, v, scale)?
+    let out = if extras.window.is_none() && len > 1 {
+        causal_attention(q, k, v, scale, extras.sinks)?
     } else if extras.window.is_none() {
-        let mask = (len > 1).then_some(ScaledDotProductAttentionMask::Causal);
-        scaled_dot_product_attention(q, k, v, scale, mask, extras.sinks)?
+        // One query sees every key: no mask (as mlx-lm passes none).
+        scaled_dot_product_attention(q, k, v, scale, None, extras.sinks)?
     } else {
         // Only the keys some query of the chunk can see; a decode step sees all of them.
         let start = window_start(offset, extras.window);
@@ -697,11 +697,8 @@ impl PooledPass<'_> {
             let start = window_start(c.offset, window);
             let (k, v) = pool.read(self.layer, c.slot, start, c.offset + c.len)?;
             let sinks = self.extras.sinks;
-            let out = if window.is_none() && sinks.is_none() {
-                causal_attention(c.q, k, v, self.scale)?
-            } else if window.is_none() {
-                let mask = ScaledDotProductAttentionMask::Causal;
-                scaled_dot_product_attention(c.q, k, v, self.scale, mask, sinks)?
+            let out = if window.is_none() {
+                causal_attention(c.q, k, v, self.scale, sinks)?
             } else {
                 let mask = chunk_mask(c.offset, c.len, start, window)?;
                 let mask = ScaledDotProductAttentionMask::Array(&mask);
@@ -767,11 +764,12 @@ mod tests {
             None,
         )
         .unwrap();
-        let split = causal_attention(q, k, v, 0.25).unwrap();
+        let split = causal_attention(q, k, v, 0.25, None).unwrap();
         assert_eq!(split.shape(), whole.shape());
         let (a, b) = (whole.as_slice::<f32>(), split.as_slice::<f32>());
         assert!(a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits()));
     }
+
     /// An engine thread's side stream goes back to the pool when the thread ends and the next
     /// thread takes it: five engine threads in turn make at most one stream (two if the test
     /// above runs at the same moment), not five MLX threads for the process's lifetime.
