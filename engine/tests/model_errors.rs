@@ -2,32 +2,23 @@
 //! panic: missing or truncated weights, a shard listed in the index but absent, an unknown
 //! model_type, a missing tokenizer, a malformed config.
 
+mod common;
+
 use std::fs;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 
+use common::{python, root};
 use wuwei::model::{load_model_dir, WeightsMode};
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .into()
-}
 
 /// A small random-weight llama folder written by mlx-lm's own classes.
 fn model() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
-    let out = Command::new(root().join(".venv/bin/python"))
-        .arg(root().join("tests/reference/make_random_model.py"))
-        .args(["llama", dir.path().to_str().unwrap()])
-        .output()
-        .expect("run .venv/bin/python");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let script = root().join("tests/reference/make_random_model.py");
+    python(&[
+        script.to_str().unwrap(),
+        "llama",
+        dir.path().to_str().unwrap(),
+    ]);
     dir
 }
 

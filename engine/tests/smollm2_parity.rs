@@ -2,10 +2,12 @@
 //! for 64 tokens on varied chat and raw prompts (same converted weights, same MLX build), and
 //! the GGUF file gives the same tokens as its MLX-format conversion.
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::OnceLock;
 
+use common::{python, root};
 use mlx_rs::Array;
 use serde_json::{json, Map, Value};
 use wuwei::core::SamplingParams;
@@ -15,13 +17,6 @@ use wuwei::model::{BatchSeq, Logits, WeightsMode};
 use wuwei::text::sampler::{self, Sampler};
 
 const MAX_TOKENS: usize = 64;
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .into()
-}
 
 fn gguf() -> PathBuf {
     root().join(".deps/SmolLM2-135M-Instruct.Q4_1.gguf")
@@ -50,19 +45,14 @@ fn prompts() -> Value {
 }
 
 fn reference() -> Vec<(Vec<u32>, Vec<u32>)> {
-    let out = Command::new(root().join(".venv/bin/python"))
-        .arg(root().join("tests/reference/mlx_lm_greedy.py"))
-        .arg(converted())
-        .arg(MAX_TOKENS.to_string())
-        .arg(prompts().to_string())
-        .output()
-        .expect("run .venv/bin/python");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let script = root().join("tests/reference/mlx_lm_greedy.py");
+    let out = python(&[
+        script.to_str().unwrap(),
+        converted().to_str().unwrap(),
+        &MAX_TOKENS.to_string(),
+        &prompts().to_string(),
+    ]);
+    let v: Value = serde_json::from_str(&out).unwrap();
     let ids = |v: &Value| {
         v.as_array()
             .unwrap()
