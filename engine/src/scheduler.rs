@@ -530,7 +530,11 @@ impl Engine {
         } else if seq.tokens.len() <= POOLED_PROMPT_MAX {
             Box::new(self.slots.acquire())
         } else {
-            Box::new(DenseKvCache::new(self.model.num_layers()))
+            // Windowed layers forget what their window no longer sees, but only once the
+            // prefix cache has copied it out: blocks are published after the next step is
+            // queued, so up to two steps' positions and a partial block.
+            let reach = 2 * self.config.prefill_chunk + self.config.kv.block_size;
+            Box::new(DenseKvCache::new(self.model.num_layers()).reaching_back(reach))
         };
         seq.prefilled = match self.prefix.as_mut() {
             Some(p) => p.admit(&seq.tokens, seq.cache.as_mut(), &mut seq.blocks),

@@ -188,6 +188,9 @@ fn check_moe(arch: &str, quant: Quant, dtype: Dtype) {
         recurrent: false,
     };
     check_dir(dir.path(), &case);
+    if arch == "gpt_oss" && !quantized && dtype == Dtype::F32 {
+        windowed_layers_forget_only_what_no_query_sees(dir.path());
+    }
     memory_estimate_counts_every_expert(dir.path(), quantized);
     // Dequantized mode expands to float32 with float32 activations only.
     if quantized && dtype == Dtype::F32 {
@@ -222,11 +225,59 @@ fn check_long(arch: &str, quant: Quant, dtype: Dtype, recurrent: bool) {
         recurrent,
     };
     check_dir(dir.path(), &case);
+    if !recurrent && !quantized && dtype == Dtype::F32 {
+        windowed_layers_forget_only_what_no_query_sees(dir.path());
+    }
     // The estimate takes activations in the checkpoint's dtype to be half precision, as
     // published checkpoints are.
     if dtype != Dtype::F32 {
         memory_estimate_counts_what_the_cache_holds(dir.path(), &case.prompt, recurrent);
     }
+}
+
+/// A sequence's own cache keeps only the window of a windowed layer (the random configs'
+/// windows are 16): over a prompt of many windows in chunks and hundreds of decode steps —
+/// enough for its buffers to move forward several times — the logits are bit for bit those
+/// of a cache that forgets nothing (KV-shared layers, which read a windowed layer's stored
+/// keys, included), and the cache holds a fraction of the memory.
+fn windowed_layers_forget_only_what_no_query_sees(dir: &Path) {
+    let (_, model) = load_model_dir(dir, WeightsMode::Native).unwrap();
+    let layers = model.num_layers();
+    let mut forgets = DenseKvCache::new(layers);
+    let mut keeps = DenseKvCache::new(layers).reaching_back(1 << 20);
+    let prompt: Vec<u32> = (0..700).map(|i| (i * 37 % 509) as u32 + 1).collect();
+    let next = |cache: &mut DenseKvCache, ids: &[u32]| {
+        let mut b = [BatchSeq {
+            len: ids.len(),
+            cache,
+        }];
+        to_vec(&model.forward(&tokens(ids), &mut b, Logits::Last).unwrap())
+    };
+    for chunk in prompt.chunks(128) {
+        assert_eq!(
+            next(&mut forgets, chunk),
+            next(&mut keeps, chunk),
+            "prefill"
+        );
+    }
+    for step in 0..300u32 {
+        let t = [step * 7 % 509 + 1];
+        assert_eq!(
+            next(&mut forgets, &t),
+            next(&mut keeps, &t),
+            "decode {step}"
+        );
+    }
+    // 1,000 positions: a windowed layer holds its window and room to write (< 300 here).
+    let held = |c: &DenseKvCache, l: usize| c.layer(l).map(|((k, _), first)| (k.shape()[2], first));
+    let windowed = (0..layers)
+        .filter(|&l| held(&forgets, l) != held(&keeps, l))
+        .inspect(|&l| {
+            assert!(matches!(held(&forgets, l), Some((n, first)) if n < 300 && first > 700))
+        })
+        .count();
+    assert!(windowed > 0, "no layer forgot anything");
+    assert!(forgets.nbytes() < keeps.nbytes());
 }
 
 /// The registry's estimate (from config.json alone) of a model's memory per token and per

@@ -4,8 +4,9 @@ sliding-window layers and a Qwen3-Next hybrid (Gated DeltaNet + gated attention 
 random-weight bf16 4-bit checkpoints written by mlx-lm's own classes with SmolLM2's tokenizer.
 
 Greedy tokens equal mlx-lm's over prompts longer than the window; a sequence's tokens do not
-depend on its batch; a prefix-cache hit on the windowed model (the cache keeps every position,
-windowed layers mask by position) gives the tokens of a cold run; the hybrid model's prefix
+depend on its batch; a prefix-cache hit on the windowed model gives the tokens of a cold run,
+also for a prompt long enough to run in its own cache, whose windowed layers forget what their
+window no longer sees; the hybrid model's prefix
 cache snapshots its linear layers' recurrent state every SNAPSHOT positions (small here, so
 that short prompts cross several), and a hit restores the KV blocks up to the nearest snapshot
 at or before the match (or at a previous prompt's last block boundary) plus that snapshot: a repeated prompt and a partial match ending
@@ -20,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO_ROOT, running_daemon
-from cache_helpers import _cached, _text
+from cache_helpers import _cached, _expected_hit, _text
 from test_half_precision import _complete, _mlx_lm
 
 GEMMA = "rand-gemma3-bf16-q4"
@@ -110,3 +111,20 @@ def test_hybrid_partial_match_between_snapshots_gives_the_cold_tokens(daemon, mo
     # Blocks match past the snapshot; only the snapshot's prefix is reused.
     assert cached == shared_tokens // SNAPSHOT * SNAPSHOT, (cached, shared_tokens)
     assert text == tok.decode(want[1], skip_special_tokens=False)
+
+
+def test_a_long_prompt_keeps_only_the_window_and_reuses_every_block(daemon, models):
+    """A prompt past the slot pool's limit (2,048 tokens) runs in a cache of its own, whose
+    sliding-window layers keep only their window and what the prefix cache has yet to copy
+    out (Gemma's memory at long context; that this changes no logit is arch_parity's check):
+    every block of the prompt is still published, and a repeat reuses them all and gives the
+    cold run's tokens."""
+    from tokenizers import Tokenizer
+
+    prompt = _text("long-window", 160)
+    tok = Tokenizer.from_file(str(models / GEMMA / "tokenizer.json"))
+    assert len(tok.encode(prompt, add_special_tokens=False).ids) > 2048
+    cold, usage, _ = _complete(daemon, GEMMA, prompt)
+    hot, usage, _ = _complete(daemon, GEMMA, prompt)
+    assert _cached(usage) == _expected_hit(usage["prompt_tokens"]), usage
+    assert hot == cold

@@ -23,6 +23,24 @@ pub trait KvCache: Send + AsAny {
         keys: Array,
         values: Array,
     ) -> Result<(Array, Array), Exception>;
+    /// [`KvCache::update_and_fetch`] for a sliding-window layer: returns only the positions
+    /// the new queries can see (from `offset() + 1 - window`, or 0). A cache may then forget
+    /// positions no query will see again; `range` answers `None` for those.
+    fn update_and_fetch_window(
+        &mut self,
+        layer: usize,
+        keys: Array,
+        values: Array,
+        window: i32,
+    ) -> Result<(Array, Array), Exception> {
+        let start = window_start(self.offset() as i32, window);
+        let (k, v) = self.update_and_fetch(layer, keys, values)?;
+        let end = k.shape()[2];
+        Ok((
+            slice_axis(&k, 2, start, end)?,
+            slice_axis(&v, 2, start, end)?,
+        ))
+    }
     /// Called once after every layer stored `n` new positions.
     fn advance(&mut self, n: usize);
     /// Keys and values of positions `start..end` of `layer` (`[1, kv_heads, end-start,
@@ -99,12 +117,28 @@ impl<T: Any> AsAny for T {
     }
 }
 
+/// The first position a query at `offset` sees through a window of `window` positions.
+pub fn window_start(offset: i32, window: i32) -> i32 {
+    (offset + 1 - window).max(0)
+}
+
 /// Buffers grow in steps of this many positions, so that decoding does not reallocate per token.
 const STEP: i32 = 256;
 
+/// One sequence's KV in a growing buffer per layer, as mlx-lm's `KVCache`. A sliding-window
+/// layer (stored through `update_and_fetch_window`) keeps only its window and the positions
+/// `reach_back` asks for, as mlx-lm's `RotatingKVCache` keeps only its window: for Gemma 3
+/// (five of six layers windowed) a 100k-token conversation's KV shrinks ~5x. Its buffer is
+/// then moved forward now and then (a copy of what it keeps, at most once per `STEP`
+/// positions) instead of rotated, so that keys stay in position order as in a full layer.
 #[derive(Default)]
 pub struct DenseKvCache {
     layers: Vec<Option<(Array, Array)>>,
+    /// Per layer, the position index 0 of its buffers holds (0 but for windowed layers).
+    first: Vec<i32>,
+    /// Positions behind the newest that windowed layers keep beyond their window, for
+    /// `range` readers (the prefix cache copies each block out a step after it is written).
+    reach_back: i32,
     offset: usize,
     states: RecurrentStates,
 }
@@ -113,14 +147,23 @@ impl DenseKvCache {
     pub fn new(num_layers: usize) -> Self {
         Self {
             layers: (0..num_layers).map(|_| None).collect(),
+            first: vec![0; num_layers],
+            reach_back: 0,
             offset: 0,
             states: RecurrentStates::default(),
         }
     }
 
-    /// The buffers of `layer` (capacity included), if it holds anything.
-    pub fn layer(&self, layer: usize) -> Option<&(Array, Array)> {
-        self.layers.get(layer)?.as_ref()
+    /// Windowed layers keep at least the newest `positions` positions (see `reach_back`).
+    pub fn reaching_back(mut self, positions: usize) -> Self {
+        self.reach_back = positions as i32;
+        self
+    }
+
+    /// The buffers of `layer` (capacity included) and the position their index 0 holds, if
+    /// it holds anything.
+    pub fn layer(&self, layer: usize) -> Option<(&(Array, Array), i32)> {
+        Some((self.layers.get(layer)?.as_ref()?, self.first[layer]))
     }
 
     /// Bytes held by the buffers (capacity, not just the used part).
@@ -132,20 +175,58 @@ impl DenseKvCache {
             .sum::<usize>()
             + self.states.nbytes()
     }
-}
 
-fn grow(buffer: Option<Array>, like: &Array, used: i32, needed: i32) -> Result<Array, Exception> {
-    let shape = like.shape();
-    let capacity = buffer.as_ref().map_or(0, |b| b.shape()[2]);
-    if needed <= capacity {
-        return Ok(buffer.expect("capacity > 0 implies a buffer"));
+    /// Writes `keys`/`values` (`[1, kv_heads, n, head_dim]`) of `layer` at `offset()`. When
+    /// they do not fit, or more than half the buffer holds positions before `keep_from`, the
+    /// buffers are copied into new ones starting at `keep_from` with room for `STEP` more
+    /// positions at least. Returns positions `from..` of what is stored.
+    fn store(
+        &mut self,
+        layer: usize,
+        keys: &Array,
+        values: &Array,
+        keep_from: i32,
+        from: i32,
+    ) -> Result<(Array, Array), Exception> {
+        let offset = self.offset as i32;
+        let end = offset + keys.shape()[2];
+        let first = self.first[layer];
+        let capacity = self.layers[layer].as_ref().map_or(0, |(k, _)| k.shape()[2]);
+        let live = offset - keep_from;
+        let (k_buf, v_buf) = match self.layers[layer].take() {
+            Some((k, v)) if end - first <= capacity && keep_from - first <= live + STEP => (k, v),
+            old => {
+                let room = (keys.shape()[2] + STEP - 1) / STEP * STEP;
+                let moved = |old: Option<&Array>, like: &Array| -> Result<Array, Exception> {
+                    let s = like.shape();
+                    let fresh = zeros_dtype(&[s[0], s[1], room, s[3]], like.dtype())?;
+                    match old {
+                        Some(old) if live > 0 => {
+                            let kept = slice_axis(old, 2, keep_from - first, offset - first)?;
+                            concatenate(&[kept, fresh], 2)
+                        }
+                        _ => zeros_dtype(&[s[0], s[1], live + room, s[3]], like.dtype()),
+                    }
+                };
+                let (k, v) = match &old {
+                    Some((k, v)) => (Some(k), Some(v)),
+                    None => (None, None),
+                };
+                let moved = (moved(k, keys)?, moved(v, values)?);
+                self.first[layer] = keep_from;
+                moved
+            }
+        };
+        let first = self.first[layer];
+        let k_buf = slice_update_axis(&k_buf, keys, 2, offset - first)?;
+        let v_buf = slice_update_axis(&v_buf, values, 2, offset - first)?;
+        let fetched = (
+            slice_axis(&k_buf, 2, from - first, end - first)?,
+            slice_axis(&v_buf, 2, from - first, end - first)?,
+        );
+        self.layers[layer] = Some((k_buf, v_buf));
+        Ok(fetched)
     }
-    let steps = (needed - used + STEP - 1) / STEP;
-    let fresh = zeros_dtype(&[shape[0], shape[1], steps * STEP, shape[3]], like.dtype())?;
-    Ok(match buffer {
-        Some(old) => concatenate(&[slice_axis(&old, 2, 0, used)?, fresh], 2)?,
-        None => fresh,
-    })
 }
 
 impl KvCache for DenseKvCache {
@@ -153,26 +234,29 @@ impl KvCache for DenseKvCache {
         self.offset
     }
 
+    /// Returns every position the layer holds (from 0, unless it is a windowed layer).
     fn update_and_fetch(
         &mut self,
         layer: usize,
         keys: Array,
         values: Array,
     ) -> Result<(Array, Array), Exception> {
-        let used = self.offset as i32;
-        let end = used + keys.shape()[2];
-        let (k_buf, v_buf) = match self.layers[layer].take() {
-            Some((k, v)) => (Some(k), Some(v)),
-            None => (None, None),
-        };
-        let k_buf = slice_update_axis(&grow(k_buf, &keys, used, end)?, &keys, 2, used)?;
-        let v_buf = slice_update_axis(&grow(v_buf, &values, used, end)?, &values, 2, used)?;
-        let fetched = (
-            slice_axis(&k_buf, 2, 0, end)?,
-            slice_axis(&v_buf, 2, 0, end)?,
-        );
-        self.layers[layer] = Some((k_buf, v_buf));
-        Ok(fetched)
+        let first = self.first[layer];
+        self.store(layer, &keys, &values, first, first)
+    }
+
+    fn update_and_fetch_window(
+        &mut self,
+        layer: usize,
+        keys: Array,
+        values: Array,
+        window: i32,
+    ) -> Result<(Array, Array), Exception> {
+        let offset = self.offset as i32;
+        let end = offset + keys.shape()[2];
+        let sees_from = window_start(offset, window);
+        let keep_from = sees_from.min(end - self.reach_back).max(self.first[layer]);
+        self.store(layer, &keys, &values, keep_from, sees_from)
     }
 
     fn advance(&mut self, n: usize) {
@@ -185,12 +269,15 @@ impl KvCache for DenseKvCache {
         start: i32,
         end: i32,
     ) -> Result<Option<(Array, Array)>, Exception> {
-        let Some((k, v)) = self.layer(layer) else {
+        let Some(((k, v), first)) = self.layer(layer) else {
             return Ok(None);
         };
+        if start < first {
+            return Ok(None);
+        }
         Ok(Some((
-            slice_axis(k, 2, start, end)?,
-            slice_axis(v, 2, start, end)?,
+            slice_axis(k, 2, start - first, end - first)?,
+            slice_axis(v, 2, start - first, end - first)?,
         )))
     }
 
@@ -200,6 +287,7 @@ impl KvCache for DenseKvCache {
 
     fn reset(&mut self) {
         self.layers.iter_mut().for_each(|l| *l = None);
+        self.first.iter_mut().for_each(|f| *f = 0);
         self.offset = 0;
         self.states.clear();
     }
@@ -210,5 +298,75 @@ impl KvCache for DenseKvCache {
 
     fn state(&mut self, layer: usize) -> &mut Option<Vec<Array>> {
         self.states.layer(layer)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Positions `start..start + n` of one head of width 2, each position's values its own.
+    fn positions(start: i32, n: i32) -> Array {
+        let v: Vec<f32> = (start..start + n)
+            .flat_map(|p| [p as f32, -(p as f32)])
+            .collect();
+        Array::from_slice(&v, &[1, 1, n, 2])
+    }
+
+    fn floats(a: &Array) -> Vec<f32> {
+        a.contiguous().unwrap().as_slice::<f32>().to_vec()
+    }
+
+    /// A windowed layer returns exactly what a full layer holds of the window, through
+    /// prefill chunks, decode steps and a reused prefix, while its buffer stays bounded by
+    /// window + reach + room instead of growing with the sequence.
+    #[test]
+    fn a_windowed_layer_keeps_its_window_and_reach_only() {
+        let (window, reach) = (16, 40);
+        let mut windowed = DenseKvCache::new(1).reaching_back(reach as usize);
+        let mut full = DenseKvCache::new(1);
+        // A reused prefix loads whole, as the prefix cache loads blocks.
+        windowed
+            .load_layer(0, positions(0, 700), positions(0, 700))
+            .unwrap();
+        full.load_layer(0, positions(0, 700), positions(0, 700))
+            .unwrap();
+        windowed.advance(700);
+        full.advance(700);
+        let steps = [100, 3, 512, 9]
+            .into_iter()
+            .chain(std::iter::repeat_n(1, 600));
+        for n in steps {
+            let at = windowed.offset() as i32;
+            let (k, v) = windowed
+                .update_and_fetch_window(0, positions(at, n), positions(at, n), window)
+                .unwrap();
+            let (all, _) = full
+                .update_and_fetch(0, positions(at, n), positions(at, n))
+                .unwrap();
+            let start = window_start(at, window);
+            assert_eq!(k.shape(), &[1, 1, at + n - start, 2]);
+            assert_eq!(
+                floats(&k),
+                floats(&slice_axis(&all, 2, start, at + n).unwrap())
+            );
+            assert_eq!(floats(&k), floats(&v));
+            windowed.advance(n as usize);
+            full.advance(n as usize);
+            let end = windowed.offset() as i32;
+            // What a reader `reach` positions back asks for is still there.
+            let (r, _) = windowed.range(0, end - reach, end).unwrap().unwrap();
+            assert_eq!(floats(&r), floats(&positions(end - reach, reach)));
+            let ((buf, _), _) = windowed.layer(0).unwrap();
+            assert!(
+                buf.shape()[2] <= 2 * (512 + reach + STEP),
+                "{} positions buffered at {end}",
+                buf.shape()[2]
+            );
+        }
+        assert!(windowed.range(0, 0, 4).unwrap().is_none(), "forgotten");
+        assert!(windowed.nbytes() * 4 < full.nbytes());
+        windowed.reset();
+        assert_eq!(windowed.layer(0).map(|(_, first)| first), None);
     }
 }

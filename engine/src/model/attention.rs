@@ -16,6 +16,7 @@ use mlx_rs::{Array, Device, Dtype, Stream};
 
 use super::batch::BatchSeq;
 use super::layers::Rope;
+use crate::kv::cache::window_start;
 use crate::kv::quant::{KvQuant, Packed};
 use crate::kv::slots::{SharedSlots, SlotKvCache, SlotPool};
 use crate::mlx_ext::{quantized_matmul, slice_axis, QuantMode};
@@ -26,8 +27,9 @@ type Result<T> = std::result::Result<T, Exception>;
 #[derive(Clone, Copy, Default)]
 pub struct Extras<'a> {
     /// Sliding window: each position attends to itself and the `window - 1` positions before
-    /// it (mlx-lm's `window_size` masks). The cache still holds every position, so a prefix
-    /// reused from the cache or a chunked prefill sees the same window.
+    /// it (mlx-lm's `window_size` masks). A sequence's own cache keeps only what the window
+    /// (and the prefix cache's copying) still needs; a chunked prefill and a prefix reused
+    /// from the prefix cache see the same window.
     pub window: Option<i32>,
     /// Per-head attention sinks (gpt-oss): an extra logit in each head's softmax.
     pub sinks: Option<&'a Array>,
@@ -126,11 +128,6 @@ fn attend_kv(
 
 /// A layer's RoPE, softmax scale and extras, passed along together.
 type Params<'a> = (&'a Rope, f32, Extras<'a>);
-
-/// The first key position a chunk of queries starting at `offset` can see.
-fn window_start(offset: i32, window: Option<i32>) -> i32 {
-    window.map_or(0, |w| (offset - w + 1).max(0))
-}
 
 /// Queries per prefill chunk from which [`causal_attention`] splits the chunk over two CPU
 /// streams: below it the split's extra ops cost more than the second core gives.
@@ -343,36 +340,25 @@ fn attend_one(
         let out = quantized_attention(&q, &k, &v, scale, mask.as_ref(), quant)?;
         return merge_heads(out, len);
     }
-    let (k, v) = match new_kv {
-        Some((k, v)) => seq.cache.update_and_fetch(layer, k, v)?,
-        None => seq
+    // The keys from `start` on: those some query of the chunk can see (all of them without a
+    // window; a windowed layer's cache may hold no more).
+    let start = extras.window.map_or(0, |w| window_start(offset, w));
+    let (k, v) = match (new_kv, extras.window) {
+        (Some((k, v)), None) => seq.cache.update_and_fetch(layer, k, v)?,
+        (Some((k, v)), Some(w)) => seq.cache.update_and_fetch_window(layer, k, v, w)?,
+        (None, _) => seq
             .cache
-            .range(layer, 0, offset + len)?
+            .range(layer, start, offset + len)?
             .ok_or_else(|| Exception::custom(format!("KV layer {layer} holds nothing yet")))?,
     };
     let out = if extras.window.is_none() && len > 1 {
         causal_attention(q, k, v, scale, extras.sinks)?
-    } else if extras.window.is_none() {
-        // One query sees every key: no mask (as mlx-lm passes none).
+    } else if len == 1 {
+        // One query sees every key it is given: no mask (as mlx-lm passes none).
         scaled_dot_product_attention(q, k, v, scale, None, extras.sinks)?
     } else {
-        // Only the keys some query of the chunk can see; a decode step sees all of them.
-        let start = window_start(offset, extras.window);
-        let (k, v) = if start > 0 {
-            let end = offset + len;
-            (
-                slice_axis(&k, 2, start, end)?,
-                slice_axis(&v, 2, start, end)?,
-            )
-        } else {
-            (k, v)
-        };
-        let mask = if len > 1 {
-            Some(chunk_mask(offset, len, start, extras.window)?)
-        } else {
-            None
-        };
-        let mask = mask.as_ref().map(ScaledDotProductAttentionMask::Array);
+        let mask = chunk_mask(offset, len, start, extras.window)?;
+        let mask = ScaledDotProductAttentionMask::Array(&mask);
         scaled_dot_product_attention(q, k, v, scale, mask, extras.sinks)?
     };
     merge_heads(out, len)
@@ -694,7 +680,7 @@ impl PooledPass<'_> {
         let mut outs = Vec::with_capacity(chunks.len());
         for c in chunks {
             let window = self.extras.window;
-            let start = window_start(c.offset, window);
+            let start = window.map_or(0, |w| window_start(c.offset, w));
             let (k, v) = pool.read(self.layer, c.slot, start, c.offset + c.len)?;
             let sinks = self.extras.sinks;
             let out = if window.is_none() {
