@@ -10,6 +10,7 @@ use std::path::Path;
 use serde_json::Value;
 
 use crate::gguf::{self, GgufHeader, MetaValue};
+use crate::kv::cost::WindowedKv;
 use crate::model::{compute_dtype, weights};
 
 /// What the registry knows about a complete model without loading it.
@@ -25,6 +26,9 @@ pub struct ModelFacts {
     pub quantized: bool,
     /// KV-cache bytes one token takes across all (attention) layers.
     pub kv_bytes_per_token: u64,
+    /// The sliding-window layers' share of those, and their window (`None`: no such
+    /// layers): a long sequence's own cache keeps only about a window of them.
+    pub windowed_kv: Option<WindowedKv>,
     /// Recurrent-state bytes one running sequence takes whatever its length (the
     /// linear-attention layers of hybrid models; 0 for others).
     pub state_bytes_per_sequence: u64,
@@ -139,12 +143,12 @@ fn hybrid_layers(config: &Value, layers: u64) -> Option<(u64, u64)> {
     Some((attention, linear * (conv + recurrent)))
 }
 
-/// Gemma 4's KV bytes per token (`model_type` gemma4 or gemma4_text, else `None`): only the
-/// first `num_hidden_layers - num_kv_shared_layers` layers keep KV (the others attend over an
-/// earlier layer's); full-attention layers have heads of `global_head_dim` and, where values
-/// are the keys (`attention_k_eq_v`), `num_global_key_value_heads` of them. Sliding layers
-/// keep every position, as the cache does. mlx-lm's defaults where the config is silent.
-fn gemma4_kv_bytes_per_token(config: &Value) -> Option<u64> {
+/// Gemma 4's KV bytes per token (`model_type` gemma4 or gemma4_text, else `None`), and the
+/// sliding layers' share: only the first `num_hidden_layers - num_kv_shared_layers` layers
+/// keep KV (the others attend over an earlier layer's); full-attention layers have heads of
+/// `global_head_dim` and, where values are the keys (`attention_k_eq_v`),
+/// `num_global_key_value_heads` of them. mlx-lm's defaults where the config is silent.
+fn gemma4_kv_bytes_per_token(config: &Value) -> Option<(u64, WindowedKv)> {
     let model_type = config.get("model_type").and_then(Value::as_str)?;
     if model_type != "gemma4" && model_type != "gemma4_text" {
         return None;
@@ -178,18 +182,61 @@ fn gemma4_kv_bytes_per_token(config: &Value) -> Option<u64> {
             .collect()
     });
     let elem = if compute_dtype().is_some() { 4 } else { 2 };
-    let per_layer = (0..layers.saturating_sub(shared)).map(|i| {
+    let (mut all, mut sliding_part) = (0, 0);
+    for i in 0..layers.saturating_sub(shared) {
         let sliding = match &types {
             Some(t) => t.get(i as usize).copied().unwrap_or(true),
             None => (i + 1) % pattern != 0,
         };
         if sliding {
-            kv_heads * head_dim
+            sliding_part += kv_heads * head_dim * 2 * elem;
+            all += kv_heads * head_dim * 2 * elem;
         } else {
-            global_kv_heads * global_dim
+            all += global_kv_heads * global_dim * 2 * elem;
         }
-    });
-    Some(per_layer.sum::<u64>() * 2 * elem)
+    }
+    let window = config_u64(config, "sliding_window").unwrap_or(512);
+    Some((
+        all,
+        WindowedKv {
+            bytes_per_token: sliding_part,
+            window,
+        },
+    ))
+}
+
+/// The sliding-window layers of Gemma 3 and gpt-oss, by their configs as the model files read
+/// them: how many of `layers` there are, and their window.
+fn sliding_layers(config: &Value, layers: u64) -> Option<(u64, u64)> {
+    let model_type = config.get("model_type").and_then(Value::as_str)?;
+    let types = config
+        .get("layer_types")
+        .or_else(|| config.get("text_config").and_then(|t| t.get("layer_types")))
+        .and_then(Value::as_array);
+    let count_types = |t: &Vec<Value>| {
+        t.iter()
+            .take(layers as usize)
+            .filter(|x| x.as_str() == Some("sliding_attention"))
+            .count() as u64
+    };
+    let (sliding, default_window) = match model_type {
+        "gemma3" | "gemma3_text" => {
+            let pattern = config_u64(config, "sliding_window_pattern")
+                .unwrap_or(6)
+                .max(1);
+            (
+                (0..layers).filter(|i| (i + 1) % pattern != 0).count() as u64,
+                512,
+            )
+        }
+        "gpt_oss" => match types {
+            Some(t) => (count_types(t), 128),
+            None => (layers.div_ceil(2), 128),
+        },
+        _ => return None,
+    };
+    let window = config_u64(config, "sliding_window").unwrap_or(default_window);
+    (sliding > 0).then_some((sliding, window))
 }
 
 fn check_mlx_dir(dir: &Path) -> Result<ModelFacts, Incomplete> {
@@ -255,13 +302,23 @@ fn check_mlx_dir(dir: &Path) -> Result<ModelFacts, Incomplete> {
     let head_dim = config_u64(&config, "head_dim")
         .unwrap_or_else(|| config_u64(&config, "hidden_size").unwrap_or(0) / heads);
     let (layers, state_bytes_per_sequence) = hybrid_layers(&config, layers).unwrap_or((layers, 0));
+    let (kv_bytes_per_token, windowed_kv) = match gemma4_kv_bytes_per_token(&config) {
+        Some((all, windowed)) => (all, Some(windowed)),
+        None => {
+            let windowed = sliding_layers(&config, layers).map(|(n, window)| WindowedKv {
+                bytes_per_token: kv_bytes_per_token(n, kv_heads, head_dim),
+                window,
+            });
+            (kv_bytes_per_token(layers, kv_heads, head_dim), windowed)
+        }
+    };
     Ok(ModelFacts {
         disk_bytes,
         weights_native: native,
         weights_dequantized: dequantized,
         quantized,
-        kv_bytes_per_token: gemma4_kv_bytes_per_token(&config)
-            .unwrap_or_else(|| kv_bytes_per_token(layers, kv_heads, head_dim)),
+        kv_bytes_per_token,
+        windowed_kv,
         state_bytes_per_sequence,
         context_length: crate::loader::context_length(&config),
         embedding: crate::embedding::detect(dir, &config)?,
@@ -312,6 +369,7 @@ fn check_gguf(path: &Path) -> Result<ModelFacts, Incomplete> {
         weights_dequantized: dequantized,
         quantized,
         kv_bytes_per_token: kv_bytes_per_token(layers, kv_heads, head_dim),
+        windowed_kv: None,
         state_bytes_per_sequence: 0,
         context_length,
         embedding: None,

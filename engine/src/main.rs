@@ -174,8 +174,9 @@ fn serve(args: wuwei::config::ServeArgs) -> anyhow::Result<()> {
             max_running: cfg.max_running,
             prefill_chunk: cfg.prefill_chunk(),
             kv,
-            // Set per model by the registry (its reserved KV).
-            kv_budget_tokens: None,
+            // Set per model by the registry (its reserved KV and what a position costs).
+            kv_budget_bytes: None,
+            kv_cost: Default::default(),
             kv_quant: cfg.kv_quant(),
         },
         max_queue: cfg.max_queue,

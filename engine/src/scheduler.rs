@@ -26,10 +26,11 @@ use tokio::sync::mpsc;
 
 use crate::core::{Event, FinishReason, SamplingParams, Timings, TokenLogprob, Usage};
 use crate::kv::cache::{DenseKvCache, KvCache};
+use crate::kv::cost::{self, KvCost};
 use crate::kv::paged::layout_of;
 use crate::kv::prefix::ModelIdentity;
 use crate::kv::quant::{KvQuant, QuantizedKvCache};
-use crate::kv::slots::SharedSlots;
+use crate::kv::slots::{SharedSlots, SlotKvCache};
 use crate::kv::snapshot::state_layout;
 use crate::kv::{KvConfig, PrefixCache, PrefixProbe, SeqBlocks};
 use crate::metrics;
@@ -39,12 +40,6 @@ use crate::text::detokenizer::IncrementalDetokenizer;
 use crate::text::output_parser::{OutputParser, ParserSetup};
 use crate::text::sampler::{self, Choice, Row, Sampled, Sampler};
 
-/// Prompts up to this many tokens run in the engine's slot pool (batched decode attention);
-/// longer ones keep their own KV buffers and attend alone. Every slot of the pool is as long
-/// as its longest sequence, so this bounds the pool's padding (a long prompt beside seven
-/// short ones would otherwise cost eight long slots), while for long contexts attention's
-/// own work dwarfs the per-sequence overhead that pooling saves.
-const POOLED_PROMPT_MAX: usize = 2048;
 use crate::text::stop::{StopMatcher, StopOutcome};
 use crate::text::tokenizer::Tokenizer;
 
@@ -75,10 +70,12 @@ pub struct SchedulerConfig {
     pub prefill_chunk: usize,
     /// Prefix reuse (RAM block pool, SSD tier).
     pub kv: KvConfig,
-    /// KV positions the running sequences may hold together (the model's reserved KV;
-    /// `None`: unbounded). A prompt that does not fit next to them waits in the queue; a batch
-    /// that outgrows it while decoding is preempted.
-    pub kv_budget_tokens: Option<usize>,
+    /// KV bytes the running sequences may hold together (the model's reserved KV; `None`:
+    /// unbounded), each counted by `kv_cost`. A prompt that does not fit next to them waits
+    /// in the queue; a batch that outgrows it while decoding is preempted.
+    pub kv_budget_bytes: Option<u64>,
+    /// What a sequence's KV costs by its length.
+    pub kv_cost: KvCost,
     /// Running sequences' KV stored quantized (`None`: as computed). Such sequences keep
     /// their own caches (the slot pool holds floats) and the prefix cache is off.
     pub kv_quant: Option<KvQuant>,
@@ -90,7 +87,8 @@ impl Default for SchedulerConfig {
             max_running: 8,
             prefill_chunk: 512,
             kv: KvConfig::default(),
-            kv_budget_tokens: None,
+            kv_budget_bytes: None,
+            kv_cost: KvCost::default(),
             kv_quant: None,
         }
     }
@@ -468,8 +466,8 @@ impl Engine {
     fn needs_every_token(&self, running: &[Sequence]) -> bool {
         let over_budget = self
             .config
-            .kv_budget_tokens
-            .is_some_and(|limit| running.len() > 1 && held_positions(running) > limit);
+            .kv_budget_bytes
+            .is_some_and(|limit| running.len() > 1 && self.held_bytes(running) > limit);
         over_budget
             || running
                 .iter()
@@ -527,13 +525,12 @@ impl Engine {
     fn place(&mut self, seq: &mut Sequence) {
         seq.cache = if let Some(quant) = self.config.kv_quant {
             Box::new(QuantizedKvCache::new(self.model.num_layers(), quant))
-        } else if seq.tokens.len() <= POOLED_PROMPT_MAX {
+        } else if !cost::runs_in_own_cache(seq.tokens.len()) {
             Box::new(self.slots.acquire())
         } else {
-            // Windowed layers forget what their window no longer sees, but only once the
-            // prefix cache has copied it out: blocks are published after the next step is
-            // queued, so up to two steps' positions and a partial block.
-            let reach = 2 * self.config.prefill_chunk + self.config.kv.block_size;
+            // Windowed layers forget what their window no longer sees, once the prefix cache
+            // has copied it out.
+            let reach = cost::reach_back(self.config.prefill_chunk, self.config.kv.block_size);
             Box::new(DenseKvCache::new(self.model.num_layers()).reaching_back(reach))
         };
         seq.prefilled = match self.prefix.as_mut() {
@@ -553,16 +550,16 @@ impl Engine {
         running: &mut Vec<Sequence>,
         waiting: &mut VecDeque<Waiting>,
     ) {
-        let Some(limit) = self.config.kv_budget_tokens else {
+        let Some(limit) = self.config.kv_budget_bytes else {
             return;
         };
-        let mut held = held_positions(running);
+        let mut held = self.held_bytes(running);
         while running.len() > 1 && held > limit {
             let newest = (0..running.len())
                 .max_by_key(|&i| running[i].admitted)
                 .expect("not empty");
             let mut seq = running.swap_remove(newest);
-            held -= seq.positions();
+            held -= self.seq_bytes(&seq);
             if let Some(p) = self.prefix.as_mut() {
                 p.release(&mut seq.blocks);
             }
@@ -583,15 +580,29 @@ impl Engine {
         }
     }
 
-    /// Whether a prompt of `tokens` fits the KV budget next to the tokens `running` holds.
-    /// Counted in positions, not allocated buffers: the slot pool pads slots and keeps freed
-    /// ones for reuse, so its size says little about what one more sequence costs. Growth
-    /// while decoding is not reserved up front: `preempt_over_budget` handles it.
+    /// Whether a prompt of `tokens` fits the KV budget next to what `running` holds. Counted
+    /// by what the sequences' positions cost, not by allocated buffers: the slot pool pads
+    /// slots and keeps freed ones for reuse, so its size says little about what one more
+    /// sequence costs. Growth while decoding is not reserved up front:
+    /// `preempt_over_budget` handles it.
     fn kv_room(&self, tokens: usize, running: &[Sequence]) -> bool {
-        let Some(limit) = self.config.kv_budget_tokens else {
+        let Some(limit) = self.config.kv_budget_bytes else {
             return true;
         };
-        held_positions(running) + tokens <= limit
+        let own = cost::runs_in_own_cache(tokens);
+        self.held_bytes(running) + self.config.kv_cost.bytes(tokens, own) <= limit
+    }
+
+    /// The KV bytes `running` holds together.
+    fn held_bytes(&self, running: &[Sequence]) -> u64 {
+        running.iter().map(|s| self.seq_bytes(s)).sum()
+    }
+
+    /// The KV bytes of a running sequence: in its own cache, windowed layers keep only their
+    /// window (the cost knows whether its cache does: quantized ones keep everything).
+    fn seq_bytes(&self, seq: &Sequence) -> u64 {
+        let own = SlotKvCache::of(seq.cache.as_ref()).is_none();
+        self.config.kv_cost.bytes(seq.positions(), own)
     }
 
     fn publish_gauges(&self, running: &[Sequence], waiting: usize) {
@@ -1060,10 +1071,6 @@ impl Engine {
 
 /// KV positions the running sequences hold after this step: a decoding sequence's cache
 /// takes its newest token in the step; a prefilling one is counted whole.
-fn held_positions(running: &[Sequence]) -> usize {
-    running.iter().map(Sequence::positions).sum()
-}
-
 /// The cache of a sequence that holds no KV (not placed yet, or paused).
 fn no_cache() -> Box<dyn KvCache> {
     Box::new(DenseKvCache::new(0))

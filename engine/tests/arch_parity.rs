@@ -231,7 +231,7 @@ fn check_long(arch: &str, quant: Quant, dtype: Dtype, recurrent: bool) {
     // The estimate takes activations in the checkpoint's dtype to be half precision, as
     // published checkpoints are.
     if dtype != Dtype::F32 {
-        memory_estimate_counts_what_the_cache_holds(dir.path(), &case.prompt, recurrent);
+        memory_estimate_counts_what_the_cache_holds(dir.path(), recurrent);
     }
 }
 
@@ -283,27 +283,41 @@ fn windowed_layers_forget_only_what_no_query_sees(dir: &Path) {
 /// The registry's estimate (from config.json alone) of a model's memory per token and per
 /// sequence is what a sequence's cache holds: KV only for the layers that keep it (attention
 /// layers of a hybrid model, the layers KV-shared ones read, each with its own head shape),
-/// and the recurrent state of a hybrid model.
-fn memory_estimate_counts_what_the_cache_holds(dir: &Path, prompt: &[u32], recurrent: bool) {
+/// the sliding-window layers' share of it (the layers that forget old positions over a prompt
+/// of many windows), and the recurrent state of a hybrid model.
+fn memory_estimate_counts_what_the_cache_holds(dir: &Path, recurrent: bool) {
     std::fs::write(dir.join("tokenizer.json"), "{}").unwrap();
     let facts = wuwei::integrity::check_model(dir).unwrap();
     std::fs::remove_file(dir.join("tokenizer.json")).unwrap();
     let (_, model) = load_model_dir(dir, WeightsMode::Native).unwrap();
     let mut cache = DenseKvCache::new(model.num_layers());
-    run_ours(model.as_ref(), prompt, &[], &mut cache);
+    let prompt: Vec<u32> = (0..450).map(|i| (i * 37 % 509) as u32 + 1).collect();
+    for chunk in prompt.chunks(150) {
+        run_ours(model.as_ref(), chunk, &[], &mut cache);
+    }
     let mut state_bytes = 0;
-    let mut kv_per_token = 0;
+    let (mut kv_per_token, mut windowed_per_token) = (0, 0);
     for layer in 0..model.num_layers() {
         if let Some(state) = cache.state(layer).as_ref() {
             state_bytes += state.iter().map(Array::nbytes).sum::<usize>();
         }
-        if let Some((k, v)) = cache.range(layer, 0, 1).unwrap() {
+        if let Some((k, v)) = cache.range(layer, 449, 450).unwrap() {
             kv_per_token += k.nbytes() + v.nbytes();
+            if cache.range(layer, 0, 1).unwrap().is_none() {
+                windowed_per_token += k.nbytes() + v.nbytes();
+            }
         }
     }
     assert!(kv_per_token > 0 && (state_bytes > 0) == recurrent);
     assert_eq!(facts.state_bytes_per_sequence, state_bytes as u64);
     assert_eq!(facts.kv_bytes_per_token, kv_per_token as u64);
+    let windowed = facts.windowed_kv.map_or(0, |w| w.bytes_per_token);
+    assert_eq!(windowed, windowed_per_token as u64);
+    assert_eq!(
+        windowed > 0,
+        !recurrent,
+        "the windowed models here have windowed layers"
+    );
 }
 
 fn quant_name(quant: Quant) -> String {

@@ -19,6 +19,7 @@
 
 pub mod block_pool;
 pub mod cache;
+pub mod cost;
 pub mod paged;
 pub mod prefix;
 pub mod quant;

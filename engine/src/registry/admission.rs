@@ -132,7 +132,8 @@ impl Registry {
         }
         // A prompt whose KV alone exceeds the model's KV budget would wait forever: refuse it.
         // (One that fits waits in the engine's queue until running sequences leave room.)
-        let kv_need = prompt.len() as u64 * served.kv_bytes_per_token;
+        let own = crate::kv::cost::runs_in_own_cache(prompt.len());
+        let kv_need = served.kv_cost.bytes(prompt.len(), own);
         if kv_need > served.plan.kv_reserved_bytes {
             return Err(CoreError::InsufficientMemory(format!(
                 "the prompt's KV cache ({} tokens, {}) exceeds the KV budget of '{id}' ({}; raise kv_reserve_tokens)",
@@ -145,9 +146,8 @@ impl Registry {
         // may fill (its last sampled token never enters the KV, hence the + 1). Beyond the
         // budget the scheduler could not keep it running.
         let budget_tokens = served
-            .plan
-            .kv_positions(served.kv_bytes_per_token)
-            .unwrap_or(usize::MAX);
+            .kv_cost
+            .positions_within(served.plan.kv_reserved_bytes, own);
         let room = (context - prompt.len()).min(budget_tokens.saturating_add(1) - prompt.len());
         let (max_tokens, limited_by_context) = match request.max_tokens {
             Some(n) if n <= room => (n, false),

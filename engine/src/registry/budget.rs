@@ -9,6 +9,7 @@ use wuwei_api::{EventKind, EvictReason};
 use crate::config::ModelSettings;
 use crate::core::CoreError;
 use crate::integrity::ModelFacts;
+use crate::kv::cost::{self, KvCost};
 use crate::kv::quant::KvQuant;
 use crate::memory::{self, format_bytes};
 use crate::model::{auto_dequantizes, WeightsMode};
@@ -35,14 +36,6 @@ impl MemoryPlan {
     /// Memory counted against the budget while the model is loaded.
     pub fn steady(&self) -> u64 {
         self.weights_bytes + self.kv_reserved_bytes + self.state_reserved_bytes
-    }
-
-    /// The reserved KV in token positions (`None` when the size of a position is unknown):
-    /// what the model's running sequences may hold together.
-    pub fn kv_positions(&self, kv_bytes_per_token: u64) -> Option<usize> {
-        self.kv_reserved_bytes
-            .checked_div(kv_bytes_per_token)
-            .map(|t| t as usize)
     }
 
     /// Memory that must be free before the load starts.
@@ -107,6 +100,23 @@ impl Registry {
         }
     }
 
+    /// What one sequence's KV costs by its length, as the model will store it: quantized KV
+    /// keeps every position of every layer; float KV in a long sequence's own cache keeps
+    /// only about a window of sliding-window layers.
+    pub(super) fn kv_cost(&self, facts: &ModelFacts, settings: &ModelSettings) -> KvCost {
+        let windowed = match self.kv_quant(settings) {
+            Some(_) => None,
+            None => facts.windowed_kv,
+        };
+        let sched = &self.config.scheduler;
+        KvCost::new(
+            self.kv_bytes_per_token(facts, settings),
+            windowed,
+            sched.prefill_chunk,
+            sched.kv.block_size,
+        )
+    }
+
     /// What loading a model with these facts would cost, and how its weights will be held.
     pub fn plan(&self, facts: &ModelFacts, settings: &ModelSettings) -> MemoryPlan {
         let context = Self::capped_context(facts, settings);
@@ -116,7 +126,10 @@ impl Registry {
         } else {
             reserve_tokens.min(context)
         };
-        let kv = self.kv_bytes_per_token(facts, settings) * kv_tokens as u64;
+        // Room for one sequence of `kv_tokens` (or several sharing them).
+        let kv = self
+            .kv_cost(facts, settings)
+            .bytes(kv_tokens, cost::runs_in_own_cache(kv_tokens));
         let states = facts.state_bytes_per_sequence * self.config.scheduler.max_running as u64;
         let budget = self.budget();
         let mode = match self.config.weights_mode {
@@ -360,5 +373,49 @@ mod tests {
             ..ModelSettings::default()
         };
         assert_eq!(registry.plan(&facts, &off).kv_reserved_bytes, float);
+    }
+
+    /// A model with sliding-window layers reserves, for a long context, full KV for its
+    /// full-attention layers and about a window for the others (what a long sequence's own
+    /// cache holds); a short reserve, or quantized KV, counts every position.
+    #[test]
+    fn windowed_layers_are_reserved_a_window_at_long_context() {
+        let mut facts =
+            integrity::check_model(&test_models().join("SmolLM2-135M-Instruct")).unwrap();
+        let per_token = facts.kv_bytes_per_token;
+        facts.windowed_kv = Some(crate::kv::cost::WindowedKv {
+            bytes_per_token: per_token / 2,
+            window: 1024,
+        });
+        facts.context_length = 100_000;
+        let registry = Registry::new(RegistryConfig {
+            weights_mode: WeightsMode::Native,
+            memory_budget: Some(Amount::Bytes(1 << 40)),
+            ..RegistryConfig::default()
+        });
+        let plan = registry.plan(&facts, &ModelSettings::default());
+        let cost = registry.kv_cost(&facts, &ModelSettings::default());
+        let span = cost.window_span as u64;
+        assert_eq!(span, 1024 + 1024 + 32 + 512);
+        assert_eq!(
+            plan.kv_reserved_bytes,
+            per_token / 2 * 100_000 + per_token / 2 * span
+        );
+        // A lone long sequence may grow to the whole context within that reserve.
+        assert_eq!(cost.positions_within(plan.kv_reserved_bytes, true), 100_000);
+        let short = ModelSettings {
+            context_length: Some(2000),
+            ..ModelSettings::default()
+        };
+        assert_eq!(
+            registry.plan(&facts, &short).kv_reserved_bytes,
+            per_token * 2000
+        );
+        let quantized = ModelSettings {
+            kv_bits: Some(8),
+            ..ModelSettings::default()
+        };
+        let q = registry.kv_cost(&facts, &quantized);
+        assert_eq!(q.window_span, 0, "quantized caches keep every position");
     }
 }

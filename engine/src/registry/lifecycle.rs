@@ -143,8 +143,9 @@ impl Registry {
         let rope = settings.rope_scaling.clone();
         // Running sequences share the KV memory counted for the model in the budget.
         sched.kv_quant = self.kv_quant(&settings);
-        let kv_bytes_per_token = self.kv_bytes_per_token(facts, &settings);
-        sched.kv_budget_tokens = plan.kv_positions(kv_bytes_per_token);
+        let kv_cost = self.kv_cost(facts, &settings);
+        sched.kv_cost = kv_cost;
+        sched.kv_budget_bytes = (kv_cost.per_token > 0).then_some(plan.kv_reserved_bytes);
         let thread_stats = stats.clone();
         let started = Instant::now();
         std::thread::Builder::new()
@@ -212,7 +213,7 @@ impl Registry {
             stats,
             reasoning,
             plan,
-            kv_bytes_per_token,
+            kv_cost,
             settings,
             sampling,
             loaded_at: SystemTime::now(),

@@ -97,8 +97,8 @@ pub struct Served {
     /// Whether the model writes `<think>` reasoning.
     pub reasoning: bool,
     pub plan: MemoryPlan,
-    /// KV bytes of one token position (0: unknown).
-    pub kv_bytes_per_token: u64,
+    /// What a sequence's KV costs by its length (`per_token` 0: unknown).
+    pub kv_cost: crate::kv::cost::KvCost,
     pub settings: ModelSettings,
     /// The sampling a request gets for what it leaves out (`[models."id"]` settings over the
     /// model's `generation_config.json`).

@@ -1,0 +1,161 @@
+//! What a sequence's KV costs in memory by its length. The registry reserves a model's KV
+//! memory with it, the scheduler admits and pauses sequences by it, and both count what the
+//! caches hold: every position of full-attention layers; of sliding-window layers, every
+//! position in the slot pool (short prompts) but only about a window in a long sequence's own
+//! cache (`DenseKvCache` forgets what no query sees any more). For Gemma 3 27B (52 of 62
+//! layers windowed, window 1,024) a 128k-token sequence then costs ~12 GB of bf16 KV
+//! instead of ~66 GB.
+
+/// Prompts up to this many tokens run in the engine's slot pool (batched decode attention);
+/// longer ones keep their own KV buffers and attend alone. Every slot of the pool is as long
+/// as its longest sequence, so this bounds the pool's padding (a long prompt beside seven
+/// short ones would otherwise cost eight long slots), while for long contexts attention's
+/// own work dwarfs the per-sequence overhead that pooling saves.
+pub const POOLED_PROMPT_MAX: usize = 2048;
+
+/// Whether a sequence with a prompt of `prompt_tokens` runs in a cache of its own.
+pub fn runs_in_own_cache(prompt_tokens: usize) -> bool {
+    prompt_tokens > POOLED_PROMPT_MAX
+}
+
+/// Positions behind the newest that a sequence's own cache keeps in windowed layers beyond
+/// their window: the prefix cache copies a step's blocks out after the next step was queued,
+/// so two steps (a prefill chunk each at most) and a partial block. (One step is not enough:
+/// the first copy of a sequence covers its first two steps — measured, every block was lost.)
+pub fn reach_back(prefill_chunk: usize, block_size: usize) -> usize {
+    2 * prefill_chunk + block_size
+}
+
+/// The sliding-window layers of a model: their share of a position's KV bytes, and the
+/// longest window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WindowedKv {
+    pub bytes_per_token: u64,
+    pub window: u64,
+}
+
+/// One sequence's KV bytes as a function of its length.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KvCost {
+    /// Bytes of one position across every KV layer (0: unknown).
+    pub per_token: u64,
+    /// Of those, the bytes in sliding-window layers.
+    pub windowed_per_token: u64,
+    /// The most positions a windowed layer of a sequence's own cache holds (0: such layers
+    /// keep every position, e.g. with quantized KV).
+    pub window_span: usize,
+}
+
+/// The buffers' growth step (`DenseKvCache`'s): a windowed layer's buffer has room for one
+/// more step's writes beyond what it keeps, rounded up to it.
+const STEP: usize = 256;
+
+impl KvCost {
+    /// The cost for a model whose position takes `per_token` bytes, `windowed` of them in
+    /// sliding-window layers whose caches forget (`None`: none do), with the scheduler's
+    /// prefill chunk and the prefix cache's block size.
+    pub fn new(
+        per_token: u64,
+        windowed: Option<WindowedKv>,
+        prefill_chunk: usize,
+        block_size: usize,
+    ) -> Self {
+        let Some(w) = windowed.filter(|w| w.bytes_per_token > 0) else {
+            return Self {
+                per_token,
+                ..Self::default()
+            };
+        };
+        let room = prefill_chunk.div_ceil(STEP) * STEP;
+        Self {
+            per_token,
+            windowed_per_token: w.bytes_per_token.min(per_token),
+            window_span: w.window as usize + reach_back(prefill_chunk, block_size) + room,
+        }
+    }
+
+    /// Bytes of a sequence of `positions`; `own`: in a cache of its own (else in the pool).
+    pub fn bytes(&self, positions: usize, own: bool) -> u64 {
+        let all = self.per_token * positions as u64;
+        if !own || self.window_span == 0 || positions <= self.window_span {
+            return all;
+        }
+        let forgotten = (positions - self.window_span) as u64;
+        all - self.windowed_per_token * forgotten
+    }
+
+    /// The most positions a lone sequence holds within `bytes` (`usize::MAX` when a position
+    /// costs nothing known).
+    pub fn positions_within(&self, bytes: u64, own: bool) -> usize {
+        if self.per_token == 0 {
+            return usize::MAX;
+        }
+        let plain = (bytes / self.per_token) as usize;
+        if !own || self.window_span == 0 || plain <= self.window_span {
+            return plain;
+        }
+        // Past the span, a position costs only its full-attention layers.
+        let full = self.per_token - self.windowed_per_token;
+        if full == 0 {
+            return usize::MAX;
+        }
+        let past = bytes - self.per_token * self.window_span as u64;
+        self.window_span + (past / full) as usize
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Gemma 3 27B in bf16: 62 layers of 16 KV heads of 128, 52 of them windowed (1,024).
+    fn gemma3_27b() -> KvCost {
+        let layer = 2 * 16 * 128 * 2;
+        let windowed = WindowedKv {
+            bytes_per_token: 52 * layer,
+            window: 1024,
+        };
+        KvCost::new(62 * layer, Some(windowed), 512, 32)
+    }
+
+    #[test]
+    fn a_long_sequence_pays_for_the_window_of_windowed_layers_only() {
+        let cost = gemma3_27b();
+        assert_eq!(cost.window_span, 1024 + 1056 + 512);
+        let layer = 2 * 16 * 128 * 2u64;
+        // Short, or in the pool: every position of every layer.
+        assert_eq!(cost.bytes(1000, true), 1000 * 62 * layer);
+        assert_eq!(cost.bytes(128_000, false), 128_000 * 62 * layer);
+        // Long, in its own cache: full layers whole, windowed layers their span.
+        let long = cost.bytes(128_000, true);
+        assert_eq!(long, 128_000 * 10 * layer + 2592 * 52 * layer);
+        assert!(long * 5 < cost.bytes(128_000, false));
+        // The inverse: the longest sequence within those bytes.
+        assert_eq!(cost.positions_within(long, true), 128_000);
+        assert_eq!(
+            cost.positions_within(long, false),
+            (long / (62 * layer)) as usize
+        );
+        assert_eq!(cost.positions_within(1000 * 62 * layer, true), 1000);
+    }
+
+    #[test]
+    fn without_windows_or_with_kept_positions_a_position_costs_the_same_everywhere() {
+        let plain = KvCost::new(100, None, 512, 32);
+        assert_eq!(plain.bytes(10_000, true), 1_000_000);
+        assert_eq!(plain.positions_within(1_000_050, true), 10_000);
+        assert_eq!(KvCost::default().positions_within(5, true), usize::MAX);
+        // A model whose every layer is windowed: past the span, positions are free.
+        let all = KvCost::new(
+            100,
+            Some(WindowedKv {
+                bytes_per_token: 100,
+                window: 16,
+            }),
+            512,
+            32,
+        );
+        assert_eq!(all.bytes(100_000, true), all.bytes(all.window_span, true));
+        assert_eq!(all.positions_within(u64::MAX / 2, true), usize::MAX);
+    }
+}
