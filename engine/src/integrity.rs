@@ -27,7 +27,7 @@ pub struct ModelFacts {
     /// KV-cache bytes one token takes across all (attention) layers.
     pub kv_bytes_per_token: u64,
     /// The sliding-window layers' share of those, and their window (`None`: no such
-    /// layers): a long sequence's own cache keeps only about a window of them.
+    /// layers): a sequence's cache keeps only about a window of them.
     pub windowed_kv: Option<WindowedKv>,
     /// Recurrent-state bytes one running sequence takes whatever its length (the
     /// linear-attention layers of hybrid models; 0 for others).

@@ -30,7 +30,7 @@ use crate::kv::cost::{self, KvCost};
 use crate::kv::paged::layout_of;
 use crate::kv::prefix::ModelIdentity;
 use crate::kv::quant::{KvQuant, QuantizedKvCache};
-use crate::kv::slots::{SharedSlots, SlotKvCache};
+use crate::kv::slots::SharedSlots;
 use crate::kv::snapshot::state_layout;
 use crate::kv::{KvConfig, PrefixCache, PrefixProbe, SeqBlocks};
 use crate::metrics;
@@ -39,9 +39,15 @@ use crate::text::constraint::{Grammar, TokenMask};
 use crate::text::detokenizer::IncrementalDetokenizer;
 use crate::text::output_parser::{OutputParser, ParserSetup};
 use crate::text::sampler::{self, Choice, Row, Sampled, Sampler};
-
 use crate::text::stop::{StopMatcher, StopOutcome};
 use crate::text::tokenizer::Tokenizer;
+
+/// Prompts up to this many tokens run in the engine's slot pool (batched decode attention);
+/// longer ones keep their own KV buffers and attend alone. Every slot of the pool is as long
+/// as its longest sequence, so this bounds the pool's padding (a long prompt beside seven
+/// short ones would otherwise cost eight long slots), while for long contexts attention's
+/// own work dwarfs the per-sequence overhead that pooling saves.
+const POOLED_PROMPT_MAX: usize = 2048;
 
 /// A tokenized request, ready for the engine thread.
 pub struct SeqRequest {
@@ -324,6 +330,9 @@ impl Engine {
         stats: Arc<EngineStats>,
     ) -> Self {
         let eos = tokenizer.eos_token_ids().to_vec();
+        // Windowed layers forget what their window no longer sees, once the prefix cache has
+        // copied it out.
+        let reach = cost::reach_back(config.prefill_chunk, config.kv.block_size);
         let prefix = if let Some(quant) = config.kv_quant {
             // Blocks hold float KV: quantized sequences neither reuse nor publish them.
             tracing::info!(model = %model_id, kv = %quant.label(), "quantized KV: prefix cache off for this model");
@@ -343,7 +352,7 @@ impl Engine {
             eos,
             config,
             stats,
-            slots: SharedSlots::new(model.num_layers()),
+            slots: SharedSlots::new(model.num_layers()).reaching_back(reach),
             model,
             model_id,
             prefix,
@@ -525,11 +534,9 @@ impl Engine {
     fn place(&mut self, seq: &mut Sequence) {
         seq.cache = if let Some(quant) = self.config.kv_quant {
             Box::new(QuantizedKvCache::new(self.model.num_layers(), quant))
-        } else if !cost::runs_in_own_cache(seq.tokens.len()) {
+        } else if seq.tokens.len() <= POOLED_PROMPT_MAX {
             Box::new(self.slots.acquire())
         } else {
-            // Windowed layers forget what their window no longer sees, once the prefix cache
-            // has copied it out.
             let reach = cost::reach_back(self.config.prefill_chunk, self.config.kv.block_size);
             Box::new(DenseKvCache::new(self.model.num_layers()).reaching_back(reach))
         };
@@ -589,8 +596,7 @@ impl Engine {
         let Some(limit) = self.config.kv_budget_bytes else {
             return true;
         };
-        let own = cost::runs_in_own_cache(tokens);
-        self.held_bytes(running) + self.config.kv_cost.bytes(tokens, own) <= limit
+        self.held_bytes(running) + self.config.kv_cost.bytes(tokens) <= limit
     }
 
     /// The KV bytes `running` holds together.
@@ -598,11 +604,9 @@ impl Engine {
         running.iter().map(|s| self.seq_bytes(s)).sum()
     }
 
-    /// The KV bytes of a running sequence: in its own cache, windowed layers keep only their
-    /// window (the cost knows whether its cache does: quantized ones keep everything).
+    /// The KV bytes of a running sequence.
     fn seq_bytes(&self, seq: &Sequence) -> u64 {
-        let own = SlotKvCache::of(seq.cache.as_ref()).is_none();
-        self.config.kv_cost.bytes(seq.positions(), own)
+        self.config.kv_cost.bytes(seq.positions())
     }
 
     fn publish_gauges(&self, running: &[Sequence], waiting: usize) {

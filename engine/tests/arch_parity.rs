@@ -17,7 +17,7 @@ use common::{python, root};
 use mlx_rs::Array;
 use serde_json::{json, Value};
 use wuwei::kv::cache::{DenseKvCache, KvCache};
-use wuwei::kv::slots::SharedSlots;
+use wuwei::kv::slots::{SharedSlots, SlotKvCache};
 use wuwei::model::{load_model_dir, BatchSeq, LanguageModel, Logits, WeightsMode};
 
 const TOLERANCE: f32 = 1e-4;
@@ -235,45 +235,61 @@ fn check_long(arch: &str, quant: Quant, dtype: Dtype, recurrent: bool) {
     }
 }
 
-/// A sequence's own cache keeps only the window of a windowed layer (the random configs'
-/// windows are 16): over a prompt of many windows in chunks and hundreds of decode steps —
-/// enough for its buffers to move forward several times — the logits are bit for bit those
-/// of a cache that forgets nothing (KV-shared layers, which read a windowed layer's stored
-/// keys, included), and the cache holds a fraction of the memory.
+/// Windowed layers keep only their window (the random configs' windows are 16), in a
+/// sequence's own cache and in the slot pool: over a prompt of many windows in chunks and
+/// hundreds of decode steps — enough for the buffers to move forward several times — a own
+/// cache's logits are bit for bit those of a cache that forgets nothing (KV-shared layers,
+/// which read a windowed layer's stored keys, included); a pooled sequence decoding beside
+/// two others of other lengths (their rows forgetting at other times) agrees within the
+/// tolerance; and the windowed layers hold a fraction of the memory.
 fn windowed_layers_forget_only_what_no_query_sees(dir: &Path) {
     let (_, model) = load_model_dir(dir, WeightsMode::Native).unwrap();
     let layers = model.num_layers();
     let mut forgets = DenseKvCache::new(layers);
     let mut keeps = DenseKvCache::new(layers).reaching_back(1 << 20);
+    let pool = SharedSlots::new(layers);
+    let mut pooled: Vec<SlotKvCache> = (0..3).map(|_| pool.acquire()).collect();
     let prompt: Vec<u32> = (0..700).map(|i| (i * 37 % 509) as u32 + 1).collect();
-    let next = |cache: &mut DenseKvCache, ids: &[u32]| {
-        let mut b = [BatchSeq {
-            len: ids.len(),
-            cache,
-        }];
-        to_vec(&model.forward(&tokens(ids), &mut b, Logits::Last).unwrap())
+    let run = |batch: &mut [BatchSeq<'_>], ids: &[u32]| {
+        to_vec(&model.forward(&tokens(ids), batch, Logits::Last).unwrap())
     };
+    let next = |cache: &mut dyn KvCache, ids: &[u32]| {
+        run(
+            &mut [BatchSeq {
+                len: ids.len(),
+                cache,
+            }],
+            ids,
+        )
+    };
+    let close = |w: &str, a: &[f32], b: &[f32]| assert_within(w, a, b, TOLERANCE);
+    // The other two pooled sequences: 100 and 300 prompt positions.
+    for (i, n) in [(1, 100), (2, 300)] {
+        next(&mut pooled[i], &prompt[..n]);
+    }
     for chunk in prompt.chunks(128) {
-        assert_eq!(
-            next(&mut forgets, chunk),
-            next(&mut keeps, chunk),
-            "prefill"
-        );
+        let want = next(&mut keeps, chunk);
+        assert_eq!(next(&mut forgets, chunk), want, "prefill");
+        close("pooled prefill", &next(&mut pooled[0], chunk), &want);
     }
     for step in 0..300u32 {
         let t = [step * 7 % 509 + 1];
-        assert_eq!(
-            next(&mut forgets, &t),
-            next(&mut keeps, &t),
-            "decode {step}"
-        );
+        let want = next(&mut keeps, &t);
+        assert_eq!(next(&mut forgets, &t), want, "decode {step}");
+        let [a, b, c] = &mut pooled[..] else {
+            unreachable!()
+        };
+        let mut batch = [a, b, c].map(|cache| BatchSeq { len: 1, cache });
+        let out = run(&mut batch, &[t[0], 3, 4]);
+        close(&format!("pooled decode {step}"), &out[..want.len()], &want);
     }
     // 1,000 positions: a windowed layer holds its window and room to write (< 300 here).
     let held = |c: &DenseKvCache, l: usize| c.layer(l).map(|((k, _), first)| (k.shape()[2], first));
     let windowed = (0..layers)
         .filter(|&l| held(&forgets, l) != held(&keeps, l))
         .inspect(|&l| {
-            assert!(matches!(held(&forgets, l), Some((n, first)) if n < 300 && first > 700))
+            assert!(matches!(held(&forgets, l), Some((n, first)) if n < 300 && first > 700));
+            assert!(pool.lock().first(l, 0) > 700, "the pooled row forgot too");
         })
         .count();
     assert!(windowed > 0, "no layer forgot anything");

@@ -1,25 +1,13 @@
 //! What a sequence's KV costs in memory by its length. The registry reserves a model's KV
 //! memory with it, the scheduler admits and pauses sequences by it, and both count what the
-//! caches hold: every position of full-attention layers; of sliding-window layers, every
-//! position in the slot pool (short prompts) but only about a window in a long sequence's own
-//! cache (`DenseKvCache` forgets what no query sees any more). For Gemma 3 27B (52 of 62
-//! layers windowed, window 1,024) a 128k-token sequence then costs ~12 GB of bf16 KV
-//! instead of ~66 GB.
+//! caches hold: every position of full-attention layers, and of sliding-window layers only
+//! about a window (float caches, in the slot pool and in a sequence's own, forget what no
+//! query sees any more; quantized caches keep everything). For Gemma 3 27B (52 of 62 layers
+//! windowed, window 1,024) a 128k-token sequence then costs ~12 GB of bf16 KV instead of
+//! ~65 GB.
 
-/// Prompts up to this many tokens run in the engine's slot pool (batched decode attention);
-/// longer ones keep their own KV buffers and attend alone. Every slot of the pool is as long
-/// as its longest sequence, so this bounds the pool's padding (a long prompt beside seven
-/// short ones would otherwise cost eight long slots), while for long contexts attention's
-/// own work dwarfs the per-sequence overhead that pooling saves.
-pub const POOLED_PROMPT_MAX: usize = 2048;
-
-/// Whether a sequence with a prompt of `prompt_tokens` runs in a cache of its own.
-pub fn runs_in_own_cache(prompt_tokens: usize) -> bool {
-    prompt_tokens > POOLED_PROMPT_MAX
-}
-
-/// Positions behind the newest that a sequence's own cache keeps in windowed layers beyond
-/// their window: the prefix cache copies a step's blocks out after the next step was queued,
+/// Positions behind the newest that a sequence's cache keeps in windowed layers beyond their
+/// window: the prefix cache copies a step's blocks out after the next step was queued,
 /// so two steps (a prefill chunk each at most) and a partial block. (One step is not enough:
 /// the first copy of a sequence covers its first two steps — measured, every block was lost.)
 pub fn reach_back(prefill_chunk: usize, block_size: usize) -> usize {
@@ -41,8 +29,8 @@ pub struct KvCost {
     pub per_token: u64,
     /// Of those, the bytes in sliding-window layers.
     pub windowed_per_token: u64,
-    /// The most positions a windowed layer of a sequence's own cache holds (0: such layers
-    /// keep every position, e.g. with quantized KV).
+    /// The most positions a windowed layer of a sequence's cache holds (0: such layers keep
+    /// every position, as quantized caches do).
     pub window_span: usize,
 }
 
@@ -74,10 +62,10 @@ impl KvCost {
         }
     }
 
-    /// Bytes of a sequence of `positions`; `own`: in a cache of its own (else in the pool).
-    pub fn bytes(&self, positions: usize, own: bool) -> u64 {
+    /// Bytes of a sequence of `positions`.
+    pub fn bytes(&self, positions: usize) -> u64 {
         let all = self.per_token * positions as u64;
-        if !own || self.window_span == 0 || positions <= self.window_span {
+        if self.window_span == 0 || positions <= self.window_span {
             return all;
         }
         let forgotten = (positions - self.window_span) as u64;
@@ -86,12 +74,12 @@ impl KvCost {
 
     /// The most positions a lone sequence holds within `bytes` (`usize::MAX` when a position
     /// costs nothing known).
-    pub fn positions_within(&self, bytes: u64, own: bool) -> usize {
+    pub fn positions_within(&self, bytes: u64) -> usize {
         if self.per_token == 0 {
             return usize::MAX;
         }
         let plain = (bytes / self.per_token) as usize;
-        if !own || self.window_span == 0 || plain <= self.window_span {
+        if self.window_span == 0 || plain <= self.window_span {
             return plain;
         }
         // Past the span, a position costs only its full-attention layers.
@@ -123,28 +111,23 @@ mod tests {
         let cost = gemma3_27b();
         assert_eq!(cost.window_span, 1024 + 1056 + 512);
         let layer = 2 * 16 * 128 * 2u64;
-        // Short, or in the pool: every position of every layer.
-        assert_eq!(cost.bytes(1000, true), 1000 * 62 * layer);
-        assert_eq!(cost.bytes(128_000, false), 128_000 * 62 * layer);
-        // Long, in its own cache: full layers whole, windowed layers their span.
-        let long = cost.bytes(128_000, true);
+        // Short: every position of every layer.
+        assert_eq!(cost.bytes(1000), 1000 * 62 * layer);
+        // Long: full layers whole, windowed layers their span.
+        let long = cost.bytes(128_000);
         assert_eq!(long, 128_000 * 10 * layer + 2592 * 52 * layer);
-        assert!(long * 5 < cost.bytes(128_000, false));
+        assert!(long * 5 < 128_000 * 62 * layer);
         // The inverse: the longest sequence within those bytes.
-        assert_eq!(cost.positions_within(long, true), 128_000);
-        assert_eq!(
-            cost.positions_within(long, false),
-            (long / (62 * layer)) as usize
-        );
-        assert_eq!(cost.positions_within(1000 * 62 * layer, true), 1000);
+        assert_eq!(cost.positions_within(long), 128_000);
+        assert_eq!(cost.positions_within(1000 * 62 * layer), 1000);
     }
 
     #[test]
-    fn without_windows_or_with_kept_positions_a_position_costs_the_same_everywhere() {
+    fn without_windows_a_position_costs_the_same_at_any_length() {
         let plain = KvCost::new(100, None, 512, 32);
-        assert_eq!(plain.bytes(10_000, true), 1_000_000);
-        assert_eq!(plain.positions_within(1_000_050, true), 10_000);
-        assert_eq!(KvCost::default().positions_within(5, true), usize::MAX);
+        assert_eq!(plain.bytes(10_000), 1_000_000);
+        assert_eq!(plain.positions_within(1_000_050), 10_000);
+        assert_eq!(KvCost::default().positions_within(5), usize::MAX);
         // A model whose every layer is windowed: past the span, positions are free.
         let all = KvCost::new(
             100,
@@ -155,7 +138,7 @@ mod tests {
             512,
             32,
         );
-        assert_eq!(all.bytes(100_000, true), all.bytes(all.window_span, true));
-        assert_eq!(all.positions_within(u64::MAX / 2, true), usize::MAX);
+        assert_eq!(all.bytes(100_000), all.bytes(all.window_span));
+        assert_eq!(all.positions_within(u64::MAX / 2), usize::MAX);
     }
 }

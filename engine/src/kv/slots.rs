@@ -9,6 +9,11 @@
 //! The price is padding: every slot has the capacity of the longest sequence. Buffers are
 //! dropped as soon as no sequence holds a slot, so the padding lasts only while the batch
 //! runs.
+//!
+//! Sliding-window layers forget, slot by slot, what no query sees any more (as
+//! `DenseKvCache` does): a slot's row then starts at a later position (`first`), moved to the
+//! row's start at most once per `STEP` positions, by the slot's own length only — so a
+//! sequence's keys, and its numbers, do not depend on the batch.
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -16,7 +21,7 @@ use mlx_rs::error::Exception;
 use mlx_rs::ops::{concatenate, zeros_dtype};
 use mlx_rs::Array;
 
-use crate::kv::cache::{AsAny, KvCache, RecurrentStates};
+use crate::kv::cache::{window_start, AsAny, KvCache, RecurrentStates};
 use crate::mlx_ext::{scatter, slice, slice_axis, slice_update};
 
 /// Capacity grows in steps of this many positions.
@@ -25,7 +30,13 @@ const STEP: i32 = 256;
 /// The buffers and the slot table of one engine.
 pub struct SlotPool {
     layers: Vec<Option<(Array, Array)>>,
+    /// Per layer and slot, the position index 0 of the slot's row holds (0 but in windowed
+    /// layers).
+    first: Vec<Vec<i32>>,
     in_use: Vec<bool>,
+    /// Positions behind the newest that windowed layers keep beyond their window (see
+    /// `DenseKvCache::reaching_back`).
+    reach_back: i32,
 }
 
 /// A pool as the sequences share it (the engine thread is its only user; the lock is never
@@ -37,8 +48,16 @@ impl SharedSlots {
     pub fn new(num_layers: usize) -> Self {
         Self(Arc::new(Mutex::new(SlotPool {
             layers: (0..num_layers).map(|_| None).collect(),
+            first: vec![Vec::new(); num_layers],
             in_use: Vec::new(),
+            reach_back: 0,
         })))
+    }
+
+    /// Windowed layers keep at least the newest `positions` positions of each slot.
+    pub fn reaching_back(self, positions: usize) -> Self {
+        self.lock().reach_back = positions as i32;
+        self
     }
 
     pub fn lock(&self) -> MutexGuard<'_, SlotPool> {
@@ -56,6 +75,12 @@ impl SharedSlots {
             }
         };
         pool.in_use[slot] = true;
+        for first in pool.first.iter_mut() {
+            if first.len() <= slot {
+                first.resize(slot + 1, 0);
+            }
+            first[slot] = 0;
+        }
         SlotKvCache {
             pool: self.clone(),
             slot,
@@ -86,7 +111,50 @@ impl SlotPool {
             // Nothing runs: give the memory back.
             self.in_use.clear();
             self.layers.iter_mut().for_each(|l| *l = None);
+            self.first.iter_mut().for_each(Vec::clear);
         }
+    }
+
+    /// The position index 0 of `slot`'s row of `layer` holds.
+    pub fn first(&self, layer: usize, slot: usize) -> i32 {
+        self.first[layer].get(slot).copied().unwrap_or(0)
+    }
+
+    /// Before `n` positions are written at `offset` into `slot` of a layer with `window`:
+    /// when more of the row lies before what the layer keeps than it keeps (and a `STEP`), the
+    /// kept positions move to the row's start. Returns the row's first position.
+    fn forget(
+        &mut self,
+        layer: usize,
+        slot: usize,
+        offset: i32,
+        n: i32,
+        window: Option<i32>,
+    ) -> Result<i32, Exception> {
+        let first = self.first(layer, slot);
+        let Some(window) = window else {
+            return Ok(first);
+        };
+        let keep_from = window_start(offset, window)
+            .min(offset + n - self.reach_back)
+            .max(first);
+        let live = offset - keep_from;
+        if keep_from - first <= live + STEP {
+            return Ok(first);
+        }
+        if let Some((k, v)) = self.layers[layer].take() {
+            let s = slot as i32;
+            let (from, to) = (keep_from - first, offset - first);
+            // The kept part is read from the old buffer (MLX does not update a buffer in place
+            // while a slice of it is pending), then written at the row's start.
+            let moved = |a: &Array| -> Result<Array, Exception> {
+                let kept = slice(a, &[s, 0, from], &[s + 1, a.shape()[1], to])?;
+                Ok(slice_update(a, &kept, &[s, 0, 0, 0])?)
+            };
+            self.layers[layer] = Some((moved(&k)?, moved(&v)?));
+        }
+        self.first[layer][slot] = keep_from;
+        Ok(keep_from)
     }
 
     /// Makes `layer`'s buffers hold every slot handed out so far, `end` positions each, shaped like
@@ -132,7 +200,8 @@ impl SlotPool {
             .ok_or_else(|| Exception::custom(format!("KV slot buffers of layer {layer} are empty")))
     }
 
-    /// Writes `keys`/`values` (`[1, kv_heads, n, head_dim]`) into `slot` at `offset`.
+    /// Writes `keys`/`values` (`[1, kv_heads, n, head_dim]`) into `slot` at `offset`, in a
+    /// layer with `window` (which may then forget older positions).
     pub fn write(
         &mut self,
         layer: usize,
@@ -140,17 +209,21 @@ impl SlotPool {
         offset: i32,
         keys: &Array,
         values: &Array,
+        window: Option<i32>,
     ) -> Result<(), Exception> {
-        self.reserve(layer, keys, offset + keys.shape()[2])?;
+        let n = keys.shape()[2];
+        let first = self.forget(layer, slot, offset, n, window)?;
+        self.reserve(layer, keys, offset + n - first)?;
         let (k, v) = self.layers[layer].take().expect("reserved");
-        let at = [slot as i32, 0, offset, 0];
+        let at = [slot as i32, 0, offset - first, 0];
         // Moving the buffers in lets MLX update them in place (it donates a sole reference).
         self.layers[layer] = Some((slice_update(&k, keys, &at)?, slice_update(&v, values, &at)?));
         Ok(())
     }
 
     /// Writes one new position per sequence: row `i` of `keys`/`values` (`[B, kv_heads, 1,
-    /// head_dim]`) goes to `slots[i]` at `offsets[i]`, in one scatter per buffer.
+    /// head_dim]`) goes to `slots[i]` at `offsets[i]`, in one scatter per buffer, in a layer
+    /// with `window`.
     pub fn write_decode(
         &mut self,
         layer: usize,
@@ -158,15 +231,17 @@ impl SlotPool {
         offsets: &[i32],
         keys: &Array,
         values: &Array,
+        window: Option<i32>,
     ) -> Result<(), Exception> {
-        let end = offsets.iter().max().map_or(0, |o| o + 1);
+        let mut at = Vec::with_capacity(slots.len());
+        for (&slot, &offset) in slots.iter().zip(offsets) {
+            at.push(offset - self.forget(layer, slot as usize, offset, 1, window)?);
+        }
+        let end = at.iter().max().map_or(0, |i| i + 1);
         self.reserve(layer, keys, end)?;
         let (k, v) = self.layers[layer].take().expect("reserved");
         let n = slots.len() as i32;
-        let idx = [
-            Array::from_slice(slots, &[n]),
-            Array::from_slice(offsets, &[n]),
-        ];
+        let idx = [Array::from_slice(slots, &[n]), Array::from_slice(&at, &[n])];
         let s = keys.shape();
         let rows = [n, 1, s[1], 1, s[3]];
         let k = scatter(&k, &idx, &keys.reshape(&rows)?, &[0, 2])?;
@@ -175,7 +250,8 @@ impl SlotPool {
         Ok(())
     }
 
-    /// Positions `start..end` of `slot` (`[1, kv_heads, end - start, head_dim]`).
+    /// Positions `start..end` of `slot` (`[1, kv_heads, end - start, head_dim]`; `start` at
+    /// or after the row's first position).
     pub fn read(
         &self,
         layer: usize,
@@ -184,6 +260,8 @@ impl SlotPool {
         end: i32,
     ) -> Result<(Array, Array), Exception> {
         let (k, v) = self.buffers(layer)?;
+        let first = self.first(layer, slot);
+        let (start, end) = (start - first, end - first);
         let s = slot as i32;
         Ok((
             slice(k, &[s, 0, start], &[s + 1, k.shape()[1], end])?,
@@ -191,8 +269,8 @@ impl SlotPool {
         ))
     }
 
-    /// The first `len` positions of each of `slots`, in that order (`[B, kv_heads, len,
-    /// head_dim]`): a view when the slots are consecutive (`s..s + B` in order: any group of
+    /// The first `len` entries of each of `slots`' rows (from each row's first position), in
+    /// that order (`[B, kv_heads, len, head_dim]`): a view when the slots are consecutive (`s..s + B` in order: any group of
     /// one, and the usual batch), a gathered copy (proportional to the context, per layer and
     /// step) otherwise.
     pub fn read_slots(
@@ -267,8 +345,23 @@ impl KvCache for SlotKvCache {
         let mut pool = self.pool.lock();
         let start = self.offset as i32;
         let end = start + keys.shape()[2];
-        pool.write(layer, self.slot, start, &keys, &values)?;
-        pool.read(layer, self.slot, 0, end)
+        pool.write(layer, self.slot, start, &keys, &values, None)?;
+        let first = pool.first(layer, self.slot);
+        pool.read(layer, self.slot, first, end)
+    }
+
+    fn update_and_fetch_window(
+        &mut self,
+        layer: usize,
+        keys: Array,
+        values: Array,
+        window: i32,
+    ) -> Result<(Array, Array), Exception> {
+        let mut pool = self.pool.lock();
+        let start = self.offset as i32;
+        let end = start + keys.shape()[2];
+        pool.write(layer, self.slot, start, &keys, &values, Some(window))?;
+        pool.read(layer, self.slot, window_start(start, window), end)
     }
 
     fn advance(&mut self, n: usize) {
@@ -281,13 +374,11 @@ impl KvCache for SlotKvCache {
         start: i32,
         end: i32,
     ) -> Result<Option<(Array, Array)>, Exception> {
-        if end as usize > self.offset {
+        let pool = self.pool.lock();
+        if end as usize > self.offset || start < pool.first(layer, self.slot) {
             return Ok(None);
         }
-        self.pool
-            .lock()
-            .read(layer, self.slot, start, end)
-            .map(Some)
+        pool.read(layer, self.slot, start, end).map(Some)
     }
 
     fn num_layers(&self) -> usize {
@@ -366,7 +457,8 @@ mod tests {
         let new = Array::from_slice(&[7.0f32, 7.5, 9.0, 9.5], &[2, 1, 1, 2]);
         {
             let mut p = pool.lock();
-            p.write_decode(0, &[2, 0], &[4, 2], &new, &new).unwrap();
+            p.write_decode(0, &[2, 0], &[4, 2], &new, &new, None)
+                .unwrap();
             let (k, _) = p.read_slots(0, &[2, 0], 5).unwrap();
             let k = floats(&k);
             assert_eq!(&k[8..10], &[7.0, 7.5], "slot 2, position 4");
@@ -412,5 +504,42 @@ mod tests {
         drop(b);
         drop(c);
         assert_eq!(pool.nbytes(), 0);
+    }
+
+    /// A windowed layer's slot returns what a windowed own cache returns, through chunks and
+    /// decode steps, while its row starts later and later and another slot keeps its own
+    /// positions.
+    #[test]
+    fn a_windowed_slot_forgets_as_an_own_cache_does() {
+        let (window, reach) = (16, 40);
+        let pool = SharedSlots::new(1).reaching_back(reach);
+        let mut other = pool.acquire();
+        let mut slot = pool.acquire();
+        let mut dense = DenseKvCache::new(1).reaching_back(reach);
+        other
+            .update_and_fetch_window(0, ramp(1, 50, 2, -1.0), ramp(1, 50, 2, -1.0), window)
+            .unwrap();
+        other.advance(50);
+        for (i, n) in [100, 3, 300, 9].into_iter().chain([1; 600]).enumerate() {
+            let base = 1000.0 * i as f32;
+            let (k, v) = (ramp(1, n, 2, base), ramp(1, n, 2, -base));
+            let (k1, v1) = slot
+                .update_and_fetch_window(0, k.clone(), v.clone(), window)
+                .unwrap();
+            let (k2, v2) = dense.update_and_fetch_window(0, k, v, window).unwrap();
+            assert_eq!(floats(&k1), floats(&k2));
+            assert_eq!(floats(&v1), floats(&v2));
+            slot.advance(n as usize);
+            dense.advance(n as usize);
+        }
+        let end = slot.offset() as i32;
+        assert!(pool.lock().first(0, 1) > end - 300, "the row moved forward");
+        assert!(slot.range(0, 0, 4).unwrap().is_none(), "forgotten");
+        let (k, _) = slot.range(0, end - reach as i32, end).unwrap().unwrap();
+        let (d, _) = dense.range(0, end - reach as i32, end).unwrap().unwrap();
+        assert_eq!(floats(&k), floats(&d));
+        assert_eq!(pool.lock().first(0, 0), 0, "the other slot's row stays");
+        let (o, _) = other.range(0, 0, 50).unwrap().unwrap();
+        assert_eq!(floats(&o), floats(&ramp(1, 50, 2, -1.0)));
     }
 }

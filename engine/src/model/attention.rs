@@ -532,12 +532,14 @@ impl PooledPass<'_> {
         let mut pool = pool.lock();
         // Every write of the layer before any read: a read is a view of the buffer, and MLX
         // can update a buffer in place only while nothing else refers to it.
+        let window = self.extras.window;
         if let Some((_, Some((k, v)))) = &decoders {
-            pool.write_decode(self.layer, &layout.dec_slots, &layout.dec_offsets, k, v)?;
+            let (slots, offsets) = (&layout.dec_slots, &layout.dec_offsets);
+            pool.write_decode(self.layer, slots, offsets, k, v, window)?;
         }
         for c in &chunks {
             if let Some((k, v)) = &c.kv {
-                pool.write(self.layer, c.slot, c.offset, k, v)?;
+                pool.write(self.layer, c.slot, c.offset, k, v, window)?;
             }
         }
         let dec_out = match decoders {
@@ -627,9 +629,17 @@ impl PooledPass<'_> {
     /// `[1, B, heads * dim]` in decoding order.
     fn attend_decoders(&self, pool: &SlotPool, layout: &Layout, q: Array) -> Result<Array> {
         let n_dec = layout.n_dec();
+        // Each decoder's keys held in its row: up to its new position, from the row's first
+        // (a windowed layer's rows forget their oldest positions).
+        let held: Vec<i32> = (0..layout.decoding.len())
+            .map(|j| {
+                let slot = layout.dec_slots[j] as usize;
+                layout.dec_offsets[j] + 1 - pool.first(self.layer, slot)
+            })
+            .collect();
         let mut groups: BTreeMap<i32, Vec<usize>> = BTreeMap::new();
-        for (j, off) in layout.dec_offsets.iter().enumerate() {
-            let padded = (off + 1 + DECODE_BUCKET - 1) / DECODE_BUCKET * DECODE_BUCKET;
+        for (j, n) in held.iter().enumerate() {
+            let padded = (n + DECODE_BUCKET - 1) / DECODE_BUCKET * DECODE_BUCKET;
             groups.entry(padded).or_default().push(j);
         }
         let mut outs = Vec::with_capacity(groups.len());
@@ -644,7 +654,7 @@ impl PooledPass<'_> {
                 let idx: Vec<i32> = members.iter().map(|&j| j as i32).collect();
                 q.take_axis(Array::from_slice(&idx, &[m]), 0)?
             };
-            let lens: Vec<i32> = members.iter().map(|&j| layout.dec_offsets[j] + 1).collect();
+            let lens: Vec<i32> = members.iter().map(|&j| held[j]).collect();
             let lens = Array::from_slice(&lens, &[m, 1, 1, 1]);
             let positions = arange::<_, i32>(0, *padded, None)?;
             let mut mask = positions.lt(&lens)?;

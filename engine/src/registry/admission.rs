@@ -132,8 +132,7 @@ impl Registry {
         }
         // A prompt whose KV alone exceeds the model's KV budget would wait forever: refuse it.
         // (One that fits waits in the engine's queue until running sequences leave room.)
-        let own = crate::kv::cost::runs_in_own_cache(prompt.len());
-        let kv_need = served.kv_cost.bytes(prompt.len(), own);
+        let kv_need = served.kv_cost.bytes(prompt.len());
         if kv_need > served.plan.kv_reserved_bytes {
             return Err(CoreError::InsufficientMemory(format!(
                 "the prompt's KV cache ({} tokens, {}) exceeds the KV budget of '{id}' ({}; raise kv_reserve_tokens)",
@@ -147,7 +146,7 @@ impl Registry {
         // budget the scheduler could not keep it running.
         let budget_tokens = served
             .kv_cost
-            .positions_within(served.plan.kv_reserved_bytes, own);
+            .positions_within(served.plan.kv_reserved_bytes);
         let room = (context - prompt.len()).min(budget_tokens.saturating_add(1) - prompt.len());
         let (max_tokens, limited_by_context) = match request.max_tokens {
             Some(n) if n <= room => (n, false),

@@ -9,7 +9,7 @@ use wuwei_api::{EventKind, EvictReason};
 use crate::config::ModelSettings;
 use crate::core::CoreError;
 use crate::integrity::ModelFacts;
-use crate::kv::cost::{self, KvCost};
+use crate::kv::cost::KvCost;
 use crate::kv::quant::KvQuant;
 use crate::memory::{self, format_bytes};
 use crate::model::{auto_dequantizes, WeightsMode};
@@ -101,8 +101,8 @@ impl Registry {
     }
 
     /// What one sequence's KV costs by its length, as the model will store it: quantized KV
-    /// keeps every position of every layer; float KV in a long sequence's own cache keeps
-    /// only about a window of sliding-window layers.
+    /// keeps every position of every layer; float KV only about a window of sliding-window
+    /// layers.
     pub(super) fn kv_cost(&self, facts: &ModelFacts, settings: &ModelSettings) -> KvCost {
         let windowed = match self.kv_quant(settings) {
             Some(_) => None,
@@ -127,9 +127,7 @@ impl Registry {
             reserve_tokens.min(context)
         };
         // Room for one sequence of `kv_tokens` (or several sharing them).
-        let kv = self
-            .kv_cost(facts, settings)
-            .bytes(kv_tokens, cost::runs_in_own_cache(kv_tokens));
+        let kv = self.kv_cost(facts, settings).bytes(kv_tokens);
         let states = facts.state_bytes_per_sequence * self.config.scheduler.max_running as u64;
         let budget = self.budget();
         let mode = match self.config.weights_mode {
@@ -376,8 +374,8 @@ mod tests {
     }
 
     /// A model with sliding-window layers reserves, for a long context, full KV for its
-    /// full-attention layers and about a window for the others (what a long sequence's own
-    /// cache holds); a short reserve, or quantized KV, counts every position.
+    /// full-attention layers and about a window for the others (what the caches hold); a
+    /// short reserve, or quantized KV, counts every position.
     #[test]
     fn windowed_layers_are_reserved_a_window_at_long_context() {
         let mut facts =
@@ -402,7 +400,7 @@ mod tests {
             per_token / 2 * 100_000 + per_token / 2 * span
         );
         // A lone long sequence may grow to the whole context within that reserve.
-        assert_eq!(cost.positions_within(plan.kv_reserved_bytes, true), 100_000);
+        assert_eq!(cost.positions_within(plan.kv_reserved_bytes), 100_000);
         let short = ModelSettings {
             context_length: Some(2000),
             ..ModelSettings::default()
