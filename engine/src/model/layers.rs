@@ -7,6 +7,7 @@ use mlx_rs::ops::{addmm, concatenate, matmul, multiply, sigmoid, tanh};
 use mlx_rs::{Array, Dtype};
 
 use super::batch::BatchSeq;
+use super::two_streams;
 pub use crate::mlx_ext::QuantMode;
 use crate::mlx_ext::{dequantize, quantized_matmul, slice_axis};
 
@@ -26,28 +27,73 @@ pub enum Matrix {
     },
 }
 
+/// Weights (output features × input features) from which a quantized matmul is split over
+/// two CPU streams (see `two_streams`): below it the second stream's hand-over costs more
+/// than the second core gives.
+const SPLIT_MIN_WEIGHTS: i64 = 1 << 21;
+
 impl Matrix {
-    /// `x @ self.T`
+    /// `x @ self.T`. Quantized, with the CPU levers on, a large matrix is applied in two
+    /// halves of its output features on two CPU streams (MLX's quantized CPU kernel is
+    /// single-threaded); each output is the same sum over the same values either way.
     pub fn apply(&self, x: &Array) -> Result<Array> {
         match self {
             Matrix::Dense(w) => matmul(x, w.t()),
-            Matrix::Quantized {
-                weight,
-                scales,
-                biases,
-                group_size,
-                bits,
-                mode,
-            } => Ok(quantized_matmul(
-                x,
-                weight,
-                scales,
-                biases.as_ref(),
-                true,
-                *group_size,
-                *bits,
-                *mode,
-            )?),
+            Matrix::Quantized { weight, .. } => {
+                let (out, packed) = (weight.shape()[0], weight.shape()[1]);
+                let inputs = i64::from(packed) * 32 / i64::from(self.bits());
+                if weight.ndim() != 2
+                    || i64::from(out) * inputs < SPLIT_MIN_WEIGHTS
+                    || !two_streams::enabled()
+                {
+                    return self.apply_rows(x, 0, out);
+                }
+                let half = out / 2;
+                let first = self.apply_rows(x, 0, half)?;
+                let second = two_streams::on_side_stream(|| self.apply_rows(x, half, out))?;
+                concatenate(&[first, second], -1)
+            }
+        }
+    }
+
+    /// `x @ self[start..end].T` of a quantized matrix (its output features `start..end`).
+    fn apply_rows(&self, x: &Array, start: i32, end: i32) -> Result<Array> {
+        let Matrix::Quantized {
+            weight,
+            scales,
+            biases,
+            group_size,
+            bits,
+            mode,
+        } = self
+        else {
+            unreachable!("only quantized matrices are applied by rows")
+        };
+        let rows = |a: &Array| -> Result<Array> {
+            if start == 0 && end == a.shape()[0] {
+                Ok(a.clone())
+            } else {
+                Ok(slice_axis(a, 0, start, end)?)
+            }
+        };
+        let biases = biases.as_ref().map(rows).transpose()?;
+        Ok(quantized_matmul(
+            x,
+            &rows(weight)?,
+            &rows(scales)?,
+            biases.as_ref(),
+            true,
+            *group_size,
+            *bits,
+            *mode,
+        )?)
+    }
+
+    /// Bits per quantized weight (32 for a dense matrix: one element per word).
+    fn bits(&self) -> i32 {
+        match self {
+            Matrix::Quantized { bits, .. } => *bits,
+            Matrix::Dense(_) => 32,
         }
     }
 
@@ -309,6 +355,47 @@ pub fn head(
         super::Logits::Last => {
             let vocab = out.shape()[2];
             out.reshape(&[-1, vocab])
+        }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use mlx_rs::ops::quantize;
+    use mlx_rs::random::normal;
+
+    /// A 4-bit affine matrix `[out, inputs]` (groups of 64) of random values.
+    pub(crate) fn quantized(shape: &[i32]) -> Matrix {
+        let w = normal::<f32>(shape, None, None, None).unwrap();
+        let (weight, scales, biases) = quantize(&w, 64, 4).unwrap();
+        Matrix::Quantized {
+            weight,
+            scales,
+            biases: Some(biases),
+            group_size: 64,
+            bits: 4,
+            mode: QuantMode::Affine,
+        }
+    }
+
+    fn bits_of(a: &Array) -> Vec<u32> {
+        a.eval().unwrap();
+        a.as_slice::<f32>().iter().map(|x| x.to_bits()).collect()
+    }
+
+    /// A large quantized matrix applied in two halves on two streams gives the one call's
+    /// result bit for bit, for a decode row and for a prefill chunk.
+    #[test]
+    fn a_split_quantized_matmul_is_the_whole_one() {
+        assert!(two_streams::enabled());
+        let m = quantized(&[2048, 1024]);
+        for rows in [1, 37] {
+            let x = normal::<f32>(&[1, rows, 1024], None, None, None).unwrap();
+            let whole = m.apply_rows(&x, 0, 2048).unwrap();
+            let split = m.apply(&x).unwrap();
+            assert_eq!(split.shape(), &[1, rows, 2048]);
+            assert_eq!(bits_of(&split), bits_of(&whole));
         }
     }
 }

@@ -18,6 +18,7 @@ pub mod qwen3_5;
 pub mod qwen3_moe;
 pub mod qwen3_next;
 pub mod switch_layers;
+pub mod two_streams;
 pub mod weights;
 
 use std::collections::HashMap;

@@ -12,12 +12,14 @@
 use mlx_rs::error::Exception;
 use mlx_rs::ops::indexing::{put_along_axis, take_along_axis, topk_axis};
 use mlx_rs::ops::{
-    argpartition_axis, argsort_axis, clip, matmul, minimum, multiply, sigmoid, softmax_axis,
+    argpartition_axis, argsort_axis, clip, concatenate, matmul, minimum, multiply, sigmoid,
+    softmax_axis,
 };
 use mlx_rs::{Array, Dtype};
 
 use super::decoder::{linear, FeedForward};
 use super::layers::{gelu_approx, Linear, Matrix, Mlp};
+use super::two_streams;
 use super::{ModelError, Tensors, WeightsMode};
 use crate::mlx_ext::{gather_mm, gather_qmm, slice_axis};
 
@@ -224,7 +226,41 @@ impl SwitchGlu {
         y.take_axis(&inv_order, 0)?.reshape(&out_shape)
     }
 
+    /// The experts of each (token, expert) pair: `x` `[..., 1, hidden]` broadcast against
+    /// `idx` `[...]`. Quantized, with the CPU levers on, the pairs are split in two halves
+    /// along `idx`'s last axis, the second computed on the side stream (MLX's `gather_qmm` is
+    /// single-threaded on the CPU, ~90% of a 4-bit MoE decode step): each pair's result is the
+    /// same ops over the same values either way.
     fn experts(&self, x: &Array, idx: &Array, sorted: bool) -> Result<Array> {
+        let pairs = *idx.shape().last().unwrap_or(&1);
+        let quantized = matches!(self.down_proj.weight, Matrix::Quantized { .. });
+        if pairs < 2 || !quantized || !two_streams::enabled() {
+            return self.experts_of(x, idx, sorted);
+        }
+        let axis = idx.ndim() - 1;
+        let half = pairs / 2;
+        // `x`'s last batch axis lines up with `idx`'s last: one row per pair (sorted) or
+        // broadcast.
+        let x_axis = x.ndim() - 3;
+        let x_part = |start: i32, end: i32| -> Result<Array> {
+            let x_axis_len = x.shape()[x_axis];
+            if x_axis_len == 1 {
+                Ok(x.clone())
+            } else {
+                Ok(slice_axis(x, x_axis, start, end)?)
+            }
+        };
+        let first = self.experts_of(&x_part(0, half)?, &slice_axis(idx, axis, 0, half)?, sorted)?;
+        let second = two_streams::on_side_stream(|| {
+            let idx = slice_axis(idx, axis, half, pairs)?;
+            self.experts_of(&x_part(half, pairs)?, &idx, sorted)
+        })?;
+        // The output's batch axes are the broadcast of `x`'s and `idx`'s, then `[1, hidden]`.
+        let out_axis = first.ndim() as i32 - 3;
+        concatenate(&[first, second], out_axis)
+    }
+
+    fn experts_of(&self, x: &Array, idx: &Array, sorted: bool) -> Result<Array> {
         let up = self.up_proj.forward(x, idx, sorted)?;
         let gate = self.gate_proj.forward(x, idx, sorted)?;
         self.down_proj
@@ -421,6 +457,83 @@ impl FeedForward for SparseMoeBlock {
         match &self.shared_experts {
             Some(shared) => Ok(y + shared.forward(x)?),
             None => Ok(y),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::layers::tests::quantized;
+    use mlx_rs::random::normal;
+
+    fn bits_of(a: &Array) -> Vec<u32> {
+        a.eval().unwrap();
+        a.as_slice::<f32>().iter().map(|x| x.to_bits()).collect()
+    }
+
+    /// Quantized experts computed in two halves of the (token, expert) pairs on two streams
+    /// give the unsplit result bit for bit: decode (pairs broadcast against one row per
+    /// token) and prefill (pairs sorted by expert, a row each).
+    #[test]
+    fn split_experts_are_the_unsplit_ones() {
+        assert!(two_streams::enabled());
+        let (experts, hidden, inner) = (8, 128, 64);
+        let glu = SwitchGlu {
+            gate_proj: SwitchLinear {
+                weight: quantized(&[experts, inner, hidden]),
+                bias: None,
+            },
+            up_proj: SwitchLinear {
+                weight: quantized(&[experts, inner, hidden]),
+                bias: None,
+            },
+            down_proj: SwitchLinear {
+                weight: quantized(&[experts, hidden, inner]),
+                bias: None,
+            },
+            activation: Activation::SwiGlu,
+        };
+        for tokens in [1, 20] {
+            let x = normal::<f32>(&[1, tokens, hidden], None, None, None).unwrap();
+            let ids: Vec<i32> = (0..tokens * 4).map(|i| (i * 5 + i / 3) % experts).collect();
+            let indices = Array::from_slice(&ids, &[1, tokens, 4]);
+            let split = glu.forward(&x, &indices).unwrap();
+            // The same path with the split bypassed.
+            let whole = {
+                let xs = x.reshape(&[1, tokens, 1, 1, hidden]).unwrap();
+                let sorted = indices.size() >= SORT_THRESHOLD;
+                if sorted {
+                    None
+                } else {
+                    Some(glu.experts_of(&xs, &indices, false).unwrap())
+                }
+            };
+            assert_eq!(split.shape(), &[1, tokens, 4, hidden]);
+            match whole {
+                Some(w) => assert_eq!(bits_of(&split), bits_of(&w.reshape(split.shape()).unwrap())),
+                None => {
+                    // Sorted: compare with a forward whose experts run unsplit.
+                    let flat = indices.reshape(&[-1]).unwrap();
+                    let order = argsort_axis(&flat, 0).unwrap();
+                    let inv = argsort_axis(&order, 0).unwrap();
+                    let rows = order.floor_divide(Array::from_int(4)).unwrap();
+                    let xr = x
+                        .reshape(&[-1, 1, hidden])
+                        .unwrap()
+                        .take_axis(&rows, 0)
+                        .unwrap();
+                    let y = glu
+                        .experts_of(&xr, &flat.take_axis(&order, 0).unwrap(), true)
+                        .unwrap();
+                    let y = y
+                        .take_axis(&inv, 0)
+                        .unwrap()
+                        .reshape(split.shape())
+                        .unwrap();
+                    assert_eq!(bits_of(&split), bits_of(&y));
+                }
+            }
         }
     }
 }

@@ -178,8 +178,10 @@ impl Registry {
                         let _ = ready_tx.send(Err(e.to_string()));
                     }
                 }
-                // Give the freed buffers back rather than keeping them for reuse.
+                // Give the freed buffers back rather than keeping them for reuse, and end
+                // this thread's MLX streams (the next load's thread makes its own).
                 let _ = mlx_rs::memory::clear_cache();
+                crate::model::two_streams::end_thread_streams();
                 let _ = exit_tx.send(true);
             })
             .map_err(|e| CoreError::Internal(format!("cannot start engine thread: {e}")))?;
