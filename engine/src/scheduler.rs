@@ -1127,6 +1127,10 @@ fn build_prefix_cache(
     if layout.linear != 0 {
         shape.push_str(&format!(" linear: {:#x}", layout.linear));
     }
+    if layout.wide != 0 {
+        let (heads, dim) = layout.wide_shape;
+        shape.push_str(&format!(" wide: {:#x} {heads}x{dim}", layout.wide));
+    }
     if model.has_recurrent_state() {
         for layer in 0..cache.num_layers() {
             if let Some(state) = cache.state(layer) {

@@ -1,16 +1,18 @@
 """Issue 16's architectures through the real daemon, in the GPU configuration on the CPU
 (activations in the checkpoint's dtype, quantized weights as stored): a Gemma 3 model with
-sliding-window layers and a Qwen3-Next hybrid (Gated DeltaNet + gated attention + MoE), small
-random-weight bf16 4-bit checkpoints written by mlx-lm's own classes with SmolLM2's tokenizer.
+sliding-window layers, a Gemma 4 MoE (sliding and full layers of different head shapes) and
+a Qwen3-Next hybrid (Gated DeltaNet + gated attention + MoE), small random-weight bf16 4-bit
+checkpoints written by mlx-lm's own classes with SmolLM2's tokenizer.
 
 Greedy tokens equal mlx-lm's over prompts longer than the window; a sequence's tokens do not
-depend on its batch; a prefix-cache hit on the windowed model gives the tokens of a cold run,
-also for a prompt long enough to run in its own cache, whose windowed layers forget what their
-window no longer sees; the hybrid model's prefix
+depend on its batch; a prefix-cache hit on the windowed models gives the tokens of a cold run,
+also for a prompt long enough to run in its own cache (whose windowed layers forget what
+their window no longer sees) and across Gemma 4's two head shapes; the hybrid model's prefix
 cache snapshots its linear layers' recurrent state every SNAPSHOT positions (small here, so
-that short prompts cross several), and a hit restores the KV blocks up to the nearest snapshot
-at or before the match (or at a previous prompt's last block boundary) plus that snapshot: a repeated prompt and a partial match ending
-between snapshots give mlx-lm's (cold) tokens."""
+that short prompts cross several), and a hit restores the KV blocks up to the nearest
+snapshot at or before the match (or at a previous prompt's last block boundary) plus that
+snapshot: a repeated prompt and a partial match ending between snapshots give mlx-lm's
+(cold) tokens."""
 
 import concurrent.futures as cf
 import os
@@ -25,6 +27,7 @@ from cache_helpers import _cached, _expected_hit, _text
 from test_half_precision import _complete, _mlx_lm
 
 GEMMA = "rand-gemma3-bf16-q4"
+GEMMA4 = "rand-gemma4moe-bf16-q4"
 NEXT = "rand-qwen3next-bf16-q4"
 SNAPSHOT = 64  # two blocks of 32
 ENV = {"WUWEI_ACTIVATIONS": "checkpoint", "WUWEI_KV_SNAPSHOT_INTERVAL": str(SNAPSHOT)}
@@ -35,7 +38,7 @@ def models(tmp_path_factory):
     root = tmp_path_factory.mktemp("hybrid-models")
     tokenizer = Path(os.environ["WUWEI_TEST_MODELS"]) / "SmolLM2-135M-Instruct"
     script = REPO_ROOT / "tests/reference/make_random_model.py"
-    for name, arch in [(GEMMA, "gemma3_text"), (NEXT, "qwen3_next")]:
+    for name, arch in [(GEMMA, "gemma3_text"), (GEMMA4, "gemma4_text_moe"), (NEXT, "qwen3_next")]:
         subprocess.run([sys.executable, str(script), arch, str(root / name), "--dtype",
                         "bfloat16", "--bits", "4", "--group-size", "32",
                         "--tokenizer", str(tokenizer)], check=True)
@@ -126,5 +129,17 @@ def test_a_long_prompt_keeps_only_the_window_and_reuses_every_block(daemon, mode
     assert len(tok.encode(prompt, add_special_tokens=False).ids) > 2048
     cold, usage, _ = _complete(daemon, GEMMA, prompt)
     hot, usage, _ = _complete(daemon, GEMMA, prompt)
+    assert _cached(usage) == _expected_hit(usage["prompt_tokens"]), usage
+    assert hot == cold
+
+
+def test_gemma4_reuses_prefixes_across_its_two_head_shapes(daemon):
+    """Gemma 4's full-attention layers have fewer, wider heads than its sliding ones (here 1 of
+    64 against 2 of 32): prefix blocks hold both shapes, and a repeated prompt reuses every
+    block and gives the cold run's tokens."""
+    prompt = _text("gemma4-repeat", 12)
+    cold, usage, _ = _complete(daemon, GEMMA4, prompt)
+    assert _cached(usage) == 0
+    hot, usage, _ = _complete(daemon, GEMMA4, prompt)
     assert _cached(usage) == _expected_hit(usage["prompt_tokens"]), usage
     assert hot == cold

@@ -29,6 +29,12 @@ pub struct KvLayout {
     /// Layers that hold recurrent state instead of KV (bit `i`: layer `i`; 0 for plain
     /// models). Their KV is not in the blocks; their state is in the snapshots.
     pub linear: u128,
+    /// Layers whose heads have the second shape, `wide_shape` (bit `i`: layer `i`; 0 when
+    /// every layer has the first): Gemma 4's full-attention layers have fewer, wider heads
+    /// than its sliding ones.
+    pub wide: u128,
+    /// The second shape, `(kv_heads, head_dim)` (`(0, 0)`: none).
+    pub wide_shape: (usize, usize),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,14 +81,24 @@ impl KvDtype {
 }
 
 impl KvLayout {
-    /// Bytes of one `[kv_heads, block_size, head_dim]` tensor.
-    fn tensor_bytes(&self) -> usize {
-        self.kv_heads * self.block_size * self.head_dim * self.dtype.size()
+    /// `(kv_heads, head_dim)` of `layer`.
+    pub fn shape(&self, layer: usize) -> (usize, usize) {
+        if layer < 128 && self.wide & (1u128 << layer) != 0 {
+            self.wide_shape
+        } else {
+            (self.kv_heads, self.head_dim)
+        }
+    }
+
+    /// Bytes of one `[kv_heads, block_size, head_dim]` tensor of `layer`.
+    fn tensor_bytes(&self, layer: usize) -> usize {
+        let (heads, dim) = self.shape(layer);
+        heads * self.block_size * dim * self.dtype.size()
     }
 
     /// Bytes of a whole block: every KV layer's K then V.
     pub fn block_bytes(&self) -> usize {
-        self.kv_layers().count() * 2 * self.tensor_bytes()
+        self.kv_layers().map(|l| 2 * self.tensor_bytes(l)).sum()
     }
 
     /// Whether `layer` keeps recurrent state rather than KV.
@@ -111,13 +127,14 @@ pub enum PagedError {
     UnsupportedDtype(Dtype),
     #[error("KV cache layer {0} is empty")]
     EmptyLayer(usize),
-    /// Blocks hold one `[kv_heads, block, head_dim]` shape for every layer (Gemma 4's full
-    /// layers have wider heads than its sliding ones).
-    #[error("KV cache layer {layer} holds {shape:?} per position, layer 0 {first:?}: blocks need one shape")]
+    /// Blocks hold at most two `[kv_heads, block, head_dim]` shapes (Gemma 4's sliding and
+    /// full layers).
+    #[error("KV cache layer {layer} holds {shape:?} per position, beside {first:?} and {second:?}: blocks hold two shapes at most")]
     MixedShapes {
         layer: usize,
         shape: (i32, i32),
         first: (i32, i32),
+        second: (i32, i32),
     },
 }
 
@@ -125,34 +142,48 @@ pub enum PagedError {
 pub fn layout_of(cache: &dyn KvCache, block_size: usize) -> Result<KvLayout, PagedError> {
     // Layers without KV after a forward pass keep recurrent state (linear attention).
     let mut linear = 0u128;
-    let mut first: Option<Array> = None;
+    let (mut wide, mut first, mut second) = (0u128, None, None);
+    let mut dtype = None;
     let heads_and_dim = |k: &Array| (k.shape()[1], k.shape()[3]);
     for layer in 0..cache.num_layers() {
         match cache.range(layer, 0, 1)? {
-            Some((k, _)) => match &first {
-                Some(f) if heads_and_dim(f) != heads_and_dim(&k) => {
-                    return Err(PagedError::MixedShapes {
-                        layer,
-                        shape: heads_and_dim(&k),
-                        first: heads_and_dim(f),
-                    })
+            Some((k, _)) => {
+                let shape = heads_and_dim(&k);
+                dtype.get_or_insert(k.dtype());
+                match (first, second) {
+                    (None, _) => first = Some(shape),
+                    (Some(f), _) if f == shape => {}
+                    (Some(_), None) if layer < 128 => {
+                        second = Some(shape);
+                        wide |= 1u128 << layer;
+                    }
+                    (Some(_), Some(w)) if w == shape => wide |= 1u128 << layer,
+                    (Some(f), w) => {
+                        return Err(PagedError::MixedShapes {
+                            layer,
+                            shape,
+                            first: f,
+                            second: w.unwrap_or_default(),
+                        })
+                    }
                 }
-                Some(_) => {}
-                None => first = Some(k),
-            },
+            }
             None if layer < 128 => linear |= 1u128 << layer,
             None => return Err(PagedError::EmptyLayer(layer)),
         }
     }
-    let k = first.ok_or(PagedError::EmptyLayer(0))?;
-    let shape = k.shape();
+    let (heads, dim) = first.ok_or(PagedError::EmptyLayer(0))?;
+    let dtype = dtype.expect("a first layer has a dtype");
+    let usize_pair = |(a, b): (i32, i32)| (a as usize, b as usize);
     Ok(KvLayout {
         linear,
         layers: cache.num_layers(),
-        kv_heads: shape[1] as usize,
-        head_dim: shape[3] as usize,
+        kv_heads: heads as usize,
+        head_dim: dim as usize,
         block_size,
-        dtype: KvDtype::from_mlx(k.dtype()).ok_or(PagedError::UnsupportedDtype(k.dtype()))?,
+        dtype: KvDtype::from_mlx(dtype).ok_or(PagedError::UnsupportedDtype(dtype))?,
+        wide,
+        wide_shape: second.map_or((0, 0), usize_pair),
     })
 }
 
@@ -198,8 +229,6 @@ pub fn blocks_from_cache(
 ) -> Result<Vec<KvBlock>, PagedError> {
     let b = layout.block_size;
     let (start, end) = ((first * b) as i32, ((first + count) * b) as i32);
-    let tensor = layout.tensor_bytes();
-    let row = b * layout.head_dim * layout.dtype.size(); // one head's rows of one block
     let mut blocks: Vec<KvBlock> = (0..count)
         .map(|_| KvBlock {
             layout: *layout,
@@ -207,6 +236,8 @@ pub fn blocks_from_cache(
         })
         .collect();
     for layer in layout.kv_layers() {
+        let (heads, dim) = layout.shape(layer);
+        let row = b * dim * layout.dtype.size(); // one head's rows of one block
         let (k, v) = cache
             .range(layer, start, end)?
             .ok_or(PagedError::EmptyLayer(layer))?;
@@ -215,14 +246,14 @@ pub fn blocks_from_cache(
             let bytes = host_bytes(&part)?;
             let head_stride = count * row;
             for (j, block) in blocks.iter_mut().enumerate() {
-                for h in 0..layout.kv_heads {
+                for h in 0..heads {
                     let at = h * head_stride + j * row;
                     block.data.extend_from_slice(&bytes[at..at + row]);
                 }
-                debug_assert!(block.data.len() % tensor == 0);
             }
         }
     }
+    debug_assert!(blocks.iter().all(|b| b.data.len() == layout.block_bytes()));
     Ok(blocks)
 }
 
@@ -235,23 +266,26 @@ pub fn fill_cache_from_blocks<B: std::ops::Deref<Target = KvBlock>>(
         return Ok(());
     };
     let layout = first.layout;
-    let tensor = layout.tensor_bytes();
-    let row = layout.block_size * layout.head_dim * layout.dtype.size();
     let count = blocks.len();
-    let shape = [
-        1,
-        layout.kv_heads as i32,
-        (count * layout.block_size) as i32,
-        layout.head_dim as i32,
-    ];
-    let mut scratch = vec![0u8; tensor * count];
-    for (stored, layer) in layout.kv_layers().enumerate() {
+    // Where the current layer's K starts in each block.
+    let mut base = 0;
+    for layer in layout.kv_layers() {
+        let (heads, dim) = layout.shape(layer);
+        let tensor = layout.tensor_bytes(layer);
+        let row = layout.block_size * dim * layout.dtype.size();
+        let shape = [
+            1,
+            heads as i32,
+            (count * layout.block_size) as i32,
+            dim as i32,
+        ];
+        let mut scratch = vec![0u8; tensor * count];
         let mut kv = Vec::with_capacity(2);
         for part in 0..2 {
-            let base = (stored * 2 + part) * tensor;
+            let at = base + part * tensor;
             for (j, block) in blocks.iter().enumerate() {
-                for h in 0..layout.kv_heads {
-                    let src = base + h * row;
+                for h in 0..heads {
+                    let src = at + h * row;
                     let dst = h * count * row + j * row;
                     scratch[dst..dst + row].copy_from_slice(&block.data[src..src + row]);
                 }
@@ -265,6 +299,7 @@ pub fn fill_cache_from_blocks<B: std::ops::Deref<Target = KvBlock>>(
         let v = kv.pop().expect("two parts");
         let k = kv.pop().expect("two parts");
         cache.load_layer(layer, k, v)?;
+        base += 2 * tensor;
     }
     cache.advance(count * layout.block_size);
     Ok(())
@@ -304,25 +339,54 @@ mod tests {
             .to_vec()
     }
 
-    /// Layers of different head shapes cannot share a block layout: no layout, so the prefix
-    /// cache stays off rather than mixing them up.
+    /// Layers of two head shapes (Gemma 4's sliding and full layers) share a block: their
+    /// KV round-trips through blocks into a fresh cache; a third shape has no layout, so the
+    /// prefix cache stays off rather than mixing them up.
     #[test]
-    fn layers_of_different_head_shapes_have_no_layout() {
-        let cache = filled(2, Dtype::Float32);
-        let wide = Array::zeros::<f32>(&[1, 1, 2, 6]).unwrap();
+    fn two_head_shapes_share_a_block_and_a_third_has_no_layout() {
+        let cache = filled(4, Dtype::Float32);
+        let wide = |n: i32, base: f32| {
+            let v: Vec<f32> = (0..n * 6).map(|i| base + i as f32).collect();
+            Array::from_slice(&v, &[1, 1, n, 6])
+        };
         let mut mixed = DenseKvCache::new(3);
         for layer in 0..2 {
-            let (k, v) = cache.range(layer, 0, 2).unwrap().unwrap();
+            let (k, v) = cache.range(layer, 0, 4).unwrap().unwrap();
             mixed.load_layer(layer, k, v).unwrap();
         }
-        mixed.load_layer(2, wide.clone(), wide).unwrap();
-        mixed.advance(2);
+        mixed
+            .load_layer(1 + 1, wide(4, 0.0), wide(4, 500.0))
+            .unwrap();
+        mixed.advance(4);
+        let layout = layout_of(&mixed, 2).unwrap();
+        assert_eq!((layout.wide, layout.wide_shape), (0b100, (1, 6)));
+        assert_eq!(layout.block_bytes(), 2 * (2 * 2 * 2 * 3 + 2 * 6) * 4);
+        let blocks = blocks_from_cache(&mixed, &layout, 0, 2).unwrap();
+        let mut target = DenseKvCache::new(3);
+        fill_cache_from_blocks(&mut target, &blocks.iter().collect::<Vec<_>>()).unwrap();
+        for layer in 0..3 {
+            let (k0, v0) = mixed.range(layer, 0, 4).unwrap().unwrap();
+            let (k1, v1) = target.range(layer, 0, 4).unwrap().unwrap();
+            assert_eq!(k1.shape(), k0.shape());
+            assert_eq!(floats(&k0), floats(&k1));
+            assert_eq!(floats(&v0), floats(&v1));
+        }
+
+        let third = Array::zeros::<f32>(&[1, 3, 4, 2]).unwrap();
+        let mut three = DenseKvCache::new(4);
+        for layer in 0..3 {
+            let (k, v) = mixed.range(layer, 0, 4).unwrap().unwrap();
+            three.load_layer(layer, k, v).unwrap();
+        }
+        three.load_layer(3, third.clone(), third).unwrap();
+        three.advance(4);
         assert!(matches!(
-            layout_of(&mixed, 2),
+            layout_of(&three, 2),
             Err(PagedError::MixedShapes {
-                layer: 2,
-                shape: (1, 6),
-                first: (2, 3)
+                layer: 3,
+                shape: (3, 2),
+                first: (2, 3),
+                second: (1, 6)
             })
         ));
     }

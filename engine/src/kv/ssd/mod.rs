@@ -650,6 +650,8 @@ mod tests {
             block_size: 2,
             dtype: KvDtype::F32,
             linear: 0,
+            wide: 0,
+            wide_shape: (0, 0),
         }
     }
 
