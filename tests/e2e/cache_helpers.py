@@ -1,6 +1,7 @@
 """What the prefix-cache tests share (test_cache.py, test_cache_ssd.py, and the hybrid and
 half-precision tests that check the cache): prompts, requests, the cache's status and metrics,
 block-file integrity, a daemon that can be killed -9, and reference outputs with the cache off."""
+import concurrent.futures as cf
 import contextlib
 import os
 import random
@@ -179,3 +180,36 @@ def _killable_daemon(log_path, env_extra, models=None):
             proc.send_signal(signal.SIGKILL)
         proc.wait()
         log.close()
+
+
+def _send_all(url, prompts, timeout, **body):
+    """`prompts` sent at once to /v1/completions (4 greedy tokens each, `body` added): the
+    thread pool and the requests' futures (a life of the kill -9 tests)."""
+    pool = cf.ThreadPoolExecutor(len(prompts))
+    futures = [
+        pool.submit(lambda p=p: requests.post(
+            f"{url}/v1/completions",
+            json={"prompt": p, "max_tokens": 4, "temperature": 0, **body},
+            timeout=timeout,
+        ))
+        for p in prompts
+    ]
+    return pool, futures
+
+
+def _wait_until(ready, deadline, what, poll, futures=None):
+    """Polls `ready()` every `poll` seconds until it holds (or, given `futures`, until every
+    request is done); fails with `what` past `deadline`."""
+    while not ready() and not (futures is not None and all(f.done() for f in futures)):
+        assert time.monotonic() < deadline, what
+        time.sleep(poll)
+
+
+def _kill_9(proc, kv, pool):
+    """Kills the daemon with -9 and stops its requests; whether it died with a file half
+    written (a temp file left in `kv`)."""
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    interrupted = bool(list(kv.rglob("*.tmp")))
+    pool.shutdown(wait=True, cancel_futures=True)
+    return interrupted

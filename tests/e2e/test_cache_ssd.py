@@ -5,10 +5,8 @@ side under pytest-xdist.)
 
 Expected outputs come from the same daemon with the cache switched off (WUWEI_KV_CACHE=0):
 the cache must be invisible in the output."""
-import concurrent.futures as cf
 import os
 import random
-import signal
 import stat
 import subprocess
 import time
@@ -17,8 +15,9 @@ import pytest
 import requests
 
 from cache_helpers import (  # noqa: F401  (reference: a fixture)
-    BLOCK, _cache, _cached, _complete, _expected_hit, _intact, _killable_daemon, _metric,
-    _switch, _text, _wait_cache, _wait_scan, _wait_writes, reference,
+    BLOCK, _cache, _cached, _complete, _expected_hit, _intact, _kill_9, _killable_daemon,
+    _metric, _send_all, _switch, _text, _wait_cache, _wait_scan, _wait_until, _wait_writes,
+    reference,
 )
 from conftest import running_daemon
 
@@ -169,34 +168,21 @@ def test_kill_9_during_writes_never_serves_a_bad_block(tmp_path, reference):
         before = set(kv.rglob("*.kv"))
         with _killable_daemon(log, env) as (url, proc):
             prompts = [_text(f"kill-{i}-{j}", 20) for j in range(3)] + checks
-            pool = cf.ThreadPoolExecutor(len(prompts))
-            futures = [
-                pool.submit(lambda p=p: requests.post(
-                    f"{url}/v1/completions",
-                    json={"prompt": p, "max_tokens": 4, "temperature": 0},
-                    timeout=60,
-                ))
-                for p in prompts
-            ]
+            pool, futures = _send_all(url, prompts, 60)
             # Generous: on a loaded machine the first block of a life can take a minute.
             deadline = time.monotonic() + 180
             if i < 3:
                 time.sleep(rng.uniform(0.0, 0.5))
             elif i % 2:
                 # Until a temp file appears (or every request is done: then kill anyway).
-                while not list(kv.rglob("*.tmp")) and not all(f.done() for f in futures):
-                    assert time.monotonic() < deadline, "no block was written"
-                    time.sleep(0.001)
+                temp = lambda: list(kv.rglob("*.tmp"))  # noqa: E731
+                _wait_until(temp, deadline, "no block was written", 0.001, futures)
                 time.sleep(rng.uniform(0.0, 0.005))
             else:
-                while not set(kv.rglob("*.kv")) - before:
-                    assert time.monotonic() < deadline, "no block was written"
-                    time.sleep(0.01)
+                new_block = lambda: set(kv.rglob("*.kv")) - before  # noqa: E731
+                _wait_until(new_block, deadline, "no block was written", 0.01)
                 time.sleep(rng.uniform(0.0, 0.6))
-            proc.send_signal(signal.SIGKILL)
-            proc.wait()
-            interrupted += bool(list(kv.rglob("*.tmp")))
-            pool.shutdown(wait=True, cancel_futures=True)
+            interrupted += _kill_9(proc, kv, pool)
     files = sorted(kv.rglob("*.kv"))
     assert len(files) > len(check_files), f"nothing new reached the disk in {LIVES} runs"
     # Temp + fsync + rename: a kill never leaves a damaged file under a block's name.

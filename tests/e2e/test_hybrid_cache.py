@@ -11,10 +11,8 @@ while snapshots are written never leaves a damaged file nor serves a bad state; 
 snapshot shaped for another layer layout (another model's, made to pass every other check)
 is rejected, never restored."""
 
-import concurrent.futures as cf
 import os
 import random
-import signal
 import subprocess
 import sys
 import time
@@ -22,10 +20,12 @@ import zlib
 from pathlib import Path
 
 import pytest
-import requests
 
 from conftest import REPO_ROOT, running_daemon
-from cache_helpers import BLOCK, _cache, _intact, _killable_daemon, _metric, _text, _wait_scan
+from cache_helpers import (
+    BLOCK, _cache, _intact, _kill_9, _killable_daemon, _metric, _send_all, _text, _wait_scan,
+    _wait_until,
+)
 from test_half_precision import _complete
 from test_hybrid import SNAPSHOT
 
@@ -176,33 +176,20 @@ def test_kill_9_while_snapshots_are_written_never_serves_a_bad_state(models, col
         before = set(kv.rglob("*.snap"))
         with _killable_daemon(log, env, models) as (url, proc):
             prompts = [_text(f"hybrid-kill-{i}-{j}", 20) for j in range(3)] + [CHECK]
-            pool = cf.ThreadPoolExecutor(len(prompts))
-            futures = [
-                pool.submit(lambda p=p: requests.post(
-                    f"{url}/v1/completions",
-                    json={"model": NEXT, "prompt": p, "max_tokens": 4, "temperature": 0},
-                    timeout=120,
-                ))
-                for p in prompts
-            ]
+            pool, futures = _send_all(url, prompts, 120, model=NEXT)
             deadline = time.monotonic() + 180
             if i == 0:
                 time.sleep(rng.uniform(0.0, 0.5))
             elif i % 2:
                 # Within a few ms of a temp file showing up: a file half written.
-                while not list(kv.rglob("*.tmp")) and not all(f.done() for f in futures):
-                    assert time.monotonic() < deadline, "nothing was written"
-                    time.sleep(0.001)
+                temp = lambda: list(kv.rglob("*.tmp"))  # noqa: E731
+                _wait_until(temp, deadline, "nothing was written", 0.001, futures)
                 time.sleep(rng.uniform(0.0, 0.005))
             else:
-                while not set(kv.rglob("*.snap")) - before and not all(f.done() for f in futures):
-                    assert time.monotonic() < deadline, "no snapshot was written"
-                    time.sleep(0.001)
+                new_snap = lambda: set(kv.rglob("*.snap")) - before  # noqa: E731
+                _wait_until(new_snap, deadline, "no snapshot was written", 0.001, futures)
                 time.sleep(rng.uniform(0.0, 0.01))
-            proc.send_signal(signal.SIGKILL)
-            proc.wait()
-            interrupted += bool(list(kv.rglob("*.tmp")))
-            pool.shutdown(wait=True, cancel_futures=True)
+            interrupted += _kill_9(proc, kv, pool)
     snaps = sorted(kv.rglob("*.snap"))
     assert len(snaps) > len(check_snaps), f"no new snapshot reached the disk in {LIVES} lives"
     # Temp + fsync + rename: a kill never leaves a damaged file under a block's or snapshot's name.
