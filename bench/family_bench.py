@@ -7,7 +7,7 @@ Decode is timed from outside, as bench/moe_bench.py times it: two runs that diff
 the number of new tokens (N1 < N2), rate = (N2 - N1) / (T2 - T1) over whole-process wall
 times, so start-up, loading and prefill cancel. Implementations alternate; medians.
 
-usage: .venv/bin/python bench/family_bench.py [--families gemma3,qwen3_next]
+usage: .venv/bin/python bench/family_bench.py [--families gemma3,gemma4,qwen3_next,qwen3_5_moe]
            [--rounds 2] [--n1 8] [--n2 40]
        (build first: cargo build --release --bin wuwei)
 
@@ -38,6 +38,20 @@ FAMILIES = {
                  query_pre_attn_scalar=256, sliding_window=1024, sliding_window_pattern=6,
                  max_position_embeddings=32768),
     ),
+    "gemma4": dict(
+        arch="gemma4_text", what="Gemma 4 E2B's layer shapes, 6 layers (4 sliding-window of "
+        "512 with 1 KV head of 256, 2 full with a 512-wide head; the last sliding and full "
+        "layers read earlier layers' KV; per-layer embeddings)",
+        quant=["--bits", "4", "--group-size", "64"],
+        set=dict(hidden_size=1536, num_hidden_layers=6, intermediate_size=6144,
+                 num_attention_heads=8, num_key_value_heads=1, head_dim=256,
+                 global_head_dim=512, hidden_size_per_layer_input=256,
+                 vocab_size_per_layer_input=49152, num_kv_shared_layers=2,
+                 sliding_window=512, final_logit_softcapping=30.0,
+                 layer_types=["sliding_attention"] * 3 + ["full_attention", "sliding_attention",
+                                                         "full_attention"],
+                 max_position_embeddings=32768),
+    ),
     "qwen3_next": dict(
         arch="qwen3_next", what="Qwen3-Next-80B-A3B's layer shapes, 4 layers (3 Gated DeltaNet "
         "+ 1 gated attention), 64 of its 512 experts (top-10 + a shared expert)",
@@ -49,6 +63,17 @@ FAMILIES = {
                  num_experts_per_tok=10, moe_intermediate_size=512,
                  shared_expert_intermediate_size=512, mlp_only_layers=[],
                  max_position_embeddings=32768),
+    ),
+    "qwen3_5_moe": dict(
+        arch="qwen3_5_moe", what="Qwen3.5's MoE layout (experts on every layer) on "
+        "Qwen3-Next-80B-A3B's layer shapes, 4 layers (3 Gated DeltaNet + 1 gated attention), "
+        "64 experts (top-10 + a shared expert)", quant=["--bits", "4", "--group-size", "64"],
+        set=dict(hidden_size=2048, num_hidden_layers=4, full_attention_interval=4,
+                 intermediate_size=5120, num_attention_heads=16, num_key_value_heads=2,
+                 head_dim=256, linear_num_value_heads=32, linear_num_key_heads=16,
+                 linear_key_head_dim=128, linear_value_head_dim=128, num_experts=64,
+                 num_experts_per_tok=10, moe_intermediate_size=512,
+                 shared_expert_intermediate_size=512, max_position_embeddings=32768),
     ),
     "gpt_oss": dict(
         arch="gpt_oss", what="gpt-oss-20b's layer shapes, 2 layers (sliding-window of 128 + "
@@ -79,7 +104,7 @@ def make_model(name, family):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--families", default="gemma3,qwen3_next")
+    ap.add_argument("--families", default="gemma3,gemma4,qwen3_next,qwen3_5_moe")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--n1", type=int, default=8)
     ap.add_argument("--n2", type=int, default=40)

@@ -228,7 +228,10 @@ def main():
         weights.pop("lm_head.weight")
         weights = model.sanitize(weights)
     if special:
-        head = "lm_head.weight" if "lm_head.weight" in weights else "model.embed_tokens.weight"
+        # The output head: lm_head, else the tied embedding (under a wrapper's prefix in
+        # models such as qwen3_5_moe).
+        head = next((k for k in weights if k.endswith("lm_head.weight")), None) or next(
+            k for k in weights if k.endswith("embed_tokens.weight"))
         rows = mx.array(special)
         weights[head][rows] = mx.zeros((len(special), weights[head].shape[1]), dtype=dtype)
     model.load_weights(list(weights.items()))
