@@ -24,7 +24,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
-from moe_bench import PYTHON, TOKENIZER_DIR, run_mlx_lm, run_wuwei  # noqa: E402
+from moe_bench import PYTHON, TOKENIZER_DIR, decode_rates, run_mlx_lm, run_wuwei  # noqa: E402
 from report import write_section  # noqa: E402
 
 # Each family: the architecture in make_random_model.py, its real layer shapes (what the
@@ -121,16 +121,7 @@ def main():
     for name in a.families.split(","):
         family = FAMILIES[name]
         model = make_model(name, family)
-        rates = {k: [] for k in runners}
-        for r in range(a.rounds):
-            for impl, run in runners.items():
-                t1, g1, _ = run(model, a.n1)
-                t2, g2, _ = run(model, a.n2)
-                if (g1, g2) != (a.n1, a.n2):
-                    raise RuntimeError(f"{name} {impl} stopped early: {g1}/{a.n1}, {g2}/{a.n2}")
-                rates[impl].append((a.n2 - a.n1) / (t2 - t1))
-            print(f"{name} round {r + 1}/{a.rounds}: " + ", ".join(
-                f"{k} {v[-1]:.2f} tok/s" for k, v in rates.items()), flush=True)
+        rates, _ = decode_rates(model, runners, a.rounds, a.n1, a.n2, f"{name} ")
         med = {k: statistics.median(v) for k, v in rates.items()}
         ref = med["mlx-lm"]
         lines.append(f"| {name} | {ref:.2f} | {med['wuwei native']:.2f} | "

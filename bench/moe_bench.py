@@ -114,6 +114,26 @@ def run_mlx_lm(model, n):
     return wall, int(m[1]), float(m[2])
 
 
+def decode_rates(model, runners, rounds, n1, n2, label=""):
+    """Each runner's decode rate per round, (N2 - N1) / (T2 - T1) over two runs that differ
+    only in new tokens, the runners alternating within a round; and their self-reported
+    rates. Fails if a run stops early."""
+    rates = {k: [] for k in runners}
+    reported = {k: [] for k in runners}
+    for r in range(rounds):
+        for name, run in runners.items():
+            t1, g1, _ = run(model, n1)
+            t2, g2, rep = run(model, n2)
+            if (g1, g2) != (n1, n2):
+                raise RuntimeError(f"{label}{name} stopped early: {g1}/{n1}, {g2}/{n2} tokens")
+            rates[name].append((n2 - n1) / (t2 - t1))
+            reported[name].append(rep)
+        print(f"{label}round {r + 1}/{rounds}: " + ", ".join(
+            f"{k} {v[-1]:.2f} tok/s (self-reported {reported[k][-1]:.2f})"
+            for k, v in rates.items()), flush=True)
+    return rates, reported
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -213,19 +233,7 @@ def main():
         "wuwei native": lambda m, n: run_wuwei(m, n, "native"),
         "wuwei dequantized": lambda m, n: run_wuwei(m, n, "dequantized"),
     }
-    rates = {k: [] for k in runners}
-    reported = {k: [] for k in runners}
-    for r in range(a.rounds):
-        for name, run in runners.items():
-            t1, g1, _ = run(model, a.n1)
-            t2, g2, rep = run(model, a.n2)
-            if (g1, g2) != (a.n1, a.n2):
-                raise RuntimeError(f"{name} stopped early: {g1}/{a.n1}, {g2}/{a.n2} tokens")
-            rates[name].append((a.n2 - a.n1) / (t2 - t1))
-            reported[name].append(rep)
-        print(f"round {r + 1}/{a.rounds}: " + ", ".join(
-            f"{k} {v[-1]:.2f} tok/s (self-reported {reported[k][-1]:.2f})" for k, v in rates.items()),
-            flush=True)
+    rates, reported = decode_rates(model, runners, a.rounds, a.n1, a.n2)
     med = {k: statistics.median(v) for k, v in rates.items()}
     rep = {k: statistics.median(v) for k, v in reported.items()}
     ratio = med["wuwei native"] / med["mlx-lm"]

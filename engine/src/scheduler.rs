@@ -87,6 +87,14 @@ pub struct SchedulerConfig {
     pub kv_quant: Option<KvQuant>,
 }
 
+impl SchedulerConfig {
+    /// Positions behind the newest that windowed layers keep beyond their window (they
+    /// forget what their window no longer sees once the prefix cache has copied it out).
+    pub fn reach_back(&self) -> usize {
+        cost::reach_back(self.prefill_chunk, self.kv.block_size)
+    }
+}
+
 impl Default for SchedulerConfig {
     fn default() -> Self {
         Self {
@@ -330,9 +338,7 @@ impl Engine {
         stats: Arc<EngineStats>,
     ) -> Self {
         let eos = tokenizer.eos_token_ids().to_vec();
-        // Windowed layers forget what their window no longer sees, once the prefix cache has
-        // copied it out.
-        let reach = cost::reach_back(config.prefill_chunk, config.kv.block_size);
+        let reach = config.reach_back();
         let prefix = if let Some(quant) = config.kv_quant {
             // Blocks hold float KV: quantized sequences neither reuse nor publish them.
             tracing::info!(model = %model_id, kv = %quant.label(), "quantized KV: prefix cache off for this model");
@@ -537,8 +543,8 @@ impl Engine {
         } else if seq.tokens.len() <= POOLED_PROMPT_MAX {
             Box::new(self.slots.acquire())
         } else {
-            let reach = cost::reach_back(self.config.prefill_chunk, self.config.kv.block_size);
-            Box::new(DenseKvCache::new(self.model.num_layers()).reaching_back(reach))
+            let layers = self.model.num_layers();
+            Box::new(DenseKvCache::new(layers).reaching_back(self.config.reach_back()))
         };
         seq.prefilled = match self.prefix.as_mut() {
             Some(p) => p.admit(&seq.tokens, seq.cache.as_mut(), &mut seq.blocks),

@@ -123,7 +123,29 @@ pub fn window_start(offset: i32, window: i32) -> i32 {
 }
 
 /// Buffers grow in steps of this many positions, so that decoding does not reallocate per token.
-const STEP: i32 = 256;
+pub(crate) const STEP: i32 = 256;
+
+/// The first position a sliding-window layer keeps once `n` positions are written at
+/// `offset`: every position the new queries see, and the newest `reach_back`, never before
+/// what it already forgot (`first`). Shared by `DenseKvCache` and the slot pool.
+pub(crate) fn window_keep_from(
+    offset: i32,
+    n: i32,
+    window: i32,
+    reach_back: i32,
+    first: i32,
+) -> i32 {
+    window_start(offset, window)
+        .min(offset + n - reach_back)
+        .max(first)
+}
+
+/// Whether a buffer whose first position is `first` should move its kept positions
+/// (`keep_from..offset`) to its start: when it holds more forgotten positions than kept ones,
+/// and a `STEP` — so a buffer moves at most once per `STEP` positions.
+pub(crate) fn moves_forward(first: i32, keep_from: i32, offset: i32) -> bool {
+    keep_from - first > offset - keep_from + STEP
+}
 
 /// One sequence's KV in a growing buffer per layer, as mlx-lm's `KVCache`. A sliding-window
 /// layer (stored through `update_and_fetch_window`) keeps only its window and the positions
@@ -194,7 +216,9 @@ impl DenseKvCache {
         let capacity = self.layers[layer].as_ref().map_or(0, |(k, _)| k.shape()[2]);
         let live = offset - keep_from;
         let (k_buf, v_buf) = match self.layers[layer].take() {
-            Some((k, v)) if end - first <= capacity && keep_from - first <= live + STEP => (k, v),
+            Some((k, v)) if end - first <= capacity && !moves_forward(first, keep_from, offset) => {
+                (k, v)
+            }
             old => {
                 let room = (keys.shape()[2] + STEP - 1) / STEP * STEP;
                 let moved = |old: Option<&Array>, like: &Array| -> Result<Array, Exception> {
@@ -252,11 +276,15 @@ impl KvCache for DenseKvCache {
         values: Array,
         window: i32,
     ) -> Result<(Array, Array), Exception> {
-        let offset = self.offset as i32;
-        let end = offset + keys.shape()[2];
-        let sees_from = window_start(offset, window);
-        let keep_from = sees_from.min(end - self.reach_back).max(self.first[layer]);
-        self.store(layer, &keys, &values, keep_from, sees_from)
+        let (offset, n) = (self.offset as i32, keys.shape()[2]);
+        let keep_from = window_keep_from(offset, n, window, self.reach_back, self.first[layer]);
+        self.store(
+            layer,
+            &keys,
+            &values,
+            keep_from,
+            window_start(offset, window),
+        )
     }
 
     fn advance(&mut self, n: usize) {

@@ -34,10 +34,6 @@ pub struct KvCost {
     pub window_span: usize,
 }
 
-/// The buffers' growth step (`DenseKvCache`'s): a windowed layer's buffer has room for one
-/// more step's writes beyond what it keeps, rounded up to it.
-const STEP: usize = 256;
-
 impl KvCost {
     /// The cost for a model whose position takes `per_token` bytes, `windowed` of them in
     /// sliding-window layers whose caches forget (`None`: none do), with the scheduler's
@@ -54,7 +50,10 @@ impl KvCost {
                 ..Self::default()
             };
         };
-        let room = prefill_chunk.div_ceil(STEP) * STEP;
+        // A windowed layer's buffer has room for one more step's writes beyond what it keeps,
+        // rounded up to the caches' growth step.
+        let step = crate::kv::cache::STEP as usize;
+        let room = prefill_chunk.div_ceil(step) * step;
         Self {
             per_token,
             windowed_per_token: w.bytes_per_token.min(per_token),

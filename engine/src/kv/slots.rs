@@ -21,7 +21,9 @@ use mlx_rs::error::Exception;
 use mlx_rs::ops::{concatenate, zeros_dtype};
 use mlx_rs::Array;
 
-use crate::kv::cache::{window_start, AsAny, KvCache, RecurrentStates};
+use crate::kv::cache::{
+    moves_forward, window_keep_from, window_start, AsAny, KvCache, RecurrentStates,
+};
 use crate::mlx_ext::{scatter, slice, slice_axis, slice_update};
 
 /// Capacity grows in steps of this many positions.
@@ -120,9 +122,9 @@ impl SlotPool {
         self.first[layer].get(slot).copied().unwrap_or(0)
     }
 
-    /// Before `n` positions are written at `offset` into `slot` of a layer with `window`:
-    /// when more of the row lies before what the layer keeps than it keeps (and a `STEP`), the
-    /// kept positions move to the row's start. Returns the row's first position.
+    /// Before `n` positions are written at `offset` into `slot` of a layer with `window`: the
+    /// kept positions move to the row's start when `moves_forward` says so (the rule
+    /// `DenseKvCache` follows). Returns the row's first position.
     fn forget(
         &mut self,
         layer: usize,
@@ -135,11 +137,8 @@ impl SlotPool {
         let Some(window) = window else {
             return Ok(first);
         };
-        let keep_from = window_start(offset, window)
-            .min(offset + n - self.reach_back)
-            .max(first);
-        let live = offset - keep_from;
-        if keep_from - first <= live + STEP {
+        let keep_from = window_keep_from(offset, n, window, self.reach_back, first);
+        if !moves_forward(first, keep_from, offset) {
             return Ok(first);
         }
         if let Some((k, v)) = self.layers[layer].take() {
@@ -312,6 +311,26 @@ impl SlotKvCache {
         self.slot
     }
 
+    /// Writes `keys`/`values` of `layer` at the offset, in a layer with `window`, and returns
+    /// what the new queries see: from the window's start, or all the row holds.
+    fn store(
+        &mut self,
+        layer: usize,
+        keys: &Array,
+        values: &Array,
+        window: Option<i32>,
+    ) -> Result<(Array, Array), Exception> {
+        let mut pool = self.pool.lock();
+        let start = self.offset as i32;
+        let end = start + keys.shape()[2];
+        pool.write(layer, self.slot, start, keys, values, window)?;
+        let from = match window {
+            Some(w) => window_start(start, w),
+            None => pool.first(layer, self.slot),
+        };
+        pool.read(layer, self.slot, from, end)
+    }
+
     /// The pool this cache's slot belongs to.
     pub fn pool(&self) -> &SharedSlots {
         &self.pool
@@ -342,12 +361,7 @@ impl KvCache for SlotKvCache {
         keys: Array,
         values: Array,
     ) -> Result<(Array, Array), Exception> {
-        let mut pool = self.pool.lock();
-        let start = self.offset as i32;
-        let end = start + keys.shape()[2];
-        pool.write(layer, self.slot, start, &keys, &values, None)?;
-        let first = pool.first(layer, self.slot);
-        pool.read(layer, self.slot, first, end)
+        self.store(layer, &keys, &values, None)
     }
 
     fn update_and_fetch_window(
@@ -357,11 +371,7 @@ impl KvCache for SlotKvCache {
         values: Array,
         window: i32,
     ) -> Result<(Array, Array), Exception> {
-        let mut pool = self.pool.lock();
-        let start = self.offset as i32;
-        let end = start + keys.shape()[2];
-        pool.write(layer, self.slot, start, &keys, &values, Some(window))?;
-        pool.read(layer, self.slot, window_start(start, window), end)
+        self.store(layer, &keys, &values, Some(window))
     }
 
     fn advance(&mut self, n: usize) {

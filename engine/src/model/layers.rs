@@ -379,7 +379,8 @@ pub(crate) mod tests {
         }
     }
 
-    fn bits_of(a: &Array) -> Vec<u32> {
+    /// The bits of an array's float32 values (for bit-for-bit comparisons).
+    pub(crate) fn bits_of(a: &Array) -> Vec<u32> {
         a.eval().unwrap();
         a.as_slice::<f32>().iter().map(|x| x.to_bits()).collect()
     }

@@ -464,13 +464,8 @@ impl FeedForward for SparseMoeBlock {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::layers::tests::quantized;
+    use crate::model::layers::tests::{bits_of, quantized};
     use mlx_rs::random::normal;
-
-    fn bits_of(a: &Array) -> Vec<u32> {
-        a.eval().unwrap();
-        a.as_slice::<f32>().iter().map(|x| x.to_bits()).collect()
-    }
 
     /// Quantized experts computed in two halves of the (token, expert) pairs on two streams
     /// give the unsplit result bit for bit: decode (pairs broadcast against one row per
