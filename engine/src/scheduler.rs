@@ -83,7 +83,8 @@ pub struct SchedulerConfig {
     /// What a sequence's KV costs by its length.
     pub kv_cost: KvCost,
     /// Running sequences' KV stored quantized (`None`: as computed). Such sequences keep
-    /// their own caches (the slot pool holds floats) and the prefix cache is off.
+    /// their own caches (the slot pool holds floats); prefix-cache blocks hold the same
+    /// format, so a hit restores the bits a cold run computes.
     pub kv_quant: Option<KvQuant>,
 }
 
@@ -339,13 +340,7 @@ impl Engine {
     ) -> Self {
         let eos = tokenizer.eos_token_ids().to_vec();
         let reach = config.reach_back();
-        let prefix = if let Some(quant) = config.kv_quant {
-            // Blocks hold float KV: quantized sequences neither reuse nor publish them.
-            tracing::info!(model = %model_id, kv = %quant.label(), "quantized KV: prefix cache off for this model");
-            Ok(None)
-        } else {
-            build_prefix_cache(&model_id, model.as_ref(), &config.kv, &stats)
-        };
+        let prefix = build_prefix_cache(&model_id, model.as_ref(), &config, &stats);
         let prefix = match prefix {
             Ok(p) => p,
             Err(e) => {
@@ -1093,23 +1088,28 @@ fn no_cache() -> Box<dyn KvCache> {
 fn build_prefix_cache(
     model_id: &str,
     model: &dyn LanguageModel,
-    config: &KvConfig,
+    scheduler: &SchedulerConfig,
     stats: &EngineStats,
 ) -> Result<Option<PrefixCache>, String> {
+    let config = &scheduler.kv;
     if !config.enabled {
         return Ok(None);
     }
     if config.block_size == 0 {
         return Err("block size 0".into());
     }
-    let mut cache = DenseKvCache::new(model.num_layers());
+    // The probe stores KV as the sequences will (quantized or not): blocks hold that format.
+    let mut cache: Box<dyn KvCache> = match scheduler.kv_quant {
+        Some(quant) => Box::new(QuantizedKvCache::new(model.num_layers(), quant)),
+        None => Box::new(DenseKvCache::new(model.num_layers())),
+    };
     let tokens = Array::from_slice(&[1i32, 2], &[1, 2]);
     let logits = model
         .forward(
             &tokens,
             &mut [BatchSeq {
                 len: 2,
-                cache: &mut cache,
+                cache: cache.as_mut(),
             }],
             Logits::Last,
         )
@@ -1121,7 +1121,7 @@ fn build_prefix_cache(
         .iter()
         .flat_map(|x| ((x * 10.0).round() as i32).to_le_bytes())
         .collect();
-    let layout = layout_of(&cache, config.block_size).map_err(|e| e.to_string())?;
+    let layout = layout_of(cache.as_ref(), config.block_size).map_err(|e| e.to_string())?;
     // The layer layout (which layers keep KV, which keep recurrent state) and every state's
     // shape and dtype: a snapshot is never restored into another layout.
     // (Written as before linear layers existed for plain models, whose identity, and so
@@ -1136,6 +1136,10 @@ fn build_prefix_cache(
     if layout.wide != 0 {
         let (heads, dim) = layout.wide_shape;
         shape.push_str(&format!(" wide: {:#x} {heads}x{dim}", layout.wide));
+    }
+    // Only when set, as above: quantized blocks are another format.
+    if let Some(quant) = layout.quant {
+        shape.push_str(&format!(" kv: {}", quant.label()));
     }
     if model.has_recurrent_state() {
         for layer in 0..cache.num_layers() {
@@ -1164,7 +1168,7 @@ fn build_prefix_cache(
     // The shape a snapshot must have to be restored (checked again on every file read).
     let states = if layout.linear != 0 {
         let linear = (0..layout.layers).filter(|&l| layout.is_linear(l));
-        state_layout(&mut cache, linear).map_err(|e| e.to_string())?
+        state_layout(cache.as_mut(), linear).map_err(|e| e.to_string())?
     } else {
         Vec::new()
     };

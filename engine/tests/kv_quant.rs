@@ -8,9 +8,10 @@ use std::time::Instant;
 
 use mlx_rs::Array;
 use serde_json::{json, Map};
-use wuwei::core::{Event, SamplingParams};
+use wuwei::core::{Event, SamplingParams, Usage};
 use wuwei::kv::cache::{DenseKvCache, KvCache};
 use wuwei::kv::quant::{KvQuant, QuantizedKvCache};
+use wuwei::kv::ssd::{SsdConfig, SsdStore};
 use wuwei::loader::{self, Loaded};
 use wuwei::model::{BatchSeq, Logits, WeightsMode};
 use wuwei::scheduler::{Engine, EngineStats, SchedulerConfig, SeqRequest, EVENT_CHANNEL_CAPACITY};
@@ -98,10 +99,92 @@ fn eight_bit_kv_keeps_greedy_tokens() {
     }
 }
 
-/// The engine with `kv_bits = 8` (quantized sequences keep their own caches, prefix cache
-/// off): three prompts decoded together stream the float cache's greedy text.
+/// An engine on its own thread, fed one request at a time or several together.
+struct TestEngine {
+    requests: Option<std::sync::mpsc::Sender<SeqRequest>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    asked: usize,
+}
+
+impl TestEngine {
+    fn start(config: SchedulerConfig) -> Self {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            let loaded = loader::load(&model_dir(), WeightsMode::Native).expect("load");
+            Engine::new(
+                "kv8".into(),
+                loaded.model,
+                loaded.tokenizer.clone(),
+                config,
+                Arc::new(EngineStats::default()),
+            )
+            .run(rx);
+        });
+        Self {
+            requests: Some(tx),
+            thread: Some(thread),
+            asked: 0,
+        }
+    }
+
+    /// Submits `prompts` together; returns each one's text and usage.
+    fn ask(&mut self, prompts: &[Vec<u32>]) -> Vec<(String, Usage)> {
+        let mut receivers = Vec::new();
+        for prompt in prompts {
+            let (tx, rx) = tokio::sync::mpsc::channel(EVENT_CHANNEL_CAPACITY);
+            receivers.push(rx);
+            self.asked += 1;
+            let request = SeqRequest {
+                id: format!("kv8-{}", self.asked),
+                prompt: prompt.clone(),
+                sampling: SamplingParams::greedy(),
+                max_tokens: ENGINE_TOKENS,
+                limited_by_context: false,
+                stop: Vec::new(),
+                logprobs: None,
+                parser: ParserConfig {
+                    reasoning: false,
+                    starts_in_reasoning: false,
+                    tools: false,
+                }
+                .into(),
+                grammar: None,
+                events: tx,
+                received: Instant::now(),
+            };
+            let requests = self.requests.as_ref().expect("running");
+            requests.send(request).expect("engine alive");
+        }
+        receivers
+            .into_iter()
+            .map(|mut rx| {
+                let (mut text, mut usage) = (String::new(), None);
+                while let Some(event) = rx.blocking_recv() {
+                    match event {
+                        Event::Text(t) => text.push_str(&t),
+                        Event::Finished { usage: u, .. } => usage = Some(u),
+                        Event::Error(e) => panic!("generation failed: {e}"),
+                        _ => {}
+                    }
+                }
+                (text, usage.expect("finished"))
+            })
+            .collect()
+    }
+
+    fn stop(mut self) {
+        drop(self.requests.take());
+        let thread = self.thread.take().expect("running");
+        thread.join().expect("the engine thread panicked");
+    }
+}
+
+/// The engine with `kv_bits = 8`: three prompts decoded together stream the float cache's
+/// greedy text; a long prompt's quantized KV goes to prefix-cache blocks (RAM and SSD), and
+/// a repeat restored from RAM, and from the SSD tier by a fresh engine, streams the text of
+/// the cold run.
 #[test]
-fn the_engine_runs_with_eight_bit_kv() {
+fn the_engine_runs_with_eight_bit_kv_and_reuses_it_from_ram_and_ssd() {
     let m = loader::load(&model_dir(), WeightsMode::Native).unwrap();
     let prompts: Vec<Vec<u32>> = [
         "def fibonacci(n):",
@@ -119,60 +202,68 @@ fn the_engine_runs_with_eight_bit_kv() {
             m.tokenizer.decode(&t, false).unwrap()
         })
         .collect();
-    let (req_tx, req_rx) = std::sync::mpsc::channel();
-    let mut receivers = Vec::new();
-    for (i, prompt) in prompts.iter().enumerate() {
-        let (tx, rx) = tokio::sync::mpsc::channel(EVENT_CHANNEL_CAPACITY);
-        receivers.push(rx);
-        req_tx
-            .send(SeqRequest {
-                id: format!("kv8-{i}"),
-                prompt: prompt.clone(),
-                sampling: SamplingParams::greedy(),
-                max_tokens: ENGINE_TOKENS,
-                limited_by_context: false,
-                stop: Vec::new(),
-                logprobs: None,
-                parser: ParserConfig {
-                    reasoning: false,
-                    starts_in_reasoning: false,
-                    tools: false,
-                }
-                .into(),
-                grammar: None,
-                events: tx,
-                received: Instant::now(),
-            })
-            .unwrap();
-    }
-    drop(req_tx);
-    let thread = std::thread::spawn(move || {
-        let loaded = loader::load(&model_dir(), WeightsMode::Native).expect("load");
-        let config = SchedulerConfig {
+    let ssd_dir = tempfile::tempdir().unwrap();
+    // A store over the folder, as a daemon opens it at start (its scan indexes the files).
+    let open_ssd = || {
+        let mut ssd = SsdConfig::new(ssd_dir.path().to_path_buf());
+        ssd.read_timeout = std::time::Duration::from_secs(30);
+        let store = SsdStore::open(ssd);
+        while store.stats().scanning {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        store
+    };
+    let config = |ssd: &Arc<SsdStore>| {
+        let mut config = SchedulerConfig {
             kv_quant: Some(KvQuant::new(8, 64).unwrap()),
             ..SchedulerConfig::default()
         };
-        Engine::new(
-            "kv8".into(),
-            loaded.model,
-            loaded.tokenizer.clone(),
-            config,
-            Arc::new(EngineStats::default()),
-        )
-        .run(req_rx);
-    });
-    for (i, mut rx) in receivers.into_iter().enumerate() {
-        let mut text = String::new();
-        while let Some(event) = rx.blocking_recv() {
-            match event {
-                Event::Text(t) => text.push_str(&t),
-                Event::Error(e) => panic!("generation failed: {e}"),
-                _ => {}
-            }
-        }
-        assert_eq!(text, want[i], "prompt {i}");
+        config.kv.ssd = Some(ssd.clone());
+        config
+    };
+    let ssd = open_ssd();
+    let mut engine = TestEngine::start(config(&ssd));
+    let together = engine.ask(&prompts);
+    for (i, (text, _)) in together.iter().enumerate() {
+        assert_eq!(text, &want[i], "prompt {i}");
     }
-    thread.join().expect("the engine thread panicked");
+
+    // Four full blocks of 32 and a tail.
+    let long = m
+        .tokenizer
+        .encode(
+            &"The quick brown fox jumps over the lazy dog. ".repeat(14),
+            true,
+        )
+        .unwrap();
+    assert!(long.len() > 4 * 32, "{}", long.len());
+    let cold = engine.ask(std::slice::from_ref(&long)).remove(0);
+    assert_eq!(cold.1.cached_tokens, 0);
+    assert!(!cold.0.is_empty());
+    let warm = engine.ask(std::slice::from_ref(&long)).remove(0);
+    let blocks = long.len() / 32 * 32;
+    assert!(warm.1.cached_tokens >= blocks - 32, "RAM hit: {:?}", warm.1);
+    assert_eq!(warm.0, cold.0, "restored quantized KV changed the tokens");
+    assert!(ssd.flush(std::time::Duration::from_secs(30)));
+    engine.stop();
+    drop(ssd);
+
+    // A fresh engine and store (a restarted daemon) have an empty RAM tier: the blocks come
+    // from the files.
+    let ssd = open_ssd();
+    assert!(ssd.stats().files >= 4, "{:?}", ssd.stats());
+    let mut engine = TestEngine::start(config(&ssd));
+    let from_disk = engine.ask(std::slice::from_ref(&long)).remove(0);
+    assert!(
+        from_disk.1.cached_tokens >= blocks - 32,
+        "SSD hit: {:?}",
+        from_disk.1
+    );
+    assert_eq!(
+        from_disk.0, cold.0,
+        "quantized KV read from the SSD changed the tokens"
+    );
+    engine.stop();
 }
 
 #[test]

@@ -73,6 +73,25 @@ pub trait KvCache: Send + AsAny {
     ) -> Result<(Packed, Packed), Exception> {
         Err(Exception::custom("this KV cache is not quantized"))
     }
+    /// As `range`, still quantized (caches whose `quantized()` is `Some`): what prefix-cache
+    /// blocks of a quantized model hold, so that a hit restores the very bits computed.
+    fn range_quantized(
+        &self,
+        _layer: usize,
+        _start: i32,
+        _end: i32,
+    ) -> Result<Option<(Packed, Packed)>, Exception> {
+        Err(Exception::custom("this KV cache is not quantized"))
+    }
+    /// As `load_layer`, for KV already quantized in this cache's format.
+    fn load_layer_quantized(
+        &mut self,
+        _layer: usize,
+        _keys: Packed,
+        _values: Packed,
+    ) -> Result<(), Exception> {
+        Err(Exception::custom("this KV cache is not quantized"))
+    }
     /// Bytes held by this cache alone (a slot pool's shared buffers are counted by the pool).
     fn own_bytes(&self) -> usize {
         0

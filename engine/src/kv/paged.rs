@@ -17,6 +17,7 @@ use mlx_rs::{Array, Dtype};
 #[cfg(test)]
 use crate::kv::cache::DenseKvCache;
 use crate::kv::cache::KvCache;
+use crate::kv::quant::{KvQuant, Packed};
 
 /// Shape of one block's KV, fixed per model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,6 +36,25 @@ pub struct KvLayout {
     pub wide: u128,
     /// The second shape, `(kv_heads, head_dim)` (`(0, 0)`: none).
     pub wide_shape: (usize, usize),
+    /// KV stored quantized (`kv_bits`): each of K and V is three arrays, the packed words
+    /// (`uint32`) and the scales and biases (in `dtype`), as the cache holds them.
+    pub quant: Option<KvQuant>,
+}
+
+/// One array a layer's K (or V) is stored as: `[kv_heads, block_size, last]` of `dtype`.
+#[derive(Debug, Clone, Copy)]
+struct Part {
+    last: usize,
+    dtype: Dtype,
+    /// Bytes per element of `dtype`.
+    size: usize,
+}
+
+impl Part {
+    /// Bytes of one head's `block_size` rows.
+    fn row_bytes(&self, block_size: usize) -> usize {
+        block_size * self.last * self.size
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,10 +110,42 @@ impl KvLayout {
         }
     }
 
-    /// Bytes of one `[kv_heads, block_size, head_dim]` tensor of `layer`.
+    /// The arrays one of `layer`'s K or V is stored as: the floats, or (quantized) the
+    /// packed words, scales and biases.
+    fn parts(&self, layer: usize) -> Vec<Part> {
+        let (_, dim) = self.shape(layer);
+        let (float, size) = (self.dtype.to_mlx(), self.dtype.size());
+        match self.quant {
+            None => vec![Part {
+                last: dim,
+                dtype: float,
+                size,
+            }],
+            Some(q) => {
+                let groups = Part {
+                    last: dim / q.group_size as usize,
+                    dtype: float,
+                    size,
+                };
+                let words = Part {
+                    last: dim * q.bits as usize / 32,
+                    dtype: Dtype::Uint32,
+                    size: 4,
+                };
+                vec![words, groups, groups]
+            }
+        }
+    }
+
+    /// Bytes of one of `layer`'s K or V in a block.
     fn tensor_bytes(&self, layer: usize) -> usize {
-        let (heads, dim) = self.shape(layer);
-        heads * self.block_size * dim * self.dtype.size()
+        let (heads, _) = self.shape(layer);
+        let row: usize = self
+            .parts(layer)
+            .iter()
+            .map(|p| p.row_bytes(self.block_size))
+            .sum();
+        heads * row
     }
 
     /// Bytes of a whole block: every KV layer's K then V.
@@ -184,39 +236,50 @@ pub fn layout_of(cache: &dyn KvCache, block_size: usize) -> Result<KvLayout, Pag
         dtype: KvDtype::from_mlx(dtype).ok_or(PagedError::UnsupportedDtype(dtype))?,
         wide,
         wide_shape: second.map_or((0, 0), usize_pair),
+        quant: cache.quantized(),
     })
 }
 
-/// Bytes of an evaluated, contiguous array of a float dtype.
+/// The bytes of an array of a dtype blocks hold (floats, and the packed words of quantized KV).
 pub(crate) fn host_bytes(a: &Array) -> Result<Vec<u8>, PagedError> {
+    fn raw<T: mlx_rs::ArrayElement>(a: &Array) -> Result<Vec<u8>, PagedError> {
+        let s = a
+            .try_as_slice::<T>()
+            .map_err(|e| Exception::custom(e.to_string()))?;
+        // SAFETY: a slice of plain numbers viewed as bytes; u8 has no alignment or validity
+        // needs.
+        let bytes = unsafe {
+            std::slice::from_raw_parts(s.as_ptr().cast::<u8>(), std::mem::size_of_val(s))
+        };
+        Ok(bytes.to_vec())
+    }
     let a = a.contiguous()?;
     a.eval()?;
-    // SAFETY (all arms): a float slice viewed as bytes; u8 has no alignment or validity needs.
-    let bytes = match a.dtype() {
-        Dtype::Float32 => {
-            let s = a
-                .try_as_slice::<f32>()
-                .map_err(|e| Exception::custom(e.to_string()))?;
-            unsafe { std::slice::from_raw_parts(s.as_ptr().cast::<u8>(), std::mem::size_of_val(s)) }
-                .to_vec()
-        }
-        Dtype::Float16 => {
-            let s = a
-                .try_as_slice::<half::f16>()
-                .map_err(|e| Exception::custom(e.to_string()))?;
-            unsafe { std::slice::from_raw_parts(s.as_ptr().cast::<u8>(), std::mem::size_of_val(s)) }
-                .to_vec()
-        }
-        Dtype::Bfloat16 => {
-            let s = a
-                .try_as_slice::<half::bf16>()
-                .map_err(|e| Exception::custom(e.to_string()))?;
-            unsafe { std::slice::from_raw_parts(s.as_ptr().cast::<u8>(), std::mem::size_of_val(s)) }
-                .to_vec()
-        }
-        other => return Err(PagedError::UnsupportedDtype(other)),
-    };
-    Ok(bytes)
+    match a.dtype() {
+        Dtype::Float32 => raw::<f32>(&a),
+        Dtype::Float16 => raw::<half::f16>(&a),
+        Dtype::Bfloat16 => raw::<half::bf16>(&a),
+        Dtype::Uint32 => raw::<u32>(&a),
+        other => Err(PagedError::UnsupportedDtype(other)),
+    }
+}
+
+/// `layer`'s K then V arrays (each `[1, heads, end - start, last]`) as `layout` stores them.
+fn stored_arrays(
+    cache: &dyn KvCache,
+    layout: &KvLayout,
+    layer: usize,
+    start: i32,
+    end: i32,
+) -> Result<Vec<Array>, PagedError> {
+    let missing = PagedError::EmptyLayer(layer);
+    Ok(if layout.quant.is_some() {
+        let (k, v) = cache.range_quantized(layer, start, end)?.ok_or(missing)?;
+        vec![k.w, k.scales, k.biases, v.w, v.scales, v.biases]
+    } else {
+        let (k, v) = cache.range(layer, start, end)?.ok_or(missing)?;
+        vec![k, v]
+    })
 }
 
 /// Copies blocks `first..first + count` (positions `first*B .. (first+count)*B`) out of
@@ -236,14 +299,14 @@ pub fn blocks_from_cache(
         })
         .collect();
     for layer in layout.kv_layers() {
-        let (heads, dim) = layout.shape(layer);
-        let row = b * dim * layout.dtype.size(); // one head's rows of one block
-        let (k, v) = cache
-            .range(layer, start, end)?
-            .ok_or(PagedError::EmptyLayer(layer))?;
-        for part in [k, v] {
-            // `part` is [1, heads, count*B, dim]: block j of head h is one run of `row` bytes.
-            let bytes = host_bytes(&part)?;
+        let (heads, _) = layout.shape(layer);
+        let parts = layout.parts(layer);
+        let arrays = stored_arrays(cache, layout, layer, start, end)?;
+        // K's parts, then V's.
+        for (array, part) in arrays.iter().zip(parts.iter().cycle()) {
+            // `array` is [1, heads, count*B, last]: block j of head h is one run of `row` bytes.
+            let row = part.row_bytes(b);
+            let bytes = host_bytes(array)?;
             let head_stride = count * row;
             for (j, block) in blocks.iter_mut().enumerate() {
                 for h in 0..heads {
@@ -267,39 +330,49 @@ pub fn fill_cache_from_blocks<B: std::ops::Deref<Target = KvBlock>>(
     };
     let layout = first.layout;
     let count = blocks.len();
-    // Where the current layer's K starts in each block.
+    // Where the current array starts in each block.
     let mut base = 0;
     for layer in layout.kv_layers() {
-        let (heads, dim) = layout.shape(layer);
-        let tensor = layout.tensor_bytes(layer);
-        let row = layout.block_size * dim * layout.dtype.size();
-        let shape = [
-            1,
-            heads as i32,
-            (count * layout.block_size) as i32,
-            dim as i32,
-        ];
-        let mut scratch = vec![0u8; tensor * count];
-        let mut kv = Vec::with_capacity(2);
-        for part in 0..2 {
-            let at = base + part * tensor;
+        let (heads, _) = layout.shape(layer);
+        let parts = layout.parts(layer);
+        let mut arrays = Vec::with_capacity(2 * parts.len());
+        for part in parts.iter().chain(parts.iter()) {
+            let row = part.row_bytes(layout.block_size);
+            let shape = [
+                1,
+                heads as i32,
+                (count * layout.block_size) as i32,
+                part.last as i32,
+            ];
+            let mut scratch = vec![0u8; heads * row * count];
             for (j, block) in blocks.iter().enumerate() {
                 for h in 0..heads {
-                    let src = at + h * row;
+                    let src = base + h * row;
                     let dst = h * count * row + j * row;
                     scratch[dst..dst + row].copy_from_slice(&block.data[src..src + row]);
                 }
             }
             // SAFETY: `scratch` holds exactly shape's element count of `dtype`; MLX copies it.
-            let array = unsafe {
-                Array::from_raw_data(scratch.as_ptr().cast(), &shape, layout.dtype.to_mlx())
-            };
-            kv.push(array);
+            arrays
+                .push(unsafe { Array::from_raw_data(scratch.as_ptr().cast(), &shape, part.dtype) });
+            base += heads * row;
         }
-        let v = kv.pop().expect("two parts");
-        let k = kv.pop().expect("two parts");
-        cache.load_layer(layer, k, v)?;
-        base += 2 * tensor;
+        let mut arrays = arrays.into_iter();
+        let mut take = || arrays.next().expect("every part was built");
+        if layout.quant.is_some() {
+            let mut packed = || Packed {
+                w: take(),
+                scales: take(),
+                biases: take(),
+            };
+            let k = packed();
+            let v = packed();
+            cache.load_layer_quantized(layer, k, v)?;
+        } else {
+            let k = take();
+            let v = take();
+            cache.load_layer(layer, k, v)?;
+        }
     }
     cache.advance(count * layout.block_size);
     Ok(())
@@ -389,6 +462,61 @@ mod tests {
                 second: (1, 6)
             })
         ));
+    }
+
+    /// Quantized KV (`kv_bits`) goes into blocks as the packed words, scales and biases the
+    /// cache holds, and comes back bit for bit: a hit restores what a cold run computes.
+    #[test]
+    fn quantized_kv_round_trips_bit_for_bit() {
+        use crate::kv::quant::QuantizedKvCache;
+        let q = KvQuant::new(4, 32).unwrap();
+        let mut source = QuantizedKvCache::new(2, q);
+        for layer in 0..2 {
+            let kv = |seed: u64| {
+                mlx_rs::random::normal::<f32>(
+                    &[1, 2, 5, 64],
+                    None,
+                    None,
+                    Some(&mlx_rs::random::key(seed).unwrap()),
+                )
+                .unwrap()
+                .as_dtype(Dtype::Bfloat16)
+                .unwrap()
+            };
+            source
+                .store(layer, &kv(layer as u64), &kv(9 + layer as u64))
+                .unwrap();
+        }
+        source.advance(5);
+        let layout = layout_of(&source, 2).unwrap();
+        assert_eq!((layout.quant, layout.dtype), (Some(q), KvDtype::Bf16));
+        // Per layer, K and V: 2 heads × 2 positions × (32 words' bytes + 2 groups × bf16 scale
+        // and bias).
+        assert_eq!(layout.block_bytes(), 2 * 2 * 2 * 2 * (32 + 2 * 2 * 2));
+        let blocks = blocks_from_cache(&source, &layout, 0, 2).unwrap();
+        assert!(blocks.iter().all(|b| b.data.len() == layout.block_bytes()));
+        let mut target = QuantizedKvCache::new(2, q);
+        fill_cache_from_blocks(&mut target, &blocks.iter().collect::<Vec<_>>()).unwrap();
+        assert_eq!(target.offset(), 4);
+        for layer in 0..2 {
+            let (k0, v0) = source.range_quantized(layer, 0, 4).unwrap().unwrap();
+            let (k1, v1) = target.range_quantized(layer, 0, 4).unwrap().unwrap();
+            for (a, b) in [(k0, k1), (v0, v1)] {
+                assert_eq!(host_bytes(&a.w).unwrap(), host_bytes(&b.w).unwrap());
+                assert_eq!(
+                    host_bytes(&a.scales).unwrap(),
+                    host_bytes(&b.scales).unwrap()
+                );
+                assert_eq!(
+                    host_bytes(&a.biases).unwrap(),
+                    host_bytes(&b.biases).unwrap()
+                );
+                assert_eq!(a.w.shape(), &[1, 2, 4, 8]);
+            }
+        }
+        // A float cache cannot take them.
+        let mut float = DenseKvCache::new(2);
+        assert!(fill_cache_from_blocks(&mut float, &blocks.iter().collect::<Vec<_>>()).is_err());
     }
 
     #[test]

@@ -132,12 +132,22 @@ impl QuantizedKvCache {
         keys: &Array,
         values: &Array,
     ) -> Result<(Packed, Packed), Exception> {
-        let used = self.offset as i32;
-        let end = used + keys.shape()[2];
         let new = (
             Packed::quantize(keys, self.quant)?,
             Packed::quantize(values, self.quant)?,
         );
+        self.store_packed(layer, new)
+    }
+
+    /// Stores KV already quantized in this cache's format (computed, or restored from
+    /// prefix-cache blocks) at the offset; returns everything stored for that layer.
+    fn store_packed(
+        &mut self,
+        layer: usize,
+        new: (Packed, Packed),
+    ) -> Result<(Packed, Packed), Exception> {
+        let used = self.offset as i32;
+        let end = used + new.0.w.shape()[2];
         let (k_buf, v_buf) = match self.layers[layer].take() {
             Some((k, v)) => (Some(k), Some(v)),
             None => (None, None),
@@ -156,6 +166,20 @@ impl QuantizedKvCache {
         let fetched = (upto(&k_buf)?, upto(&v_buf)?);
         self.layers[layer] = Some((k_buf, v_buf));
         Ok(fetched)
+    }
+
+    /// Positions `start..end` of `layer`, quantized.
+    fn packed_range(
+        &self,
+        layer: usize,
+        start: i32,
+        end: i32,
+    ) -> Result<Option<(Packed, Packed)>, Exception> {
+        let Some((k, v)) = self.layers.get(layer).and_then(Option::as_ref) else {
+            return Ok(None);
+        };
+        let part = |p: &Packed| p.map(|a| Ok(slice_axis(a, 2, start, end)?));
+        Ok(Some((part(k)?, part(v)?)))
     }
 }
 
@@ -231,14 +255,28 @@ impl KvCache for QuantizedKvCache {
         start: i32,
         end: i32,
     ) -> Result<Option<(Array, Array)>, Exception> {
-        let Some((k, v)) = self.layers.get(layer).and_then(Option::as_ref) else {
+        let Some((k, v)) = self.packed_range(layer, start, end)? else {
             return Ok(None);
         };
-        let part = |p: &Packed| -> Result<Array, Exception> {
-            p.map(|a| Ok(slice_axis(a, 2, start, end)?))?
-                .dequantize(self.quant)
-        };
-        Ok(Some((part(k)?, part(v)?)))
+        Ok(Some((k.dequantize(self.quant)?, v.dequantize(self.quant)?)))
+    }
+
+    fn range_quantized(
+        &self,
+        layer: usize,
+        start: i32,
+        end: i32,
+    ) -> Result<Option<(Packed, Packed)>, Exception> {
+        self.packed_range(layer, start, end)
+    }
+
+    fn load_layer_quantized(
+        &mut self,
+        layer: usize,
+        keys: Packed,
+        values: Packed,
+    ) -> Result<(), Exception> {
+        self.store_packed(layer, (keys, values)).map(|_| ())
     }
 
     fn num_layers(&self) -> usize {

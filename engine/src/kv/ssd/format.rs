@@ -8,11 +8,13 @@ use std::time::Duration;
 
 use super::super::paged::{KvBlock, KvDtype, KvLayout};
 use super::super::prefix::{BlockHash, ModelIdentity};
+use super::super::quant::KvQuant;
 use super::super::snapshot::{StateLayout, StateShape, StateSnapshot};
 
 pub(super) const MAGIC: &[u8; 8] = b"WUWEIKV\0";
 pub(super) const FORMAT_VERSION: u32 = 1;
-/// magic, version, identity, hash, dtype + 3 pad, 4 × u32 layout, payload length.
+/// magic, version, identity, hash, dtype + KV bits + KV group size + 1 pad (both 0: float KV,
+/// as every file before quantized blocks), 4 × u32 layout, payload length.
 pub(super) const HEADER_BYTES: usize = 8 + 4 + 32 + 16 + 4 + 16 + 8;
 pub(super) const CRC_BYTES: usize = 4;
 pub(super) const EXTENSION: &str = "kv";
@@ -170,7 +172,10 @@ pub(super) fn encode(model: &ModelIdentity, hash: &BlockHash, block: &KvBlock) -
     out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
     out.extend_from_slice(&model.0);
     out.extend_from_slice(&hash.0);
-    out.extend_from_slice(&[l.dtype as u8, 0, 0, 0]);
+    let (bits, group) = l
+        .quant
+        .map_or((0, 0), |q| (q.bits as u8, q.group_size as u8));
+    out.extend_from_slice(&[l.dtype as u8, bits, group, 0]);
     for v in [l.layers, l.kv_heads, l.head_dim, l.block_size] {
         out.extend_from_slice(&(v as u32).to_le_bytes());
     }
@@ -211,8 +216,16 @@ pub(super) fn decode(
         return Err(Reject::Corrupt("written for another model or block"));
     }
     let dtype = KvDtype::from_code(bytes[60]).ok_or(Reject::Corrupt("unknown dtype"))?;
+    let quant = match (bytes[61], bytes[62]) {
+        (0, _) => None,
+        (bits, group) => Some(
+            KvQuant::new(bits as i32, group as i32)
+                .map_err(|_| Reject::Corrupt("unknown KV quantization"))?,
+        ),
+    };
     let stored = KvLayout {
         dtype,
+        quant,
         layers: u32_at(64) as usize,
         kv_heads: u32_at(68) as usize,
         head_dim: u32_at(72) as usize,

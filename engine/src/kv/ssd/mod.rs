@@ -652,6 +652,7 @@ mod tests {
             linear: 0,
             wide: 0,
             wide_shape: (0, 0),
+            quant: None,
         }
     }
 
@@ -709,6 +710,44 @@ mod tests {
             .read_prefix(ModelIdentity([8; 32]), &[h], layout())
             .is_empty());
         assert_eq!(s.stats().checksum_failures, 1);
+    }
+
+    /// Blocks of quantized KV say their format in the header (float files, written before
+    /// quantized blocks, have zeros there): read back into their own format only.
+    #[test]
+    fn quantized_blocks_are_read_back_only_into_their_format() {
+        use crate::kv::quant::KvQuant;
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path());
+        wait_scan(&s);
+        let q8 = KvLayout {
+            head_dim: 64,
+            quant: Some(KvQuant::new(8, 32).unwrap()),
+            ..layout()
+        };
+        // Per layer, K and V: 64 one-byte values and 2 groups of an f32 scale and bias.
+        assert_eq!(q8.block_bytes(), 2 * 2 * 2 * (64 + 2 * 2 * 4));
+        let block = KvBlock {
+            layout: q8,
+            data: (0..q8.block_bytes()).map(|i| i as u8).collect(),
+        };
+        let m = ids(0).0;
+        let hashes = [1, 2, 3].map(|n| ids(n).1);
+        for hash in hashes {
+            assert!(s.enqueue(m, hash, Arc::new(block.clone())));
+        }
+        assert!(s.flush(Duration::from_secs(5)));
+        assert_eq!(s.read_prefix(m, &hashes[..1], q8), vec![block.clone()]);
+        let q4 = KvLayout {
+            quant: Some(KvQuant::new(4, 32).unwrap()),
+            ..q8
+        };
+        let float = KvLayout { quant: None, ..q8 };
+        // (A rejected file is deleted: each wrong format reads a file of its own.)
+        for (other, hash) in [(q4, hashes[1]), (float, hashes[2])] {
+            assert!(s.read_prefix(m, &[hash], other).is_empty());
+        }
+        assert_eq!(s.stats().checksum_failures, 2);
     }
 
     fn snapshot(fill: u8) -> StateSnapshot {
