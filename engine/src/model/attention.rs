@@ -15,6 +15,7 @@ use mlx_rs::ops::{arange, concatenate, select, softmax_axis};
 use mlx_rs::{Array, Dtype};
 
 use super::batch::BatchSeq;
+use super::cpu_attention;
 use super::layers::Rope;
 use super::two_streams;
 use crate::kv::cache::window_start;
@@ -130,54 +131,40 @@ fn attend_kv(
 /// A layer's RoPE, softmax scale and extras, passed along together.
 type Params<'a> = (&'a Rope, f32, Extras<'a>);
 
-/// Queries per prefill chunk from which [`causal_attention`] splits the chunk over two CPU
-/// streams: below it the split's extra ops cost more than the second core gives.
-const SPLIT_MIN_QUERIES: i32 = 64;
-/// Causal attention of `q` (`[1, heads, len, dim]`, the last `len` positions) over every key
-/// (`[1, kv_heads, keys, dim]`). With the CPU levers on (CPU backend, float32), a long chunk
-/// without sinks is split in two by query rows, the first half attending over the keys it can
-/// see and the second over all of them, on two streams: MLX's CPU softmax is scalar and
-/// single-threaded (its `exp` was ~55% of a 12k-token prefill, profiled), so the two halves
-/// run on both cores. Each query row's scores, softmax and sum are the same ops over the same
-/// values either way (bit-identical to the whole chunk in float32 with OpenBLAS's SkylakeX
-/// kernels; its generic ones may sum the first half's shorter key run in another order, one
-/// ulp). On a GPU, and in half precision, one fused call as mlx-lm makes it.
-fn causal_attention(
+/// Queries per prefill chunk from which [`chunk_attention`] runs the engine's CPU kernel:
+/// below it the synchronisation costs more than the kernel saves.
+const KERNEL_MIN_QUERIES: i32 = 64;
+
+/// Attention of a prefill chunk `q` (`[1, heads, len, dim]`, queries at `offset..offset +
+/// len`) over keys from position `start` to the chunk's end (`[1, kv_heads, keys, dim]`):
+/// causal, and within the `window` if there is one. With the CPU levers on (CPU backend,
+/// float32) a long chunk without sinks is attended by the engine's own kernel
+/// (`cpu_attention`: ~4x MLX's CPU attention at 8k keys, measured); otherwise, as on a GPU
+/// and in half precision, by MLX's fused attention as mlx-lm calls it.
+fn chunk_attention(
     q: Array,
     k: Array,
     v: Array,
     scale: f32,
+    (offset, start): (i32, i32),
+    window: Option<i32>,
     sinks: Option<&Array>,
 ) -> Result<Array> {
     let len = q.shape()[2];
-    if len < SPLIT_MIN_QUERIES || sinks.is_some() || !two_streams::enabled() {
+    let on_kernel = len >= KERNEL_MIN_QUERIES
+        && sinks.is_none()
+        && q.dtype() == Dtype::Float32
+        && two_streams::enabled();
+    if on_kernel {
+        return cpu_attention::causal(&q, &k, &v, scale, window);
+    }
+    if window.is_none() {
         let mask = ScaledDotProductAttentionMask::Causal;
         return scaled_dot_product_attention(q, k, v, scale, mask, sinks);
     }
-    let keys = k.shape()[2];
-    let half = len / 2;
-    // MLX's causal mask aligns the queries with the last keys: the first half's queries are
-    // the last `half` of the first `keys - (len - half)` keys.
-    let seen = keys - (len - half);
-    let first = scaled_dot_product_attention(
-        slice_axis(&q, 2, 0, half)?,
-        slice_axis(&k, 2, 0, seen)?,
-        slice_axis(&v, 2, 0, seen)?,
-        scale,
-        ScaledDotProductAttentionMask::Causal,
-        None,
-    )?;
-    let second = two_streams::on_side_stream(|| {
-        scaled_dot_product_attention(
-            slice_axis(&q, 2, half, len)?,
-            &k,
-            &v,
-            scale,
-            ScaledDotProductAttentionMask::Causal,
-            None,
-        )
-    })?;
-    concatenate(&[first, second], 2)
+    let mask = chunk_mask(offset, len, start, window)?;
+    let mask = ScaledDotProductAttentionMask::Array(&mask);
+    scaled_dot_product_attention(q, k, v, scale, mask, sinks)
 }
 
 /// The mask of queries at positions `offset..offset + len` over keys at `start..offset +
@@ -298,15 +285,12 @@ fn attend_one(
             .range(layer, start, offset + len)?
             .ok_or_else(|| Exception::custom(format!("KV layer {layer} holds nothing yet")))?,
     };
-    let out = if extras.window.is_none() && len > 1 {
-        causal_attention(q, k, v, scale, extras.sinks)?
-    } else if len == 1 {
+    let out = if len == 1 {
         // One query sees every key it is given: no mask (as mlx-lm passes none).
         scaled_dot_product_attention(q, k, v, scale, None, extras.sinks)?
     } else {
-        let mask = chunk_mask(offset, len, start, extras.window)?;
-        let mask = ScaledDotProductAttentionMask::Array(&mask);
-        scaled_dot_product_attention(q, k, v, scale, mask, extras.sinks)?
+        let at = (offset, start);
+        chunk_attention(q, k, v, scale, at, extras.window, extras.sinks)?
     };
     merge_heads(out, len)
 }
@@ -640,13 +624,8 @@ impl PooledPass<'_> {
             let start = window.map_or(0, |w| window_start(c.offset, w));
             let (k, v) = pool.read(self.layer, c.slot, start, c.offset + c.len)?;
             let sinks = self.extras.sinks;
-            let out = if window.is_none() {
-                causal_attention(c.q, k, v, self.scale, sinks)?
-            } else {
-                let mask = chunk_mask(c.offset, c.len, start, window)?;
-                let mask = ScaledDotProductAttentionMask::Array(&mask);
-                scaled_dot_product_attention(c.q, k, v, self.scale, mask, sinks)?
-            };
+            let at = (c.offset, start);
+            let out = chunk_attention(c.q, k, v, self.scale, at, window, sinks)?;
             outs.push(merge_heads(out, c.len)?);
         }
         Ok(outs)
@@ -682,39 +661,4 @@ fn in_batch_order(
         }
     }
     concat_rows(pieces)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use mlx_rs::random::normal;
-
-    /// The two-stream split of a long chunk gives what one call gives (float32 on the CPU,
-    /// where the split runs: `cpu_levers()` holds under the default settings).
-    #[test]
-    fn a_split_chunk_attends_exactly_as_the_whole_chunk() {
-        assert!(crate::device::cpu_levers());
-        // Grouped queries (4 heads over 2), a chunk of 96 queries after 200 cached positions.
-        let q = normal::<f32>(&[1, 4, 96, 16], None, None, None).unwrap();
-        let k = normal::<f32>(&[1, 2, 296, 16], None, None, None).unwrap();
-        let v = normal::<f32>(&[1, 2, 296, 16], None, None, None).unwrap();
-        let whole = scaled_dot_product_attention(
-            &q,
-            &k,
-            &v,
-            0.25,
-            ScaledDotProductAttentionMask::Causal,
-            None,
-        )
-        .unwrap();
-        let split = causal_attention(q, k, v, 0.25, None).unwrap();
-        assert_eq!(split.shape(), whole.shape());
-        let (a, b) = (whole.as_slice::<f32>(), split.as_slice::<f32>());
-        // Bit for bit with OpenBLAS's SkylakeX kernels (this machine's); its generic kernels
-        // sum the shorter key run of the first half in another order (1 ulp, measured).
-        assert!(a
-            .iter()
-            .zip(b)
-            .all(|(x, y)| (x - y).abs() <= 1e-6 * x.abs().max(1.0)));
-    }
 }

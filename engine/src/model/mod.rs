@@ -4,6 +4,7 @@
 pub mod architectures;
 pub mod attention;
 pub mod batch;
+pub mod cpu_attention;
 pub mod decoder;
 pub mod gemma3_text;
 pub mod gemma4_text;

@@ -1,11 +1,10 @@
 //! Two CPU cores for one engine thread. MLX runs each stream's CPU ops on a thread of that
-//! stream's own, and most of its CPU kernels are single-threaded: the softmax of attention
-//! (its `exp` is scalar in the x86 wheel) and the quantized matmuls (`qmm`, ~90% of a 4-bit
-//! MoE decode step, profiled). So with the CPU levers on (CPU backend, float32 activations)
-//! the heavy ops of a step are split in two independent halves, the second queued on a side
-//! stream: each half's elements are computed by the same ops over the same values as
-//! unsplit (bit-identical for the quantized matmuls; see `attention::causal_attention` for
-//! attention), and the two run on both cores. On a GPU, and in half precision
+//! stream's own, and some of its CPU kernels are single-threaded: the quantized matmuls
+//! (`qmm`, ~90% of a 4-bit MoE decode step, profiled). So with the CPU levers on (CPU
+//! backend, float32 activations) those are split in two independent halves, the second
+//! queued on a side stream: each half's elements are computed by the same ops over the same
+//! values as unsplit (bit-identical), and the two run on both cores. (Long prefill chunks'
+//! attention, also single-threaded in MLX, has a kernel of its own: `cpu_attention`.) On a GPU, and in half precision
 //! (the GPU configuration on the CPU), nothing is split.
 
 use mlx_rs::error::Exception;

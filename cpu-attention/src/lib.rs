@@ -1,0 +1,400 @@
+//! Causal attention of a prefill chunk on the host, tile by tile as flash attention does it:
+//! each query tile of a head walks the keys it can see in tiles that stay in cache — scores by
+//! a matrix product (`matrixmultiply`, vectorised for the CPU it runs on), an online softmax
+//! with a vectorised `exp`, the weighted values added to the tile's output — and the tiles are
+//! shared among the cores.
+//!
+//! A query row's numbers depend only on its own position and the keys: key tiles start at
+//! fixed key positions and each row's softmax is its own, so a row gets the same bits
+//! whatever chunk it is read in or whatever rows are beside it.
+//!
+//! Its own crate so that it is optimised in every build: the engine's debug builds (which
+//! the tests run) compile the engine itself unoptimised, and these loops would then be
+//! slower than what they replace (Cargo.toml's `[profile.dev.package.wuwei-cpu-attention]`).
+//! The engine calls it with the CPU levers only (`engine/src/model/cpu_attention.rs`).
+
+/// Queries per tile: a tile's scores (`QUERY_TILE × KEY_TILE` floats, 128 KiB) and output
+/// stay in a core's L2 cache.
+const QUERY_TILE: usize = 64;
+/// Keys per tile, from key 0 (fixed positions: see the crate comment).
+const KEY_TILE: usize = 512;
+
+/// The shapes of one chunk's attention: `q` is `[heads, queries, dim]`, `k` and `v` are
+/// `[kv_heads, keys, dim]`, all row-major; query `i` is the key at `keys - queries + i`.
+#[derive(Debug, Clone, Copy)]
+pub struct Shapes {
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub queries: usize,
+    pub keys: usize,
+    pub dim: usize,
+}
+
+/// One unit of work: a query tile of one head, and the part of the output it writes.
+struct Tile<'a> {
+    head: usize,
+    first_row: usize,
+    out: &'a mut [f32],
+}
+
+/// Attention of `q` (`[heads, queries, dim]`) over `k`/`v` (`[kv_heads, keys, dim]`), each
+/// query seeing the keys up to its own position and, with a `window`, only the last
+/// `window` of them; returns `[heads, queries, dim]`.
+pub fn attend(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    s: Shapes,
+    scale: f32,
+    window: Option<usize>,
+) -> Vec<f32> {
+    let d = s.dim;
+    let mut out = vec![0f32; s.heads * s.queries * d];
+    let mut tiles: Vec<Tile<'_>> = Vec::new();
+    for (head, rows) in out.chunks_mut(s.queries * d).enumerate() {
+        for (t, tile) in rows.chunks_mut(QUERY_TILE * d).enumerate() {
+            tiles.push(Tile {
+                head,
+                first_row: t * QUERY_TILE,
+                out: tile,
+            });
+        }
+    }
+    // Longest first to the least loaded core (a later tile sees more keys).
+    let work = |t: &Tile<'_>| {
+        let rows = t.out.len() / d;
+        let last = s.keys - s.queries + t.first_row + rows;
+        last - window.map_or(0, |w| (last - rows + 1).saturating_sub(w))
+    };
+    tiles.sort_by_key(|t| std::cmp::Reverse(work(t)));
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(tiles.len())
+        .max(1);
+    let mut shares: Vec<(usize, Vec<Tile<'_>>)> = (0..threads).map(|_| (0, Vec::new())).collect();
+    for tile in tiles {
+        let least = shares
+            .iter_mut()
+            .min_by_key(|(load, _)| *load)
+            .expect("a share");
+        least.0 += work(&tile);
+        least.1.push(tile);
+    }
+    let run = |share: Vec<Tile<'_>>| {
+        let mut scratch = Scratch::default();
+        for tile in share {
+            attend_tile(q, k, v, s, scale, window, tile, &mut scratch);
+        }
+    };
+    std::thread::scope(|scope| {
+        let mut shares = shares.into_iter().map(|(_, share)| share);
+        let mine = shares.next().expect("a share");
+        for share in shares {
+            scope.spawn(move || run(share));
+        }
+        run(mine);
+    });
+    out
+}
+
+/// A thread's buffers, reused from tile to tile.
+#[derive(Default)]
+struct Scratch {
+    scores: Vec<f32>,
+    max: Vec<f32>,
+    sum: Vec<f32>,
+}
+
+#[allow(clippy::too_many_arguments)]
+fn attend_tile(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    s: Shapes,
+    scale: f32,
+    window: Option<usize>,
+    tile: Tile<'_>,
+    scratch: &mut Scratch,
+) {
+    let d = s.dim;
+    let rows = tile.out.len() / d;
+    let group = s.heads / s.kv_heads;
+    let qt = &q[(tile.head * s.queries + tile.first_row) * d..][..rows * d];
+    let kv_at = (tile.head / group) * s.keys * d;
+    let (kh, vh) = (&k[kv_at..kv_at + s.keys * d], &v[kv_at..kv_at + s.keys * d]);
+    // Row i sees keys lo(i)..=hi(i).
+    let hi = |i: usize| s.keys - s.queries + tile.first_row + i;
+    let lo = |i: usize| window.map_or(0, |w| (hi(i) + 1).saturating_sub(w));
+    let (first_key, end_key) = (lo(0), hi(rows - 1) + 1);
+    scratch.scores.resize(rows * KEY_TILE, 0.0);
+    scratch.max.clear();
+    scratch.max.resize(rows, f32::NEG_INFINITY);
+    scratch.sum.clear();
+    scratch.sum.resize(rows, 0.0);
+    let out = tile.out;
+    out.fill(0.0);
+    let mut c0 = first_key / KEY_TILE * KEY_TILE;
+    while c0 < end_key {
+        let n = KEY_TILE.min(end_key - c0);
+        let scores = &mut scratch.scores[..rows * n];
+        // scores = scale · q_tile · k[c0..c0 + n]ᵀ
+        // SAFETY: every pointer and stride stays within its slice: qt is rows × d, the keys
+        // n × d from c0 (c0 + n <= keys), scores rows × n.
+        unsafe {
+            matrixmultiply::sgemm(
+                rows,
+                d,
+                n,
+                scale,
+                qt.as_ptr(),
+                d as isize,
+                1,
+                kh[c0 * d..].as_ptr(),
+                1,
+                d as isize,
+                0.0,
+                scores.as_mut_ptr(),
+                n as isize,
+                1,
+            );
+        }
+        for i in 0..rows {
+            let row = &mut scores[i * n..(i + 1) * n];
+            // The part of this key tile row i sees.
+            let from = lo(i).saturating_sub(c0).min(n);
+            let to = (hi(i) + 1).saturating_sub(c0).min(n);
+            if from >= to {
+                row.fill(0.0);
+                continue;
+            }
+            let seen = &mut row[from..to];
+            let max = scratch.max[i].max(exp::max(seen));
+            let carry = (scratch.max[i] - max).exp();
+            let sum = exp::exp_minus(seen, max);
+            row[..from].fill(0.0);
+            row[to..].fill(0.0);
+            scratch.sum[i] = scratch.sum[i] * carry + sum;
+            scratch.max[i] = max;
+            if carry != 1.0 {
+                out[i * d..(i + 1) * d].iter_mut().for_each(|o| *o *= carry);
+            }
+        }
+        // out += p · v[c0..c0 + n]
+        // SAFETY: scores is rows × n, the values n × d from c0, out rows × d.
+        unsafe {
+            matrixmultiply::sgemm(
+                rows,
+                n,
+                d,
+                1.0,
+                scores.as_ptr(),
+                n as isize,
+                1,
+                vh[c0 * d..].as_ptr(),
+                d as isize,
+                1,
+                1.0,
+                out.as_mut_ptr(),
+                d as isize,
+                1,
+            );
+        }
+        c0 += n;
+    }
+    for (i, row) in out.chunks_mut(d).enumerate() {
+        let inv = 1.0 / scratch.sum[i];
+        row.iter_mut().for_each(|o| *o *= inv);
+    }
+}
+
+/// The softmax's inner loops, vectorised for the CPU they run on.
+mod exp {
+    /// Largest value of a non-empty slice.
+    pub fn max(x: &[f32]) -> f32 {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") {
+            #[target_feature(enable = "avx2")]
+            fn wide(x: &[f32]) -> f32 {
+                max_body(x)
+            }
+            // SAFETY: the CPU has AVX2 (checked above).
+            return unsafe { wide(x) };
+        }
+        max_body(x)
+    }
+
+    /// Replaces each `x` by `exp(x - m)` (`m` at least every `x`) and returns their sum.
+    pub fn exp_minus(x: &mut [f32], m: f32) -> f32 {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") {
+            #[target_feature(enable = "avx2")]
+            fn wide(x: &mut [f32], m: f32) -> f32 {
+                exp_minus_body(x, m)
+            }
+            // SAFETY: the CPU has AVX2 (checked above).
+            return unsafe { wide(x, m) };
+        }
+        exp_minus_body(x, m)
+    }
+
+    // The same operations in the same order either way (no fused multiply-adds: Rust never
+    // contracts them), so both give the same bits.
+    const LANES: usize = 16;
+
+    #[inline(always)]
+    fn max_body(x: &[f32]) -> f32 {
+        let mut acc = [f32::NEG_INFINITY; LANES];
+        let mut chunks = x.chunks_exact(LANES);
+        for c in &mut chunks {
+            for l in 0..LANES {
+                acc[l] = if c[l] > acc[l] { c[l] } else { acc[l] };
+            }
+        }
+        let mut m = acc.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        for &r in chunks.remainder() {
+            m = m.max(r);
+        }
+        m
+    }
+
+    #[inline(always)]
+    fn exp_minus_body(x: &mut [f32], m: f32) -> f32 {
+        let mut acc = [0f32; LANES];
+        let mut chunks = x.chunks_exact_mut(LANES);
+        for c in &mut chunks {
+            for l in 0..LANES {
+                let e = exp(c[l] - m);
+                c[l] = e;
+                acc[l] += e;
+            }
+        }
+        let mut sum = acc.iter().sum::<f32>();
+        for r in chunks.into_remainder() {
+            *r = exp(*r - m);
+            sum += *r;
+        }
+        sum
+    }
+
+    /// `e^x` for `x <= 0` within ~2 ulp (Cephes' `expf`: `x = n·ln 2 + r`, a degree-6
+    /// polynomial of `r`, `2^n` from the exponent bits); written without branches so that
+    /// the loops above vectorise. Underflows to 0 below -87.
+    #[inline(always)]
+    pub fn exp(x: f32) -> f32 {
+        const LOG2E: f32 = std::f32::consts::LOG2_E;
+        const LN2_HI: f32 = 0.693_359_4;
+        const LN2_LO: f32 = -2.121_944_4e-4;
+        // Rounds to nearest by adding and subtracting 1.5 · 2^23.
+        const ROUND: f32 = 12_582_912.0;
+        let x = x.max(-87.0);
+        let n = (x * LOG2E + ROUND) - ROUND;
+        let r = x - n * LN2_HI - n * LN2_LO;
+        let p = 1.987_569_1e-4_f32;
+        let p = p * r + 1.398_199_9e-3;
+        let p = p * r + 8.333_452e-3;
+        let p = p * r + 4.166_579_6e-2;
+        let p = p * r + 1.666_666_5e-1;
+        let p = p * r + 5e-1;
+        let y = p * r * r + r + 1.0;
+        let pow2 = f32::from_bits(((n as i32 + 127) << 23) as u32);
+        y * pow2
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exp_is_within_two_ulp_of_the_libm_one() {
+        for i in 0..20_000 {
+            let x = -87.0 * i as f32 / 20_000.0;
+            let (got, want) = (exp::exp(x), x.exp());
+            assert!(
+                (got - want).abs() <= 2.0 * f32::EPSILON * want,
+                "exp({x}) = {got}, not {want}"
+            );
+        }
+        assert_eq!(exp::exp(0.0), 1.0);
+        assert!(exp::exp(-1000.0) < 1e-37);
+        let mut row: Vec<f32> = (0..37).map(|i| -(i as f32) / 3.0).collect();
+        let sum = exp::exp_minus(&mut row, 0.0);
+        assert!((sum - row.iter().sum::<f32>()).abs() < 1e-5);
+        assert_eq!(exp::max(&[-3.0, 5.0, 1.0]), 5.0);
+    }
+
+    /// Attention written out the slow way: every score, a plain softmax.
+    fn reference(
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        s: Shapes,
+        scale: f32,
+        window: Option<usize>,
+    ) -> Vec<f32> {
+        let d = s.dim;
+        let mut out = vec![0f32; s.heads * s.queries * d];
+        for h in 0..s.heads {
+            let g = h / (s.heads / s.kv_heads);
+            for i in 0..s.queries {
+                let hi = s.keys - s.queries + i;
+                let lo = window.map_or(0, |w| (hi + 1).saturating_sub(w));
+                let qi = &q[(h * s.queries + i) * d..][..d];
+                let scores: Vec<f32> = (lo..=hi)
+                    .map(|j| {
+                        let kj = &k[(g * s.keys + j) * d..][..d];
+                        scale * qi.iter().zip(kj).map(|(a, b)| a * b).sum::<f32>()
+                    })
+                    .collect();
+                let m = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let p: Vec<f32> = scores.iter().map(|x| (x - m).exp()).collect();
+                let total: f32 = p.iter().sum();
+                let o = &mut out[(h * s.queries + i) * d..][..d];
+                for (j, pj) in (lo..=hi).zip(&p) {
+                    let vj = &v[(g * s.keys + j) * d..][..d];
+                    o.iter_mut().zip(vj).for_each(|(o, x)| *o += pj / total * x);
+                }
+            }
+        }
+        out
+    }
+
+    fn values(n: usize, seed: u32) -> Vec<f32> {
+        // A small deterministic generator: values in [-1, 1).
+        let mut x = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                (x >> 8) as f32 / (1u32 << 23) as f32 - 1.0
+            })
+            .collect()
+    }
+
+    /// Grouped heads, a chunk spanning key tiles in part, with and without a window, as the
+    /// slow way computes it.
+    #[test]
+    fn attends_as_written_out() {
+        let s = Shapes {
+            heads: 4,
+            kv_heads: 2,
+            queries: 130,
+            keys: 1100,
+            dim: 8,
+        };
+        let q = values(s.heads * s.queries * s.dim, 1);
+        let k = values(s.kv_heads * s.keys * s.dim, 2);
+        let v = values(s.kv_heads * s.keys * s.dim, 3);
+        for window in [None, Some(200), Some(1)] {
+            let got = attend(&q, &k, &v, s, 0.5, window);
+            let want = reference(&q, &k, &v, s, 0.5, window);
+            let worst = got
+                .iter()
+                .zip(&want)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0, f32::max);
+            assert!(worst < 1e-5, "window {window:?}: {worst}");
+        }
+    }
+}
