@@ -1,8 +1,15 @@
 """Long prompts: time to first token (TTFT, hence prefill speed) and decode speed at that
-length, for `wuwei serve` (timed by the client over HTTP, server warm, prefix cache off) and
+length, for `wuwei serve` (timed by the client over HTTP, server warm, prefix cache off),
 mlx-lm (`mlx_lm.stream_generate` in its own process on the same weights, timed around the call,
-model load and a short warm-up generation excluded), alternating per prompt length in one run. The same token ids go to both:
-a raw completion (no chat template) of random words cut to the length.
+model load and a short warm-up generation excluded) and llama.cpp on the GGUF where there is
+one (llama-cpp-python's `Llama.generate` in its own process, all cores, flash attention on,
+timed the same way), one after another per prompt length in one run. The same token ids go
+to all: a raw completion (no chat template) of random words cut to the length.
+
+llama.cpp is optional: `pip install llama-cpp-python==0.3.36` into .venv (it compiles
+llama.cpp for this CPU, ~15 minutes on 2 cores); without it its rows are left out.
+`--context N` serves a copy of the model with its context raised to N (and gives mlx-lm and
+llama.cpp the same), for prompts past the trained 8k; `--engines` picks which engines run.
 Writes its table to docs/BENCHMARKS.md (section "long-context").
 
 With --claude-code, also replays Claude Code's first request of a session (recorded by
@@ -12,7 +19,8 @@ its context raised to 32k in a copy of its config (as the issue measured it), pr
 and reports the time to its first token.
 
 usage: .venv/bin/python bench/long_context.py [--lengths 2000,8000] [--max-tokens 32]
-       [--model DIR] [--bin target/release/wuwei] [--kv-bits N] [--claude-code [JSON]]
+       [--model DIR] [--gguf FILE] [--context N] [--engines wuwei,mlx-lm,llama.cpp]
+       [--bin target/release/wuwei] [--kv-bits N] [--claude-code [JSON]]
        (build first: cargo build --release --bin wuwei)
 """
 import argparse
@@ -64,6 +72,33 @@ print(json.dumps(dict(ttft=first - t0, tokens=n,
 """
 
 
+LLAMA_CPP = r"""
+import json, os, sys, time
+from llama_cpp import Llama
+spec = json.loads(sys.argv[1])
+ids = spec["prompt"]
+llm = Llama(model_path=spec["gguf"], n_ctx=len(ids) + spec["max_tokens"] + 64,
+            n_threads=os.cpu_count(), n_threads_batch=os.cpu_count(), flash_attn=True,
+            seed=0, verbose=False)
+def run(tokens, max_tokens):
+    llm.reset()
+    first, n, last = None, 0, None
+    t0 = time.perf_counter()
+    for _ in llm.generate(tokens, top_k=1, temp=0.0, reset=True):
+        now = time.perf_counter()
+        first = first or now
+        last = now
+        n += 1
+        if n >= max_tokens:
+            break
+    return t0, first, n, last
+run(ids[:16], 2)  # warm-up, as the others
+t0, first, n, last = run(ids, spec["max_tokens"])
+print(json.dumps(dict(ttft=first - t0, tokens=n,
+                      decode=(n - 1) / (last - first) if n > 1 and last > first else float("nan"))))
+"""
+
+
 def prompt_ids(tokenizer, length, seed):
     """`length` token ids of random words that detokenize and retokenize to themselves."""
     rng = random.Random(seed)
@@ -110,6 +145,31 @@ def mlx_run(model_dir, ids, max_tokens, kv_bits, dequantize):
     return json.loads(out.strip().splitlines()[-1])
 
 
+def llama_cpp_run(gguf, ids, max_tokens):
+    spec = dict(gguf=str(gguf), prompt=ids, max_tokens=max_tokens)
+    out = subprocess.run([str(ROOT / ".venv/bin/python"), "-c", LLAMA_CPP, json.dumps(spec)],
+                         capture_output=True, text=True, check=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def have_llama_cpp():
+    return subprocess.run([str(ROOT / ".venv/bin/python"), "-c", "import llama_cpp"],
+                          capture_output=True).returncode == 0
+
+
+def with_context(model_dir, context, tmp):
+    """A copy of `model_dir` (links to its files) whose config allows `context` positions."""
+    folder = Path(tmp) / "models" / f"{model_dir.name}-{context // 1024}k"
+    folder.mkdir(parents=True)
+    for f in model_dir.iterdir():
+        if f.name != "config.json":
+            (folder / f.name).symlink_to(f.resolve())
+    config = json.loads((model_dir / "config.json").read_text())
+    config["max_position_embeddings"] = context
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder
+
+
 # The mlx CPU wheel's own BLAS is a slow reference one (a 200-token prefill of SmolLM2 took
 # 40 s with it, 6.4 s with OpenBLAS, measured); Wuwei links OpenBLAS. Give mlx-lm the same.
 OPENBLAS = Path("/lib/x86_64-linux-gnu/libopenblas.so.0")
@@ -127,21 +187,13 @@ CLAUDE_CODE_RECORDING = ROOT / "artifacts/claude_code/long_context.json"
 
 def claude_code_replay(binary, model_dir, recording):
     """TTFT of Claude Code's recorded first request, streamed as Claude Code asks for it."""
-    import shutil
     import tempfile
 
     exchanges = json.loads(Path(recording).read_text())["exchanges"]
     body = max((e["body"] for e in exchanges if e["path"].startswith("/v1/messages")),
                key=lambda b: len(json.dumps(b)))
     with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp) / "models" / (model_dir.name + "-32k")
-        folder.mkdir(parents=True)
-        for f in model_dir.iterdir():
-            if f.name != "config.json":
-                (folder / f.name).symlink_to(f.resolve())
-        config = json.loads((model_dir / "config.json").read_text())
-        config["max_position_embeddings"] = 32768
-        (folder / "config.json").write_text(json.dumps(config))
+        folder = with_context(model_dir, 32768, tmp)
         port = free_port()
         env = dict(os.environ, WUWEI_LOG="warn", WUWEI_KV_CACHE="false")
         server = subprocess.Popen([binary, "serve", "--port", str(port), "--models", str(folder.parent),
@@ -188,6 +240,12 @@ def main():
     ap.add_argument("--lengths", default="2000,8000")
     ap.add_argument("--max-tokens", type=int, default=32)
     ap.add_argument("--model", default=str(ROOT / ".deps/test-models/SmolLM2-135M-Instruct"))
+    ap.add_argument("--gguf", default=str(ROOT / ".deps/SmolLM2-135M-Instruct.Q4_1.gguf"),
+                    help="the same model as GGUF, for llama.cpp (default: SmolLM2's, the "
+                         "file the MLX-format test model is converted from)")
+    ap.add_argument("--context", type=int, default=0,
+                    help="serve a copy of the model with its context raised to this")
+    ap.add_argument("--engines", default="wuwei,mlx-lm,llama.cpp")
     ap.add_argument("--bin", default=str(ROOT / "target/release/wuwei"))
     ap.add_argument("--kv-bits", type=int, default=0)
     ap.add_argument("--mlx-quantized", action="store_true",
@@ -197,45 +255,62 @@ def main():
                          "artifacts/claude_code/long_context.json, written by the e2e tests)")
     ap.add_argument("--no-write", action="store_true")
     a = ap.parse_args()
+    import tempfile
     model_dir = Path(a.model)
     lengths = [int(x) for x in a.lengths.split(",")]
+    engines = a.engines.split(",")
+    gguf = Path(a.gguf)
+    if "llama.cpp" in engines and not (gguf.exists() and have_llama_cpp()):
+        print("llama.cpp left out: no llama-cpp-python in .venv or no GGUF", file=sys.stderr)
+        engines.remove("llama.cpp")
     from transformers import AutoTokenizer
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
 
-    port = free_port()
-    env = dict(os.environ, WUWEI_LOG="warn", WUWEI_KV_CACHE="false")
-    if a.kv_bits:
-        env["WUWEI_KV_BITS"] = str(a.kv_bits)
-    server = subprocess.Popen([a.bin, "serve", "--port", str(port), "--models", str(model_dir.parent),
-                               "--default-model", model_dir.name],
-                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
+    tmp = tempfile.TemporaryDirectory()
+    served = with_context(model_dir, a.context, tmp.name) if a.context else model_dir
     rows = []
+    server = None
+    if "wuwei" in engines:
+        port = free_port()
+        env = dict(os.environ, WUWEI_LOG="warn", WUWEI_KV_CACHE="false")
+        if a.kv_bits:
+            env["WUWEI_KV_BITS"] = str(a.kv_bits)
+        server = subprocess.Popen([a.bin, "serve", "--port", str(port), "--models", str(served.parent),
+                                   "--default-model", served.name],
+                                  env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 300
-        while True:
-            try:
-                wuwei_run(url, model_dir.name, "Hello there", 2)
-                break
-            except requests.RequestException:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("wuwei serve did not start")
-                time.sleep(0.5)
+        if server:
+            deadline = time.monotonic() + 300
+            while True:
+                try:
+                    wuwei_run(url, served.name, "Hello there", 2)
+                    break
+                except requests.RequestException:
+                    if server.poll() is not None or time.monotonic() > deadline:
+                        raise RuntimeError("wuwei serve did not start")
+                    time.sleep(0.5)
         for i, length in enumerate(lengths):
             text, ids = prompt_ids(tokenizer, length, seed=i)
-            load_w = load_avg()
-            w = wuwei_run(url, model_dir.name, text, a.max_tokens)
-            w["load"] = load_w
-            load_m = load_avg()
-            m = mlx_run(model_dir, ids, a.max_tokens, a.kv_bits, not a.mlx_quantized)
-            m["load"] = load_m
-            for name, r in (("wuwei serve", w), ("mlx-lm", m)):
-                r.update(name=name, length=len(ids), prefill=len(ids) / r["ttft"])
+            runs = {
+                "wuwei serve": ("wuwei", lambda: wuwei_run(url, served.name, text, a.max_tokens)),
+                "mlx-lm": ("mlx-lm", lambda: mlx_run(model_dir, ids, a.max_tokens, a.kv_bits,
+                                                     not a.mlx_quantized)),
+                "llama.cpp": ("llama.cpp", lambda: llama_cpp_run(gguf, ids, a.max_tokens)),
+            }
+            for name, (engine, run) in runs.items():
+                if engine not in engines:
+                    continue
+                load = load_avg()
+                r = run()
+                r.update(name=name, length=len(ids), prefill=len(ids) / r["ttft"], load=load)
                 rows.append(r)
                 print(json.dumps(r), flush=True)
     finally:
-        server.terminate()
-        server.wait(timeout=30)
+        if server:
+            server.terminate()
+            server.wait(timeout=30)
+        tmp.cleanup()
 
     lines = ["| prompt tokens | engine | TTFT (s) | prefill tok/s | decode tok/s | tokens | load (1 min) |",
              "|---|---|---|---|---|---|---|"]
@@ -244,21 +319,37 @@ def main():
                      f"{r['decode']:.1f} | {r['tokens']} | {r['load']:.1f} |")
     ratios = []
     for length in sorted({r["length"] for r in rows}):
-        w = next(r for r in rows if r["length"] == length and r["name"] == "wuwei serve")
-        m = next(r for r in rows if r["length"] == length and r["name"] == "mlx-lm")
-        ratios.append(f"- {length} tokens: Wuwei prefill {w['prefill'] / m['prefill']:.2f}x mlx-lm "
-                      f"(target >= 1.5x at 8k), decode {w['decode'] / m['decode']:.2f}x (target >= 1.0x).")
+        w = next((r for r in rows if r["length"] == length and r["name"] == "wuwei serve"), None)
+        if not w:
+            continue
+        parts = []
+        for other, target in (("mlx-lm", "prefill target >= 1.5x at 8k and 32k, decode >= 1.0x"),
+                              ("llama.cpp", "prefill target >= 1.0x")):
+            o = next((r for r in rows if r["length"] == length and r["name"] == other), None)
+            if o:
+                parts.append(f"prefill {w['prefill'] / o['prefill']:.2f}x {other}, decode "
+                             f"{w['decode'] / o['decode']:.2f}x ({target})")
+        if parts:
+            ratios.append(f"- {length} tokens: Wuwei " + "; ".join(parts) + ".")
     body = "\n".join(lines) + "\n\n" + "\n".join(ratios) + (
-        f"\n\nModel `{model_dir.name}`, raw completion of random README words (the same ids to both), "
+        f"\n\nModel `{model_dir.name}`"
+        + (f" with its context raised to {a.context} in a copy of its config" if a.context else "")
+        + ", raw completion of random README words (the same ids to every engine), "
         f"greedy, up to {a.max_tokens} new tokens; Wuwei's prefix cache off"
         + (f", KV {a.kv_bits}-bit in both" if a.kv_bits else "")
-        + f"; Wuwei binary `{Path(a.bin).name}`, default weights/activations (auto: float32, quantized layers expanded); mlx-lm "
-        + ("with the weights as stored" if a.mlx_quantized else "with the weights dequantized in-process "
-           "(`mlx_lm.utils.dequantize_model`, the same float32 matrices)")
-        + (", OpenBLAS preloaded" if OPENBLAS.exists() else "")
-        + ", `stream_generate` defaults (prefill_step_size 2048). One run per length, Wuwei then "
-        "mlx-lm; the load column is the 1-minute load average when each started (other jobs "
-        "share these cores, so compare ratios within a row pair).")
+        + f"; Wuwei binary `{Path(a.bin).name}`, default weights/activations (auto: float32, quantized layers expanded)")
+    if "mlx-lm" in engines:
+        body += ("; mlx-lm " + ("with the weights as stored" if a.mlx_quantized else
+                 "with the weights dequantized in-process (`mlx_lm.utils.dequantize_model`, the "
+                 "same float32 matrices)")
+                 + (", OpenBLAS preloaded" if OPENBLAS.exists() else "")
+                 + ", `stream_generate` defaults (prefill_step_size 2048)")
+    if "llama.cpp" in engines:
+        body += (f"; llama.cpp: llama-cpp-python on `{gguf.name}` (the GGUF the test model is "
+                 "converted from), all cores, flash attention on, n_batch 512")
+    body += (". One run per length and engine, in the table's order; the load column is the "
+             "1-minute load average when each started (other jobs share these cores, so compare "
+             "ratios within a length).")
     if a.claude_code:
         cc = claude_code_replay(a.bin, model_dir, a.claude_code)
         print(json.dumps(cc), flush=True)
@@ -271,11 +362,20 @@ def main():
     print(body)
     if not a.no_write:
         cmd = f".venv/bin/python bench/long_context.py --lengths {a.lengths} --max-tokens {a.max_tokens}"
+        if a.context:
+            cmd += f" --context {a.context}"
+        if a.engines != "wuwei,mlx-lm,llama.cpp":
+            cmd += f" --engines {a.engines}"
         if a.kv_bits:
             cmd += f" --kv-bits {a.kv_bits}"
         if a.claude_code:
             cmd += " --claude-code"
-        write_section("long-context", "Long context: TTFT and decode vs mlx-lm", cmd, body)
+        # Prompts past the trained context get a section of their own.
+        key, title = "long-context", "Long context: TTFT and decode vs mlx-lm and llama.cpp"
+        if a.context:
+            key += f"-{a.context // 1024}k"
+            title += f" (context raised to {a.context // 1024}k)"
+        write_section(key, title, cmd, body)
 
 
 if __name__ == "__main__":

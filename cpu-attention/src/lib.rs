@@ -37,17 +37,23 @@ struct Tile<'a> {
     out: &'a mut [f32],
 }
 
+/// What a query's softmax takes besides its scores.
+#[derive(Debug, Clone, Copy)]
+pub struct Params<'a> {
+    /// Scores are `scale · q · k`.
+    pub scale: f32,
+    /// Sliding window: a query sees itself and the `window - 1` keys before it.
+    pub window: Option<usize>,
+    /// Per-head attention sinks (gpt-oss): one more logit in each head's softmax, whose
+    /// value adds nothing to the output (as MLX's fused attention takes them).
+    pub sinks: Option<&'a [f32]>,
+}
+
 /// Attention of `q` (`[heads, queries, dim]`) over `k`/`v` (`[kv_heads, keys, dim]`), each
-/// query seeing the keys up to its own position and, with a `window`, only the last
-/// `window` of them; returns `[heads, queries, dim]`.
-pub fn attend(
-    q: &[f32],
-    k: &[f32],
-    v: &[f32],
-    s: Shapes,
-    scale: f32,
-    window: Option<usize>,
-) -> Vec<f32> {
+/// query seeing the keys up to its own position (and within `p.window`); returns
+/// `[heads, queries, dim]`.
+pub fn attend(q: &[f32], k: &[f32], v: &[f32], s: Shapes, p: Params<'_>) -> Vec<f32> {
+    let window = p.window;
     let d = s.dim;
     let mut out = vec![0f32; s.heads * s.queries * d];
     let mut tiles: Vec<Tile<'_>> = Vec::new();
@@ -83,7 +89,7 @@ pub fn attend(
     let run = |share: Vec<Tile<'_>>| {
         let mut scratch = Scratch::default();
         for tile in share {
-            attend_tile(q, k, v, s, scale, window, tile, &mut scratch);
+            attend_tile(q, k, v, s, p, tile, &mut scratch);
         }
     };
     std::thread::scope(|scope| {
@@ -105,17 +111,16 @@ struct Scratch {
     sum: Vec<f32>,
 }
 
-#[allow(clippy::too_many_arguments)]
 fn attend_tile(
     q: &[f32],
     k: &[f32],
     v: &[f32],
     s: Shapes,
-    scale: f32,
-    window: Option<usize>,
+    p: Params<'_>,
     tile: Tile<'_>,
     scratch: &mut Scratch,
 ) {
+    let (scale, window) = (p.scale, p.window);
     let d = s.dim;
     let rows = tile.out.len() / d;
     let group = s.heads / s.kv_heads;
@@ -127,10 +132,15 @@ fn attend_tile(
     let lo = |i: usize| window.map_or(0, |w| (hi(i) + 1).saturating_sub(w));
     let (first_key, end_key) = (lo(0), hi(rows - 1) + 1);
     scratch.scores.resize(rows * KEY_TILE, 0.0);
+    // A sink starts each row's softmax as a logit already seen: its exp(sink - max) is 1.
+    let (max, sum) = match p.sinks {
+        Some(sinks) => (sinks[tile.head], 1.0),
+        None => (f32::NEG_INFINITY, 0.0),
+    };
     scratch.max.clear();
-    scratch.max.resize(rows, f32::NEG_INFINITY);
+    scratch.max.resize(rows, max);
     scratch.sum.clear();
-    scratch.sum.resize(rows, 0.0);
+    scratch.sum.resize(rows, sum);
     let out = tile.out;
     out.fill(0.0);
     let mut c0 = first_key / KEY_TILE * KEY_TILE;
@@ -324,14 +334,8 @@ mod tests {
     }
 
     /// Attention written out the slow way: every score, a plain softmax.
-    fn reference(
-        q: &[f32],
-        k: &[f32],
-        v: &[f32],
-        s: Shapes,
-        scale: f32,
-        window: Option<usize>,
-    ) -> Vec<f32> {
+    fn reference(q: &[f32], k: &[f32], v: &[f32], s: Shapes, p: Params<'_>) -> Vec<f32> {
+        let (scale, window) = (p.scale, p.window);
         let d = s.dim;
         let mut out = vec![0f32; s.heads * s.queries * d];
         for h in 0..s.heads {
@@ -346,9 +350,14 @@ mod tests {
                         scale * qi.iter().zip(kj).map(|(a, b)| a * b).sum::<f32>()
                     })
                     .collect();
-                let m = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let sink = p.sinks.map(|s| s[h]);
+                let m = scores
+                    .iter()
+                    .copied()
+                    .chain(sink)
+                    .fold(f32::NEG_INFINITY, f32::max);
+                let total: f32 = scores.iter().chain(&sink).map(|x| (x - m).exp()).sum();
                 let p: Vec<f32> = scores.iter().map(|x| (x - m).exp()).collect();
-                let total: f32 = p.iter().sum();
                 let o = &mut out[(h * s.queries + i) * d..][..d];
                 for (j, pj) in (lo..=hi).zip(&p) {
                     let vj = &v[(g * s.keys + j) * d..][..d];
@@ -372,8 +381,8 @@ mod tests {
             .collect()
     }
 
-    /// Grouped heads, a chunk spanning key tiles in part, with and without a window, as the
-    /// slow way computes it.
+    /// Grouped heads, a chunk spanning key tiles in part, with and without a window and
+    /// sinks, as the slow way computes it.
     #[test]
     fn attends_as_written_out() {
         let s = Shapes {
@@ -386,15 +395,28 @@ mod tests {
         let q = values(s.heads * s.queries * s.dim, 1);
         let k = values(s.kv_heads * s.keys * s.dim, 2);
         let v = values(s.kv_heads * s.keys * s.dim, 3);
-        for window in [None, Some(200), Some(1)] {
-            let got = attend(&q, &k, &v, s, 0.5, window);
-            let want = reference(&q, &k, &v, s, 0.5, window);
+        let sinks = [0.5, -2.0, 3.0, 0.0];
+        let cases = [
+            (None, None),
+            (Some(200), None),
+            (Some(1), None),
+            (None, Some(&sinks[..])),
+            (Some(70), Some(&sinks[..])),
+        ];
+        for (window, sinks) in cases {
+            let p = Params {
+                scale: 0.5,
+                window,
+                sinks,
+            };
+            let got = attend(&q, &k, &v, s, p);
+            let want = reference(&q, &k, &v, s, p);
             let worst = got
                 .iter()
                 .zip(&want)
                 .map(|(a, b)| (a - b).abs())
                 .fold(0.0, f32::max);
-            assert!(worst < 1e-5, "window {window:?}: {worst}");
+            assert!(worst < 1e-5, "{p:?}: {worst}");
         }
     }
 }

@@ -17,7 +17,6 @@ use mlx_rs::{Array, Dtype};
 use super::batch::BatchSeq;
 use super::cpu_attention;
 use super::layers::Rope;
-use super::two_streams;
 use crate::kv::cache::window_start;
 use crate::kv::quant::{KvQuant, Packed};
 use crate::kv::slots::{SharedSlots, SlotKvCache, SlotPool};
@@ -138,7 +137,7 @@ const KERNEL_MIN_QUERIES: i32 = 64;
 /// Attention of a prefill chunk `q` (`[1, heads, len, dim]`, queries at `offset..offset +
 /// len`) over keys from position `start` to the chunk's end (`[1, kv_heads, keys, dim]`):
 /// causal, and within the `window` if there is one. With the CPU levers on (CPU backend,
-/// float32) a long chunk without sinks is attended by the engine's own kernel
+/// float32) a long chunk is attended by the engine's own kernel
 /// (`cpu_attention`: ~4x MLX's CPU attention at 8k keys, measured); otherwise, as on a GPU
 /// and in half precision, by MLX's fused attention as mlx-lm calls it.
 fn chunk_attention(
@@ -151,12 +150,10 @@ fn chunk_attention(
     sinks: Option<&Array>,
 ) -> Result<Array> {
     let len = q.shape()[2];
-    let on_kernel = len >= KERNEL_MIN_QUERIES
-        && sinks.is_none()
-        && q.dtype() == Dtype::Float32
-        && two_streams::enabled();
+    let on_kernel =
+        len >= KERNEL_MIN_QUERIES && q.dtype() == Dtype::Float32 && crate::device::cpu_levers();
     if on_kernel {
-        return cpu_attention::causal(&q, &k, &v, scale, window);
+        return cpu_attention::causal(&q, &k, &v, scale, window, sinks);
     }
     if window.is_none() {
         let mask = ScaledDotProductAttentionMask::Causal;

@@ -15,17 +15,19 @@
 
 use mlx_rs::error::Exception;
 use mlx_rs::{Array, Dtype};
-use wuwei_cpu_attention::{attend, Shapes};
+use wuwei_cpu_attention::{attend, Params, Shapes};
 
 /// Causal attention of `q` (`[1, heads, n, dim]`, the last `n` positions) over `k`/`v`
 /// (`[1, kv_heads, keys, dim]`), float32, each query seeing the keys up to its own position
-/// and, with a `window`, only the last `window` of them. Returns `[1, heads, n, dim]`.
+/// and, with a `window`, only the last `window` of them; `sinks` (`[heads]`, gpt-oss) add a
+/// logit per head to each softmax. Returns `[1, heads, n, dim]`.
 pub fn causal(
     q: &Array,
     k: &Array,
     v: &Array,
     scale: f32,
     window: Option<i32>,
+    sinks: Option<&Array>,
 ) -> Result<Array, Exception> {
     let (qs, ks) = (q.shape(), k.shape());
     let shapes = Shapes {
@@ -44,16 +46,17 @@ pub fn causal(
         ));
     }
     let (q, k, v) = (q.contiguous()?, k.contiguous()?, v.contiguous()?);
-    mlx_rs::transforms::eval([&q, &k, &v])?;
-    let window = window.map(|w| w.max(1) as usize);
-    let out = attend(
-        q.as_slice(),
-        k.as_slice(),
-        v.as_slice(),
-        shapes,
+    let sinks = sinks.map(|s| s.as_dtype(Dtype::Float32)).transpose()?;
+    mlx_rs::transforms::eval([&q, &k, &v].into_iter().chain(&sinks))?;
+    if sinks.as_ref().is_some_and(|s| s.size() != shapes.heads) {
+        return Err(Exception::custom("cpu attention: one sink per head"));
+    }
+    let params = Params {
         scale,
-        window,
-    );
+        window: window.map(|w| w.max(1) as usize),
+        sinks: sinks.as_ref().map(|s| s.as_slice()),
+    };
+    let out = attend(q.as_slice(), k.as_slice(), v.as_slice(), shapes, params);
     Ok(Array::from_slice(&out, qs))
 }
 
@@ -87,7 +90,7 @@ mod tests {
         let v = random(&[1, 2, 1150, 64], 3);
         let mask = ScaledDotProductAttentionMask::Causal;
         let want = scaled_dot_product_attention(&q, &k, &v, 0.125, mask, None).unwrap();
-        let got = causal(&q, &k, &v, 0.125, None).unwrap();
+        let got = causal(&q, &k, &v, 0.125, None, None).unwrap();
         assert!(worst(&got, &want) < 1e-5, "{}", worst(&got, &want));
     }
 
@@ -113,8 +116,36 @@ mod tests {
             .unwrap();
         let mask = ScaledDotProductAttentionMask::Array(&mask);
         let want = scaled_dot_product_attention(&q, &k, &v, 0.2, mask, None).unwrap();
-        let got = causal(&q, &k, &v, 0.2, Some(window)).unwrap();
+        let got = causal(&q, &k, &v, 0.2, Some(window), None).unwrap();
         assert!(worst(&got, &want) < 1e-5, "{}", worst(&got, &want));
+    }
+
+    /// Attention sinks (gpt-oss), with a window, as MLX's fused attention takes them.
+    #[test]
+    fn attends_with_sinks_as_mlx_does() {
+        let (n, keys, window) = (100, 400, 128);
+        let q = random(&[1, 4, n, 32], 10);
+        let k = random(&[1, 2, keys, 32], 11);
+        let v = random(&[1, 2, keys, 32], 12);
+        let sinks = Array::from_slice(&[0.5f32, -1.0, 2.0, 0.0], &[4]);
+        let q_pos = arange::<_, i32>(keys - n, keys, None)
+            .unwrap()
+            .reshape(&[n, 1])
+            .unwrap();
+        let k_pos = arange::<_, i32>(0, keys, None)
+            .unwrap()
+            .reshape(&[1, keys])
+            .unwrap();
+        let causal_mask = k_pos.le(&q_pos).unwrap();
+        let windowed = causal_mask
+            .logical_and(k_pos.gt(q_pos - window).unwrap())
+            .unwrap();
+        for (w, mask) in [(None, &causal_mask), (Some(window), &windowed)] {
+            let m = ScaledDotProductAttentionMask::Array(mask);
+            let want = scaled_dot_product_attention(&q, &k, &v, 0.2, m, Some(&sinks)).unwrap();
+            let got = causal(&q, &k, &v, 0.2, w, Some(&sinks)).unwrap();
+            assert!(worst(&got, &want) < 1e-5, "{w:?}: {}", worst(&got, &want));
+        }
     }
 
     /// A row's numbers do not depend on the chunk it is read in: the last 100 queries read
@@ -124,8 +155,16 @@ mod tests {
         let q = random(&[1, 2, 700, 16], 7);
         let k = random(&[1, 1, 700, 16], 8);
         let v = random(&[1, 1, 700, 16], 9);
-        let whole = causal(&q, &k, &v, 0.25, None).unwrap();
-        let tail = causal(&slice_axis(&q, 2, 600, 700).unwrap(), &k, &v, 0.25, None).unwrap();
+        let whole = causal(&q, &k, &v, 0.25, None, None).unwrap();
+        let tail = causal(
+            &slice_axis(&q, 2, 600, 700).unwrap(),
+            &k,
+            &v,
+            0.25,
+            None,
+            None,
+        )
+        .unwrap();
         let whole_tail = slice_axis(&whole, 2, 600, 700).unwrap();
         assert_eq!(worst(&tail, &whole_tail.contiguous().unwrap()), 0.0);
     }
