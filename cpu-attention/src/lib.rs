@@ -19,8 +19,10 @@ const QUERY_TILE: usize = 64;
 /// Keys per tile, from key 0 (fixed positions: see the crate comment).
 const KEY_TILE: usize = 512;
 
-/// The shapes of one chunk's attention: `q` is `[heads, queries, dim]`, `k` and `v` are
-/// `[kv_heads, keys, dim]`, all row-major; query `i` is the key at `keys - queries + i`.
+/// The shapes of one chunk's attention: `q` is `[heads, queries, dim]` row-major, `k` and
+/// `v` are `[kv_heads, keys, dim]` with `kv_stride` elements from one kv head to the next
+/// (`keys * dim` when packed; more when they are a view of a longer buffer, as a KV cache's
+/// are) and rows of `dim`; query `i` is the key at `keys - queries + i`.
 #[derive(Debug, Clone, Copy)]
 pub struct Shapes {
     pub heads: usize,
@@ -28,11 +30,19 @@ pub struct Shapes {
     pub queries: usize,
     pub keys: usize,
     pub dim: usize,
+    pub kv_stride: usize,
 }
 
-/// One unit of work: a query tile of one head, and the part of the output it writes.
+impl Shapes {
+    /// Elements `k` and `v` must hold.
+    pub fn kv_len(&self) -> usize {
+        (self.kv_heads - 1) * self.kv_stride + self.keys * self.dim
+    }
+}
+
+/// One unit of work: consecutive rows of `q` (`head * queries + query`), all of heads that
+/// share one kv head, and the part of the output they write.
 struct Tile<'a> {
-    head: usize,
     first_row: usize,
     out: &'a mut [f32],
 }
@@ -53,24 +63,39 @@ pub struct Params<'a> {
 /// query seeing the keys up to its own position (and within `p.window`); returns
 /// `[heads, queries, dim]`.
 pub fn attend(q: &[f32], k: &[f32], v: &[f32], s: Shapes, p: Params<'_>) -> Vec<f32> {
-    let window = p.window;
-    let d = s.dim;
-    let mut out = vec![0f32; s.heads * s.queries * d];
+    assert!(
+        q.len() >= s.heads * s.queries * s.dim && k.len() >= s.kv_len() && v.len() >= s.kv_len()
+    );
+    let (d, n) = (s.dim, s.queries);
+    let group = s.heads / s.kv_heads;
+    let mut out = vec![0f32; s.heads * n * d];
     let mut tiles: Vec<Tile<'_>> = Vec::new();
-    for (head, rows) in out.chunks_mut(s.queries * d).enumerate() {
-        for (t, tile) in rows.chunks_mut(QUERY_TILE * d).enumerate() {
+    if n >= QUERY_TILE {
+        // Tiles of one head's queries.
+        for (head, rows) in out.chunks_mut(n * d).enumerate() {
+            for (t, tile) in rows.chunks_mut(QUERY_TILE * d).enumerate() {
+                let first_row = head * n + t * QUERY_TILE;
+                tiles.push(Tile {
+                    first_row,
+                    out: tile,
+                });
+            }
+        }
+    } else {
+        // Few queries (decode: one): a tile holds every head of a kv group, whose rows are
+        // consecutive, so the group's keys and values are read once.
+        for (g, tile) in out.chunks_mut(group * n * d).enumerate() {
+            let first_row = g * group * n;
             tiles.push(Tile {
-                head,
-                first_row: t * QUERY_TILE,
+                first_row,
                 out: tile,
             });
         }
     }
     // Longest first to the least loaded core (a later tile sees more keys).
     let work = |t: &Tile<'_>| {
-        let rows = t.out.len() / d;
-        let last = s.keys - s.queries + t.first_row + rows;
-        last - window.map_or(0, |w| (last - rows + 1).saturating_sub(w))
+        let span = Span::of(t, s, p.window);
+        t.out.len() / d * (span.end_key - span.first_key)
     };
     tiles.sort_by_key(|t| std::cmp::Reverse(work(t)));
     let threads = std::thread::available_parallelism()
@@ -103,6 +128,58 @@ pub fn attend(q: &[f32], k: &[f32], v: &[f32], s: Shapes, p: Params<'_>) -> Vec<
     out
 }
 
+/// Which keys a tile's rows see.
+struct Span {
+    /// Keys row `r` sees: `lo(r)..=hi(r)`, from its query index.
+    queries: usize,
+    keys: usize,
+    window: Option<usize>,
+    first_row: usize,
+    /// The keys any row of the tile sees.
+    first_key: usize,
+    end_key: usize,
+}
+
+impl Span {
+    fn of(t: &Tile<'_>, s: Shapes, window: Option<usize>) -> Self {
+        let rows = t.out.len() / s.dim;
+        let first_query = t.first_row % s.queries;
+        // Rows of one head see keys growing with the row; rows of several heads cover every
+        // query.
+        let (q_min, q_max) = if first_query + rows <= s.queries {
+            (first_query, first_query + rows - 1)
+        } else {
+            (0, s.queries - 1)
+        };
+        let mut span = Span {
+            queries: s.queries,
+            keys: s.keys,
+            window,
+            first_row: t.first_row,
+            first_key: 0,
+            end_key: 0,
+        };
+        span.first_key = span.lo_of_query(q_min);
+        span.end_key = span.hi_of_query(q_max) + 1;
+        span
+    }
+
+    fn hi_of_query(&self, query: usize) -> usize {
+        self.keys - self.queries + query
+    }
+
+    fn lo_of_query(&self, query: usize) -> usize {
+        let hi = self.hi_of_query(query);
+        self.window.map_or(0, |w| (hi + 1).saturating_sub(w))
+    }
+
+    /// The first and one past the last key row `r` of the tile sees.
+    fn row(&self, r: usize) -> (usize, usize) {
+        let query = (self.first_row + r) % self.queries;
+        (self.lo_of_query(query), self.hi_of_query(query) + 1)
+    }
+}
+
 /// A thread's buffers, reused from tile to tile.
 #[derive(Default)]
 struct Scratch {
@@ -120,27 +197,26 @@ fn attend_tile(
     tile: Tile<'_>,
     scratch: &mut Scratch,
 ) {
-    let (scale, window) = (p.scale, p.window);
     let d = s.dim;
     let rows = tile.out.len() / d;
     let group = s.heads / s.kv_heads;
-    let qt = &q[(tile.head * s.queries + tile.first_row) * d..][..rows * d];
-    let kv_at = (tile.head / group) * s.keys * d;
-    let (kh, vh) = (&k[kv_at..kv_at + s.keys * d], &v[kv_at..kv_at + s.keys * d]);
-    // Row i sees keys lo(i)..=hi(i).
-    let hi = |i: usize| s.keys - s.queries + tile.first_row + i;
-    let lo = |i: usize| window.map_or(0, |w| (hi(i) + 1).saturating_sub(w));
-    let (first_key, end_key) = (lo(0), hi(rows - 1) + 1);
+    let span = Span::of(&tile, s, p.window);
+    let qt = &q[tile.first_row * d..][..rows * d];
+    let kv_at = (tile.first_row / s.queries / group) * s.kv_stride;
+    let (kh, vh) = (&k[kv_at..], &v[kv_at..]);
+    let (first_key, end_key) = (span.first_key, span.end_key);
     scratch.scores.resize(rows * KEY_TILE, 0.0);
     // A sink starts each row's softmax as a logit already seen: its exp(sink - max) is 1.
-    let (max, sum) = match p.sinks {
-        Some(sinks) => (sinks[tile.head], 1.0),
-        None => (f32::NEG_INFINITY, 0.0),
-    };
     scratch.max.clear();
-    scratch.max.resize(rows, max);
     scratch.sum.clear();
-    scratch.sum.resize(rows, sum);
+    for r in 0..rows {
+        let head = (tile.first_row + r) / s.queries;
+        let (max, sum) = p
+            .sinks
+            .map_or((f32::NEG_INFINITY, 0.0), |sinks| (sinks[head], 1.0));
+        scratch.max.push(max);
+        scratch.sum.push(sum);
+    }
     let out = tile.out;
     out.fill(0.0);
     let mut c0 = first_key / KEY_TILE * KEY_TILE;
@@ -155,7 +231,7 @@ fn attend_tile(
                 rows,
                 d,
                 n,
-                scale,
+                p.scale,
                 qt.as_ptr(),
                 d as isize,
                 1,
@@ -171,8 +247,9 @@ fn attend_tile(
         for i in 0..rows {
             let row = &mut scores[i * n..(i + 1) * n];
             // The part of this key tile row i sees.
-            let from = lo(i).saturating_sub(c0).min(n);
-            let to = (hi(i) + 1).saturating_sub(c0).min(n);
+            let (lo, end) = span.row(i);
+            let from = lo.saturating_sub(c0).min(n);
+            let to = end.saturating_sub(c0).min(n);
             if from >= to {
                 row.fill(0.0);
                 continue;
@@ -346,7 +423,7 @@ mod tests {
                 let qi = &q[(h * s.queries + i) * d..][..d];
                 let scores: Vec<f32> = (lo..=hi)
                     .map(|j| {
-                        let kj = &k[(g * s.keys + j) * d..][..d];
+                        let kj = &k[g * s.kv_stride + j * d..][..d];
                         scale * qi.iter().zip(kj).map(|(a, b)| a * b).sum::<f32>()
                     })
                     .collect();
@@ -360,7 +437,7 @@ mod tests {
                 let p: Vec<f32> = scores.iter().map(|x| (x - m).exp()).collect();
                 let o = &mut out[(h * s.queries + i) * d..][..d];
                 for (j, pj) in (lo..=hi).zip(&p) {
-                    let vj = &v[(g * s.keys + j) * d..][..d];
+                    let vj = &v[g * s.kv_stride + j * d..][..d];
                     o.iter_mut().zip(vj).for_each(|(o, x)| *o += pj / total * x);
                 }
             }
@@ -381,42 +458,88 @@ mod tests {
             .collect()
     }
 
-    /// Grouped heads, a chunk spanning key tiles in part, with and without a window and
-    /// sinks, as the slow way computes it.
+    /// Grouped heads, chunks spanning key tiles in part (and one query: decode), keys and
+    /// values packed or a view of longer buffers, with and without a window and sinks, as the
+    /// slow way computes it.
     #[test]
     fn attends_as_written_out() {
-        let s = Shapes {
-            heads: 4,
-            kv_heads: 2,
-            queries: 130,
-            keys: 1100,
-            dim: 8,
-        };
-        let q = values(s.heads * s.queries * s.dim, 1);
-        let k = values(s.kv_heads * s.keys * s.dim, 2);
-        let v = values(s.kv_heads * s.keys * s.dim, 3);
         let sinks = [0.5, -2.0, 3.0, 0.0];
-        let cases = [
-            (None, None),
-            (Some(200), None),
-            (Some(1), None),
-            (None, Some(&sinks[..])),
-            (Some(70), Some(&sinks[..])),
-        ];
-        for (window, sinks) in cases {
-            let p = Params {
-                scale: 0.5,
-                window,
-                sinks,
+        for (queries, keys, kv_stride) in [
+            (130, 1100, 1100 * 8),
+            (1, 1100, 1300 * 8),
+            (40, 700, 900 * 8),
+        ] {
+            let s = Shapes {
+                heads: 4,
+                kv_heads: 2,
+                queries,
+                keys,
+                dim: 8,
+                kv_stride,
             };
-            let got = attend(&q, &k, &v, s, p);
-            let want = reference(&q, &k, &v, s, p);
-            let worst = got
-                .iter()
-                .zip(&want)
-                .map(|(a, b)| (a - b).abs())
-                .fold(0.0, f32::max);
-            assert!(worst < 1e-5, "{p:?}: {worst}");
+            let q = values(s.heads * s.queries * s.dim, 1);
+            let k = values(s.kv_len(), 2);
+            let v = values(s.kv_len(), 3);
+            let cases = [
+                (None, None),
+                (Some(200), None),
+                (Some(1), None),
+                (None, Some(&sinks[..])),
+                (Some(70), Some(&sinks[..])),
+            ];
+            for (window, sinks) in cases {
+                let p = Params {
+                    scale: 0.5,
+                    window,
+                    sinks,
+                };
+                let got = attend(&q, &k, &v, s, p);
+                let want = reference(&q, &k, &v, s, p);
+                let worst = got
+                    .iter()
+                    .zip(&want)
+                    .map(|(a, b)| (a - b).abs())
+                    .fold(0.0, f32::max);
+                assert!(worst < 1e-5, "{s:?} {p:?}: {worst}");
+            }
         }
+    }
+
+    /// A query's numbers are the same read alone (decode, a tile of its kv group's heads), in
+    /// a short chunk, or in a long one (tiles of one head's queries).
+    #[test]
+    fn a_row_is_the_same_in_any_chunk() {
+        let (heads, keys, dim) = (6, 900, 16);
+        let k = values(2 * keys * dim, 5);
+        let v = values(2 * keys * dim, 6);
+        let q_all = values(heads * 200 * dim, 7);
+        let run = |queries: usize| {
+            // The last `queries` of the 200 queries, each head's rows.
+            let q: Vec<f32> = (0..heads)
+                .flat_map(|h| q_all[(h * 200 + 200 - queries) * dim..(h + 1) * 200 * dim].to_vec())
+                .collect();
+            let s = Shapes {
+                heads,
+                kv_heads: 2,
+                queries,
+                keys,
+                dim,
+                kv_stride: keys * dim,
+            };
+            let p = Params {
+                scale: 0.3,
+                window: None,
+                sinks: None,
+            };
+            let out = attend(&q, &k, &v, s, p);
+            // Each head's last row.
+            (0..heads)
+                .flat_map(|h| out[((h + 1) * queries - 1) * dim..(h + 1) * queries * dim].to_vec())
+                .collect::<Vec<f32>>()
+        };
+        let long = run(200);
+        assert_eq!(run(1), long);
+        assert_eq!(run(30), long);
+        assert_eq!(run(64), long);
     }
 }

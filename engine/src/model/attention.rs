@@ -130,16 +130,19 @@ fn attend_kv(
 /// A layer's RoPE, softmax scale and extras, passed along together.
 type Params<'a> = (&'a Rope, f32, Extras<'a>);
 
-/// Queries per prefill chunk from which [`chunk_attention`] runs the engine's CPU kernel:
-/// below it the synchronisation costs more than the kernel saves.
+/// Queries per prefill chunk, or keys (for a decoding query), from which [`chunk_attention`]
+/// runs the engine's CPU kernel: below both the synchronisation costs more than the kernel
+/// saves.
 const KERNEL_MIN_QUERIES: i32 = 64;
+const KERNEL_MIN_KEYS: i32 = 1024;
 
 /// Attention of a prefill chunk `q` (`[1, heads, len, dim]`, queries at `offset..offset +
 /// len`) over keys from position `start` to the chunk's end (`[1, kv_heads, keys, dim]`):
-/// causal, and within the `window` if there is one. With the CPU levers on (CPU backend,
-/// float32) a long chunk is attended by the engine's own kernel
-/// (`cpu_attention`: ~4x MLX's CPU attention at 8k keys, measured); otherwise, as on a GPU
-/// and in half precision, by MLX's fused attention as mlx-lm calls it.
+/// causal, and within the `window` if there is one (one query, decoding, sees every key it
+/// is given). With the CPU levers on (CPU backend, float32) a long chunk, or a query over
+/// many keys, is attended by the engine's own kernel (`cpu_attention`: ~4x MLX's CPU
+/// attention for a 512-query chunk at 8k keys, measured; it reads the cache's keys in place);
+/// otherwise, as on a GPU and in half precision, by MLX's fused attention as mlx-lm calls it.
 fn chunk_attention(
     q: Array,
     k: Array,
@@ -149,11 +152,16 @@ fn chunk_attention(
     window: Option<i32>,
     sinks: Option<&Array>,
 ) -> Result<Array> {
-    let len = q.shape()[2];
-    let on_kernel =
-        len >= KERNEL_MIN_QUERIES && q.dtype() == Dtype::Float32 && crate::device::cpu_levers();
+    let (len, keys) = (q.shape()[2], k.shape()[2]);
+    let on_kernel = (len >= KERNEL_MIN_QUERIES || keys >= KERNEL_MIN_KEYS)
+        && q.dtype() == Dtype::Float32
+        && crate::device::cpu_levers();
     if on_kernel {
         return cpu_attention::causal(&q, &k, &v, scale, window, sinks);
+    }
+    if len == 1 {
+        // One query sees every key it is given: no mask (as mlx-lm passes none).
+        return scaled_dot_product_attention(q, k, v, scale, None, sinks);
     }
     if window.is_none() {
         let mask = ScaledDotProductAttentionMask::Causal;
@@ -282,13 +290,8 @@ fn attend_one(
             .range(layer, start, offset + len)?
             .ok_or_else(|| Exception::custom(format!("KV layer {layer} holds nothing yet")))?,
     };
-    let out = if len == 1 {
-        // One query sees every key it is given: no mask (as mlx-lm passes none).
-        scaled_dot_product_attention(q, k, v, scale, None, extras.sinks)?
-    } else {
-        let at = (offset, start);
-        chunk_attention(q, k, v, scale, at, extras.window, extras.sinks)?
-    };
+    let at = (offset, start);
+    let out = chunk_attention(q, k, v, scale, at, extras.window, extras.sinks)?;
     merge_heads(out, len)
 }
 

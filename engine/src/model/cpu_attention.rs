@@ -30,34 +30,78 @@ pub fn causal(
     sinks: Option<&Array>,
 ) -> Result<Array, Exception> {
     let (qs, ks) = (q.shape(), k.shape());
-    let shapes = Shapes {
+    let mut shapes = Shapes {
         heads: qs[1] as usize,
         kv_heads: ks[1] as usize,
         queries: qs[2] as usize,
         keys: ks[2] as usize,
         dim: qs[3] as usize,
+        kv_stride: 0,
     };
     if [q.dtype(), k.dtype(), v.dtype()] != [Dtype::Float32; 3]
-        || !shapes.heads.is_multiple_of(shapes.kv_heads.max(1))
+        || shapes.kv_heads == 0
+        || !shapes.heads.is_multiple_of(shapes.kv_heads)
         || shapes.queries > shapes.keys
+        || v.shape() != ks
     {
         return Err(Exception::custom(
             "cpu attention: float32, grouped heads, causal only",
         ));
     }
-    let (q, k, v) = (q.contiguous()?, k.contiguous()?, v.contiguous()?);
+    let q = q.contiguous()?;
     let sinks = sinks.map(|s| s.as_dtype(Dtype::Float32)).transpose()?;
-    mlx_rs::transforms::eval([&q, &k, &v].into_iter().chain(&sinks))?;
+    mlx_rs::transforms::eval([&q, k, v].into_iter().chain(&sinks))?;
     if sinks.as_ref().is_some_and(|s| s.size() != shapes.heads) {
         return Err(Exception::custom("cpu attention: one sink per head"));
     }
+    // Keys and values as the cache holds them (a view of its longer buffers), not copied.
+    let (k, v) = match (head_stride(k), head_stride(v)) {
+        (Some(a), Some(b)) if a == b => {
+            shapes.kv_stride = a;
+            (k.clone(), v.clone())
+        }
+        _ => {
+            shapes.kv_stride = shapes.keys * shapes.dim;
+            let (k, v) = (k.contiguous()?, v.contiguous()?);
+            mlx_rs::transforms::eval([&k, &v])?;
+            (k, v)
+        }
+    };
     let params = Params {
         scale,
         window: window.map(|w| w.max(1) as usize),
         sinks: sinks.as_ref().map(|s| s.as_slice()),
     };
-    let out = attend(q.as_slice(), k.as_slice(), v.as_slice(), shapes, params);
+    let len = shapes.kv_len();
+    // SAFETY: `k` and `v` are evaluated float32 arrays `[1, kv_heads, keys, dim]` whose rows
+    // are `dim` packed floats and whose heads are `kv_stride` floats apart (`head_stride`),
+    // so their data spans `kv_len()` floats from their first element, within the buffer they
+    // view; both stay alive (held here) while the slices are read.
+    let (k_data, v_data) = unsafe {
+        (
+            std::slice::from_raw_parts(k.as_slice_unchecked::<f32>().as_ptr(), len),
+            std::slice::from_raw_parts(v.as_slice_unchecked::<f32>().as_ptr(), len),
+        )
+    };
+    let out = attend(q.as_slice(), k_data, v_data, shapes, params);
     Ok(Array::from_slice(&out, qs))
+}
+
+/// Floats from one head to the next of an evaluated `[1, heads, rows, dim]` array whose rows
+/// are `dim` packed floats (a KV cache's keys: a slice of a buffer with room for more rows),
+/// or `None` if it is laid out otherwise.
+fn head_stride(a: &Array) -> Option<usize> {
+    let (shape, strides) = (a.shape(), a.strides());
+    let (heads, rows, dim) = (shape[1] as usize, shape[2] as usize, shape[3] as usize);
+    let rows_packed = strides[3] == 1 && (strides[2] == dim || rows == 1);
+    let heads_apart = heads == 1 || strides[1] >= rows * dim;
+    (shape.len() == 4 && shape[0] == 1 && rows_packed && heads_apart).then(|| {
+        if heads == 1 {
+            rows * dim
+        } else {
+            strides[1]
+        }
+    })
 }
 
 #[cfg(test)]
@@ -118,6 +162,30 @@ mod tests {
         let want = scaled_dot_product_attention(&q, &k, &v, 0.2, mask, None).unwrap();
         let got = causal(&q, &k, &v, 0.2, Some(window), None).unwrap();
         assert!(worst(&got, &want) < 1e-5, "{}", worst(&got, &want));
+    }
+
+    /// Keys and values that are a view of longer buffers (as a KV cache returns them) are read
+    /// in place, and give what their packed copies give; one query (decode) as well.
+    #[test]
+    fn reads_a_cache_view_in_place() {
+        let buffer_k = random(&[1, 2, 1024, 32], 13);
+        let buffer_v = random(&[1, 2, 1024, 32], 14);
+        let (k, v) = (
+            slice_axis(&buffer_k, 2, 0, 700).unwrap(),
+            slice_axis(&buffer_v, 2, 0, 700).unwrap(),
+        );
+        mlx_rs::transforms::eval([&k, &v]).unwrap();
+        assert_eq!(head_stride(&k), Some(1024 * 32));
+        for n in [1, 100] {
+            let q = random(&[1, 4, n, 32], 15);
+            let viewed = causal(&q, &k, &v, 0.2, None, None).unwrap();
+            let (kc, vc) = (k.contiguous().unwrap(), v.contiguous().unwrap());
+            let packed = causal(&q, &kc, &vc, 0.2, None, None).unwrap();
+            assert_eq!(worst(&viewed, &packed), 0.0);
+            let mask = ScaledDotProductAttentionMask::Causal;
+            let want = scaled_dot_product_attention(&q, &kc, &vc, 0.2, mask, None).unwrap();
+            assert!(worst(&viewed, &want) < 1e-5);
+        }
     }
 
     /// Attention sinks (gpt-oss), with a window, as MLX's fused attention takes them.
