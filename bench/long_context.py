@@ -20,7 +20,7 @@ and reports the time to its first token.
 
 usage: .venv/bin/python bench/long_context.py [--lengths 2000,8000] [--max-tokens 32]
        [--model DIR] [--gguf FILE] [--context N] [--engines wuwei,mlx-lm,llama.cpp]
-       [--bin target/release/wuwei] [--kv-bits N] [--claude-code [JSON]]
+       [--bin target/release/wuwei] [--kv-bits N] [--claude-code [JSON]] [--section NAME]
        (build first: cargo build --release --bin wuwei)
 """
 import argparse
@@ -253,6 +253,9 @@ def main():
     ap.add_argument("--claude-code", nargs="?", const=str(CLAUDE_CODE_RECORDING), default=None,
                     help="also replay Claude Code's recorded first request (default recording: "
                          "artifacts/claude_code/long_context.json, written by the e2e tests)")
+    ap.add_argument("--section", default=None,
+                    help="the BENCHMARKS.md section to write (default: long-context, or "
+                         "long-context-Nk with --context)")
     ap.add_argument("--no-write", action="store_true")
     a = ap.parse_args()
     import tempfile
@@ -375,6 +378,9 @@ def main():
         if a.context:
             key += f"-{a.context // 1024}k"
             title += f" (context raised to {a.context // 1024}k)"
+        if a.section:
+            key, title = a.section, f"Long context: {model_dir.name}"
+            cmd += f" --model {a.model} --section {a.section}"
         write_section(key, title, cmd, body)
 
 

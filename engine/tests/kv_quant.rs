@@ -110,7 +110,7 @@ impl TestEngine {
     fn start(config: SchedulerConfig) -> Self {
         let (tx, rx) = std::sync::mpsc::channel();
         let thread = std::thread::spawn(move || {
-            let loaded = loader::load(&model_dir(), WeightsMode::Native).expect("load");
+            let loaded = loader::load(&model_dir(), WeightsMode::Dequantized).expect("load");
             Engine::new(
                 "kv8".into(),
                 loaded.model,
@@ -182,10 +182,11 @@ impl TestEngine {
 /// The engine with `kv_bits = 8`: three prompts decoded together stream the float cache's
 /// greedy text; a long prompt's quantized KV goes to prefix-cache blocks (RAM and SSD), and
 /// a repeat restored from RAM, and from the SSD tier by a fresh engine, streams the text of
-/// the cold run.
+/// the cold run. (Weights dequantized, as `weights = auto` runs them on the CPU: the quick
+/// matmuls.)
 #[test]
 fn the_engine_runs_with_eight_bit_kv_and_reuses_it_from_ram_and_ssd() {
-    let m = loader::load(&model_dir(), WeightsMode::Native).unwrap();
+    let m = loader::load(&model_dir(), WeightsMode::Dequantized).unwrap();
     let prompts: Vec<Vec<u32>> = [
         "def fibonacci(n):",
         "The capital of France is",

@@ -209,3 +209,71 @@ fn the_cpu_attention_kernel_agrees_with_mlx_attention_on_the_real_model() {
     assert!(worst < 1e-3, "largest logit difference {worst}");
     assert_eq!(argmax(&kernel), argmax(&mlx));
 }
+
+/// A pooled sequence (the slot pool: prompts up to 2,048 tokens) decoding over 1,024+ keys
+/// beside a short one is attended by the CPU kernel from its row of the pool; an own cache
+/// of the same sequence decodes the same tokens with logits within float32 rounding.
+#[test]
+fn a_pooled_decoder_over_many_keys_agrees_with_its_own_cache() {
+    use wuwei::kv::slots::SharedSlots;
+    let m = loader::load(converted(), WeightsMode::Dequantized).unwrap();
+    let layers = m.model.num_layers();
+    let prompt: Vec<i32> = (0..1100).map(|i| i * 37 % 5000 + 20).collect();
+    let short: Vec<i32> = (0..20).map(|i| i + 100).collect();
+    let pool = SharedSlots::new(layers);
+    let (mut long_slot, mut short_slot) = (pool.acquire(), pool.acquire());
+    let mut own = DenseKvCache::new(layers);
+    let forward = |batch: &mut [BatchSeq<'_>], ids: &[i32]| {
+        let l = m
+            .model
+            .forward(
+                &Array::from_slice(ids, &[1, ids.len() as i32]),
+                batch,
+                Logits::Last,
+            )
+            .unwrap()
+            .as_dtype(mlx_rs::Dtype::Float32)
+            .unwrap();
+        l.eval().unwrap();
+        l.as_slice::<f32>().to_vec()
+    };
+    let one = |cache: &mut dyn wuwei::kv::cache::KvCache, ids: &[i32]| {
+        forward(
+            &mut [BatchSeq {
+                len: ids.len(),
+                cache,
+            }],
+            ids,
+        )
+    };
+    one(&mut short_slot, &short);
+    one(&mut long_slot, &prompt);
+    let mut want = one(&mut own, &prompt);
+    let vocab = want.len();
+    let argmax = |l: &[f32]| (0..l.len()).max_by(|&a, &b| l[a].total_cmp(&l[b])).unwrap() as i32;
+    for step in 0..4 {
+        let t = argmax(&want);
+        let mut batch = [
+            BatchSeq {
+                len: 1,
+                cache: &mut long_slot,
+            },
+            BatchSeq {
+                len: 1,
+                cache: &mut short_slot,
+            },
+        ];
+        let pooled = forward(&mut batch, &[t, 7]);
+        want = one(&mut own, &[t]);
+        let worst = pooled[..vocab]
+            .iter()
+            .zip(&want)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f32::max);
+        assert!(
+            worst < 1e-3,
+            "step {step}: largest logit difference {worst}"
+        );
+        assert_eq!(argmax(&pooled[..vocab]), argmax(&want), "step {step}");
+    }
+}

@@ -568,18 +568,35 @@ impl PooledPass<'_> {
                 layout.dec_offsets[j] + 1 - pool.first(self.layer, slot)
             })
             .collect();
+        let mut outs = Vec::new();
+        let mut order = Vec::with_capacity(layout.decoding.len());
+        // With the CPU levers, a decoder over many keys is attended alone by the CPU kernel,
+        // reading its row in place (as a long sequence's own cache is: the same bits).
+        let on_kernel = |n: i32| {
+            n >= KERNEL_MIN_KEYS && q.dtype() == Dtype::Float32 && crate::device::cpu_levers()
+        };
         let mut groups: BTreeMap<i32, Vec<usize>> = BTreeMap::new();
-        for (j, n) in held.iter().enumerate() {
+        for (j, &n) in held.iter().enumerate() {
+            if on_kernel(n) {
+                let slot = layout.dec_slots[j] as usize;
+                let end = layout.dec_offsets[j] + 1;
+                let (k, v) = pool.read(self.layer, slot, end - n, end)?;
+                let q = slice_axis(&q, 0, j as i32, j as i32 + 1)?;
+                let (window, sinks) = (self.extras.window, self.extras.sinks);
+                outs.push(cpu_attention::causal(
+                    &q, &k, &v, self.scale, window, sinks,
+                )?);
+                order.push(j);
+                continue;
+            }
             let padded = (n + DECODE_BUCKET - 1) / DECODE_BUCKET * DECODE_BUCKET;
             groups.entry(padded).or_default().push(j);
         }
-        let mut outs = Vec::with_capacity(groups.len());
-        let mut order = Vec::with_capacity(layout.decoding.len());
         for (padded, members) in &groups {
             let m = members.len() as i32;
             let slots: Vec<i32> = members.iter().map(|&j| layout.dec_slots[j]).collect();
             let (k, v) = pool.read_slots(self.layer, &slots, *padded)?;
-            let q = if members.len() == layout.decoding.len() {
+            let q = if members.len() == n_dec as usize {
                 q.clone()
             } else {
                 let idx: Vec<i32> = members.iter().map(|&j| j as i32).collect();
