@@ -44,7 +44,7 @@ import json, sys, time
 import mlx.core as mx
 from mlx_lm import load, stream_generate
 from mlx_lm.sample_utils import make_sampler
-spec = json.loads(sys.argv[1])
+spec = json.loads(sys.stdin.read())
 model, tok = load(spec["model"])
 if spec.get("dequantize"):
     # Wuwei's `weights = auto` on the CPU: quantized layers expanded to floats (BLAS matmuls).
@@ -75,7 +75,7 @@ print(json.dumps(dict(ttft=first - t0, tokens=n,
 LLAMA_CPP = r"""
 import json, os, sys, time
 from llama_cpp import Llama
-spec = json.loads(sys.argv[1])
+spec = json.loads(sys.stdin.read())
 ids = spec["prompt"]
 llm = Llama(model_path=spec["gguf"], n_ctx=len(ids) + spec["max_tokens"] + 64,
             n_threads=os.cpu_count(), n_threads_batch=os.cpu_count(), flash_attn=True,
@@ -140,14 +140,15 @@ def wuwei_run(url, model, text, max_tokens):
 def mlx_run(model_dir, ids, max_tokens, kv_bits, dequantize):
     spec = dict(model=str(model_dir), prompt=ids, max_tokens=max_tokens, kv_bits=kv_bits,
                 dequantize=dequantize)
-    out = subprocess.run([str(ROOT / ".venv/bin/python"), "-c", MLX_LM, json.dumps(spec)],
+    # The spec on stdin: a 32k-token prompt is past the kernel's limit for one argument.
+    out = subprocess.run([str(ROOT / ".venv/bin/python"), "-c", MLX_LM], input=json.dumps(spec),
                          capture_output=True, text=True, check=True, env=mlx_env()).stdout
     return json.loads(out.strip().splitlines()[-1])
 
 
 def llama_cpp_run(gguf, ids, max_tokens):
     spec = dict(gguf=str(gguf), prompt=ids, max_tokens=max_tokens)
-    out = subprocess.run([str(ROOT / ".venv/bin/python"), "-c", LLAMA_CPP, json.dumps(spec)],
+    out = subprocess.run([str(ROOT / ".venv/bin/python"), "-c", LLAMA_CPP], input=json.dumps(spec),
                          capture_output=True, text=True, check=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
