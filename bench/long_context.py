@@ -195,22 +195,8 @@ def claude_code_replay(binary, model_dir, recording):
                key=lambda b: len(json.dumps(b)))
     with tempfile.TemporaryDirectory() as tmp:
         folder = with_context(model_dir, 32768, tmp)
-        port = free_port()
-        env = dict(os.environ, WUWEI_LOG="warn", WUWEI_KV_CACHE="false")
-        server = subprocess.Popen([binary, "serve", "--port", str(port), "--models", str(folder.parent),
-                                   "--default-model", folder.name],
-                                  env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        url = f"http://127.0.0.1:{port}"
+        server, url = start_wuwei(binary, folder)
         try:
-            deadline = time.monotonic() + 300
-            while True:
-                try:
-                    wuwei_run(url, folder.name, "Hello there", 2)
-                    break
-                except requests.RequestException:
-                    if server.poll() is not None or time.monotonic() > deadline:
-                        raise RuntimeError("wuwei serve did not start")
-                    time.sleep(0.5)
             body = dict(body, model=folder.name, max_tokens=8, stream=True)
             load = load_avg()
             t0 = time.perf_counter()
@@ -230,6 +216,27 @@ def claude_code_replay(binary, model_dir, recording):
         finally:
             server.terminate()
             server.wait(timeout=30)
+
+
+def start_wuwei(binary, folder, env=None):
+    """`wuwei serve` of the model in `folder`, prefix cache off, once it answers a completion:
+    (its process, its URL)."""
+    port = free_port()
+    env = dict(os.environ, WUWEI_LOG="warn", WUWEI_KV_CACHE="false", **(env or {}))
+    server = subprocess.Popen([binary, "serve", "--port", str(port), "--models", str(folder.parent),
+                               "--default-model", folder.name],
+                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 300
+    while True:
+        try:
+            wuwei_run(url, folder.name, "Hello there", 2)
+            return server, url
+        except requests.RequestException:
+            if server.poll() is not None or time.monotonic() > deadline:
+                server.terminate()
+                raise RuntimeError("wuwei serve did not start")
+            time.sleep(0.5)
 
 
 def load_avg():
@@ -273,27 +280,11 @@ def main():
     tmp = tempfile.TemporaryDirectory()
     served = with_context(model_dir, a.context, tmp.name) if a.context else model_dir
     rows = []
-    server = None
+    server, url = None, None
     if "wuwei" in engines:
-        port = free_port()
-        env = dict(os.environ, WUWEI_LOG="warn", WUWEI_KV_CACHE="false")
-        if a.kv_bits:
-            env["WUWEI_KV_BITS"] = str(a.kv_bits)
-        server = subprocess.Popen([a.bin, "serve", "--port", str(port), "--models", str(served.parent),
-                                   "--default-model", served.name],
-                                  env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        url = f"http://127.0.0.1:{port}"
+        env = {"WUWEI_KV_BITS": str(a.kv_bits)} if a.kv_bits else None
+        server, url = start_wuwei(a.bin, served, env)
     try:
-        if server:
-            deadline = time.monotonic() + 300
-            while True:
-                try:
-                    wuwei_run(url, served.name, "Hello there", 2)
-                    break
-                except requests.RequestException:
-                    if server.poll() is not None or time.monotonic() > deadline:
-                        raise RuntimeError("wuwei serve did not start")
-                    time.sleep(0.5)
         for i, length in enumerate(lengths):
             text, ids = prompt_ids(tokenizer, length, seed=i)
             runs = {

@@ -136,6 +136,15 @@ type Params<'a> = (&'a Rope, f32, Extras<'a>);
 const KERNEL_MIN_QUERIES: i32 = 64;
 const KERNEL_MIN_KEYS: i32 = 1024;
 
+/// Whether `queries` of `dtype` over `keys` go to the engine's CPU kernel: the CPU levers
+/// (CPU backend, float32) and a long chunk or many keys. One rule for every caller, so that
+/// a sequence's rows take the same path alone, pooled or in its own cache.
+fn on_cpu_kernel(queries: i32, keys: i32, dtype: Dtype) -> bool {
+    (queries >= KERNEL_MIN_QUERIES || keys >= KERNEL_MIN_KEYS)
+        && dtype == Dtype::Float32
+        && crate::device::cpu_levers()
+}
+
 /// Attention of a prefill chunk `q` (`[1, heads, len, dim]`, queries at `offset..offset +
 /// len`) over keys from position `start` to the chunk's end (`[1, kv_heads, keys, dim]`):
 /// causal, and within the `window` if there is one (one query, decoding, sees every key it
@@ -152,11 +161,8 @@ fn chunk_attention(
     window: Option<i32>,
     sinks: Option<&Array>,
 ) -> Result<Array> {
-    let (len, keys) = (q.shape()[2], k.shape()[2]);
-    let on_kernel = (len >= KERNEL_MIN_QUERIES || keys >= KERNEL_MIN_KEYS)
-        && q.dtype() == Dtype::Float32
-        && crate::device::cpu_levers();
-    if on_kernel {
+    let len = q.shape()[2];
+    if on_cpu_kernel(len, k.shape()[2], q.dtype()) {
         return cpu_attention::causal(&q, &k, &v, scale, window, sinks);
     }
     if len == 1 {
@@ -174,7 +180,7 @@ fn chunk_attention(
 
 /// The mask of queries at positions `offset..offset + len` over keys at `start..offset +
 /// len`: causal, and within the window if there is one.
-fn chunk_mask(offset: i32, len: i32, start: i32, window: Option<i32>) -> Result<Array> {
+pub(super) fn chunk_mask(offset: i32, len: i32, start: i32, window: Option<i32>) -> Result<Array> {
     let q_pos = arange::<_, i32>(offset, offset + len, None)?.reshape(&[len, 1])?;
     let k_pos = arange::<_, i32>(start, offset + len, None)?.reshape(&[1, -1])?;
     let causal = k_pos.le(&q_pos)?;
@@ -572,12 +578,9 @@ impl PooledPass<'_> {
         let mut order = Vec::with_capacity(layout.decoding.len());
         // With the CPU levers, a decoder over many keys is attended alone by the CPU kernel,
         // reading its row in place (as a long sequence's own cache is: the same bits).
-        let on_kernel = |n: i32| {
-            n >= KERNEL_MIN_KEYS && q.dtype() == Dtype::Float32 && crate::device::cpu_levers()
-        };
         let mut groups: BTreeMap<i32, Vec<usize>> = BTreeMap::new();
         for (j, &n) in held.iter().enumerate() {
-            if on_kernel(n) {
+            if on_cpu_kernel(1, n, q.dtype()) {
                 let slot = layout.dec_slots[j] as usize;
                 let end = layout.dec_offsets[j] + 1;
                 let (k, v) = pool.read(self.layer, slot, end - n, end)?;

@@ -108,8 +108,8 @@ fn head_stride(a: &Array) -> Option<usize> {
 mod tests {
     use super::*;
     use crate::mlx_ext::slice_axis;
+    use crate::model::attention::chunk_mask;
     use mlx_rs::fast::{scaled_dot_product_attention, ScaledDotProductAttentionMask};
-    use mlx_rs::ops::arange;
     use mlx_rs::random::{key, normal};
 
     fn random(shape: &[i32], seed: u64) -> Array {
@@ -145,19 +145,8 @@ mod tests {
         let q = random(&[1, 4, n, 32], 4);
         let k = random(&[1, 4, keys, 32], 5);
         let v = random(&[1, 4, keys, 32], 6);
-        let q_pos = arange::<_, i32>(keys - n, keys, None)
-            .unwrap()
-            .reshape(&[n, 1])
-            .unwrap();
-        let k_pos = arange::<_, i32>(0, keys, None)
-            .unwrap()
-            .reshape(&[1, keys])
-            .unwrap();
-        let mask = k_pos
-            .le(&q_pos)
-            .unwrap()
-            .logical_and(k_pos.gt(q_pos - window).unwrap())
-            .unwrap();
+        // The engine's own mask for a chunk at the end of the keys.
+        let mask = chunk_mask(keys - n, n, 0, Some(window)).unwrap();
         let mask = ScaledDotProductAttentionMask::Array(&mask);
         let want = scaled_dot_product_attention(&q, &k, &v, 0.2, mask, None).unwrap();
         let got = causal(&q, &k, &v, 0.2, Some(window), None).unwrap();
@@ -196,18 +185,8 @@ mod tests {
         let k = random(&[1, 2, keys, 32], 11);
         let v = random(&[1, 2, keys, 32], 12);
         let sinks = Array::from_slice(&[0.5f32, -1.0, 2.0, 0.0], &[4]);
-        let q_pos = arange::<_, i32>(keys - n, keys, None)
-            .unwrap()
-            .reshape(&[n, 1])
-            .unwrap();
-        let k_pos = arange::<_, i32>(0, keys, None)
-            .unwrap()
-            .reshape(&[1, keys])
-            .unwrap();
-        let causal_mask = k_pos.le(&q_pos).unwrap();
-        let windowed = causal_mask
-            .logical_and(k_pos.gt(q_pos - window).unwrap())
-            .unwrap();
+        let causal_mask = chunk_mask(keys - n, n, 0, None).unwrap();
+        let windowed = chunk_mask(keys - n, n, 0, Some(window)).unwrap();
         for (w, mask) in [(None, &causal_mask), (Some(window), &windowed)] {
             let m = ScaledDotProductAttentionMask::Array(mask);
             let want = scaled_dot_product_attention(&q, &k, &v, 0.2, m, Some(&sinks)).unwrap();
