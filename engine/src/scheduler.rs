@@ -82,9 +82,9 @@ pub struct SchedulerConfig {
     pub kv_budget_bytes: Option<u64>,
     /// What a sequence's KV costs by its length.
     pub kv_cost: KvCost,
-    /// Running sequences' KV stored quantized (`None`: as computed). Such sequences keep
-    /// their own caches (the slot pool holds floats); prefix-cache blocks hold the same
-    /// format, so a hit restores the bits a cold run computes.
+    /// Running sequences' KV stored quantized (`None`: as computed): the slot pool and long
+    /// sequences' own caches alike; prefix-cache blocks hold the same format, so a hit
+    /// restores the bits a cold run computes.
     pub kv_quant: Option<KvQuant>,
 }
 
@@ -339,7 +339,9 @@ impl Engine {
         stats: Arc<EngineStats>,
     ) -> Self {
         let eos = tokenizer.eos_token_ids().to_vec();
-        let reach = config.reach_back();
+        let slots = SharedSlots::new(model.num_layers())
+            .reaching_back(config.reach_back())
+            .quantized(config.kv_quant);
         let prefix = build_prefix_cache(&model_id, model.as_ref(), &config, &stats);
         let prefix = match prefix {
             Ok(p) => p,
@@ -353,7 +355,7 @@ impl Engine {
             eos,
             config,
             stats,
-            slots: SharedSlots::new(model.num_layers()).reaching_back(reach),
+            slots,
             model,
             model_id,
             prefix,
@@ -533,10 +535,10 @@ impl Engine {
     /// when it is long) and fills it with the longest prefix the prefix cache holds; the rest
     /// is prefilled.
     fn place(&mut self, seq: &mut Sequence) {
-        seq.cache = if let Some(quant) = self.config.kv_quant {
-            Box::new(QuantizedKvCache::new(self.model.num_layers(), quant))
-        } else if seq.tokens.len() <= POOLED_PROMPT_MAX {
+        seq.cache = if seq.tokens.len() <= POOLED_PROMPT_MAX {
             Box::new(self.slots.acquire())
+        } else if let Some(quant) = self.config.kv_quant {
+            Box::new(QuantizedKvCache::new(self.model.num_layers(), quant))
         } else {
             let layers = self.model.num_layers();
             Box::new(DenseKvCache::new(layers).reaching_back(self.config.reach_back()))

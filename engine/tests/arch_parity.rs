@@ -17,6 +17,7 @@ use common::{python, root};
 use mlx_rs::Array;
 use serde_json::{json, Value};
 use wuwei::kv::cache::{DenseKvCache, KvCache};
+use wuwei::kv::quant::{KvQuant, QuantizedKvCache};
 use wuwei::kv::slots::{SharedSlots, SlotKvCache};
 use wuwei::model::{load_model_dir, BatchSeq, LanguageModel, Logits, WeightsMode};
 
@@ -443,7 +444,7 @@ fn check_dir(dir: &Path, case: &Case) {
             &flatten(&reference["decode"][i]),
         );
     }
-    pooled_batches_are_invariant(model.as_ref(), what, case.exact_batches, tolerance);
+    pooled_batches_are_invariant(model.as_ref(), what, case.exact_batches, tolerance, None);
     close(
         &format!("{what} prompt"),
         &p,
@@ -622,7 +623,16 @@ fn pooled_batches_are_invariant(
     what: &str,
     exact: bool,
     tolerance: f32,
+    quant: Option<KvQuant>,
 ) {
+    let layers = model.num_layers();
+    let new_pool = || SharedSlots::new(layers).quantized(quant);
+    let own_cache = || -> Box<dyn KvCache> {
+        match quant {
+            Some(q) => Box::new(QuantizedKvCache::new(layers, q)),
+            None => Box::new(DenseKvCache::new(layers)),
+        }
+    };
     let same = |what: &str, ours: &[f32], alone: &[f32]| {
         if exact {
             assert_eq!(ours, alone, "{what}");
@@ -638,13 +648,10 @@ fn pooled_batches_are_invariant(
     let steps: Vec<u32> = vec![5, 400, 33];
     let alone: Vec<Vec<Vec<f32>>> = prompts
         .iter()
-        .map(|p| {
-            let pool = SharedSlots::new(model.num_layers());
-            run_ours(model, p, &steps, &mut pool.acquire()).1
-        })
+        .map(|p| run_ours(model, p, &steps, &mut new_pool().acquire()).1)
         .collect();
 
-    let pool = SharedSlots::new(model.num_layers());
+    let pool = new_pool();
     let mut caches: Vec<_> = prompts.iter().map(|_| pool.acquire()).collect();
     // Sequences 0 and 1 prefill together; 2 prefills during their first decode step.
     let mut flat: Vec<u32> = prompts[0].clone();
@@ -688,17 +695,11 @@ fn pooled_batches_are_invariant(
         );
     }
     // A sequence outside the pool (the engine keeps long prompts out) joins from step 1.
-    let mut own = DenseKvCache::new(model.num_layers());
-    let own_alone = run_ours(
-        model,
-        &prompts[2],
-        &steps,
-        &mut DenseKvCache::new(model.num_layers()),
-    )
-    .1;
+    let mut own = own_cache();
+    let own_alone = run_ours(model, &prompts[2], &steps, own_cache().as_mut()).1;
     let mut b = [BatchSeq {
         len: prompts[2].len(),
-        cache: &mut own,
+        cache: own.as_mut(),
     }];
     model
         .forward(&tokens(&prompts[2]), &mut b, Logits::Last)
@@ -717,7 +718,7 @@ fn pooled_batches_are_invariant(
             2,
             BatchSeq {
                 len: 1,
-                cache: &mut own,
+                cache: own.as_mut(),
             },
         );
         let out = to_vec(&model.forward(&tokens(&flat), &mut b, Logits::Last).unwrap());
@@ -739,7 +740,6 @@ fn pooled_batches_are_invariant(
 /// Quantized KV (`kv_bits`): the same logits as mlx-lm's `QuantizedKVCache` over a prompt
 /// and decode steps, and the same greedy tokens.
 fn check_quantized_kv(arch: &str, dtype: Dtype, bits: i32, group: i32, tolerance: f32) {
-    use wuwei::kv::quant::{KvQuant, QuantizedKvCache};
     wuwei::device::set_activations(wuwei::device::Activations::Checkpoint);
     let dir = make_model(arch, Quant::Float, dtype);
     let prompt: Vec<u32> = vec![1, 17, 300, 42, 7, 99, 256, 3, 511, 64, 128];
@@ -780,6 +780,18 @@ fn check_quantized_kv(arch: &str, dtype: Dtype, bits: i32, group: i32, tolerance
         float, p,
         "{what}: quantized KV changes the numbers a little"
     );
+    // The engine's slot pool holding the same format: the reference's logits and tokens, and
+    // a sequence's logits do not depend on what decodes beside it.
+    let pool = SharedSlots::new(model.num_layers()).quantized(Some(quant));
+    let (p, steps) = run_ours(model.as_ref(), &prompt, &decode, &mut pool.acquire());
+    close(&format!("{what} pooled prompt"), &p, &reference["prompt"]);
+    for (i, step) in steps.iter().enumerate() {
+        let w = format!("{what} pooled decode {i}");
+        close(&w, step, &reference["decode"][i]);
+    }
+    let greedy = greedy_tokens(model.as_ref(), &prompt, 8, &mut pool.acquire());
+    assert_eq!(greedy, expected, "{what} pooled greedy");
+    pooled_batches_are_invariant(model.as_ref(), &what, false, tolerance, Some(quant));
 }
 
 fn greedy_tokens(

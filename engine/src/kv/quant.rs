@@ -59,7 +59,7 @@ pub struct Packed {
 }
 
 impl Packed {
-    fn quantize(x: &Array, q: KvQuant) -> Result<Self, Exception> {
+    pub fn quantize(x: &Array, q: KvQuant) -> Result<Self, Exception> {
         let (w, scales, biases) = quantize(x, q.group_size, q.bits)?;
         Ok(Self { w, scales, biases })
     }
@@ -74,6 +74,15 @@ impl Packed {
 
     fn arrays(&self) -> [&Array; 3] {
         [&self.w, &self.scales, &self.biases]
+    }
+
+    /// Words, scales, biases.
+    pub fn into_parts(self) -> [Array; 3] {
+        [self.w, self.scales, self.biases]
+    }
+
+    pub fn from_parts([w, scales, biases]: [Array; 3]) -> Self {
+        Self { w, scales, biases }
     }
 
     pub fn nbytes(&self) -> usize {

@@ -14,6 +14,10 @@
 //! `DenseKvCache` does): a slot's row then starts at a later position (`first`), moved to the
 //! row's start at most once per `STEP` positions, by the slot's own length only — so a
 //! sequence's keys, and its numbers, do not depend on the batch.
+//!
+//! A pool may hold KV quantized (`kv_bits`, as `QuantizedKvCache` stores it): keys and values
+//! are then three buffers each (packed words, scales, biases), all slot-major the same way,
+//! and every position is kept (as mlx-lm's `QuantizedKVCache` keeps it; windows are masks).
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -24,14 +28,21 @@ use mlx_rs::Array;
 use crate::kv::cache::{
     moves_forward, window_keep_from, window_start, AsAny, KvCache, RecurrentStates,
 };
+use crate::kv::quant::{KvQuant, Packed};
 use crate::mlx_ext::{scatter, slice, slice_axis, slice_update};
 
 /// Capacity grows in steps of this many positions.
 const STEP: i32 = 256;
 
+/// One layer's buffers, `[slots, kv_heads, capacity, _]` each: keys then values, each as the
+/// arrays it is stored as (floats: one; quantized: packed words, scales, biases).
+type Parts = Vec<Array>;
+
 /// The buffers and the slot table of one engine.
 pub struct SlotPool {
-    layers: Vec<Option<(Array, Array)>>,
+    layers: Vec<Option<Parts>>,
+    /// KV stored quantized in this format (`None`: as computed).
+    quant: Option<KvQuant>,
     /// Per layer and slot, the position index 0 of the slot's row holds (0 but in windowed
     /// layers).
     first: Vec<Vec<i32>>,
@@ -50,6 +61,7 @@ impl SharedSlots {
     pub fn new(num_layers: usize) -> Self {
         Self(Arc::new(Mutex::new(SlotPool {
             layers: (0..num_layers).map(|_| None).collect(),
+            quant: None,
             first: vec![Vec::new(); num_layers],
             in_use: Vec::new(),
             reach_back: 0,
@@ -59,6 +71,12 @@ impl SharedSlots {
     /// Windowed layers keep at least the newest `positions` positions of each slot.
     pub fn reaching_back(self, positions: usize) -> Self {
         self.lock().reach_back = positions as i32;
+        self
+    }
+
+    /// KV stored quantized in `quant`'s format (`None`: as computed).
+    pub fn quantized(self, quant: Option<KvQuant>) -> Self {
+        self.lock().quant = quant;
         self
     }
 
@@ -101,12 +119,42 @@ impl SharedSlots {
             .layers
             .iter()
             .flatten()
-            .map(|(k, v)| k.nbytes() + v.nbytes())
+            .flatten()
+            .map(Array::nbytes)
             .sum()
     }
 }
 
+/// Keys and values as the parts a float pool stores.
+fn float_parts(keys: &Array, values: &Array) -> Parts {
+    vec![keys.clone(), values.clone()]
+}
+
+fn float_pair(mut parts: Parts) -> (Array, Array) {
+    let v = parts.pop().expect("values");
+    (parts.pop().expect("keys"), v)
+}
+
+/// Keys and values as the parts a quantized pool stores.
+fn packed_parts(keys: Packed, values: Packed) -> Parts {
+    let [kw, ks, kb] = keys.into_parts();
+    let [vw, vs, vb] = values.into_parts();
+    vec![kw, ks, kb, vw, vs, vb]
+}
+
+fn packed_pair(parts: Parts) -> (Packed, Packed) {
+    let mut it = parts.into_iter();
+    let mut three = || [(); 3].map(|_| it.next().expect("three parts"));
+    let keys = Packed::from_parts(three());
+    (keys, Packed::from_parts(three()))
+}
+
 impl SlotPool {
+    /// The format KV is stored in (`None`: as computed).
+    pub fn quant(&self) -> Option<KvQuant> {
+        self.quant
+    }
+
     fn release(&mut self, slot: usize) {
         self.in_use[slot] = false;
         if self.in_use.iter().all(|u| !u) {
@@ -134,35 +182,36 @@ impl SlotPool {
         window: Option<i32>,
     ) -> Result<i32, Exception> {
         let first = self.first(layer, slot);
-        let Some(window) = window else {
+        // Quantized KV keeps every position (as `QuantizedKvCache` does).
+        let Some(window) = window.filter(|_| self.quant.is_none()) else {
             return Ok(first);
         };
         let keep_from = window_keep_from(offset, n, window, self.reach_back, first);
         if !moves_forward(first, keep_from, offset) {
             return Ok(first);
         }
-        if let Some((k, v)) = self.layers[layer].take() {
+        if let Some(parts) = self.layers[layer].take() {
             let s = slot as i32;
             let (from, to) = (keep_from - first, offset - first);
             // The kept part is read from the old buffer (MLX does not update a buffer in place
             // while a slice of it is pending), then written at the row's start.
-            let moved = |a: &Array| -> Result<Array, Exception> {
-                let kept = slice(a, &[s, 0, from], &[s + 1, a.shape()[1], to])?;
-                Ok(slice_update(a, &kept, &[s, 0, 0, 0])?)
+            let moved = |a: Array| -> Result<Array, Exception> {
+                let kept = slice(&a, &[s, 0, from], &[s + 1, a.shape()[1], to])?;
+                Ok(slice_update(&a, &kept, &[s, 0, 0, 0])?)
             };
-            self.layers[layer] = Some((moved(&k)?, moved(&v)?));
+            self.layers[layer] = Some(parts.into_iter().map(moved).collect::<Result<_, _>>()?);
         }
         self.first[layer][slot] = keep_from;
         Ok(keep_from)
     }
 
-    /// Makes `layer`'s buffers hold every slot handed out so far, `end` positions each, shaped like
-    /// `like` (`[_, kv_heads, _, head_dim]`).
-    fn reserve(&mut self, layer: usize, like: &Array, end: i32) -> Result<(), Exception> {
+    /// Makes `layer`'s buffers hold every slot handed out so far, `end` positions each, shaped
+    /// like `like`'s parts (`[_, kv_heads, _, last]`, in their dtypes).
+    fn reserve(&mut self, layer: usize, like: &[Array], end: i32) -> Result<(), Exception> {
         let slots = self.in_use.len() as i32;
-        let shape = like.shape();
-        let (heads, dim) = (shape[1], shape[3]);
-        let grown = |buf: Option<Array>| -> Result<Array, Exception> {
+        let grown = |buf: Option<Array>, like: &Array| -> Result<Array, Exception> {
+            let shape = like.shape();
+            let (heads, last) = (shape[1], shape[3]);
             let (have_slots, have_cap) = buf
                 .as_ref()
                 .map_or((0, 0), |b| (b.shape()[0], b.shape()[2]));
@@ -172,28 +221,29 @@ impl SlotPool {
                 have_cap
             };
             let mut buf = match buf {
-                None => return zeros_dtype(&[slots, heads, cap, dim], like.dtype()),
+                None => return zeros_dtype(&[slots, heads, cap, last], like.dtype()),
                 Some(b) => b,
             };
             if cap > have_cap {
-                let pad = zeros_dtype(&[have_slots, heads, cap - have_cap, dim], like.dtype())?;
+                let pad = zeros_dtype(&[have_slots, heads, cap - have_cap, last], like.dtype())?;
                 buf = concatenate(&[buf, pad], 2)?;
             }
             if slots > have_slots {
-                let pad = zeros_dtype(&[slots - have_slots, heads, cap, dim], like.dtype())?;
+                let pad = zeros_dtype(&[slots - have_slots, heads, cap, last], like.dtype())?;
                 buf = concatenate(&[buf, pad], 0)?;
             }
             Ok(buf)
         };
-        let (k, v) = match self.layers[layer].take() {
-            Some((k, v)) => (Some(k), Some(v)),
-            None => (None, None),
-        };
-        self.layers[layer] = Some((grown(k)?, grown(v)?));
+        let mut old = self.layers[layer].take().map(Vec::into_iter);
+        let parts = like
+            .iter()
+            .map(|l| grown(old.as_mut().and_then(Iterator::next), l))
+            .collect::<Result<_, _>>()?;
+        self.layers[layer] = Some(parts);
         Ok(())
     }
 
-    fn buffers(&self, layer: usize) -> Result<&(Array, Array), Exception> {
+    fn buffers(&self, layer: usize) -> Result<&Parts, Exception> {
         self.layers[layer]
             .as_ref()
             .ok_or_else(|| Exception::custom(format!("KV slot buffers of layer {layer} are empty")))
@@ -210,13 +260,42 @@ impl SlotPool {
         values: &Array,
         window: Option<i32>,
     ) -> Result<(), Exception> {
-        let n = keys.shape()[2];
+        self.write_parts(layer, slot, offset, float_parts(keys, values), window)
+    }
+
+    /// [`SlotPool::write`] of KV quantized in the pool's format.
+    pub fn write_quantized(
+        &mut self,
+        layer: usize,
+        slot: usize,
+        offset: i32,
+        keys: Packed,
+        values: Packed,
+    ) -> Result<(), Exception> {
+        self.write_parts(layer, slot, offset, packed_parts(keys, values), None)
+    }
+
+    fn write_parts(
+        &mut self,
+        layer: usize,
+        slot: usize,
+        offset: i32,
+        new: Parts,
+        window: Option<i32>,
+    ) -> Result<(), Exception> {
+        self.check_format(&new)?;
+        let n = new[0].shape()[2];
         let first = self.forget(layer, slot, offset, n, window)?;
-        self.reserve(layer, keys, offset + n - first)?;
-        let (k, v) = self.layers[layer].take().expect("reserved");
+        self.reserve(layer, &new, offset + n - first)?;
+        let buffers = self.layers[layer].take().expect("reserved");
         let at = [slot as i32, 0, offset - first, 0];
         // Moving the buffers in lets MLX update them in place (it donates a sole reference).
-        self.layers[layer] = Some((slice_update(&k, keys, &at)?, slice_update(&v, values, &at)?));
+        let written = buffers
+            .into_iter()
+            .zip(&new)
+            .map(|(buf, new)| slice_update(&buf, new, &at))
+            .collect::<Result<_, _>>()?;
+        self.layers[layer] = Some(written);
         Ok(())
     }
 
@@ -232,21 +311,65 @@ impl SlotPool {
         values: &Array,
         window: Option<i32>,
     ) -> Result<(), Exception> {
+        let new = float_parts(keys, values);
+        self.write_decode_parts(layer, slots, offsets, new, window)
+    }
+
+    /// [`SlotPool::write_decode`] of KV quantized in the pool's format.
+    pub fn write_decode_quantized(
+        &mut self,
+        layer: usize,
+        slots: &[i32],
+        offsets: &[i32],
+        keys: Packed,
+        values: Packed,
+    ) -> Result<(), Exception> {
+        let new = packed_parts(keys, values);
+        self.write_decode_parts(layer, slots, offsets, new, None)
+    }
+
+    fn write_decode_parts(
+        &mut self,
+        layer: usize,
+        slots: &[i32],
+        offsets: &[i32],
+        new: Parts,
+        window: Option<i32>,
+    ) -> Result<(), Exception> {
+        self.check_format(&new)?;
         let mut at = Vec::with_capacity(slots.len());
         for (&slot, &offset) in slots.iter().zip(offsets) {
             at.push(offset - self.forget(layer, slot as usize, offset, 1, window)?);
         }
         let end = at.iter().max().map_or(0, |i| i + 1);
-        self.reserve(layer, keys, end)?;
-        let (k, v) = self.layers[layer].take().expect("reserved");
+        self.reserve(layer, &new, end)?;
+        let buffers = self.layers[layer].take().expect("reserved");
         let n = slots.len() as i32;
         let idx = [Array::from_slice(slots, &[n]), Array::from_slice(&at, &[n])];
-        let s = keys.shape();
-        let rows = [n, 1, s[1], 1, s[3]];
-        let k = scatter(&k, &idx, &keys.reshape(&rows)?, &[0, 2])?;
-        let v = scatter(&v, &idx, &values.reshape(&rows)?, &[0, 2])?;
-        self.layers[layer] = Some((k, v));
+        let written = buffers
+            .into_iter()
+            .zip(&new)
+            .map(|(buf, new)| -> Result<Array, Exception> {
+                let s = new.shape();
+                let rows = new.reshape(&[n, 1, s[1], 1, s[3]])?;
+                Ok(scatter(&buf, &idx, &rows, &[0, 2])?)
+            })
+            .collect::<Result<_, _>>()?;
+        self.layers[layer] = Some(written);
         Ok(())
+    }
+
+    /// Whether `new` is KV in this pool's format (floats, or quantized as the pool is).
+    fn check_format(&self, new: &[Array]) -> Result<(), Exception> {
+        let want = if self.quant.is_some() { 6 } else { 2 };
+        if new.len() == want {
+            Ok(())
+        } else {
+            let format = self.quant.map_or("float".to_string(), KvQuant::label);
+            Err(Exception::custom(format!(
+                "KV of another format written to a slot pool of {format} KV"
+            )))
+        }
     }
 
     /// Positions `start..end` of `slot` (`[1, kv_heads, end - start, head_dim]`; `start` at
@@ -258,27 +381,62 @@ impl SlotPool {
         start: i32,
         end: i32,
     ) -> Result<(Array, Array), Exception> {
-        let (k, v) = self.buffers(layer)?;
+        Ok(float_pair(self.read_parts(layer, slot, start, end)?))
+    }
+
+    /// [`SlotPool::read`] of a quantized pool: the positions as stored.
+    pub fn read_quantized(
+        &self,
+        layer: usize,
+        slot: usize,
+        start: i32,
+        end: i32,
+    ) -> Result<(Packed, Packed), Exception> {
+        Ok(packed_pair(self.read_parts(layer, slot, start, end)?))
+    }
+
+    fn read_parts(
+        &self,
+        layer: usize,
+        slot: usize,
+        start: i32,
+        end: i32,
+    ) -> Result<Parts, Exception> {
+        let buffers = self.buffers(layer)?;
         let first = self.first(layer, slot);
         let (start, end) = (start - first, end - first);
         let s = slot as i32;
-        Ok((
-            slice(k, &[s, 0, start], &[s + 1, k.shape()[1], end])?,
-            slice(v, &[s, 0, start], &[s + 1, v.shape()[1], end])?,
-        ))
+        buffers
+            .iter()
+            .map(|b| slice(b, &[s, 0, start], &[s + 1, b.shape()[1], end]).map_err(Into::into))
+            .collect()
     }
 
     /// The first `len` entries of each of `slots`' rows (from each row's first position), in
-    /// that order (`[B, kv_heads, len, head_dim]`): a view when the slots are consecutive (`s..s + B` in order: any group of
-    /// one, and the usual batch), a gathered copy (proportional to the context, per layer and
-    /// step) otherwise.
+    /// that order (`[B, kv_heads, len, head_dim]`): a view when the slots are consecutive
+    /// (`s..s + B` in order: any group of one, and the usual batch), a gathered copy
+    /// (proportional to the context, per layer and step) otherwise.
     pub fn read_slots(
         &self,
         layer: usize,
         slots: &[i32],
         len: i32,
     ) -> Result<(Array, Array), Exception> {
-        let (k, v) = self.buffers(layer)?;
+        Ok(float_pair(self.read_slots_parts(layer, slots, len)?))
+    }
+
+    /// [`SlotPool::read_slots`] of a quantized pool: the positions as stored.
+    pub fn read_slots_quantized(
+        &self,
+        layer: usize,
+        slots: &[i32],
+        len: i32,
+    ) -> Result<(Packed, Packed), Exception> {
+        Ok(packed_pair(self.read_slots_parts(layer, slots, len)?))
+    }
+
+    fn read_slots_parts(&self, layer: usize, slots: &[i32], len: i32) -> Result<Parts, Exception> {
+        let buffers = self.buffers(layer)?;
         let first = slots.first().copied().unwrap_or(0);
         let consecutive = slots
             .iter()
@@ -293,7 +451,7 @@ impl SlotPool {
                 slice_axis(a, 2, 0, len)?.take_axis(&idx, 0)
             }
         };
-        Ok((pick(k)?, pick(v)?))
+        buffers.iter().map(pick).collect()
     }
 }
 
@@ -312,7 +470,8 @@ impl SlotKvCache {
     }
 
     /// Writes `keys`/`values` of `layer` at the offset, in a layer with `window`, and returns
-    /// what the new queries see: from the window's start, or all the row holds.
+    /// what the new queries see: from the window's start, or all the row holds. In a quantized
+    /// pool, they are stored quantized and come back dequantized (as `QuantizedKvCache`'s do).
     fn store(
         &mut self,
         layer: usize,
@@ -320,6 +479,15 @@ impl SlotKvCache {
         values: &Array,
         window: Option<i32>,
     ) -> Result<(Array, Array), Exception> {
+        if let Some(quant) = self.quant() {
+            let (k, v) = self.store_quantized(layer, keys, values)?;
+            let from = window.map_or(0, |w| window_start(self.offset as i32, w));
+            let seen = |p: Packed| -> Result<Array, Exception> {
+                let end = p.w.shape()[2];
+                Ok(slice_axis(&p.dequantize(quant)?, 2, from, end)?)
+            };
+            return Ok((seen(k)?, seen(v)?));
+        }
         let mut pool = self.pool.lock();
         let start = self.offset as i32;
         let end = start + keys.shape()[2];
@@ -329,6 +497,35 @@ impl SlotKvCache {
             None => pool.first(layer, self.slot),
         };
         pool.read(layer, self.slot, from, end)
+    }
+
+    /// Quantizes `keys`/`values` of `layer` into the slot at the offset; returns every
+    /// position the row holds, quantized.
+    fn store_quantized(
+        &mut self,
+        layer: usize,
+        keys: &Array,
+        values: &Array,
+    ) -> Result<(Packed, Packed), Exception> {
+        let quant = self.quantized_or_err()?;
+        let (k, v) = (
+            Packed::quantize(keys, quant)?,
+            Packed::quantize(values, quant)?,
+        );
+        let start = self.offset as i32;
+        let end = start + keys.shape()[2];
+        let mut pool = self.pool.lock();
+        pool.write_quantized(layer, self.slot, start, k, v)?;
+        pool.read_quantized(layer, self.slot, 0, end)
+    }
+
+    fn quant(&self) -> Option<KvQuant> {
+        self.pool.lock().quant
+    }
+
+    fn quantized_or_err(&self) -> Result<KvQuant, Exception> {
+        self.quant()
+            .ok_or_else(|| Exception::custom("this slot pool's KV is not quantized"))
     }
 
     /// The pool this cache's slot belongs to.
@@ -388,7 +585,52 @@ impl KvCache for SlotKvCache {
         if end as usize > self.offset || start < pool.first(layer, self.slot) {
             return Ok(None);
         }
-        pool.read(layer, self.slot, start, end).map(Some)
+        match pool.quant {
+            Some(quant) => {
+                let (k, v) = pool.read_quantized(layer, self.slot, start, end)?;
+                Ok(Some((k.dequantize(quant)?, v.dequantize(quant)?)))
+            }
+            None => pool.read(layer, self.slot, start, end).map(Some),
+        }
+    }
+
+    fn quantized(&self) -> Option<KvQuant> {
+        self.quant()
+    }
+
+    fn update_and_fetch_quantized(
+        &mut self,
+        layer: usize,
+        keys: &Array,
+        values: &Array,
+    ) -> Result<(Packed, Packed), Exception> {
+        self.store_quantized(layer, keys, values)
+    }
+
+    fn range_quantized(
+        &self,
+        layer: usize,
+        start: i32,
+        end: i32,
+    ) -> Result<Option<(Packed, Packed)>, Exception> {
+        self.quantized_or_err()?;
+        if end as usize > self.offset {
+            return Ok(None);
+        }
+        let pool = self.pool.lock();
+        pool.read_quantized(layer, self.slot, start, end).map(Some)
+    }
+
+    fn load_layer_quantized(
+        &mut self,
+        layer: usize,
+        keys: Packed,
+        values: Packed,
+    ) -> Result<(), Exception> {
+        self.quantized_or_err()?;
+        let offset = self.offset as i32;
+        let mut pool = self.pool.lock();
+        pool.write_quantized(layer, self.slot, offset, keys, values)
     }
 
     fn num_layers(&self) -> usize {
@@ -551,5 +793,75 @@ mod tests {
         assert_eq!(pool.lock().first(0, 0), 0, "the other slot's row stays");
         let (o, _) = other.range(0, 0, 50).unwrap().unwrap();
         assert_eq!(floats(&o), floats(&ramp(1, 50, 2, -1.0)));
+    }
+
+    fn packed_bits(p: &Packed) -> Vec<Vec<u8>> {
+        p.clone()
+            .into_parts()
+            .iter()
+            .map(|a| {
+                let a = a.as_dtype(mlx_rs::Dtype::Float32).unwrap();
+                floats(&a).iter().flat_map(|f| f.to_le_bytes()).collect()
+            })
+            .collect()
+    }
+
+    /// A quantized pool's slot holds the very words, scales and biases a `QuantizedKvCache`
+    /// holds, through prefill chunks and batched decode writes beside another slot, and takes
+    /// no float KV.
+    #[test]
+    fn a_quantized_slot_stores_what_a_quantized_cache_stores() {
+        use crate::kv::quant::QuantizedKvCache;
+        let q = KvQuant::new(8, 32).unwrap();
+        let pool = SharedSlots::new(1).quantized(Some(q));
+        let mut other = pool.acquire();
+        let mut slot = pool.acquire();
+        let mut own = QuantizedKvCache::new(1, q);
+        let wave = |n: i32, base: f32| {
+            let v: Vec<f32> = (0..2 * n * 64)
+                .map(|i| (base + i as f32 * 0.37).sin())
+                .collect();
+            Array::from_slice(&v, &[1, 2, n, 64])
+        };
+        for (n, base) in [(5, 0.0), (300, 1.0)] {
+            let (k, v) = (wave(n, base), wave(n, -base));
+            other.update_and_fetch_quantized(0, &k, &k).unwrap();
+            other.advance(n as usize);
+            let (k1, v1) = slot.update_and_fetch_quantized(0, &k, &v).unwrap();
+            let (k2, v2) = own.update_and_fetch_quantized(0, &k, &v).unwrap();
+            assert_eq!(packed_bits(&k1), packed_bits(&k2));
+            assert_eq!(packed_bits(&v1), packed_bits(&v2));
+            slot.advance(n as usize);
+            own.advance(n as usize);
+        }
+        // One decode step for both slots in one scatter, the pool's way.
+        let (k, v) = (wave(2, 7.0), wave(2, 8.0));
+        let rows = |a: &Array| a.transpose_axes(&[2, 1, 0, 3]).unwrap(); // [2, heads, 1, dim]
+        let (kq, vq) = (
+            Packed::quantize(&rows(&k), q).unwrap(),
+            Packed::quantize(&rows(&v), q).unwrap(),
+        );
+        let offsets = [other.offset() as i32, slot.offset() as i32];
+        pool.lock()
+            .write_decode_quantized(0, &[0, 1], &offsets, kq, vq)
+            .unwrap();
+        let mine = |a: &Array| slice_axis(a, 2, 1, 2).unwrap();
+        own.update_and_fetch_quantized(0, &mine(&k), &mine(&v))
+            .unwrap();
+        slot.advance(1);
+        own.advance(1);
+        let end = slot.offset() as i32;
+        let (k1, v1) = slot.range_quantized(0, 0, end).unwrap().unwrap();
+        let (k2, v2) = own.range_quantized(0, 0, end).unwrap().unwrap();
+        assert_eq!(packed_bits(&k1), packed_bits(&k2));
+        assert_eq!(packed_bits(&v1), packed_bits(&v2));
+        assert_eq!(slot.quantized(), Some(q));
+        let (f1, _) = slot.range(0, 0, end).unwrap().unwrap();
+        let (f2, _) = own.range(0, 0, end).unwrap().unwrap();
+        assert_eq!(floats(&f1), floats(&f2), "dequantized alike");
+        let float = ramp(2, 1, 64, 0.0);
+        let err = slot.update_and_fetch(0, float.clone(), float.clone());
+        assert!(err.is_ok(), "float KV is quantized on the way in");
+        assert!(pool.lock().write(0, 1, 0, &float, &float, None).is_err());
     }
 }

@@ -263,13 +263,8 @@ fn attend_one(
         None => None,
     };
     if let Some(quant) = seq.cache.quantized() {
-        let Some((k, v)) = new_kv else {
-            // mlx-lm 0.32.2 fails here too (its shared layers get packed tuples and call the
-            // float attention kernel).
-            return Err(Exception::custom(
-                "quantized KV does not support KV-shared layers (Gemma 4); unset kv_bits",
-            ));
-        };
+        refuse_quantized(new_kv.is_some(), extras.sinks)?;
+        let (k, v) = new_kv.expect("checked");
         let (k, v) = seq.cache.update_and_fetch_quantized(layer, &k, &v)?;
         // mlx-lm's masks: none for one query, else causal (and windowed) over every key.
         let mask = if len > 1 || extras.window.is_some() {
@@ -277,11 +272,6 @@ fn attend_one(
         } else {
             None
         };
-        if extras.sinks.is_some() {
-            return Err(Exception::custom(
-                "quantized KV does not support attention sinks (as in mlx-lm); unset kv_bits",
-            ));
-        }
         let out = quantized_attention(&q, &k, &v, scale, mask.as_ref(), quant)?;
         return merge_heads(out, len);
     }
@@ -301,10 +291,28 @@ fn attend_one(
     merge_heads(out, len)
 }
 
+/// What quantized KV cannot do, as in mlx-lm: layers without keys of their own, and sinks.
+fn refuse_quantized(has_kv: bool, sinks: Option<&Array>) -> Result<()> {
+    if !has_kv {
+        // mlx-lm 0.32.2 fails here too (its shared layers get packed tuples and call the
+        // float attention kernel).
+        return Err(Exception::custom(
+            "quantized KV does not support KV-shared layers (Gemma 4); unset kv_bits",
+        ));
+    }
+    if sinks.is_some() {
+        return Err(Exception::custom(
+            "quantized KV does not support attention sinks (as in mlx-lm); unset kv_bits",
+        ));
+    }
+    Ok(())
+}
+
 /// Attention over quantized keys and values, op for op mlx-lm's
 /// `quantized_scaled_dot_product_attention`: scores and outputs by quantized matmuls (grouped
 /// query heads as a broadcast axis), masked positions at the dtype's lowest value, a precise
-/// softmax. `q` `[1, heads, L, dim]`; returns `[1, heads, L, dim]`.
+/// softmax. `q` `[B, heads, L, dim]`; returns `[B, heads, L, dim]`. `mask`: `[L, keys]`, or
+/// per sequence `[B, 1, L, keys]`.
 fn quantized_attention(
     q: &Array,
     k: &Packed,
@@ -347,7 +355,12 @@ fn quantized_attention(
     )?;
     if let Some(mask) = mask {
         let lowest = Array::from_f32(lowest_of(scores.dtype())).as_dtype(scores.dtype())?;
-        scores = select(mask, &scores, &lowest)?;
+        // A per-sequence mask gets the grouped heads' axis too.
+        let mask = match mask.ndim() {
+            4 if repeats > 1 => mask.expand_dims(1)?,
+            _ => mask.clone(),
+        };
+        scores = select(&mask, &scores, &lowest)?;
     }
     let scores = softmax_axis(&scores, -1, true)?;
     let out = quantized_matmul(
@@ -467,16 +480,32 @@ impl PooledPass<'_> {
         let chunks = self.prefill_chunks(batch, &layout)?;
 
         let mut pool = pool.lock();
+        let quant = pool.quant();
+        if quant.is_some() {
+            refuse_quantized(self.kv.is_some(), self.extras.sinks)?;
+        }
         // Every write of the layer before any read: a read is a view of the buffer, and MLX
         // can update a buffer in place only while nothing else refers to it.
         let window = self.extras.window;
         if let Some((_, Some((k, v)))) = &decoders {
             let (slots, offsets) = (&layout.dec_slots, &layout.dec_offsets);
-            pool.write_decode(self.layer, slots, offsets, k, v, window)?;
+            match quant {
+                Some(q) => {
+                    let (k, v) = (Packed::quantize(k, q)?, Packed::quantize(v, q)?);
+                    pool.write_decode_quantized(self.layer, slots, offsets, k, v)?
+                }
+                None => pool.write_decode(self.layer, slots, offsets, k, v, window)?,
+            }
         }
         for c in &chunks {
             if let Some((k, v)) = &c.kv {
-                pool.write(self.layer, c.slot, c.offset, k, v, window)?;
+                match quant {
+                    Some(q) => {
+                        let (k, v) = (Packed::quantize(k, q)?, Packed::quantize(v, q)?);
+                        pool.write_quantized(self.layer, c.slot, c.offset, k, v)?
+                    }
+                    None => pool.write(self.layer, c.slot, c.offset, k, v, window)?,
+                }
             }
         }
         let dec_out = match decoders {
@@ -579,8 +608,9 @@ impl PooledPass<'_> {
         // With the CPU levers, a decoder over many keys is attended alone by the CPU kernel,
         // reading its row in place (as a long sequence's own cache is: the same bits).
         let mut groups: BTreeMap<i32, Vec<usize>> = BTreeMap::new();
+        let quant = pool.quant();
         for (j, &n) in held.iter().enumerate() {
-            if on_cpu_kernel(1, n, q.dtype()) {
+            if quant.is_none() && on_cpu_kernel(1, n, q.dtype()) {
                 let slot = layout.dec_slots[j] as usize;
                 let end = layout.dec_offsets[j] + 1;
                 let (k, v) = pool.read(self.layer, slot, end - n, end)?;
@@ -598,7 +628,6 @@ impl PooledPass<'_> {
         for (padded, members) in &groups {
             let m = members.len() as i32;
             let slots: Vec<i32> = members.iter().map(|&j| layout.dec_slots[j]).collect();
-            let (k, v) = pool.read_slots(self.layer, &slots, *padded)?;
             let q = if members.len() == n_dec as usize {
                 q.clone()
             } else {
@@ -612,15 +641,17 @@ impl PooledPass<'_> {
             if let Some(w) = self.extras.window {
                 mask = mask.logical_and(positions.ge(lens - w)?)?;
             }
-            let mask = ScaledDotProductAttentionMask::Array(&mask);
-            outs.push(scaled_dot_product_attention(
-                q,
-                k,
-                v,
-                self.scale,
-                mask,
-                self.extras.sinks,
-            )?);
+            outs.push(match quant {
+                Some(quant) => {
+                    let (k, v) = pool.read_slots_quantized(self.layer, &slots, *padded)?;
+                    quantized_attention(&q, &k, &v, self.scale, Some(&mask), quant)?
+                }
+                None => {
+                    let (k, v) = pool.read_slots(self.layer, &slots, *padded)?;
+                    let mask = ScaledDotProductAttentionMask::Array(&mask);
+                    scaled_dot_product_attention(q, k, v, self.scale, mask, self.extras.sinks)?
+                }
+            });
             order.extend(members.iter().copied());
         }
         // Back to decoding order, then `[B, heads, 1, dim]` → `[B, heads * dim]` rows.
@@ -641,6 +672,14 @@ impl PooledPass<'_> {
         let mut outs = Vec::with_capacity(chunks.len());
         for c in chunks {
             let window = self.extras.window;
+            if let Some(quant) = pool.quant() {
+                // As a quantized cache of its own: every key, a causal (windowed) mask.
+                let (k, v) = pool.read_quantized(self.layer, c.slot, 0, c.offset + c.len)?;
+                let mask = chunk_mask(c.offset, c.len, 0, window)?;
+                let out = quantized_attention(&c.q, &k, &v, self.scale, Some(&mask), quant)?;
+                outs.push(merge_heads(out, c.len)?);
+                continue;
+            }
             let start = window.map_or(0, |w| window_start(c.offset, w));
             let (k, v) = pool.read(self.layer, c.slot, start, c.offset + c.len)?;
             let sinks = self.extras.sinks;
