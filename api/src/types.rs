@@ -99,6 +99,9 @@ pub struct LoadedStatus {
     pub weights_mode: String,
     pub kv_bytes: u64,
     pub kv_reserved_bytes: u64,
+    /// The format running sequences' KV and its prefix-cache blocks are stored in when
+    /// quantized (`kv_bits`), as `affine-q8g64` (bits and group size); `null`: as computed.
+    pub kv_quantization: Option<String>,
     pub running: u64,
     pub waiting: u64,
     pub pinned: bool,

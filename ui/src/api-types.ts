@@ -65,7 +65,12 @@ export type LoadedStatus = { id: string, memory_bytes: number, weights_bytes: nu
 /**
  * `native` or `dequantized`.
  */
-weights_mode: string, kv_bytes: number, kv_reserved_bytes: number, running: number, waiting: number, pinned: boolean, idle_ttl_secs: number, 
+weights_mode: string, kv_bytes: number, kv_reserved_bytes: number, 
+/**
+ * The format running sequences' KV and its prefix-cache blocks are stored in when
+ * quantized (`kv_bits`), as `affine-q8g64` (bits and group size); `null`: as computed.
+ */
+kv_quantization: string | null, running: number, waiting: number, pinned: boolean, idle_ttl_secs: number, 
 /**
  * Unix ms.
  */

@@ -277,7 +277,7 @@ function overview(): string {
             title: `${x.id}${x.pinned ? ' · pinned' : ''}`,
             used: x.memory_bytes,
             total: m.budget_bytes,
-            detail: `weights <b data-testid="model-weights" data-bytes="${x.weights_bytes}">${h(formatBytes(x.weights_bytes))}</b> (${h(x.weights_mode)}) · KV ${h(formatBytes(x.kv_bytes))} live, ${h(formatBytes(x.kv_reserved_bytes))} reserved · ${x.running} running, ${x.waiting} waiting`,
+            detail: `weights <b data-testid="model-weights" data-bytes="${x.weights_bytes}">${h(formatBytes(x.weights_bytes))}</b> (${h(x.weights_mode)}) · KV${x.kv_quantization ? ` <b data-testid="model-kv-format">${h(x.kv_quantization)}</b>` : ""} ${h(formatBytes(x.kv_bytes))} live, ${h(formatBytes(x.kv_reserved_bytes))} reserved · ${x.running} running, ${x.waiting} waiting`,
             segments: [
               { bytes: x.weights_bytes, cls: 'weights', label: 'weights' },
               { bytes: Math.max(0, x.memory_bytes - x.weights_bytes), cls: 'kv', label: 'KV cache' },

@@ -221,6 +221,10 @@ impl Registry {
                     weights_mode: wire_name(s.plan.mode),
                     kv_bytes: kv,
                     kv_reserved_bytes: s.plan.kv_reserved_bytes,
+                    kv_quantization: match s.embedding {
+                        Some(_) => None,
+                        None => self.kv_quant(&s.settings).map(|q| q.label()),
+                    },
                     running: running as u64,
                     waiting: waiting as u64,
                     pinned: pinned.contains(&s.id),

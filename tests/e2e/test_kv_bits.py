@@ -1,0 +1,63 @@
+"""Quantized KV (`kv_bits`) through the real daemon: with `WUWEI_KV_BITS=8` the admin API says
+the model's KV is stored 8-bit, three concurrent requests through the OpenAI SDK (decoding
+together in the slot pool, which holds that format) stream the greedy text the float-KV
+daemon streams for each alone, and a setting MLX cannot quantize with stops the daemon at
+start with a message that names it. (The numbers themselves are checked against mlx-lm's
+`QuantizedKVCache` in engine/tests/arch_parity.rs and kv_quant.rs.)"""
+
+import concurrent.futures as cf
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+import requests
+from openai import OpenAI
+
+from conftest import REPO_ROOT, running_daemon
+
+# Prompts whose greedy continuation 8-bit KV leaves unchanged for SmolLM2 (kv_quant.rs).
+PROMPTS = ["def fibonacci(n):", "The capital of France is", "Once upon a time,"]
+MAX_TOKENS = 12
+
+
+@pytest.fixture(scope="module")
+def kv8(tmp_path_factory):
+    with running_daemon(tmp_path_factory.mktemp("kv8"), {"WUWEI_KV_BITS": "8"}) as url:
+        yield url
+
+
+def _text(client, model, prompt):
+    r = client.completions.create(model=model, prompt=prompt, max_tokens=MAX_TOKENS,
+                                  temperature=0)
+    return r.choices[0].text
+
+
+def _loaded(url, model):
+    status = requests.get(f"{url}/admin/api/status", timeout=10).json()
+    [entry] = [m for m in status["loaded"] if m["id"] == model]
+    return entry
+
+
+def test_eight_bit_kv_serves_concurrent_requests_with_the_float_texts(kv8, base_url, client,
+                                                                     model_id):
+    want = [_text(client, model_id, p) for p in PROMPTS]
+    assert all(want), want
+    quantized = OpenAI(base_url=f"{kv8}/v1", api_key="unused", max_retries=0, timeout=300)
+    with cf.ThreadPoolExecutor(len(PROMPTS)) as pool:
+        got = list(pool.map(lambda p: _text(quantized, model_id, p), PROMPTS))
+    assert got == want
+    assert _loaded(kv8, model_id)["kv_quantization"] == "affine-q8g64"
+    assert _loaded(base_url, model_id)["kv_quantization"] is None
+
+
+def test_a_bit_width_mlx_cannot_quantize_stops_the_daemon_at_start(tmp_path):
+    binary = Path(os.environ.get("WUWEI_BIN", REPO_ROOT / "target" / "release" / "wuwei"))
+    env = dict(os.environ, WUWEI_KV_BITS="7", WUWEI_KV_SSD_DIR=str(tmp_path / "kv"))
+    env.pop("WUWEI_CONFIG", None)
+    r = subprocess.run([str(binary), "serve", "--host", "127.0.0.1", "--port", "0",
+                        "--models", os.environ["WUWEI_TEST_MODELS"]],
+                       env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode != 0
+    out = r.stdout + r.stderr
+    assert "kv_bits" in out and "2, 3, 4, 5, 6 or 8" in out, out
