@@ -35,6 +35,7 @@ from pathlib import Path
 import requests
 
 ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_GGUF = ROOT / ".deps/SmolLM2-135M-Instruct.Q4_1.gguf"
 sys.path.insert(0, str(ROOT / "bench"))
 from report import write_section  # noqa: E402
 from serve_bench import free_port  # noqa: E402
@@ -248,7 +249,7 @@ def main():
     ap.add_argument("--lengths", default="2000,8000")
     ap.add_argument("--max-tokens", type=int, default=32)
     ap.add_argument("--model", default=str(ROOT / ".deps/test-models/SmolLM2-135M-Instruct"))
-    ap.add_argument("--gguf", default=str(ROOT / ".deps/SmolLM2-135M-Instruct.Q4_1.gguf"),
+    ap.add_argument("--gguf", default=str(DEFAULT_GGUF),
                     help="the same model as GGUF, for llama.cpp (default: SmolLM2's, the "
                          "file the MLX-format test model is converted from)")
     ap.add_argument("--context", type=int, default=0,
@@ -340,8 +341,10 @@ def main():
                  + (", OpenBLAS preloaded" if OPENBLAS.exists() else "")
                  + ", `stream_generate` defaults (prefill_step_size 2048)")
     if "llama.cpp" in engines:
-        body += (f"; llama.cpp: llama-cpp-python on `{gguf.name}` (the GGUF the test model is "
-                 "converted from), all cores, flash attention on, n_batch 512")
+        what = ("the GGUF the test model is converted from" if gguf == DEFAULT_GGUF else
+                "the same weights written as GGUF by bench/mlx_to_gguf.py")
+        body += (f"; llama.cpp: llama-cpp-python on `{gguf.name}` ({what}), all cores, flash "
+                 "attention on, n_batch 512")
     body += (". One run per length and engine, in the table's order; the load column is the "
              "1-minute load average when each started (other jobs share these cores, so compare "
              "ratios within a length).")
@@ -373,6 +376,8 @@ def main():
         if a.section:
             key, title = a.section, f"Long context: {model_dir.name}"
             cmd += f" --model {a.model} --section {a.section}"
+        if "llama.cpp" in engines and gguf != DEFAULT_GGUF:
+            cmd += f" --gguf {a.gguf}"
         write_section(key, title, cmd, body)
 
 
