@@ -103,6 +103,23 @@ impl Packed {
     }
 }
 
+/// Keys and values quantized in `q`'s format, each as `Packed::quantize` does it.
+pub fn quantize_kv(
+    keys: &Array,
+    values: &Array,
+    q: KvQuant,
+) -> Result<(Packed, Packed), Exception> {
+    Ok((Packed::quantize(keys, q)?, Packed::quantize(values, q)?))
+}
+
+/// Quantized keys and values back to floats.
+pub fn dequantize_kv(
+    (keys, values): (Packed, Packed),
+    q: KvQuant,
+) -> Result<(Array, Array), Exception> {
+    Ok((keys.dequantize(q)?, values.dequantize(q)?))
+}
+
 /// Buffers grow in steps of this many positions (as `DenseKvCache`'s and mlx-lm's).
 const STEP: i32 = 256;
 
@@ -141,10 +158,7 @@ impl QuantizedKvCache {
         keys: &Array,
         values: &Array,
     ) -> Result<(Packed, Packed), Exception> {
-        let new = (
-            Packed::quantize(keys, self.quant)?,
-            Packed::quantize(values, self.quant)?,
-        );
+        let new = quantize_kv(keys, values, self.quant)?;
         self.store_packed(layer, new)
     }
 
@@ -237,8 +251,7 @@ impl KvCache for QuantizedKvCache {
         keys: Array,
         values: Array,
     ) -> Result<(Array, Array), Exception> {
-        let (k, v) = self.store(layer, &keys, &values)?;
-        Ok((k.dequantize(self.quant)?, v.dequantize(self.quant)?))
+        dequantize_kv(self.store(layer, &keys, &values)?, self.quant)
     }
 
     fn quantized(&self) -> Option<KvQuant> {
@@ -264,10 +277,10 @@ impl KvCache for QuantizedKvCache {
         start: i32,
         end: i32,
     ) -> Result<Option<(Array, Array)>, Exception> {
-        let Some((k, v)) = self.packed_range(layer, start, end)? else {
+        let Some(packed) = self.packed_range(layer, start, end)? else {
             return Ok(None);
         };
-        Ok(Some((k.dequantize(self.quant)?, v.dequantize(self.quant)?)))
+        dequantize_kv(packed, self.quant).map(Some)
     }
 
     fn range_quantized(

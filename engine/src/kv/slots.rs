@@ -28,7 +28,7 @@ use mlx_rs::Array;
 use crate::kv::cache::{
     moves_forward, window_keep_from, window_start, AsAny, KvCache, RecurrentStates,
 };
-use crate::kv::quant::{KvQuant, Packed};
+use crate::kv::quant::{dequantize_kv, quantize_kv, KvQuant, Packed};
 use crate::mlx_ext::{scatter, slice, slice_axis, slice_update};
 
 /// Capacity grows in steps of this many positions.
@@ -508,10 +508,7 @@ impl SlotKvCache {
         values: &Array,
     ) -> Result<(Packed, Packed), Exception> {
         let quant = self.quantized_or_err()?;
-        let (k, v) = (
-            Packed::quantize(keys, quant)?,
-            Packed::quantize(values, quant)?,
-        );
+        let (k, v) = quantize_kv(keys, values, quant)?;
         let start = self.offset as i32;
         let end = start + keys.shape()[2];
         let mut pool = self.pool.lock();
@@ -587,8 +584,8 @@ impl KvCache for SlotKvCache {
         }
         match pool.quant {
             Some(quant) => {
-                let (k, v) = pool.read_quantized(layer, self.slot, start, end)?;
-                Ok(Some((k.dequantize(quant)?, v.dequantize(quant)?)))
+                let packed = pool.read_quantized(layer, self.slot, start, end)?;
+                dequantize_kv(packed, quant).map(Some)
             }
             None => pool.read(layer, self.slot, start, end).map(Some),
         }

@@ -18,7 +18,7 @@ use super::batch::BatchSeq;
 use super::cpu_attention;
 use super::layers::Rope;
 use crate::kv::cache::window_start;
-use crate::kv::quant::{KvQuant, Packed};
+use crate::kv::quant::{quantize_kv, KvQuant, Packed};
 use crate::kv::slots::{SharedSlots, SlotKvCache, SlotPool};
 use crate::mlx_ext::{quantized_matmul, slice_axis, QuantMode};
 
@@ -266,14 +266,7 @@ fn attend_one(
         refuse_quantized(new_kv.is_some(), extras.sinks)?;
         let (k, v) = new_kv.expect("checked");
         let (k, v) = seq.cache.update_and_fetch_quantized(layer, &k, &v)?;
-        // mlx-lm's masks: none for one query, else causal (and windowed) over every key.
-        let mask = if len > 1 || extras.window.is_some() {
-            Some(chunk_mask(offset, len, 0, extras.window)?)
-        } else {
-            None
-        };
-        let out = quantized_attention(&q, &k, &v, scale, mask.as_ref(), quant)?;
-        return merge_heads(out, len);
+        return quantized_chunk(&q, &k, &v, scale, (offset, len), extras.window, quant);
     }
     // The keys from `start` on: those some query of the chunk can see (all of them without a
     // window; a windowed layer's cache may hold no more).
@@ -288,6 +281,27 @@ fn attend_one(
     };
     let at = (offset, start);
     let out = chunk_attention(q, k, v, scale, at, extras.window, extras.sinks)?;
+    merge_heads(out, len)
+}
+
+/// Quantized attention of a sequence's queries at `offset..offset + len` over every key it
+/// stored (`[1, kv_heads, offset + len, _]`), masked as mlx-lm masks it: nothing for one query,
+/// else causal (and windowed). Returns `[1, len, heads * dim]`.
+fn quantized_chunk(
+    q: &Array,
+    k: &Packed,
+    v: &Packed,
+    scale: f32,
+    (offset, len): (i32, i32),
+    window: Option<i32>,
+    quant: KvQuant,
+) -> Result<Array> {
+    let mask = if len > 1 || window.is_some() {
+        Some(chunk_mask(offset, len, 0, window)?)
+    } else {
+        None
+    };
+    let out = quantized_attention(q, k, v, scale, mask.as_ref(), quant)?;
     merge_heads(out, len)
 }
 
@@ -491,7 +505,7 @@ impl PooledPass<'_> {
             let (slots, offsets) = (&layout.dec_slots, &layout.dec_offsets);
             match quant {
                 Some(q) => {
-                    let (k, v) = (Packed::quantize(k, q)?, Packed::quantize(v, q)?);
+                    let (k, v) = quantize_kv(k, v, q)?;
                     pool.write_decode_quantized(self.layer, slots, offsets, k, v)?
                 }
                 None => pool.write_decode(self.layer, slots, offsets, k, v, window)?,
@@ -501,7 +515,7 @@ impl PooledPass<'_> {
             if let Some((k, v)) = &c.kv {
                 match quant {
                     Some(q) => {
-                        let (k, v) = (Packed::quantize(k, q)?, Packed::quantize(v, q)?);
+                        let (k, v) = quantize_kv(k, v, q)?;
                         pool.write_quantized(self.layer, c.slot, c.offset, k, v)?
                     }
                     None => pool.write(self.layer, c.slot, c.offset, k, v, window)?,
@@ -673,11 +687,12 @@ impl PooledPass<'_> {
         for c in chunks {
             let window = self.extras.window;
             if let Some(quant) = pool.quant() {
-                // As a quantized cache of its own: every key, a causal (windowed) mask.
+                // As a quantized cache of its own: every key.
                 let (k, v) = pool.read_quantized(self.layer, c.slot, 0, c.offset + c.len)?;
-                let mask = chunk_mask(c.offset, c.len, 0, window)?;
-                let out = quantized_attention(&c.q, &k, &v, self.scale, Some(&mask), quant)?;
-                outs.push(merge_heads(out, c.len)?);
+                let at = (c.offset, c.len);
+                outs.push(quantized_chunk(
+                    &c.q, &k, &v, self.scale, at, window, quant,
+                )?);
                 continue;
             }
             let start = window.map_or(0, |w| window_start(c.offset, w));
