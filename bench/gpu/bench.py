@@ -7,7 +7,8 @@ step, so whatever was measured comes back):
   1. mlx-lm in one process (mlx_ref.py): greedy ids for the agreement prompt, single-stream
      decode at a ~512- and a ~8k-token prompt timed as wall(N+k tokens) - wall(N tokens).
   2. `wuwei generate`, one process per run, timed the same way from outside, so start-up,
-     loading and prefill cancel.
+     loading and prefill cancel; then the long prompt's prefill at each prefill chunk size
+     (`--chunks`), the choice the device default stands for.
   3. `wuwei serve`, then `mlx_lm.server` (one at a time, each measured alone on the GPU):
      prefill of a ~8k-token prompt (time of a 1-token completion, a new prompt each time so
      no prefix cache helps), greedy agreement with mlx-lm (Wuwei), streams at each concurrency
@@ -156,7 +157,7 @@ def make_prompts(model_dir):
 # --- phase 1: mlx-lm in one process ------------------------------------------------------------
 def phase_mlx_ref(prompts_path):
     out = os.path.join(A.work, "mlx_ref.json")
-    timeout = max(20, min(A.ref_timeout, left() - A.reserve_serve - A.reserve_wuwei))
+    timeout = max(20, min(A.ref_timeout, left() - A.reserve_serve - A.reserve_chunks - A.reserve_wuwei))
     log(f"mlx-lm reference (timeout {timeout:.0f}s)")
     idle = gpu_used_mib()
     with GpuPeak() as mem:
@@ -185,18 +186,24 @@ def wuwei_env():
     return env
 
 
-def wuwei_generate(prompt, n):
-    """(wall seconds, generated tokens as printed or None, stderr tail) of one `wuwei generate`."""
+def wuwei_generate(prompt, n, env=None):
+    """(wall seconds, generated tokens as printed or None, stderr tail) of one `wuwei generate`;
+    with `env`, also Wuwei's own prompt tok/s as printed (a fourth item)."""
     cmd = [A.wuwei, "generate", "--model", A.q4, "--prompt", prompt, "--max-tokens", str(n), "--quiet"]
     if A.weights:
         cmd += ["--weights", A.weights]
     t = time.perf_counter()
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=A.step_timeout, env=wuwei_env())
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=A.step_timeout,
+                       env=dict(wuwei_env(), **(env or {})))
     wall = time.perf_counter() - t
     if p.returncode != 0:
         raise RuntimeError(f"wuwei generate rc={p.returncode}: {ANSI.sub('', p.stderr)[-1200:]}")
     m = re.search(r"generation: (\d+) tokens", p.stdout)
-    return wall, int(m[1]) if m else None, ANSI.sub("", p.stderr)[-1500:]
+    out = (wall, int(m[1]) if m else None, ANSI.sub("", p.stderr)[-1500:])
+    if env is None:
+        return out
+    m = re.search(r"prompt: \d+ tokens, ([\d.]+) tok/s", p.stdout)
+    return out + (float(m[1]) if m else None,)
 
 
 def phase_wuwei_decode(prompts):
@@ -206,7 +213,7 @@ def phase_wuwei_decode(prompts):
     n0 = prompts["decode_n"]
     with GpuPeak() as mem:
         for key, p in prompts["decode"].items():
-            if left() < A.reserve_serve + 10:
+            if left() < A.reserve_serve + A.reserve_chunks + 10:
                 err("wuwei decode", f"skipping {key}: time")
                 break
             try:
@@ -217,7 +224,7 @@ def phase_wuwei_decode(prompts):
                 continue
             rows = res.setdefault(key, [])
             for rnd in range(A.rounds):
-                if left() < A.reserve_serve + 5:
+                if left() < A.reserve_serve + A.reserve_chunks + 5:
                     err("wuwei decode", f"skipping {key} round {rnd + 1}: time")
                     break
                 try:
@@ -236,6 +243,48 @@ def phase_wuwei_decode(prompts):
                     f"(N={n0} {wa:.3f}s, N+{p['k']} {wb:.3f}s)")
     res["gpu_peak_over_idle_mib"] = over_idle(mem.peak_mib, idle)
     save()
+
+
+# --- phase 2b: prefill chunk size ---------------------------------------------------------------
+def phase_chunks(prompts):
+    """Prefill of the long prompt by `wuwei generate` at each `--chunks` size (prompt tokens per
+    scheduler step, WUWEI_PREFILL_CHUNK): the device default is a guess until this has run on
+    a GPU. Timed from outside as wall(long prompt, 1 token) - wall(short prompt, 1 token) at the
+    same size (loading cancels), with Wuwei's own prompt tok/s beside it; a warm-up per size."""
+    budget = min(A.chunks_budget, left() - A.reserve_serve)
+    end = time.time() + budget
+    log(f"wuwei generate: prefill chunk sizes {A.chunks} (budget {budget:.0f}s)")
+    res = R.setdefault("chunks", {"prompt_tokens": prompts["decode"]["long"]["tokens"],
+                                  "short_tokens": prompts["decode"]["short"]["tokens"], "rows": []})
+    long_text, short_text = prompts["decode"]["long"]["text"], prompts["decode"]["short"]["text"]
+    n = res["prompt_tokens"] - res["short_tokens"]
+    for size in A.chunks:
+        if time.time() > end - 5:
+            err("chunks", f"skipping {size}: time")
+            break
+        env = {"WUWEI_PREFILL_CHUNK": str(size)}
+        try:
+            wuwei_generate(long_text, 1, env)  # warm-up: kernels for this chunk's shapes
+            walls, own = [], []
+            for _ in range(A.rounds):
+                if time.time() > end - 5:
+                    break
+                ws, *_ = wuwei_generate(short_text, 1, env)
+                wl, _, _, tps = wuwei_generate(long_text, 1, env)
+                walls.append(wl - ws)
+                own.append(tps)
+        except Exception as e:  # noqa: BLE001
+            err(f"chunks {size}", e)
+            continue
+        if not walls:
+            break
+        d = statistics.median(walls)
+        row = {"chunk": size, "rounds": len(walls), "extra_wall_s": round(d, 4),
+               "prefill_tps_outside": round(n / d, 1) if d > 0 else None,
+               "prefill_tps_wuwei": round(statistics.median([x for x in own if x] or [0]), 1) or None}
+        res["rows"].append(row)
+        save()
+        log(f"  chunk {size}: {row['prefill_tps_outside']} tok/s from outside, {row['prefill_tps_wuwei']} by Wuwei")
 
 
 # --- phase 3: servers ----------------------------------------------------------------------------
@@ -480,12 +529,18 @@ def main():
     ap.add_argument("--wuwei-env", default="", help="extra environment for wuwei: K=V,K=V")
     ap.add_argument("--weights", choices=("auto", "native", "dequantized"),
                     help="Wuwei's weights mode for both `generate` and `serve` (default: Wuwei's own)")
-    ap.add_argument("--phases", default="ref,wuwei,serve")
+    ap.add_argument("--chunks", default="512,1024,2048,4096",
+                    help="prefill chunk sizes the chunks phase measures")
+    ap.add_argument("--chunks-budget", type=float, default=60, help="seconds at most for the chunks phase")
+    ap.add_argument("--phases", default="ref,wuwei,chunks,serve")
     ap.add_argument("--manifest", help="the bundle's MANIFEST.json (what was built, from which commit)")
     ap.add_argument("--params", help="the model's size as make_model.py printed it")
     A = ap.parse_args()
     A.deadline = T0 + A.budget_s
     A.levels = [int(x) for x in A.levels.split(",")]
+    A.chunks = [int(x) for x in A.chunks.split(",")]
+    # Time kept for the chunk sizes when they are measured (taken from the decode phases).
+    A.reserve_chunks = A.chunks_budget if "chunks" in A.phases.split(",") else 0
     R["args"] = {k: v for k, v in vars(A).items() if k != "deadline"}
     rows = smi("name,memory.total,driver_version")
     if rows and len(rows[0]) >= 3:
@@ -518,6 +573,11 @@ def main():
             phase_wuwei_decode(prompts)
         except Exception:  # noqa: BLE001
             err("wuwei decode phase", traceback.format_exc()[-1500:])
+    if "chunks" in phases:
+        try:
+            phase_chunks(prompts)
+        except Exception:  # noqa: BLE001
+            err("chunks phase", traceback.format_exc()[-1500:])
     if "serve" in phases:
         # Half the time left to each server; mlx_lm.server last, so Wuwei's figures come first
         # when time is short.

@@ -81,6 +81,16 @@ def render(r):
                      f"{ag['of']} tokens in all) | – | {ag['equal_tokens']} | – | all | {verdict} |")
     else:
         lines.append("| greedy tokens equal to mlx-lm's (4-bit model) | – | not measured | – | all | |")
+    ch = r.get("chunks") or {}
+    if ch.get("rows"):
+        lines += ["", f"Prefill of the {ch.get('prompt_tokens', '?')}-token prompt by prefill chunk size "
+                  "(`wuwei generate`, `WUWEI_PREFILL_CHUNK`; the GPU default is 2048):", "",
+                  "| prompt tokens per step | prefill tok/s, timed outside | prefill tok/s, Wuwei's count |",
+                  "|---|---|---|"]
+        best = max(ch["rows"], key=lambda x: x.get("prefill_tps_outside") or 0)
+        for x in ch["rows"]:
+            mark = " (fastest)" if x is best else ""
+            lines.append(f"| {x['chunk']}{mark} | {fmt(x.get('prefill_tps_outside'))} | {fmt(x.get('prefill_tps_wuwei'))} |")
     notes = [
         f"Model: a random-weight Llama made on the machine ({r.get('model', {}).get('params', '1.07B parameters')}), "
         "4-bit with `mlx_lm convert -q`; special and whitespace tokens can never be sampled, so every "
@@ -94,6 +104,8 @@ def render(r):
         f"`mlx_lm.server --decode-concurrency {a.get('max_running', '?')}`; each server alone on the GPU. "
         "Prefill: a new prompt each time (no prefix-cache hit). Memory: the server process's GPU memory "
         "(nvidia-smi), else the GPU's peak over its idle use.",
+        "Prefill chunk sizes: wall time of a 1-token `wuwei generate` at the long prompt minus that at "
+        "the short prompt, same size (loading cancels); medians after a warm-up per size.",
     ]
     loaded = ((ws.get("status") or {}).get("loaded") or [{}])[0]
     if loaded.get("weights_mode"):

@@ -472,8 +472,6 @@ impl Config {
         Ok(())
     }
 
-    /// The prefix-cache settings, opening the SSD tier when it has a folder. The store is
-    /// shared by every model; the admin API toggles it through `KvConfig::ssd`.
     /// Prompt tokens read per scheduler step: as set, else the device's default.
     pub fn prefill_chunk(&self) -> usize {
         self.prefill_chunk
@@ -487,6 +485,8 @@ impl Config {
             .and_then(|bits| KvQuant::new(bits, self.kv_group_size).ok())
     }
 
+    /// The prefix-cache settings, opening the SSD tier when it has a folder. The store is
+    /// shared by every model; the admin API toggles it through `KvConfig::ssd`.
     pub fn kv_config(&self) -> KvConfig {
         let ssd = self
             .kv_ssd_dir

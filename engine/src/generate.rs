@@ -10,6 +10,7 @@ use anyhow::{bail, Context};
 use serde_json::{json, Map};
 
 use crate::core::{Event, SamplingParams};
+use crate::kv::quant::KvQuant;
 use crate::loader;
 use crate::model::WeightsMode;
 use crate::scheduler::{Engine, EngineStats, SchedulerConfig, SeqRequest, EVENT_CHANNEL_CAPACITY};
@@ -42,6 +43,13 @@ pub struct GenerateArgs {
     /// the CPU), checkpoint or float32.
     #[arg(long, env = "WUWEI_ACTIVATIONS", default_value = "auto")]
     pub activations: crate::device::Activations,
+    /// Prompt tokens per scheduler step (default: the device's, as `wuwei serve`).
+    #[arg(long, env = "WUWEI_PREFILL_CHUNK", value_parser = clap::value_parser!(u32).range(1..))]
+    pub prefill_chunk: Option<u32>,
+    /// Store the KV cache quantized to this many bits (4 or 8; as `kv_bits` of `wuwei
+    /// serve`). Unset: as computed.
+    #[arg(long, env = "WUWEI_KV_BITS")]
+    pub kv_bits: Option<i32>,
     /// Don't print the generated text (benchmarks).
     #[arg(long)]
     pub quiet: bool,
@@ -66,6 +74,18 @@ impl From<WeightsArg> for WeightsMode {
 
 pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     crate::device::set_activations(args.activations);
+    let scheduler = SchedulerConfig {
+        prefill_chunk: args.prefill_chunk.map_or_else(
+            || crate::device::default_prefill_chunk(crate::device::info().backend),
+            |n| n as usize,
+        ),
+        kv_quant: args
+            .kv_bits
+            .map(|bits| KvQuant::new(bits, KvQuant::DEFAULT_GROUP_SIZE))
+            .transpose()
+            .map_err(|e| anyhow::anyhow!("--kv-bits: {e}"))?,
+        ..SchedulerConfig::default()
+    };
     let (tx, mut rx) = tokio::sync::mpsc::channel(EVENT_CHANNEL_CAPACITY);
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let model_path = args.model.clone();
@@ -97,7 +117,7 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
             "generate".into(),
             loaded.model,
             tokenizer,
-            SchedulerConfig::default(),
+            scheduler,
             Arc::new(EngineStats::default()),
         );
         let (req_tx, req_rx) = std::sync::mpsc::channel();
