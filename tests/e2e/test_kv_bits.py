@@ -51,8 +51,33 @@ def test_eight_bit_kv_serves_concurrent_requests_with_the_float_texts(kv8, base_
     assert _loaded(base_url, model_id)["kv_quantization"] is None
 
 
+def _binary():
+    return Path(os.environ.get("WUWEI_BIN", REPO_ROOT / "target" / "release" / "wuwei"))
+
+
+def _generate(*args):
+    model = Path(os.environ["WUWEI_TEST_MODELS"]) / "SmolLM2-135M-Instruct"
+    return subprocess.run([str(_binary()), "generate", "--model", str(model), *args],
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_generate_takes_kv_bits_and_prefill_chunk_as_serve_does(client, model_id):
+    """`wuwei generate --kv-bits 8`, in small prefill chunks, prints the float-KV daemon's
+    greedy text; a bit width MLX cannot quantize is refused by name."""
+    prompt = PROMPTS[0]
+    want = _text(client, model_id, prompt)
+    r = _generate("--prompt", prompt, "--max-tokens", str(MAX_TOKENS), "--kv-bits", "8",
+                  "--prefill-chunk", "2")
+    assert r.returncode == 0, r.stderr[-2000:]
+    text, _, stats = r.stdout.rpartition("\nprompt: ")
+    assert text == want
+    assert f"generation: {MAX_TOKENS} tokens" in stats, stats
+    bad = _generate("--prompt", prompt, "--kv-bits", "7")
+    assert bad.returncode != 0 and "--kv-bits" in bad.stderr and "2, 3, 4, 5, 6 or 8" in bad.stderr
+
+
 def test_a_bit_width_mlx_cannot_quantize_stops_the_daemon_at_start(tmp_path):
-    binary = Path(os.environ.get("WUWEI_BIN", REPO_ROOT / "target" / "release" / "wuwei"))
+    binary = _binary()
     env = dict(os.environ, WUWEI_KV_BITS="7", WUWEI_KV_SSD_DIR=str(tmp_path / "kv"))
     env.pop("WUWEI_CONFIG", None)
     r = subprocess.run([str(binary), "serve", "--host", "127.0.0.1", "--port", "0",
