@@ -2,7 +2,7 @@
 //! `uint32` words plus a scale and a bias per group of `group_size` values along the head
 //! dimension), as mlx-lm's `QuantizedKVCache` (`kv_bits`, `kv_group_size`) stores them.
 //! Attention reads them with quantized matmuls (`model::attention`), never expanding the whole
-//! context back to floats.
+//! context back to floats (but for a CPU lever: long prefill chunks on the CPU in float32).
 
 use mlx_rs::error::Exception;
 use mlx_rs::ops::{concatenate, quantize, zeros_dtype};
@@ -87,6 +87,11 @@ impl Packed {
 
     pub fn nbytes(&self) -> usize {
         self.arrays().iter().map(|a| a.nbytes()).sum()
+    }
+
+    /// Positions `start..end` (axis 2 of `[1, kv_heads, positions, _]`).
+    pub fn positions(&self, start: i32, end: i32) -> Result<Self, Exception> {
+        self.map(|a| Ok(slice_axis(a, 2, start, end)?))
     }
 
     /// Back to floats (the scales' dtype).
@@ -185,8 +190,7 @@ impl QuantizedKvCache {
         };
         let k_buf = put(k_buf, &new.0)?;
         let v_buf = put(v_buf, &new.1)?;
-        let upto = |p: &Packed| p.map(|a| Ok(slice_axis(a, 2, 0, end)?));
-        let fetched = (upto(&k_buf)?, upto(&v_buf)?);
+        let fetched = (k_buf.positions(0, end)?, v_buf.positions(0, end)?);
         self.layers[layer] = Some((k_buf, v_buf));
         Ok(fetched)
     }
@@ -201,8 +205,7 @@ impl QuantizedKvCache {
         let Some((k, v)) = self.layers.get(layer).and_then(Option::as_ref) else {
             return Ok(None);
         };
-        let part = |p: &Packed| p.map(|a| Ok(slice_axis(a, 2, start, end)?));
-        Ok(Some((part(k)?, part(v)?)))
+        Ok(Some((k.positions(start, end)?, v.positions(start, end)?)))
     }
 }
 

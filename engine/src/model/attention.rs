@@ -18,7 +18,7 @@ use super::batch::BatchSeq;
 use super::cpu_attention;
 use super::layers::Rope;
 use crate::kv::cache::window_start;
-use crate::kv::quant::{quantize_kv, KvQuant, Packed};
+use crate::kv::quant::{dequantize_kv, quantize_kv, KvQuant, Packed};
 use crate::kv::slots::{SharedSlots, SlotKvCache, SlotPool};
 use crate::mlx_ext::{quantized_matmul, slice_axis, QuantMode};
 
@@ -284,9 +284,23 @@ fn attend_one(
     merge_heads(out, len)
 }
 
-/// Quantized attention of a sequence's queries at `offset..offset + len` over every key it
-/// stored (`[1, kv_heads, offset + len, _]`), masked as mlx-lm masks it: nothing for one query,
-/// else causal (and windowed). Returns `[1, len, heads * dim]`.
+/// Elements of one attention's score matrix (`heads x queries x keys`) above which a prefill
+/// chunk over quantized KV is attended in slices of its queries: mlx-lm's quantized attention
+/// materialises the whole matrix per layer — 4 GiB in bf16 for a 2,048-token chunk at 32k
+/// keys and 32 heads, twice over with the softmax — where 64M elements (256 MiB in bf16, with
+/// the softmax) bound it. A query's row is the same whichever slice computes it.
+const QUANTIZED_SCORES_MAX: i64 = 1 << 26;
+
+/// Attention of a sequence's queries at `offset..offset + len` over every key it stored
+/// quantized (`[1, kv_heads, offset + len, _]`), masked as mlx-lm masks it: nothing for one
+/// query, else causal (and windowed). Returns `[1, len, heads * dim]`.
+///
+/// As mlx-lm, by quantized matmuls over the packed keys, in slices of queries that keep the
+/// score matrix under `QUANTIZED_SCORES_MAX`. With the CPU levers on (CPU backend, float32)
+/// a long chunk instead expands the keys it sees and takes the engine's CPU kernel, as a
+/// float cache's chunk does (MLX's CPU quantized matmuls made prefill ~6.6x slower,
+/// measured); that changes the rounding, and through the next layers' quantization now and
+/// then a near-tie token, so it stays a CPU lever.
 fn quantized_chunk(
     q: &Array,
     k: &Packed,
@@ -296,13 +310,64 @@ fn quantized_chunk(
     window: Option<i32>,
     quant: KvQuant,
 ) -> Result<Array> {
-    let mask = if len > 1 || window.is_some() {
-        Some(chunk_mask(offset, len, 0, window)?)
-    } else {
-        None
-    };
-    let out = quantized_attention(q, k, v, scale, mask.as_ref(), quant)?;
-    merge_heads(out, len)
+    quantized_chunk_sliced(
+        q,
+        k,
+        v,
+        scale,
+        (offset, len),
+        window,
+        quant,
+        QUANTIZED_SCORES_MAX,
+    )
+}
+
+#[allow(clippy::too_many_arguments)]
+fn quantized_chunk_sliced(
+    q: &Array,
+    k: &Packed,
+    v: &Packed,
+    scale: f32,
+    (offset, len): (i32, i32),
+    window: Option<i32>,
+    quant: KvQuant,
+    max_scores: i64,
+) -> Result<Array> {
+    let keys = offset + len;
+    if len > 1 && on_cpu_kernel(len, keys, q.dtype()) {
+        let start = window.map_or(0, |w| window_start(offset, w));
+        let (k, v) = dequantize_kv(
+            (k.positions(start, keys)?, v.positions(start, keys)?),
+            quant,
+        )?;
+        let out = chunk_attention(q.clone(), k, v, scale, (offset, start), window, None)?;
+        return merge_heads(out, len);
+    }
+    let per_query = i64::from(q.shape()[1]) * i64::from(keys);
+    let rows = (max_scores / per_query.max(1)).clamp(1, i64::from(len)) as i32;
+    let mut outs = Vec::with_capacity(((len + rows - 1) / rows) as usize);
+    for from in (0..len).step_by(rows as usize) {
+        let n = rows.min(len - from);
+        let q = if n == len {
+            q.clone()
+        } else {
+            slice_axis(q, 2, from, from + n)?
+        };
+        // The rows' part of the chunk's mask, over every key (the same row as unsliced).
+        let mask = if len > 1 || window.is_some() {
+            let m = chunk_mask(offset, len, 0, window)?;
+            Some(if n == len {
+                m
+            } else {
+                slice_axis(&m, 0, from, from + n)?
+            })
+        } else {
+            None
+        };
+        let out = quantized_attention(&q, k, v, scale, mask.as_ref(), quant)?;
+        outs.push(merge_heads(out, n)?);
+    }
+    concat_rows(outs)
 }
 
 /// What quantized KV cannot do, as in mlx-lm: layers without keys of their own, and sinks.
@@ -735,4 +800,41 @@ fn in_batch_order(
         }
     }
     concat_rows(pieces)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mlx_rs::random;
+
+    /// A chunk over quantized KV attended in slices of queries gives every query the very
+    /// row the whole chunk gives it (so the slicing that bounds the score matrix's memory
+    /// changes no number), windowed or not, with grouped query heads.
+    #[test]
+    fn quantized_chunks_sliced_by_queries_are_bit_identical() {
+        let quant = KvQuant::new(8, 64).unwrap();
+        random::seed(7).unwrap();
+        let (offset, len, heads, kv_heads) = (40, 24, 6, 2);
+        let q = random::normal::<f32>(&[1, heads, len, 64], None, None, None).unwrap();
+        let k = random::normal::<f32>(&[1, kv_heads, offset + len, 64], None, None, None).unwrap();
+        let v = random::normal::<f32>(&[1, kv_heads, offset + len, 64], None, None, None).unwrap();
+        let (k, v) = quantize_kv(&k, &v, quant).unwrap();
+        for window in [None, Some(16)] {
+            let run = |max| {
+                let out =
+                    quantized_chunk_sliced(&q, &k, &v, 0.125, (offset, len), window, quant, max)
+                        .unwrap();
+                out.as_slice::<f32>().to_vec()
+            };
+            let whole = run(i64::MAX);
+            let per_query = i64::from(heads * (offset + len));
+            for rows in [1, 5, 8] {
+                assert_eq!(
+                    run(rows * per_query),
+                    whole,
+                    "{rows} rows a slice, window {window:?}"
+                );
+            }
+        }
+    }
 }
