@@ -837,4 +837,34 @@ mod tests {
             }
         }
     }
+
+    /// On the CPU in float32 a long chunk over quantized KV takes the CPU kernel over the
+    /// expanded keys: the numbers of the quantized attention, to float32 rounding.
+    #[test]
+    fn a_long_quantized_chunk_on_the_cpu_lever_matches_quantized_attention() {
+        if !crate::device::cpu_levers() {
+            return;
+        }
+        let quant = KvQuant::new(8, 64).unwrap();
+        random::seed(11).unwrap();
+        let (offset, len, heads, kv_heads) = (100, KERNEL_MIN_QUERIES, 6, 2);
+        let q = random::normal::<f32>(&[1, heads, len, 64], None, None, None).unwrap();
+        let k = random::normal::<f32>(&[1, kv_heads, offset + len, 64], None, None, None).unwrap();
+        let v = random::normal::<f32>(&[1, kv_heads, offset + len, 64], None, None, None).unwrap();
+        let (k, v) = quantize_kv(&k, &v, quant).unwrap();
+        for window in [None, Some(48)] {
+            let ours = quantized_chunk(&q, &k, &v, 0.125, (offset, len), window, quant).unwrap();
+            let mask = chunk_mask(offset, len, 0, window).unwrap();
+            let want = quantized_attention(&q, &k, &v, 0.125, Some(&mask), quant).unwrap();
+            let want = merge_heads(want, len).unwrap();
+            let worst = ours
+                .subtract(&want)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max(None)
+                .unwrap();
+            assert!(worst.item::<f32>() < 1e-5, "window {window:?}: {worst:?}");
+        }
+    }
 }
