@@ -7,12 +7,13 @@ step, so whatever was measured comes back):
   1. mlx-lm in one process (mlx_ref.py): greedy ids for the agreement prompt, single-stream
      decode at a ~512- and a ~8k-token prompt timed as wall(N+k tokens) - wall(N tokens).
   2. `wuwei generate`, one process per run, timed the same way from outside, so start-up,
-     loading and prefill cancel; then the long prompt's prefill at each prefill chunk size
-     (`--chunks`), the choice the device default stands for.
+     loading and prefill cancel.
   3. `wuwei serve`, then `mlx_lm.server` (one at a time, each measured alone on the GPU):
      prefill of a ~8k-token prompt (time of a 1-token completion, a new prompt each time so
      no prefix cache helps), greedy agreement with mlx-lm (Wuwei), streams at each concurrency
      level timed by this client, and the GPU memory the server held.
+  4. `wuwei generate` again: the long prompt's prefill at each prefill chunk size (`--chunks`,
+     the choice the device default stands for), in the time kept for it (`--chunks-budget`).
 
 Every first run of a shape is a warm-up (MLX compiles kernels on first use) and is discarded.
 The Wuwei binary is driven only through its CLI and HTTP.
@@ -157,7 +158,7 @@ def make_prompts(model_dir):
 # --- phase 1: mlx-lm in one process ------------------------------------------------------------
 def phase_mlx_ref(prompts_path):
     out = os.path.join(A.work, "mlx_ref.json")
-    timeout = max(20, min(A.ref_timeout, left() - A.reserve_serve - A.reserve_chunks - A.reserve_wuwei))
+    timeout = max(20, min(A.ref_timeout, left() - A.reserve_serve - A.reserve_wuwei))
     log(f"mlx-lm reference (timeout {timeout:.0f}s)")
     idle = gpu_used_mib()
     with GpuPeak() as mem:
@@ -213,7 +214,7 @@ def phase_wuwei_decode(prompts):
     n0 = prompts["decode_n"]
     with GpuPeak() as mem:
         for key, p in prompts["decode"].items():
-            if left() < A.reserve_serve + A.reserve_chunks + 10:
+            if left() < A.reserve_serve + 10:
                 err("wuwei decode", f"skipping {key}: time")
                 break
             try:
@@ -224,7 +225,7 @@ def phase_wuwei_decode(prompts):
                 continue
             rows = res.setdefault(key, [])
             for rnd in range(A.rounds):
-                if left() < A.reserve_serve + A.reserve_chunks + 5:
+                if left() < A.reserve_serve + 5:
                     err("wuwei decode", f"skipping {key} round {rnd + 1}: time")
                     break
                 try:
@@ -245,13 +246,13 @@ def phase_wuwei_decode(prompts):
     save()
 
 
-# --- phase 2b: prefill chunk size ---------------------------------------------------------------
+# --- phase 4: prefill chunk size ---------------------------------------------------------------
 def phase_chunks(prompts):
     """Prefill of the long prompt by `wuwei generate` at each `--chunks` size (prompt tokens per
     scheduler step, WUWEI_PREFILL_CHUNK): the device default is a guess until this has run on
     a GPU. Timed from outside as wall(long prompt, 1 token) - wall(short prompt, 1 token) at the
     same size (loading cancels), with Wuwei's own prompt tok/s beside it; a warm-up per size."""
-    budget = min(A.chunks_budget, left() - A.reserve_serve)
+    budget = min(A.chunks_budget, left() - 3)
     end = time.time() + budget
     log(f"wuwei generate: prefill chunk sizes {A.chunks} (budget {budget:.0f}s)")
     res = R.setdefault("chunks", {"prompt_tokens": prompts["decode"]["long"]["tokens"],
@@ -266,7 +267,7 @@ def phase_chunks(prompts):
         try:
             wuwei_generate(long_text, 1, env)  # warm-up: kernels for this chunk's shapes
             walls, own = [], []
-            for _ in range(A.rounds):
+            for _ in range(A.chunks_rounds):
                 if time.time() > end - 5:
                     break
                 ws, *_ = wuwei_generate(short_text, 1, env)
@@ -531,15 +532,16 @@ def main():
                     help="Wuwei's weights mode for both `generate` and `serve` (default: Wuwei's own)")
     ap.add_argument("--chunks", default="512,1024,2048,4096",
                     help="prefill chunk sizes the chunks phase measures")
-    ap.add_argument("--chunks-budget", type=float, default=60, help="seconds at most for the chunks phase")
-    ap.add_argument("--phases", default="ref,wuwei,chunks,serve")
+    ap.add_argument("--chunks-budget", type=float, default=45, help="seconds kept for the chunks phase")
+    ap.add_argument("--chunks-rounds", type=int, default=1)
+    ap.add_argument("--phases", default="ref,wuwei,serve,chunks")
     ap.add_argument("--manifest", help="the bundle's MANIFEST.json (what was built, from which commit)")
     ap.add_argument("--params", help="the model's size as make_model.py printed it")
     A = ap.parse_args()
     A.deadline = T0 + A.budget_s
     A.levels = [int(x) for x in A.levels.split(",")]
     A.chunks = [int(x) for x in A.chunks.split(",")]
-    # Time kept for the chunk sizes when they are measured (taken from the decode phases).
+    # Time kept for the chunk sizes when they are measured, last (taken from the servers').
     A.reserve_chunks = A.chunks_budget if "chunks" in A.phases.split(",") else 0
     R["args"] = {k: v for k, v in vars(A).items() if k != "deadline"}
     rows = smi("name,memory.total,driver_version")
@@ -573,16 +575,16 @@ def main():
             phase_wuwei_decode(prompts)
         except Exception:  # noqa: BLE001
             err("wuwei decode phase", traceback.format_exc()[-1500:])
+    if "serve" in phases:
+        # Half the time left to each server; mlx_lm.server last, so Wuwei's figures come first
+        # when time is short.
+        phase_serve("wuwei", max(30, (left() - A.reserve_chunks) / 2), tok, ref)
+        phase_serve("mlx_lm", max(30, left() - A.reserve_chunks - 3), tok, ref)
     if "chunks" in phases:
         try:
             phase_chunks(prompts)
         except Exception:  # noqa: BLE001
             err("chunks phase", traceback.format_exc()[-1500:])
-    if "serve" in phases:
-        # Half the time left to each server; mlx_lm.server last, so Wuwei's figures come first
-        # when time is short.
-        phase_serve("wuwei", max(30, left() / 2), tok, ref)
-        phase_serve("mlx_lm", max(30, left() - 3), tok, ref)
     save()
     log(f"bench done in {time.time() - T0:.0f}s, {len(R['errors'])} errors")
 
