@@ -36,6 +36,24 @@ pub struct ModelFacts {
     pub context_length: usize,
     /// `Some`: an embedding model (it serves `/v1/embeddings`, not generation).
     pub embedding: Option<crate::embedding::EmbeddingSpec>,
+    /// Why the model cannot store its KV quantized (`kv_bits`), if it cannot: attention
+    /// sinks (gpt-oss) or layers without keys of their own (Gemma 4's KV-shared layers), as
+    /// in mlx-lm. Such a model keeps its KV as computed whatever `kv_bits` says.
+    pub kv_quant_refusal: Option<&'static str>,
+}
+
+/// Why a model of this config cannot store quantized KV (see `ModelFacts::kv_quant_refusal`).
+fn kv_quant_refusal(config: &Value) -> Option<&'static str> {
+    match config.get("model_type").and_then(Value::as_str)? {
+        "gpt_oss" => Some("attention sinks"),
+        // mlx-lm's default of 20 shared layers where the config is silent (gemma4_text.rs).
+        "gemma4" | "gemma4_text"
+            if config_u64(config, "num_kv_shared_layers").unwrap_or(20) > 0 =>
+        {
+            Some("KV-shared layers")
+        }
+        _ => None,
+    }
 }
 
 /// Why a model is not usable, shown to users as is.
@@ -322,6 +340,7 @@ fn check_mlx_dir(dir: &Path) -> Result<ModelFacts, Incomplete> {
         state_bytes_per_sequence,
         context_length: crate::loader::context_length(&config),
         embedding: crate::embedding::detect(dir, &config)?,
+        kv_quant_refusal: kv_quant_refusal(&config),
     })
 }
 
@@ -373,6 +392,7 @@ fn check_gguf(path: &Path) -> Result<ModelFacts, Incomplete> {
         state_bytes_per_sequence: 0,
         context_length,
         embedding: None,
+        kv_quant_refusal: (arch == "gpt-oss").then_some("attention sinks"),
     })
 }
 
@@ -418,6 +438,25 @@ mod tests {
         for e in std::fs::read_dir(from).unwrap().flatten() {
             std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
         }
+    }
+
+    /// gpt-oss (attention sinks) and Gemma 4 with KV-shared layers cannot store quantized
+    /// KV; other models, and a Gemma 4 without shared layers, can.
+    #[test]
+    fn models_that_cannot_store_quantized_kv_are_named() {
+        let of = |v: Value| kv_quant_refusal(&v);
+        assert_eq!(
+            of(serde_json::json!({"model_type": "gpt_oss"})),
+            Some("attention sinks")
+        );
+        assert_eq!(
+            of(serde_json::json!({"model_type": "gemma4_text"})),
+            Some("KV-shared layers")
+        );
+        let unshared = serde_json::json!({"model_type": "gemma4", "num_kv_shared_layers": 0});
+        assert_eq!(of(unshared), None);
+        assert_eq!(of(serde_json::json!({"model_type": "llama"})), None);
+        assert_eq!(of(serde_json::json!({})), None);
     }
 
     #[test]

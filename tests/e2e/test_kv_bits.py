@@ -2,12 +2,14 @@
 the model's KV is stored 8-bit, three concurrent requests through the OpenAI SDK (decoding
 together in the slot pool, which holds that format) stream the greedy text the float-KV
 daemon streams for each alone, and a setting MLX cannot quantize with stops the daemon at
-start with a message that names it. (The numbers themselves are checked against mlx-lm's
+start with a message that names it; a model that cannot store quantized KV (gpt-oss's attention
+sinks) serves with float KV under a global `kv_bits` instead of failing its requests. (The numbers themselves are checked against mlx-lm's
 `QuantizedKVCache` in engine/tests/arch_parity.rs and kv_quant.rs.)"""
 
 import concurrent.futures as cf
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -86,3 +88,27 @@ def test_a_bit_width_mlx_cannot_quantize_stops_the_daemon_at_start(tmp_path):
     assert r.returncode != 0
     out = r.stdout + r.stderr
     assert "kv_bits" in out and "2, 3, 4, 5, 6 or 8" in out, out
+
+
+def test_a_model_with_attention_sinks_serves_with_float_kv_under_kv_bits(tmp_path_factory):
+    """gpt-oss (attention sinks, which MLX's quantized attention cannot take, as in mlx-lm)
+    under a global `kv_bits`: it serves its requests, with its KV as computed (the admin API
+    says so), the greedy text of a daemon without `kv_bits`."""
+    root = tmp_path_factory.mktemp("sinks-models")
+    model = "rand-gptoss-bf16-q4"
+    tokenizer = Path(os.environ["WUWEI_TEST_MODELS"]) / "SmolLM2-135M-Instruct"
+    subprocess.run([sys.executable, str(REPO_ROOT / "tests/reference/make_random_model.py"),
+                    "gpt_oss", str(root / model), "--dtype", "bfloat16", "--bits", "4",
+                    "--group-size", "32", "--tokenizer", str(tokenizer)], check=True)
+    body = {"model": model, "prompt": "def fibonacci(n):", "max_tokens": 8, "temperature": 0}
+    texts = []
+    for env in ({"WUWEI_KV_BITS": "8"}, {}):
+        env = dict(env, WUWEI_ACTIVATIONS="checkpoint")
+        with running_daemon(tmp_path_factory.mktemp("sinks"), env, models=root,
+                            extra_args=("--default-model", model)) as url:
+            r = requests.post(f"{url}/v1/completions", json=body, timeout=300)
+            assert r.status_code == 200, r.text
+            assert r.json()["usage"]["completion_tokens"] == 8
+            texts.append(r.json()["choices"][0]["text"])
+            assert _loaded(url, model)["kv_quantization"] is None
+    assert texts[0] == texts[1]

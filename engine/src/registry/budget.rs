@@ -80,14 +80,17 @@ impl Registry {
             .max(2)
     }
 
-    /// The KV format a model runs with: its own `kv_bits`, else the global one.
-    pub(super) fn kv_quant(&self, settings: &ModelSettings) -> Option<KvQuant> {
-        settings.kv_quant(self.config.scheduler.kv_quant)
+    /// The KV format a model runs with: its own `kv_bits`, else the global one; as computed
+    /// for a model that cannot store it quantized (`ModelFacts::kv_quant_refusal`).
+    pub(super) fn kv_quant(&self, facts: &ModelFacts, settings: &ModelSettings) -> Option<KvQuant> {
+        settings
+            .kv_quant(self.config.scheduler.kv_quant)
+            .filter(|_| facts.kv_quant_refusal.is_none())
     }
 
     /// KV bytes of one position as the model stores it (quantized KV counted as such).
     pub(super) fn kv_bytes_per_token(&self, facts: &ModelFacts, settings: &ModelSettings) -> u64 {
-        match self.kv_quant(settings) {
+        match self.kv_quant(facts, settings) {
             Some(q) => {
                 let float_bytes = if crate::model::compute_dtype().is_some() {
                     4
@@ -104,7 +107,7 @@ impl Registry {
     /// keeps every position of every layer; float KV only about a window of sliding-window
     /// layers.
     pub(super) fn kv_cost(&self, facts: &ModelFacts, settings: &ModelSettings) -> KvCost {
-        let windowed = match self.kv_quant(settings) {
+        let windowed = match self.kv_quant(facts, settings) {
             Some(_) => None,
             None => facts.windowed_kv,
         };
@@ -371,6 +374,16 @@ mod tests {
             ..ModelSettings::default()
         };
         assert_eq!(registry.plan(&facts, &off).kv_reserved_bytes, float);
+        // A model that cannot store quantized KV (attention sinks) keeps it as computed, and
+        // is counted so, whatever kv_bits says.
+        let sinks = ModelFacts {
+            kv_quant_refusal: Some("attention sinks"),
+            ..facts.clone()
+        };
+        for settings in [ModelSettings::default(), four] {
+            assert_eq!(registry.plan(&sinks, &settings).kv_reserved_bytes, float);
+            assert_eq!(registry.kv_quant(&sinks, &settings), None);
+        }
     }
 
     /// A model with sliding-window layers reserves, for a long context, full KV for its

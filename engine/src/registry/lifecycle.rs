@@ -142,7 +142,15 @@ impl Registry {
             .unwrap_or_default();
         let rope = settings.rope_scaling.clone();
         // Running sequences share the KV memory counted for the model in the budget.
-        sched.kv_quant = self.kv_quant(&settings);
+        sched.kv_quant = self.kv_quant(facts, &settings);
+        if let (Some(why), Some(asked)) = (
+            facts.kv_quant_refusal,
+            settings.kv_quant(self.config.scheduler.kv_quant),
+        ) {
+            tracing::warn!(model = id, kv = asked.label(), reason = why,
+                "kv_bits does not apply to this model ({why}, as in mlx-lm): its KV is stored as computed");
+        }
+        let kv_quant = sched.kv_quant;
         let kv_cost = self.kv_cost(facts, &settings);
         sched.kv_cost = kv_cost;
         sched.kv_budget_bytes = (kv_cost.per_token > 0).then_some(plan.kv_reserved_bytes);
@@ -216,6 +224,7 @@ impl Registry {
             reasoning,
             plan,
             kv_cost,
+            kv_quant,
             settings,
             sampling,
             loaded_at: SystemTime::now(),

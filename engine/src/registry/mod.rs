@@ -99,6 +99,8 @@ pub struct Served {
     pub plan: MemoryPlan,
     /// What a sequence's KV costs by its length (`per_token` 0: unknown).
     pub kv_cost: crate::kv::cost::KvCost,
+    /// The format its running sequences store KV in (`None`: as computed).
+    pub kv_quant: Option<crate::kv::quant::KvQuant>,
     pub settings: ModelSettings,
     /// The sampling a request gets for what it leaves out (`[models."id"]` settings over the
     /// model's `generation_config.json`).

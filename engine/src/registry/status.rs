@@ -223,7 +223,7 @@ impl Registry {
                     kv_reserved_bytes: s.plan.kv_reserved_bytes,
                     kv_quantization: match s.embedding {
                         Some(_) => None,
-                        None => self.kv_quant(&s.settings).map(|q| q.label()),
+                        None => s.kv_quant.map(|q| q.label()),
                     },
                     running: running as u64,
                     waiting: waiting as u64,
