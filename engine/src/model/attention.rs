@@ -864,7 +864,7 @@ mod tests {
                 .unwrap()
                 .max(None)
                 .unwrap();
-            assert!(worst.item::<f32>() < 1e-5, "window {window:?}: {worst:?}");
+            assert!(worst.item_exact::<f32>() < 1e-5, "window {window:?}: {worst:?}");
         }
     }
 }
