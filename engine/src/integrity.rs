@@ -40,6 +40,25 @@ pub struct ModelFacts {
     /// sinks (gpt-oss) or layers without keys of their own (Gemma 4's KV-shared layers), as
     /// in mlx-lm. Such a model keeps its KV as computed whatever `kv_bits` says.
     pub kv_quant_refusal: Option<&'static str>,
+    /// The attention layers' head dimension (0: unknown); quantized KV groups values along
+    /// it, so `kv_group_size` must divide it.
+    pub kv_head_dim: u64,
+}
+
+impl ModelFacts {
+    /// Why this model cannot store its KV in format `q`, if it cannot.
+    pub fn kv_quant_unfit(&self, q: crate::kv::quant::KvQuant) -> Option<String> {
+        if let Some(why) = self.kv_quant_refusal {
+            return Some(why.to_string());
+        }
+        let group = q.group_size as u64;
+        (self.kv_head_dim > 0 && !self.kv_head_dim.is_multiple_of(group)).then(|| {
+            format!(
+                "its head dimension {} is not a multiple of kv_group_size {group}",
+                self.kv_head_dim
+            )
+        })
+    }
 }
 
 /// Why a model of this config cannot store quantized KV (see `ModelFacts::kv_quant_refusal`).
@@ -341,6 +360,7 @@ fn check_mlx_dir(dir: &Path) -> Result<ModelFacts, Incomplete> {
         context_length: crate::loader::context_length(&config),
         embedding: crate::embedding::detect(dir, &config)?,
         kv_quant_refusal: kv_quant_refusal(&config),
+        kv_head_dim: head_dim,
     })
 }
 
@@ -393,6 +413,7 @@ fn check_gguf(path: &Path) -> Result<ModelFacts, Incomplete> {
         context_length,
         embedding: None,
         kv_quant_refusal: (arch == "gpt-oss").then_some("attention sinks"),
+        kv_head_dim: head_dim,
     })
 }
 

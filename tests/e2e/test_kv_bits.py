@@ -3,7 +3,8 @@ the model's KV is stored 8-bit, three concurrent requests through the OpenAI SDK
 together in the slot pool, which holds that format) stream the greedy text the float-KV
 daemon streams for each alone, and a setting MLX cannot quantize with stops the daemon at
 start with a message that names it; a model that cannot store quantized KV (gpt-oss's attention
-sinks) serves with float KV under a global `kv_bits` instead of failing its requests. (The numbers themselves are checked against mlx-lm's
+sinks, a head dimension the group size does not divide) serves with float KV under a global
+`kv_bits` instead of failing its requests. (The numbers themselves are checked against mlx-lm's
 `QuantizedKVCache` in engine/tests/arch_parity.rs and kv_quant.rs.)"""
 
 import concurrent.futures as cf
@@ -90,25 +91,30 @@ def test_a_bit_width_mlx_cannot_quantize_stops_the_daemon_at_start(tmp_path):
     assert "kv_bits" in out and "2, 3, 4, 5, 6 or 8" in out, out
 
 
-def test_a_model_with_attention_sinks_serves_with_float_kv_under_kv_bits(tmp_path_factory):
-    """gpt-oss (attention sinks, which MLX's quantized attention cannot take, as in mlx-lm)
-    under a global `kv_bits`: it serves its requests, with its KV as computed (the admin API
-    says so), the greedy text of a daemon without `kv_bits`."""
-    root = tmp_path_factory.mktemp("sinks-models")
-    model = "rand-gptoss-bf16-q4"
+def test_models_that_cannot_quantize_their_kv_serve_with_float_kv_under_kv_bits(tmp_path_factory):
+    """Under a global `kv_bits`, models whose KV MLX's quantized attention cannot take (as in
+    mlx-lm) serve their requests with their KV as computed (the admin API says so), the
+    greedy text of a daemon without `kv_bits`: gpt-oss (attention sinks), and a model whose
+    head dimension (32 in these random configs) the group size (64) does not divide."""
+    root = tmp_path_factory.mktemp("unfit-models")
     tokenizer = Path(os.environ["WUWEI_TEST_MODELS"]) / "SmolLM2-135M-Instruct"
-    subprocess.run([sys.executable, str(REPO_ROOT / "tests/reference/make_random_model.py"),
-                    "gpt_oss", str(root / model), "--dtype", "bfloat16", "--bits", "4",
-                    "--group-size", "32", "--tokenizer", str(tokenizer)], check=True)
-    body = {"model": model, "prompt": "def fibonacci(n):", "max_tokens": 8, "temperature": 0}
-    texts = []
-    for env in ({"WUWEI_KV_BITS": "8"}, {}):
-        env = dict(env, WUWEI_ACTIVATIONS="checkpoint")
-        with running_daemon(tmp_path_factory.mktemp("sinks"), env, models=root,
-                            extra_args=("--default-model", model)) as url:
-            r = requests.post(f"{url}/v1/completions", json=body, timeout=300)
-            assert r.status_code == 200, r.text
-            assert r.json()["usage"]["completion_tokens"] == 8
-            texts.append(r.json()["choices"][0]["text"])
-            assert _loaded(url, model)["kv_quantization"] is None
-    assert texts[0] == texts[1]
+    models = {"rand-gptoss-bf16-q4": "gpt_oss", "rand-gemma3-bf16-q4": "gemma3_text"}
+    for name, arch in models.items():
+        subprocess.run([sys.executable, str(REPO_ROOT / "tests/reference/make_random_model.py"),
+                        arch, str(root / name), "--dtype", "bfloat16", "--bits", "4",
+                        "--group-size", "32", "--tokenizer", str(tokenizer)], check=True)
+    texts = {}
+    for kv in ("8", None):
+        env = {"WUWEI_ACTIVATIONS": "checkpoint", **({"WUWEI_KV_BITS": kv} if kv else {})}
+        with running_daemon(tmp_path_factory.mktemp("unfit"), env, models=root,
+                            extra_args=("--default-model", "rand-gptoss-bf16-q4")) as url:
+            for model in models:
+                body = {"model": model, "prompt": "def fibonacci(n):", "max_tokens": 8,
+                        "temperature": 0}
+                r = requests.post(f"{url}/v1/completions", json=body, timeout=300)
+                assert r.status_code == 200, r.text
+                assert r.json()["usage"]["completion_tokens"] == 8
+                texts[kv, model] = r.json()["choices"][0]["text"]
+                assert _loaded(url, model)["kv_quantization"] is None
+    for model in models:
+        assert texts["8", model] == texts[None, model], model

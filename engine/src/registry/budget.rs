@@ -81,11 +81,11 @@ impl Registry {
     }
 
     /// The KV format a model runs with: its own `kv_bits`, else the global one; as computed
-    /// for a model that cannot store it quantized (`ModelFacts::kv_quant_refusal`).
+    /// for a model that cannot store it in that format (`ModelFacts::kv_quant_unfit`).
     pub(super) fn kv_quant(&self, facts: &ModelFacts, settings: &ModelSettings) -> Option<KvQuant> {
         settings
             .kv_quant(self.config.scheduler.kv_quant)
-            .filter(|_| facts.kv_quant_refusal.is_none())
+            .filter(|&q| facts.kv_quant_unfit(q).is_none())
     }
 
     /// KV bytes of one position as the model stores it (quantized KV counted as such).
@@ -384,6 +384,19 @@ mod tests {
             assert_eq!(registry.plan(&sinks, &settings).kv_reserved_bytes, float);
             assert_eq!(registry.kv_quant(&sinks, &settings), None);
         }
+        // Nor can one whose head dimension the group size does not divide (SmolLM2's is 64).
+        let wide_groups = ModelSettings {
+            kv_group_size: Some(128),
+            ..ModelSettings::default()
+        };
+        assert_eq!(facts.kv_head_dim, 64);
+        assert_eq!(registry.kv_quant(&facts, &wide_groups), None);
+        assert_eq!(registry.plan(&facts, &wide_groups).kv_reserved_bytes, float);
+        let narrow_groups = ModelSettings {
+            kv_group_size: Some(32),
+            ..ModelSettings::default()
+        };
+        assert!(registry.kv_quant(&facts, &narrow_groups).is_some());
     }
 
     /// A model with sliding-window layers reserves, for a long context, full KV for its

@@ -143,12 +143,10 @@ impl Registry {
         let rope = settings.rope_scaling.clone();
         // Running sequences share the KV memory counted for the model in the budget.
         sched.kv_quant = self.kv_quant(facts, &settings);
-        if let (Some(why), Some(asked)) = (
-            facts.kv_quant_refusal,
-            settings.kv_quant(self.config.scheduler.kv_quant),
-        ) {
-            tracing::warn!(model = id, kv = asked.label(), reason = why,
-                "kv_bits does not apply to this model ({why}, as in mlx-lm): its KV is stored as computed");
+        let asked = settings.kv_quant(self.config.scheduler.kv_quant);
+        if let Some((asked, why)) = asked.and_then(|q| Some((q, facts.kv_quant_unfit(q)?))) {
+            tracing::warn!(model = id, kv = asked.label(),
+                "kv_bits does not apply to this model ({why}; as in mlx-lm): its KV is stored as computed");
         }
         let kv_quant = sched.kv_quant;
         let kv_cost = self.kv_cost(facts, &settings);
