@@ -864,7 +864,10 @@ mod tests {
                 .unwrap()
                 .max(None)
                 .unwrap();
-            assert!(worst.item_exact::<f32>() < 1e-5, "window {window:?}: {worst:?}");
+            assert!(
+                worst.item_exact::<f32>() < 1e-5,
+                "window {window:?}: {worst:?}"
+            );
         }
     }
 }
