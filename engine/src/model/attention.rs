@@ -266,7 +266,9 @@ fn attend_one(
         refuse_quantized(new_kv.is_some(), extras.sinks)?;
         let (k, v) = new_kv.expect("checked");
         let (k, v) = seq.cache.update_and_fetch_quantized(layer, &k, &v)?;
-        return quantized_chunk(&q, &k, &v, scale, (offset, len), extras.window, quant);
+        let at = (offset, len);
+        let max = QUANTIZED_SCORES_MAX;
+        return quantized_chunk(&q, (&k, &v), scale, at, extras.window, quant, max);
     }
     // The keys from `start` on: those some query of the chunk can see (all of them without a
     // window; a windowed layer's cache may hold no more).
@@ -296,37 +298,14 @@ const QUANTIZED_SCORES_MAX: i64 = 1 << 26;
 /// query, else causal (and windowed). Returns `[1, len, heads * dim]`.
 ///
 /// As mlx-lm, by quantized matmuls over the packed keys, in slices of queries that keep the
-/// score matrix under `QUANTIZED_SCORES_MAX`. With the CPU levers on (CPU backend, float32)
-/// a long chunk instead expands the keys it sees and takes the engine's CPU kernel, as a
-/// float cache's chunk does (MLX's CPU quantized matmuls made prefill ~6.6x slower,
+/// score matrix under `max_scores` elements (`QUANTIZED_SCORES_MAX`). With the CPU levers on
+/// (CPU backend, float32) a long chunk instead expands the keys it sees and takes the
+/// engine's CPU kernel, as a float cache's chunk does (MLX's CPU quantized matmuls made prefill ~6.6x slower,
 /// measured); that changes the rounding, and through the next layers' quantization now and
 /// then a near-tie token, so it stays a CPU lever.
 fn quantized_chunk(
     q: &Array,
-    k: &Packed,
-    v: &Packed,
-    scale: f32,
-    (offset, len): (i32, i32),
-    window: Option<i32>,
-    quant: KvQuant,
-) -> Result<Array> {
-    quantized_chunk_sliced(
-        q,
-        k,
-        v,
-        scale,
-        (offset, len),
-        window,
-        quant,
-        QUANTIZED_SCORES_MAX,
-    )
-}
-
-#[allow(clippy::too_many_arguments)]
-fn quantized_chunk_sliced(
-    q: &Array,
-    k: &Packed,
-    v: &Packed,
+    (k, v): (&Packed, &Packed),
     scale: f32,
     (offset, len): (i32, i32),
     window: Option<i32>,
@@ -755,9 +734,9 @@ impl PooledPass<'_> {
                 // As a quantized cache of its own: every key.
                 let (k, v) = pool.read_quantized(self.layer, c.slot, 0, c.offset + c.len)?;
                 let at = (c.offset, c.len);
-                outs.push(quantized_chunk(
-                    &c.q, &k, &v, self.scale, at, window, quant,
-                )?);
+                let max = QUANTIZED_SCORES_MAX;
+                let out = quantized_chunk(&c.q, (&k, &v), self.scale, at, window, quant, max)?;
+                outs.push(out);
                 continue;
             }
             let start = window.map_or(0, |w| window_start(c.offset, w));
@@ -821,9 +800,8 @@ mod tests {
         let (k, v) = quantize_kv(&k, &v, quant).unwrap();
         for window in [None, Some(16)] {
             let run = |max| {
-                let out =
-                    quantized_chunk_sliced(&q, &k, &v, 0.125, (offset, len), window, quant, max)
-                        .unwrap();
+                let out = quantized_chunk(&q, (&k, &v), 0.125, (offset, len), window, quant, max)
+                    .unwrap();
                 out.as_slice::<f32>().to_vec()
             };
             let whole = run(i64::MAX);
@@ -853,7 +831,9 @@ mod tests {
         let v = random::normal::<f32>(&[1, kv_heads, offset + len, 64], None, None, None).unwrap();
         let (k, v) = quantize_kv(&k, &v, quant).unwrap();
         for window in [None, Some(48)] {
-            let ours = quantized_chunk(&q, &k, &v, 0.125, (offset, len), window, quant).unwrap();
+            let max = QUANTIZED_SCORES_MAX;
+            let at = (offset, len);
+            let ours = quantized_chunk(&q, (&k, &v), 0.125, at, window, quant, max).unwrap();
             let mask = chunk_mask(offset, len, 0, window).unwrap();
             let want = quantized_attention(&q, &k, &v, 0.125, Some(&mask), quant).unwrap();
             let want = merge_heads(want, len).unwrap();
