@@ -55,7 +55,8 @@ if spec.get("dequantize"):
 ids = spec["prompt"]
 kw = {}
 if spec.get("kv_bits"):
-    kw = dict(kv_bits=spec["kv_bits"], kv_group_size=64, quantized_kv_start=0)
+    kw = dict(kv_bits=spec["kv_bits"], kv_group_size=64,
+              quantized_kv_start=spec.get("kv_start", 0))
 # Warm-up (as the server's first request): MLX builds its CPU kernels on first use.
 for _ in stream_generate(model, tok, ids[:16], max_tokens=2, sampler=make_sampler(0.0), **kw):
     pass
@@ -138,9 +139,9 @@ def wuwei_run(url, model, text, max_tokens):
                 decode=(n - 1) / (stamps[-1] - stamps[0]) if n > 1 and stamps[-1] > stamps[0] else float("nan"))
 
 
-def mlx_run(model_dir, ids, max_tokens, kv_bits, dequantize):
+def mlx_run(model_dir, ids, max_tokens, kv_bits, dequantize, kv_start=0):
     spec = dict(model=str(model_dir), prompt=ids, max_tokens=max_tokens, kv_bits=kv_bits,
-                dequantize=dequantize)
+                dequantize=dequantize, kv_start=kv_start)
     # The spec on stdin: a 32k-token prompt is past the kernel's limit for one argument.
     out = subprocess.run([str(ROOT / ".venv/bin/python"), "-c", MLX_LM], input=json.dumps(spec),
                          capture_output=True, text=True, check=True, env=mlx_env()).stdout
@@ -257,6 +258,9 @@ def main():
     ap.add_argument("--engines", default="wuwei,mlx-lm,llama.cpp")
     ap.add_argument("--bin", default=str(ROOT / "target/release/wuwei"))
     ap.add_argument("--kv-bits", type=int, default=0)
+    ap.add_argument("--mlx-kv-start", type=int, default=0,
+                    help="mlx-lm's quantized_kv_start with --kv-bits (0: quantized from the start, "
+                         "as Wuwei; past most of the prompt: a float prefill, then quantized decode)")
     ap.add_argument("--mlx-quantized", action="store_true",
                     help="mlx-lm keeps quantized weights as stored (default: dequantized, as Wuwei's auto)")
     ap.add_argument("--claude-code", nargs="?", const=str(CLAUDE_CODE_RECORDING), default=None,
@@ -291,7 +295,7 @@ def main():
             runs = {
                 "wuwei serve": ("wuwei", lambda: wuwei_run(url, served.name, text, a.max_tokens)),
                 "mlx-lm": ("mlx-lm", lambda: mlx_run(model_dir, ids, a.max_tokens, a.kv_bits,
-                                                     not a.mlx_quantized)),
+                                                     not a.mlx_quantized, a.mlx_kv_start)),
                 "llama.cpp": ("llama.cpp", lambda: llama_cpp_run(gguf, ids, a.max_tokens)),
             }
             for name, (engine, run) in runs.items():
@@ -333,6 +337,8 @@ def main():
         + ", raw completion of random README words (the same ids to every engine), "
         f"greedy, up to {a.max_tokens} new tokens; Wuwei's prefix cache off"
         + (f", KV {a.kv_bits}-bit in both" if a.kv_bits else "")
+        + (f" (mlx-lm's from position {a.mlx_kv_start}: its prefill runs on float KV)"
+           if a.kv_bits and a.mlx_kv_start else "")
         + f"; Wuwei binary `{Path(a.bin).name}`, default weights/activations (auto: float32, quantized layers expanded)")
     if "mlx-lm" in engines:
         body += ("; mlx-lm " + ("with the weights as stored" if a.mlx_quantized else
@@ -366,6 +372,8 @@ def main():
             cmd += f" --engines {a.engines}"
         if a.kv_bits:
             cmd += f" --kv-bits {a.kv_bits}"
+        if a.mlx_kv_start:
+            cmd += f" --mlx-kv-start {a.mlx_kv_start}"
         if a.claude_code:
             cmd += " --claude-code"
         # Prompts past the trained context get a section of their own.
