@@ -74,7 +74,7 @@ impl From<WeightsArg> for WeightsMode {
 
 pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     crate::device::set_activations(args.activations);
-    let scheduler = SchedulerConfig {
+    let mut scheduler = SchedulerConfig {
         prefill_chunk: args.prefill_chunk.map_or_else(
             || crate::device::default_prefill_chunk(crate::device::info().backend),
             |n| n as usize,
@@ -86,6 +86,18 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
             .map_err(|e| anyhow::anyhow!("--kv-bits: {e}"))?,
         ..SchedulerConfig::default()
     };
+    // As `serve`: a model that cannot store its KV in that format keeps it as computed.
+    if let Some(q) = scheduler.kv_quant {
+        let why = crate::integrity::check_model(&args.model)
+            .ok()
+            .and_then(|facts| facts.kv_quant_unfit(q));
+        if let Some(why) = why {
+            tracing::warn!(
+                "--kv-bits does not apply to this model ({why}): its KV is stored as computed"
+            );
+            scheduler.kv_quant = None;
+        }
+    }
     let (tx, mut rx) = tokio::sync::mpsc::channel(EVENT_CHANNEL_CAPACITY);
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let model_path = args.model.clone();

@@ -118,3 +118,11 @@ def test_models_that_cannot_quantize_their_kv_serve_with_float_kv_under_kv_bits(
                 assert _loaded(url, model)["kv_quantization"] is None
     for model in models:
         assert texts["8", model] == texts[None, model], model
+    # `wuwei generate --kv-bits` falls back the same way (and prints the same greedy text).
+    for model in models:
+        r = subprocess.run([str(_binary()), "generate", "--model", str(root / model), "--prompt",
+                            "def fibonacci(n):", "--max-tokens", "8", "--kv-bits", "8"],
+                           capture_output=True, text=True, timeout=120,
+                           env=dict(os.environ, WUWEI_ACTIVATIONS="checkpoint"))
+        assert r.returncode == 0, r.stderr[-2000:]
+        assert r.stdout.rpartition("\nprompt: ")[0] == texts[None, model], model
