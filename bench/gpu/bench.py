@@ -188,8 +188,9 @@ def wuwei_env():
 
 
 def wuwei_generate(prompt, n, env=None):
-    """(wall seconds, generated tokens as printed or None, stderr tail) of one `wuwei generate`;
-    with `env`, also Wuwei's own prompt tok/s as printed (a fourth item)."""
+    """(wall seconds, generated tokens as printed, stderr tail, Wuwei's own prompt tok/s as
+    printed) of one `wuwei generate` (printed figures: None if absent), `env` added to its
+    environment."""
     cmd = [A.wuwei, "generate", "--model", A.q4, "--prompt", prompt, "--max-tokens", str(n), "--quiet"]
     if A.weights:
         cmd += ["--weights", A.weights]
@@ -199,12 +200,10 @@ def wuwei_generate(prompt, n, env=None):
     wall = time.perf_counter() - t
     if p.returncode != 0:
         raise RuntimeError(f"wuwei generate rc={p.returncode}: {ANSI.sub('', p.stderr)[-1200:]}")
-    m = re.search(r"generation: (\d+) tokens", p.stdout)
-    out = (wall, int(m[1]) if m else None, ANSI.sub("", p.stderr)[-1500:])
-    if env is None:
-        return out
-    m = re.search(r"prompt: \d+ tokens, ([\d.]+) tok/s", p.stdout)
-    return out + (float(m[1]) if m else None,)
+    gen = re.search(r"generation: (\d+) tokens", p.stdout)
+    prompt_tps = re.search(r"prompt: \d+ tokens, ([\d.]+) tok/s", p.stdout)
+    return (wall, int(gen[1]) if gen else None, ANSI.sub("", p.stderr)[-1500:],
+            float(prompt_tps[1]) if prompt_tps else None)
 
 
 def phase_wuwei_decode(prompts):
@@ -218,7 +217,7 @@ def phase_wuwei_decode(prompts):
                 err("wuwei decode", f"skipping {key}: time")
                 break
             try:
-                _, _, stderr = wuwei_generate(p["text"], n0)  # warm-up: JIT for this shape
+                _, _, stderr, _ = wuwei_generate(p["text"], n0)  # warm-up: JIT for this shape
                 R.setdefault("wuwei_log", [l for l in stderr.splitlines() if "weights" in l or "device" in l or "dtype" in l][:6])
             except Exception as e:  # noqa: BLE001
                 err(f"wuwei decode {key} warm-up", e)
@@ -229,8 +228,8 @@ def phase_wuwei_decode(prompts):
                     err("wuwei decode", f"skipping {key} round {rnd + 1}: time")
                     break
                 try:
-                    wa, ta, _ = wuwei_generate(p["text"], n0)
-                    wb, tb, _ = wuwei_generate(p["text"], n0 + p["k"])
+                    wa, ta, *_ = wuwei_generate(p["text"], n0)
+                    wb, tb, *_ = wuwei_generate(p["text"], n0 + p["k"])
                 except Exception as e:  # noqa: BLE001
                     err(f"wuwei decode {key} round {rnd + 1}", e)
                     break

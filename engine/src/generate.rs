@@ -87,15 +87,9 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         ..SchedulerConfig::default()
     };
     // As `serve`: a model that cannot store its KV in that format keeps it as computed.
-    if let Some(q) = scheduler.kv_quant {
-        let why = crate::integrity::check_model(&args.model)
-            .ok()
-            .and_then(|facts| facts.kv_quant_unfit(q));
-        if let Some(why) = why {
-            tracing::warn!(
-                "--kv-bits does not apply to this model ({why}): its KV is stored as computed"
-            );
-            scheduler.kv_quant = None;
+    if scheduler.kv_quant.is_some() {
+        if let Ok(facts) = crate::integrity::check_model(&args.model) {
+            scheduler.kv_quant = facts.kv_quant_at_load("generate", scheduler.kv_quant);
         }
     }
     let (tx, mut rx) = tokio::sync::mpsc::channel(EVENT_CHANNEL_CAPACITY);

@@ -59,6 +59,24 @@ impl ModelFacts {
             )
         })
     }
+
+    /// The KV format `model` loads with when `asked` is wanted: `asked` if it fits, else as
+    /// computed, with a warning that says why (`serve` and `generate` alike).
+    pub fn kv_quant_at_load(
+        &self,
+        model: &str,
+        asked: Option<crate::kv::quant::KvQuant>,
+    ) -> Option<crate::kv::quant::KvQuant> {
+        let q = asked?;
+        match self.kv_quant_unfit(q) {
+            None => Some(q),
+            Some(why) => {
+                tracing::warn!(model, kv = q.label(),
+                    "kv_bits does not apply to this model ({why}; as in mlx-lm): its KV is stored as computed");
+                None
+            }
+        }
+    }
 }
 
 /// Why a model of this config cannot store quantized KV (see `ModelFacts::kv_quant_refusal`).

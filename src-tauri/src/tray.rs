@@ -284,9 +284,8 @@ impl<R: Runtime> Ui for TauriUi<R> {
         // tests/app/test_tray.py). Nor `std::process::exit`: it still runs the C libraries'
         // exit handlers and static destructors while their threads run, which crashed the
         // same way now and then (SIGSEGV after "quit", once in the suite here; three reruns
-        // passed). There is nothing left
-        // to save (the controller has already stopped the daemon when asked to): flush what
-        // was written and end the process at once.
+        // passed). There is nothing left to save (the controller has already stopped the
+        // daemon when asked to): flush what was written and end the process at once.
         tracing::info!("quit");
         use std::io::Write;
         let _ = std::io::stdout().flush();

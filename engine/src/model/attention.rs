@@ -300,9 +300,9 @@ const QUANTIZED_SCORES_MAX: i64 = 1 << 26;
 /// As mlx-lm, by quantized matmuls over the packed keys, in slices of queries that keep the
 /// score matrix under `max_scores` elements (`QUANTIZED_SCORES_MAX`). With the CPU levers on
 /// (CPU backend, float32) a long chunk instead expands the keys it sees and takes the
-/// engine's CPU kernel, as a float cache's chunk does (MLX's CPU quantized matmuls made prefill ~6.6x slower,
-/// measured); that changes the rounding, and through the next layers' quantization now and
-/// then a near-tie token, so it stays a CPU lever.
+/// engine's CPU kernel, as a float cache's chunk does (MLX's CPU quantized matmuls made
+/// prefill ~8x slower, measured); that changes the rounding, and through the next layers'
+/// quantization now and then a near-tie token, so it stays a CPU lever.
 fn quantized_chunk(
     q: &Array,
     (k, v): (&Packed, &Packed),
@@ -322,27 +322,27 @@ fn quantized_chunk(
         let out = chunk_attention(q.clone(), k, v, scale, (offset, start), window, None)?;
         return merge_heads(out, len);
     }
+    // mlx-lm's mask: none for one query, else causal (and windowed) over every key.
+    let mask = if len > 1 || window.is_some() {
+        Some(chunk_mask(offset, len, 0, window)?)
+    } else {
+        None
+    };
     let per_query = i64::from(q.shape()[1]) * i64::from(keys);
     let rows = (max_scores / per_query.max(1)).clamp(1, i64::from(len)) as i32;
+    if rows == len {
+        let out = quantized_attention(q, k, v, scale, mask.as_ref(), quant)?;
+        return merge_heads(out, len);
+    }
     let mut outs = Vec::with_capacity(((len + rows - 1) / rows) as usize);
     for from in (0..len).step_by(rows as usize) {
         let n = rows.min(len - from);
-        let q = if n == len {
-            q.clone()
-        } else {
-            slice_axis(q, 2, from, from + n)?
-        };
+        let q = slice_axis(q, 2, from, from + n)?;
         // The rows' part of the chunk's mask, over every key (the same row as unsliced).
-        let mask = if len > 1 || window.is_some() {
-            let m = chunk_mask(offset, len, 0, window)?;
-            Some(if n == len {
-                m
-            } else {
-                slice_axis(&m, 0, from, from + n)?
-            })
-        } else {
-            None
-        };
+        let mask = mask
+            .as_ref()
+            .map(|m| slice_axis(m, 0, from, from + n))
+            .transpose()?;
         let out = quantized_attention(&q, k, v, scale, mask.as_ref(), quant)?;
         outs.push(merge_heads(out, n)?);
     }

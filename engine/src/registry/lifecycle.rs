@@ -142,12 +142,8 @@ impl Registry {
             .unwrap_or_default();
         let rope = settings.rope_scaling.clone();
         // Running sequences share the KV memory counted for the model in the budget.
-        sched.kv_quant = self.kv_quant(facts, &settings);
         let asked = settings.kv_quant(self.config.scheduler.kv_quant);
-        if let Some((asked, why)) = asked.and_then(|q| Some((q, facts.kv_quant_unfit(q)?))) {
-            tracing::warn!(model = id, kv = asked.label(),
-                "kv_bits does not apply to this model ({why}; as in mlx-lm): its KV is stored as computed");
-        }
+        sched.kv_quant = facts.kv_quant_at_load(id, asked);
         let kv_quant = sched.kv_quant;
         let kv_cost = self.kv_cost(facts, &settings);
         sched.kv_cost = kv_cost;
