@@ -1123,7 +1123,10 @@ fn build_prefix_cache(
         .iter()
         .flat_map(|x| ((x * 10.0).round() as i32).to_le_bytes())
         .collect();
-    let layout = layout_of(cache.as_ref(), config.block_size).map_err(|e| e.to_string())?;
+    let windows = model.kv_windows();
+    let layout = layout_of(cache.as_ref(), config.block_size)
+        .map_err(|e| e.to_string())?
+        .with_windows(&windows);
     // The layer layout (which layers keep KV, which keep recurrent state) and every state's
     // shape and dtype: a snapshot is never restored into another layout.
     // (Written as before linear layers existed for plain models, whose identity, and so
@@ -1138,6 +1141,11 @@ fn build_prefix_cache(
     if layout.wide != 0 {
         let (heads, dim) = layout.wide_shape;
         shape.push_str(&format!(" wide: {:#x} {heads}x{dim}", layout.wide));
+    }
+    // Blocks without the windowed layers (their windows in snapshots): another format than
+    // the whole blocks such models stored before.
+    if layout.windowed != 0 {
+        shape.push_str(&format!(" windowed: {:#x}", layout.windowed));
     }
     // Only when set, as above: quantized blocks are another format.
     if let Some(quant) = layout.quant {
@@ -1179,6 +1187,7 @@ fn build_prefix_cache(
         identity,
         layout,
         states,
+        &windows,
         config,
         stats.prefix.clone(),
     )))

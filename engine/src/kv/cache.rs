@@ -83,6 +83,27 @@ pub trait KvCache: Send + AsAny {
     ) -> Result<Option<(Packed, Packed)>, Exception> {
         Err(Exception::custom("this KV cache is not quantized"))
     }
+    /// Stores the newest positions of sliding-window `layer` from a prefix-cache snapshot:
+    /// `keys`/`values` (`[1, kv_heads, n, head_dim]`) are positions `offset() - n..offset()`,
+    /// loaded once the blocks of the other layers advanced the cache past them. The window
+    /// never reaches the positions before, which the layer then does not hold.
+    fn load_window(
+        &mut self,
+        _layer: usize,
+        _keys: Array,
+        _values: Array,
+    ) -> Result<(), Exception> {
+        Err(Exception::custom("this KV cache cannot load a window"))
+    }
+    /// As `load_window`, for KV already quantized in this cache's format.
+    fn load_window_quantized(
+        &mut self,
+        _layer: usize,
+        _keys: Packed,
+        _values: Packed,
+    ) -> Result<(), Exception> {
+        Err(Exception::custom("this KV cache is not quantized"))
+    }
     /// As `load_layer`, for KV already quantized in this cache's format.
     fn load_layer_quantized(
         &mut self,
@@ -326,6 +347,17 @@ impl KvCache for DenseKvCache {
             slice_axis(k, 2, start - first, end - first)?,
             slice_axis(v, 2, start - first, end - first)?,
         )))
+    }
+
+    fn load_window(&mut self, layer: usize, keys: Array, values: Array) -> Result<(), Exception> {
+        let start = self.offset as i32 - keys.shape()[2];
+        // A buffer of its own that starts at the window (`store` writes at the offset).
+        self.layers[layer] = None;
+        self.first[layer] = start;
+        let offset = std::mem::replace(&mut self.offset, start as usize);
+        let stored = self.store(layer, &keys, &values, start, start);
+        self.offset = offset;
+        stored.map(|_| ())
     }
 
     fn num_layers(&self) -> usize {

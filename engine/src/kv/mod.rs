@@ -16,6 +16,14 @@
 //! snapshot too (its tail): the next turn of a conversation extends the prompt, so it finds
 //! a snapshot less than a block before where it diverges. A hit restores the blocks up to the
 //! nearest snapshot at or before the match, and that snapshot.
+//!
+//! Sliding-window layers (Gemma 3 and 4, gpt-oss) go the same way: a hit needs only the
+//! window of KV before where it ends, so the blocks hold the other layers and a snapshot
+//! holds the window. Snapshots then come every `WINDOW_SNAPSHOT_SPACING` windows at least,
+//! so that they cost at most a quarter of the windowed layers' KV: for Gemma 3 27B (52 of 62
+//! layers windowed, window 1,024) a cached position takes ~0.37 of the bytes it took in
+//! whole blocks, while a hit that ends between snapshots recomputes up to 4,096 positions
+//! more (a conversation's next turn finds its tail snapshot).
 
 pub mod block_pool;
 pub mod cache;
@@ -32,14 +40,14 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use block_pool::{BlockPool, PoolStats};
-use paged::{blocks_from_cache, fill_cache_from_blocks, KvBlock, KvLayout};
+use paged::{blocks_from_cache, fill_cache_from_blocks, stored_arrays, KvBlock, KvLayout};
 use prefix::{chain_hashes, chain_hashes_from, chain_root, snapshot_key, BlockHash, ModelIdentity};
-use snapshot::{StateLayout, StateSnapshot};
+use snapshot::{window_shapes, StateLayout, StateSnapshot};
 use ssd::SsdStore;
 
 use mlx_rs::Array;
 
-use crate::kv::cache::KvCache;
+use crate::kv::cache::{window_start, KvCache};
 use crate::metrics;
 
 /// Default positions per block. Measured with SmolLM2-135M on CPU (bench/cache_bench.py and
@@ -58,6 +66,11 @@ pub const DEFAULT_BLOCK_SIZE: usize = 32;
 /// positions, so halving the interval would more than double the prefix cache's memory per
 /// token.
 pub const DEFAULT_SNAPSHOT_INTERVAL: usize = 512;
+
+/// Sliding-window models: snapshots at least this many windows apart. A snapshot holds a
+/// window of the windowed layers' KV, so it costs `1 / WINDOW_SNAPSHOT_SPACING` of what the
+/// blocks between two snapshots would hold of those layers.
+pub const WINDOW_SNAPSHOT_SPACING: usize = 4;
 
 /// Prefix-cache settings of one model's engine.
 #[derive(Debug, Clone)]
@@ -192,14 +205,39 @@ impl PrefixProbe {
     }
 }
 
+/// The first position a windowed layer's snapshot at `at` holds: what a query at `at` sees
+/// before itself.
+fn window_from(at: usize, window: usize) -> usize {
+    window_start(at as i32, window as i32) as usize
+}
+
 /// The longest `j <= run` blocks that end at a snapshot (`has(j)`: block `j - 1` has one):
 /// at a multiple of the interval, or at the end of a prompt (its tail snapshot).
 fn restorable(run: usize, has: impl Fn(usize) -> bool) -> usize {
     (1..=run).rev().find(|&j| has(j)).unwrap_or(0)
 }
 
-/// Each linear layer's recurrent state, by layer index.
-type LayerStates = Vec<(usize, Vec<Array>)>;
+/// What a sequence's cache held at a snapshot boundary, by layer index.
+type LayerStates = Vec<(usize, Noted)>;
+
+/// One layer's part of a snapshot when noted.
+enum Noted {
+    /// A linear layer's recurrent state: the step's own (lazy) outputs.
+    State(Vec<Array>),
+    /// A windowed layer's window, copied out at once: a view would keep the cache's buffer
+    /// alive, and MLX would then copy the whole buffer at the next write instead of updating
+    /// it in place.
+    Window(StateSnapshot),
+}
+
+impl std::fmt::Debug for Noted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Noted::State(_) => "State",
+            Noted::Window(_) => "Window",
+        })
+    }
+}
 
 /// The blocks of one running sequence.
 #[derive(Debug, Default)]
@@ -224,11 +262,13 @@ pub struct PrefixCache {
     ssd: Option<Arc<SsdStore>>,
     probe: Arc<PrefixProbe>,
     failed_logged: bool,
-    /// Hybrid models: positions between snapshots (a multiple of the block size).
+    /// Hybrid and windowed models: positions between snapshots (a multiple of the block size).
     interval: Option<usize>,
-    /// The model's recurrent-state layout (empty for plain models): a snapshot of any other
-    /// is never restored.
-    states: Arc<StateLayout>,
+    /// The model's recurrent-state layout (empty for plain models): with the windows of
+    /// `windows`, what a snapshot must hold to be restored (`snapshot_layout`).
+    states: StateLayout,
+    /// The windowed layers and their windows, in layer order.
+    windows: Vec<(usize, usize)>,
     /// Snapshots in RAM by the hash of the block they end; their bytes are counted on that
     /// block in the pool, and they go when it is evicted.
     snapshots: HashMap<BlockHash, Arc<StateSnapshot>>,
@@ -241,17 +281,27 @@ pub struct PrefixCache {
 }
 
 impl PrefixCache {
+    /// `windows`: each cache layer's sliding window (`None`: full attention), for the layers
+    /// `layout` marks windowed (`KvLayout::with_windows`), whose KV goes into snapshots.
     pub fn new(
         model: String,
         identity: ModelIdentity,
         layout: KvLayout,
         states: StateLayout,
+        windows: &[Option<i32>],
         config: &KvConfig,
         probe: Arc<PrefixProbe>,
     ) -> Self {
         let b = layout.block_size;
-        let interval =
-            (layout.linear != 0).then(|| config.snapshot_interval.max(1).div_ceil(b) * b);
+        let windows: Vec<(usize, usize)> = windows
+            .iter()
+            .enumerate()
+            .filter(|&(l, _)| layout.is_windowed(l))
+            .filter_map(|(l, w)| Some((l, (*w)?.max(1) as usize)))
+            .collect();
+        let widest = windows.iter().map(|&(_, w)| w).max().unwrap_or(0);
+        let spacing = (config.snapshot_interval.max(1)).max(WINDOW_SNAPSHOT_SPACING * widest);
+        let interval = (layout.linear != 0 || !windows.is_empty()).then(|| spacing.div_ceil(b) * b);
         let ssd = config.ssd.clone();
         *probe.state.lock().unwrap() = Some(ProbeState {
             identity,
@@ -281,7 +331,8 @@ impl PrefixCache {
             probe,
             failed_logged: false,
             interval,
-            states: Arc::new(states),
+            states,
+            windows,
             snapshots: HashMap::new(),
             snapshot_warned: false,
             queries: 0,
@@ -296,6 +347,27 @@ impl PrefixCache {
 
     pub fn block_size(&self) -> usize {
         self.layout.block_size
+    }
+
+    /// The blocks' layout (windowed layers marked).
+    pub fn layout(&self) -> &KvLayout {
+        &self.layout
+    }
+
+    /// What a snapshot at position `at` holds: each linear layer's state and each windowed
+    /// layer's KV for the positions its window reaches back from `at`, in layer order.
+    fn snapshot_layout(&self, at: usize) -> StateLayout {
+        let mut all = self.states.clone();
+        for &(layer, window) in &self.windows {
+            all.extend(window_shapes(
+                &self.layout,
+                layer,
+                at - window_from(at, window),
+            ));
+        }
+        // Stable: a layer's arrays keep their order.
+        all.sort_by_key(|s| s.layer);
+        all
     }
 
     pub fn stats(&self) -> PoolStats {
@@ -324,7 +396,10 @@ impl PrefixCache {
         };
         let mut filled = fill_cache_from_blocks(cache, &found).map_err(|e| e.to_string());
         if let (Ok(()), Some(snap)) = (&filled, &snapshot) {
-            filled = snap.restore(&self.states, cache).map_err(|e| e.to_string());
+            let expected = self.snapshot_layout(found.len() * b);
+            filled = snap
+                .restore(&expected, &self.layout, cache)
+                .map_err(|e| e.to_string());
         }
         if let Err(e) = filled {
             // Never fatal: compute the whole prompt instead.
@@ -451,7 +526,7 @@ impl PrefixCache {
                     &hashes[k..j],
                     self.layout,
                     snapshot_key(hashes[j - 1]),
-                    self.states.clone(),
+                    Arc::new(self.snapshot_layout(j * self.layout.block_size)),
                 );
                 (read, snap.map(Arc::new))
             }
@@ -510,7 +585,7 @@ impl PrefixCache {
             let (at, states) = blocks.pending.remove(0);
             let h = blocks.chain[at / b - 1];
             if !self.snapshots.contains_key(&h) {
-                self.store_snapshot(h, states);
+                self.store_snapshot(h, at, states);
             }
         }
     }
@@ -533,8 +608,9 @@ impl PrefixCache {
     }
 
     /// Called right after a step was queued for the sequence: when it then stands at a
-    /// snapshot boundary, its recurrent state (the step's lazy outputs) is noted, to be
-    /// stored when `publish` has the block hashes up to there.
+    /// snapshot boundary, its recurrent state (the step's lazy outputs) and its windowed
+    /// layers' windows (copied out now) are noted, to be stored when `publish` has the block
+    /// hashes up to there.
     pub fn note_state(&self, cache: &mut dyn KvCache, blocks: &mut SeqBlocks) {
         let Some(iv) = self.interval else {
             return;
@@ -545,28 +621,66 @@ impl PrefixCache {
             return;
         }
         let mut states = Vec::new();
+        let mut windows = self.windows.iter().peekable();
         for layer in 0..self.layout.layers {
-            if !self.layout.is_linear(layer) {
-                continue;
-            }
-            // MLX arrays are immutable values: the cache replaces its state each step, so
-            // holding these is a copy of the state at this position.
-            match cache.state(layer) {
-                Some(s) => states.push((layer, s.clone())),
-                None => return,
+            if let Some(&(_, window)) = windows.next_if(|&&(l, _)| l == layer) {
+                match self.copy_window(cache, layer, at, window) {
+                    Ok(w) => states.push((layer, Noted::Window(w))),
+                    Err(e) => {
+                        tracing::warn!(model = %self.model, error = %e, "cannot copy a window of KV; not snapshotted");
+                        return;
+                    }
+                }
+            } else if self.layout.is_linear(layer) {
+                // MLX arrays are immutable values: the cache replaces its state each step, so
+                // holding these is a copy of the state at this position.
+                match cache.state(layer) {
+                    Some(s) => states.push((layer, Noted::State(s.clone()))),
+                    None => return,
+                }
             }
         }
         blocks.pending.push((at, states));
     }
 
-    fn store_snapshot(&mut self, h: BlockHash, states: LayerStates) {
+    /// Windowed `layer`'s KV that queries from `at` on can see, as host bytes.
+    fn copy_window(
+        &self,
+        cache: &dyn KvCache,
+        layer: usize,
+        at: usize,
+        window: usize,
+    ) -> Result<StateSnapshot, snapshot::SnapshotError> {
+        let from = window_from(at, window) as i32;
+        let mut out = StateSnapshot::default();
+        for a in stored_arrays(cache, &self.layout, layer, from, at as i32)? {
+            out.push(layer, &a)?;
+        }
+        Ok(out)
+    }
+
+    fn store_snapshot(&mut self, h: BlockHash, at: usize, states: LayerStates) {
         let started = std::time::Instant::now();
-        let snap = match StateSnapshot::from_states(&states) {
-            Ok(s) if s.layout == *self.states => Arc::new(s),
+        let mut built = StateSnapshot::default();
+        let mut pushed = Ok(());
+        for (layer, noted) in states {
+            match noted {
+                Noted::Window(w) => built.append(w),
+                Noted::State(arrays) => {
+                    pushed = arrays.iter().try_for_each(|a| built.push(layer, a));
+                    if pushed.is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+        let want = self.snapshot_layout(at);
+        let snap = match pushed.map(|()| built) {
+            Ok(s) if s.layout == want => Arc::new(s),
             Ok(s) => {
                 if !self.snapshot_warned {
                     self.snapshot_warned = true;
-                    tracing::warn!(model = %self.model, got = ?s.layout, want = ?self.states, "recurrent state not shaped as the model's; not snapshotted");
+                    tracing::warn!(model = %self.model, got = ?s.layout, want = ?want, "recurrent state not shaped as the model's; not snapshotted");
                 }
                 return;
             }
@@ -698,7 +812,159 @@ impl PrefixCache {
 
 #[cfg(test)]
 mod tests {
-    use super::restorable;
+    use super::*;
+    use crate::kv::cache::DenseKvCache;
+    use crate::kv::quant::{KvQuant, Packed, QuantizedKvCache};
+    use crate::kv::slots::SharedSlots;
+    use mlx_rs::Dtype;
+
+    const WINDOW: i32 = 6;
+    const DIM: i32 = 32;
+
+    /// Layer `layer`'s keys for positions `start..start + n` (values are their negation):
+    /// `[1, 2, n, DIM]`, each position's numbers its own.
+    fn keys(layer: usize, start: i32, n: i32) -> Array {
+        let v: Vec<f32> = (start..start + n)
+            .flat_map(|p| {
+                (0..2 * DIM).map(move |i| ((p * 7 + i + 5 * layer as i32) % 17) as f32 / 4.0 - 2.0)
+            })
+            .collect();
+        let a = Array::from_slice(&v, &[n, 2, DIM]);
+        a.transpose_axes(&[1, 0, 2])
+            .unwrap()
+            .reshape(&[1, 2, n, DIM])
+            .unwrap()
+    }
+
+    fn floats(a: &Array) -> Vec<f32> {
+        let a = a.as_dtype(Dtype::Float32).unwrap();
+        a.contiguous().unwrap().as_slice::<f32>().to_vec()
+    }
+
+    /// What a cache in `quant`'s format gives back for `keys`.
+    fn stored(keys: &Array, quant: Option<KvQuant>) -> Vec<f32> {
+        match quant {
+            None => floats(keys),
+            Some(q) => floats(&Packed::quantize(keys, q).unwrap().dequantize(q).unwrap()),
+        }
+    }
+
+    /// Prefills `tokens` into `cache` in chunks of 5 (stopping at snapshot boundaries, as the
+    /// scheduler does): layer 0 attends to everything, layer 1 through a window.
+    fn prefill(prefix: &mut PrefixCache, cache: &mut dyn KvCache, tokens: &[u32]) -> SeqBlocks {
+        let mut blocks = SeqBlocks::default();
+        assert_eq!(prefix.admit(tokens, cache, &mut blocks), 0);
+        while cache.offset() < tokens.len() {
+            let at = cache.offset();
+            let n = (tokens.len() - at)
+                .min(5)
+                .min(prefix.prefill_limit(at, &blocks)) as i32;
+            let (k0, k1) = (keys(0, at as i32, n), keys(1, at as i32, n));
+            cache
+                .update_and_fetch(0, k0.clone(), k0.negative().unwrap())
+                .unwrap();
+            let v1 = k1.negative().unwrap();
+            cache.update_and_fetch_window(1, k1, v1, WINDOW).unwrap();
+            cache.advance(n as usize);
+            prefix.note_state(cache, &mut blocks);
+            prefix.publish(tokens, cache, &mut blocks);
+        }
+        blocks
+    }
+
+    /// A windowed layer's KV stays out of the blocks: a hit restores the other layers from
+    /// blocks and the window before the snapshot it ends at from that snapshot, into every
+    /// kind of cache (its own, a slot pool's; float and quantized), and then holds exactly
+    /// what a cold run held there.
+    #[test]
+    fn windowed_layers_come_back_from_snapshots_not_blocks() {
+        let q = KvQuant::new(8, 32).unwrap();
+        for quant in [None, Some(q)] {
+            let fresh = |slot: bool| -> Box<dyn KvCache> {
+                match (slot, quant) {
+                    (true, _) => Box::new(SharedSlots::new(2).quantized(quant).acquire()),
+                    (false, None) => Box::new(DenseKvCache::new(2)),
+                    (false, Some(q)) => Box::new(QuantizedKvCache::new(2, q)),
+                }
+            };
+            let mut source = fresh(false);
+            let mut probe = fresh(false);
+            prefill_probe(probe.as_mut());
+            let layout = paged::layout_of(probe.as_ref(), 4)
+                .unwrap()
+                .with_windows(&[None, Some(WINDOW)]);
+            assert_eq!(layout.windowed, 0b10);
+            assert_eq!(layout.block_layers().collect::<Vec<_>>(), vec![0]);
+            let config = KvConfig {
+                block_size: 4,
+                ram_bytes: 1 << 22,
+                // Below WINDOW_SNAPSHOT_SPACING windows: the windows set the interval.
+                snapshot_interval: 8,
+                ..KvConfig::default()
+            };
+            let identity = ModelIdentity::from_parts([b"windowed".as_slice()]);
+            let probe = Arc::new(PrefixProbe::default());
+            let windows = [None, Some(WINDOW)];
+            let mut prefix = PrefixCache::new(
+                "t".into(),
+                identity,
+                layout,
+                Vec::new(),
+                &windows,
+                &config,
+                probe,
+            );
+            assert_eq!(prefix.interval, Some(24));
+            let tokens: Vec<u32> = (0..41).collect();
+            let mut blocks = prefill(&mut prefix, source.as_mut(), &tokens);
+            prefix.release(&mut blocks);
+
+            // The same prompt: its tail snapshot (40); a prompt that leaves it at 30: the
+            // interval's (24).
+            let mut other = tokens[..30].to_vec();
+            other.extend([900, 901, 902]);
+            for (prompt, hit) in [(&tokens, 40), (&other, 24)] {
+                for slot in [false, true] {
+                    let mut target = fresh(slot);
+                    let mut blocks = SeqBlocks::default();
+                    assert_eq!(prefix.admit(prompt, target.as_mut(), &mut blocks), hit);
+                    assert_eq!(target.offset(), hit);
+                    let (k, v) = target.range(0, 0, hit as i32).unwrap().unwrap();
+                    assert_eq!(floats(&k), stored(&keys(0, 0, hit as i32), quant));
+                    assert_eq!(
+                        floats(&v),
+                        stored(&keys(0, 0, hit as i32).negative().unwrap(), quant)
+                    );
+                    let from = hit as i32 + 1 - WINDOW;
+                    let (k, v) = target.range(1, from, hit as i32).unwrap().unwrap();
+                    let want = keys(1, from, WINDOW - 1);
+                    assert_eq!(floats(&k), stored(&want, quant), "{quant:?} slot {slot}");
+                    assert_eq!(floats(&v), stored(&want.negative().unwrap(), quant));
+                    // Attention from there on sees the window the cold run saw.
+                    let (k, _) = target
+                        .update_and_fetch_window(
+                            1,
+                            keys(1, hit as i32, 1),
+                            keys(1, hit as i32, 1),
+                            WINDOW,
+                        )
+                        .unwrap();
+                    let want = keys(1, from, WINDOW);
+                    assert_eq!(floats(&k), stored(&want, quant));
+                    prefix.release(&mut blocks);
+                }
+            }
+        }
+    }
+
+    /// Two positions in both layers: enough for `layout_of`.
+    fn prefill_probe(cache: &mut dyn KvCache) {
+        for layer in 0..2 {
+            let k = keys(layer, 0, 2);
+            cache.update_and_fetch(layer, k.clone(), k).unwrap();
+        }
+        cache.advance(2);
+    }
 
     #[test]
     fn a_hybrid_hit_stops_at_the_nearest_snapshot_at_or_before_the_match() {

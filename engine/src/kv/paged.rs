@@ -36,6 +36,11 @@ pub struct KvLayout {
     pub wide: u128,
     /// The second shape, `(kv_heads, head_dim)` (`(0, 0)`: none).
     pub wide_shape: (usize, usize),
+    /// Sliding-window layers (bit `i`: layer `i`; 0 when none). Their KV is not in the
+    /// blocks: a hit needs only the window before where it ends, which the snapshot there
+    /// holds (Gemma 3's five windowed layers of six would otherwise fill the blocks with KV
+    /// that no query past the window reads again).
+    pub windowed: u128,
     /// KV stored quantized (`kv_bits`): each of K and V is three arrays, the packed words
     /// (`uint32`) and the scales and biases (in `dtype`), as the cache holds them.
     pub quant: Option<KvQuant>,
@@ -43,9 +48,9 @@ pub struct KvLayout {
 
 /// One array a layer's K (or V) is stored as: `[kv_heads, block_size, last]` of `dtype`.
 #[derive(Debug, Clone, Copy)]
-struct Part {
-    last: usize,
-    dtype: Dtype,
+pub(crate) struct Part {
+    pub last: usize,
+    pub dtype: Dtype,
     /// Bytes per element of `dtype`.
     size: usize,
 }
@@ -63,12 +68,15 @@ pub enum KvDtype {
     F32 = 1,
     F16 = 2,
     Bf16 = 3,
+    /// Packed words of quantized KV (in snapshots of windowed layers; blocks hold floats'
+    /// dtype in their header).
+    U32 = 4,
 }
 
 impl KvDtype {
     pub fn size(self) -> usize {
         match self {
-            KvDtype::F32 => 4,
+            KvDtype::F32 | KvDtype::U32 => 4,
             KvDtype::F16 | KvDtype::Bf16 => 2,
         }
     }
@@ -78,6 +86,7 @@ impl KvDtype {
             1 => Some(KvDtype::F32),
             2 => Some(KvDtype::F16),
             3 => Some(KvDtype::Bf16),
+            4 => Some(KvDtype::U32),
             _ => None,
         }
     }
@@ -87,6 +96,7 @@ impl KvDtype {
             Dtype::Float32 => Some(KvDtype::F32),
             Dtype::Float16 => Some(KvDtype::F16),
             Dtype::Bfloat16 => Some(KvDtype::Bf16),
+            Dtype::Uint32 => Some(KvDtype::U32),
             _ => None,
         }
     }
@@ -96,6 +106,7 @@ impl KvDtype {
             KvDtype::F32 => Dtype::Float32,
             KvDtype::F16 => Dtype::Float16,
             KvDtype::Bf16 => Dtype::Bfloat16,
+            KvDtype::U32 => Dtype::Uint32,
         }
     }
 }
@@ -112,7 +123,7 @@ impl KvLayout {
 
     /// The arrays one of `layer`'s K or V is stored as: the floats, or (quantized) the
     /// packed words, scales and biases.
-    fn parts(&self, layer: usize) -> Vec<Part> {
+    pub(crate) fn parts(&self, layer: usize) -> Vec<Part> {
         let (_, dim) = self.shape(layer);
         let (float, size) = (self.dtype.to_mlx(), self.dtype.size());
         match self.quant {
@@ -148,9 +159,9 @@ impl KvLayout {
         heads * row
     }
 
-    /// Bytes of a whole block: every KV layer's K then V.
+    /// Bytes of a whole block: every block layer's K then V.
     pub fn block_bytes(&self) -> usize {
-        self.kv_layers().map(|l| 2 * self.tensor_bytes(l)).sum()
+        self.block_layers().map(|l| 2 * self.tensor_bytes(l)).sum()
     }
 
     /// Whether `layer` keeps recurrent state rather than KV.
@@ -158,9 +169,25 @@ impl KvLayout {
         layer < 128 && self.linear & (1u128 << layer) != 0
     }
 
-    /// The layers whose KV the blocks hold, in order.
-    pub fn kv_layers(&self) -> impl Iterator<Item = usize> + '_ {
-        (0..self.layers).filter(|&l| !self.is_linear(l))
+    /// Whether `layer` attends through a sliding window (its KV is in snapshots, not blocks).
+    pub fn is_windowed(&self, layer: usize) -> bool {
+        layer < 128 && self.windowed & (1u128 << layer) != 0
+    }
+
+    /// `self` with the layers `windows` gives a sliding window (each cache layer's, `None`:
+    /// full attention) marked windowed, linear ones excepted.
+    pub fn with_windows(mut self, windows: &[Option<i32>]) -> Self {
+        for (layer, window) in windows.iter().enumerate() {
+            if window.is_some() && layer < 128 && !self.is_linear(layer) {
+                self.windowed |= 1u128 << layer;
+            }
+        }
+        self
+    }
+
+    /// The layers whose KV the blocks hold, in order: neither linear nor windowed.
+    pub fn block_layers(&self) -> impl Iterator<Item = usize> + '_ {
+        (0..self.layers).filter(|&l| !self.is_linear(l) && !self.is_windowed(l))
     }
 }
 
@@ -236,6 +263,8 @@ pub fn layout_of(cache: &dyn KvCache, block_size: usize) -> Result<KvLayout, Pag
         dtype: KvDtype::from_mlx(dtype).ok_or(PagedError::UnsupportedDtype(dtype))?,
         wide,
         wide_shape: second.map_or((0, 0), usize_pair),
+        // Known from the model, not from a cache (the caller sets it).
+        windowed: 0,
         quant: cache.quantized(),
     })
 }
@@ -265,7 +294,7 @@ pub(crate) fn host_bytes(a: &Array) -> Result<Vec<u8>, PagedError> {
 }
 
 /// `layer`'s K then V arrays (each `[1, heads, end - start, last]`) as `layout` stores them.
-fn stored_arrays(
+pub(crate) fn stored_arrays(
     cache: &dyn KvCache,
     layout: &KvLayout,
     layer: usize,
@@ -298,7 +327,7 @@ pub fn blocks_from_cache(
             data: Vec::with_capacity(layout.block_bytes()),
         })
         .collect();
-    for layer in layout.kv_layers() {
+    for layer in layout.block_layers() {
         let (heads, _) = layout.shape(layer);
         let parts = layout.parts(layer);
         let arrays = stored_arrays(cache, layout, layer, start, end)?;
@@ -332,7 +361,7 @@ pub fn fill_cache_from_blocks<B: std::ops::Deref<Target = KvBlock>>(
     let count = blocks.len();
     // Where the current array starts in each block.
     let mut base = 0;
-    for layer in layout.kv_layers() {
+    for layer in layout.block_layers() {
         let (heads, _) = layout.shape(layer);
         let parts = layout.parts(layer);
         let mut arrays = Vec::with_capacity(2 * parts.len());

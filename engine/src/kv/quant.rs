@@ -94,6 +94,19 @@ impl Packed {
         self.map(|a| Ok(slice_axis(a, 2, start, end)?))
     }
 
+    /// `self` after `n` positions of zeros (which dequantize to zeros): a window restored into
+    /// a cache that keeps every position from 0.
+    pub fn after_zeros(&self, n: i32) -> Result<Self, Exception> {
+        if n <= 0 {
+            return self.map(|a| Ok(a.clone()));
+        }
+        self.map(|a| {
+            let s = a.shape();
+            let zeros = zeros_dtype(&[s[0], s[1], n, s[3]], a.dtype())?;
+            concatenate(&[zeros, a.clone()], 2)
+        })
+    }
+
     /// Back to floats (the scales' dtype).
     pub fn dequantize(&self, q: KvQuant) -> Result<Array, Exception> {
         Ok(dequantize(
@@ -302,6 +315,22 @@ impl KvCache for QuantizedKvCache {
         values: Packed,
     ) -> Result<(), Exception> {
         self.store_packed(layer, (keys, values)).map(|_| ())
+    }
+
+    /// Every position is kept here: those before the window are zeros, never read.
+    fn load_window_quantized(
+        &mut self,
+        layer: usize,
+        keys: Packed,
+        values: Packed,
+    ) -> Result<(), Exception> {
+        let start = self.offset as i32 - keys.w.shape()[2];
+        let whole = (keys.after_zeros(start)?, values.after_zeros(start)?);
+        self.layers[layer] = None;
+        let offset = std::mem::replace(&mut self.offset, 0);
+        let stored = self.store_packed(layer, whole);
+        self.offset = offset;
+        stored.map(|_| ())
     }
 
     fn num_layers(&self) -> usize {

@@ -630,6 +630,31 @@ impl KvCache for SlotKvCache {
         pool.write_quantized(layer, self.slot, offset, keys, values)
     }
 
+    fn load_window(&mut self, layer: usize, keys: Array, values: Array) -> Result<(), Exception> {
+        if self.quant().is_some() {
+            return Err(Exception::custom("this slot pool's KV is quantized"));
+        }
+        let start = self.offset as i32 - keys.shape()[2];
+        let mut pool = self.pool.lock();
+        // The row starts at the window (it held another sequence's positions before).
+        pool.first[layer][self.slot] = start;
+        pool.write(layer, self.slot, start, &keys, &values, None)
+    }
+
+    /// A quantized pool keeps every position: those before the window are zeros, never read.
+    fn load_window_quantized(
+        &mut self,
+        layer: usize,
+        keys: Packed,
+        values: Packed,
+    ) -> Result<(), Exception> {
+        self.quantized_or_err()?;
+        let start = self.offset as i32 - keys.w.shape()[2];
+        let (keys, values) = (keys.after_zeros(start)?, values.after_zeros(start)?);
+        let mut pool = self.pool.lock();
+        pool.write_quantized(layer, self.slot, 0, keys, values)
+    }
+
     fn num_layers(&self) -> usize {
         self.pool.lock().layers.len()
     }

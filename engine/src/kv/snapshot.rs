@@ -1,5 +1,7 @@
-//! A hybrid model's recurrent state at a snapshot boundary, as host bytes: what the RAM tier
-//! keeps beside the block that ends there and what the SSD tier writes to a file.
+//! What a prefix hit needs beside the blocks, at a snapshot boundary, as host bytes: a hybrid
+//! model's recurrent state, and the window of KV before the boundary of sliding-window layers
+//! (whose KV the blocks do not hold). The RAM tier keeps it beside the block that ends there
+//! and the SSD tier writes it to a file.
 //!
 //! Host bytes rather than MLX arrays for the same reasons as KV blocks (`paged`): the SSD
 //! writer is another thread (MLX streams are per thread), the size is exact, and no chunk's
@@ -14,7 +16,8 @@ use mlx_rs::error::Exception;
 use mlx_rs::Array;
 
 use super::cache::KvCache;
-use super::paged::{host_bytes, KvDtype, PagedError};
+use super::paged::{host_bytes, KvDtype, KvLayout, PagedError};
+use super::quant::Packed;
 
 /// One state array's place and form: its layer, dtype and shape.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,8 +40,25 @@ impl StateShape {
 /// Every state array of one sequence, in layer order, then in the order the layer keeps them.
 pub type StateLayout = Vec<StateShape>;
 
-/// The recurrent state of every linear layer of one sequence after some prefix.
-#[derive(Debug, Clone, PartialEq)]
+/// The shapes a windowed `layer`'s KV takes in a snapshot holding `positions` positions: K's
+/// stored arrays then V's, each `[1, kv_heads, positions, last]` (as the blocks store them).
+pub fn window_shapes(layout: &KvLayout, layer: usize, positions: usize) -> Vec<StateShape> {
+    let (heads, _) = layout.shape(layer);
+    let parts = layout.parts(layer);
+    parts
+        .iter()
+        .chain(parts.iter())
+        .map(|p| StateShape {
+            layer,
+            dtype: KvDtype::from_mlx(p.dtype).expect("blocks store floats and packed words"),
+            shape: vec![1, heads as i32, positions as i32, p.last as i32],
+        })
+        .collect()
+}
+
+/// The recurrent state of every linear layer, and the window of every sliding-window layer,
+/// of one sequence after some prefix.
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct StateSnapshot {
     pub layout: StateLayout,
     /// The arrays' bytes, one after another in `layout`'s order.
@@ -87,21 +107,31 @@ pub fn state_layout(
 impl StateSnapshot {
     /// Copies the states (`(layer, arrays)`) to host bytes, evaluating them.
     pub fn from_states(states: &[(usize, Vec<Array>)]) -> Result<Self, SnapshotError> {
-        let mut layout = Vec::new();
-        let mut data = Vec::new();
+        let mut snap = Self::default();
         for (layer, arrays) in states {
             for a in arrays {
-                let dtype =
-                    KvDtype::from_mlx(a.dtype()).ok_or(PagedError::UnsupportedDtype(a.dtype()))?;
-                data.extend_from_slice(&host_bytes(a)?);
-                layout.push(StateShape {
-                    layer: *layer,
-                    dtype,
-                    shape: a.shape().to_vec(),
-                });
+                snap.push(*layer, a)?;
             }
         }
-        Ok(Self { layout, data })
+        Ok(snap)
+    }
+
+    /// Appends `a` (one of `layer`'s arrays) as host bytes, evaluating it.
+    pub fn push(&mut self, layer: usize, a: &Array) -> Result<(), SnapshotError> {
+        let dtype = KvDtype::from_mlx(a.dtype()).ok_or(PagedError::UnsupportedDtype(a.dtype()))?;
+        self.data.extend_from_slice(&host_bytes(a)?);
+        self.layout.push(StateShape {
+            layer,
+            dtype,
+            shape: a.shape().to_vec(),
+        });
+        Ok(())
+    }
+
+    /// Appends every array of `other`.
+    pub fn append(&mut self, other: StateSnapshot) {
+        self.layout.extend(other.layout);
+        self.data.extend(other.data);
     }
 
     /// Bytes held (what the RAM tier counts).
@@ -114,10 +144,13 @@ impl StateSnapshot {
         self.layout.iter().map(StateShape::bytes).sum::<usize>() == self.data.len()
     }
 
-    /// Puts the state into `cache`'s linear layers, when its layout is exactly `expected`.
+    /// Puts the state into `cache`'s linear layers and the windows into its windowed layers
+    /// (`blocks` says which layers those are; the cache stands at the snapshot's boundary),
+    /// when its layout is exactly `expected`.
     pub fn restore(
         &self,
         expected: &StateLayout,
+        blocks: &KvLayout,
         cache: &mut dyn KvCache,
     ) -> Result<(), SnapshotError> {
         if &self.layout != expected || !self.consistent() {
@@ -149,7 +182,19 @@ impl StateSnapshot {
             }
         }
         for (layer, arrays) in by_layer {
-            *cache.state(layer) = Some(arrays);
+            if !blocks.is_windowed(layer) {
+                *cache.state(layer) = Some(arrays);
+                continue;
+            }
+            let mut it = arrays.into_iter();
+            if blocks.quant.is_some() {
+                let mut packed = || Packed::from_parts([(); 3].map(|_| it.next().expect("part")));
+                let (k, v) = (packed(), packed());
+                cache.load_window_quantized(layer, k, v)?;
+            } else {
+                let (k, v) = (it.next().expect("keys"), it.next().expect("values"));
+                cache.load_window(layer, k, v)?;
+            }
         }
         Ok(())
     }
@@ -181,8 +226,21 @@ mod tests {
         let layout = state_layout(&mut source, [1].into_iter()).unwrap();
         assert_eq!(snap.layout, layout);
 
+        // Blocks of a model with no windowed layer.
+        let blocks = KvLayout {
+            layers: 3,
+            kv_heads: 1,
+            head_dim: 2,
+            block_size: 2,
+            dtype: KvDtype::F32,
+            linear: 0b10,
+            wide: 0,
+            wide_shape: (0, 0),
+            windowed: 0,
+            quant: None,
+        };
         let mut target = DenseKvCache::new(3);
-        snap.restore(&layout, &mut target).unwrap();
+        snap.restore(&layout, &blocks, &mut target).unwrap();
         let got = target.state(1).clone().unwrap();
         assert_eq!(got[0].dtype(), Dtype::Bfloat16);
         assert_eq!(floats(&got[0]), floats(&conv));
@@ -192,13 +250,13 @@ mod tests {
         let mut other = layout.clone();
         other[0].layer = 2;
         let mut fresh = DenseKvCache::new(3);
-        assert!(snap.restore(&other, &mut fresh).is_err());
+        assert!(snap.restore(&other, &blocks, &mut fresh).is_err());
         let mut other = layout.clone();
         other[1].dtype = KvDtype::F16;
-        assert!(snap.restore(&other, &mut fresh).is_err());
+        assert!(snap.restore(&other, &blocks, &mut fresh).is_err());
         let mut other = layout;
         other[1].shape = vec![1, 2, 1, 2];
-        assert!(snap.restore(&other, &mut fresh).is_err());
+        assert!(snap.restore(&other, &blocks, &mut fresh).is_err());
         assert!(fresh.state(1).is_none() && fresh.state(2).is_none());
     }
 }

@@ -26,6 +26,10 @@ pub trait SelfAttention: Send + Sized {
         batch: &mut [BatchSeq<'_>],
         layer: usize,
     ) -> Result<Array, Exception>;
+    /// The sliding window this attention sees (`None`: every position).
+    fn window(&self) -> Option<i32> {
+        None
+    }
 }
 
 /// A block's feed-forward layer (`x`: `[1, N, hidden]`, every sequence of the batch).
@@ -193,6 +197,10 @@ impl<A: SelfAttention> LanguageModel for Decoder<A> {
 
     fn num_layers(&self) -> usize {
         self.layers.len()
+    }
+
+    fn kv_windows(&self) -> Vec<Option<i32>> {
+        self.layers.iter().map(|l| l.self_attn.window()).collect()
     }
 
     fn hidden_states(

@@ -331,4 +331,8 @@ impl LanguageModel for Model {
     fn num_layers(&self) -> usize {
         self.layers.len()
     }
+
+    fn kv_windows(&self) -> Vec<Option<i32>> {
+        self.layers.iter().map(|l| l.self_attn.window).collect()
+    }
 }

@@ -660,4 +660,9 @@ impl LanguageModel for Model {
     fn num_layers(&self) -> usize {
         self.cache_layers
     }
+
+    fn kv_windows(&self) -> Vec<Option<i32>> {
+        let own = self.layers.iter().take(self.cache_layers);
+        own.map(|l| l.self_attn.window).collect()
+    }
 }

@@ -121,6 +121,10 @@ impl SelfAttention for AttentionBlock {
         let out = attend_with(&q, &k, &v, batch, layer, &self.rope, self.sm_scale, extras)?;
         self.o_proj.forward(&out)
     }
+
+    fn window(&self) -> Option<i32> {
+        self.window
+    }
 }
 
 pub fn load(

@@ -116,6 +116,12 @@ pub trait LanguageModel: Send {
     fn has_recurrent_state(&self) -> bool {
         false
     }
+    /// Each cache layer's sliding window (`None`: it attends to every position), for the
+    /// prefix cache: windowed layers' KV is kept beside snapshots, not in the blocks. Empty:
+    /// no layer is windowed.
+    fn kv_windows(&self) -> Vec<Option<i32>> {
+        Vec::new()
+    }
 }
 
 /// The fields of `config.json` the supported architectures read (mlx-lm's `ModelArgs`).

@@ -230,12 +230,13 @@ pub(super) fn decode(
         kv_heads: u32_at(68) as usize,
         head_dim: u32_at(72) as usize,
         block_size: u32_at(76) as usize,
-        // Which layers are linear, and which have the second head shape, is in the model
-        // identity (and the expected layout); the file holds the KV layers only, which the
-        // length check below covers.
+        // Which layers are linear or windowed, and which have the second head shape, is in
+        // the model identity (and the expected layout); the file holds the block layers only,
+        // which the length check below covers.
         linear: layout.linear,
         wide: layout.wide,
         wide_shape: layout.wide_shape,
+        windowed: layout.windowed,
     };
     let len = u64::from_le_bytes(bytes[80..88].try_into().expect("8 bytes")) as usize;
     if stored != *layout || len != layout.block_bytes() || HEADER_BYTES + len != body.len() {

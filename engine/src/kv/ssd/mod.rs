@@ -652,6 +652,7 @@ mod tests {
             linear: 0,
             wide: 0,
             wide_shape: (0, 0),
+            windowed: 0,
             quant: None,
         }
     }
