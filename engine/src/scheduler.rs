@@ -26,7 +26,7 @@ use tokio::sync::mpsc;
 
 use crate::core::{Event, FinishReason, SamplingParams, Timings, TokenLogprob, Usage};
 use crate::kv::cache::{DenseKvCache, KvCache};
-use crate::kv::cost::{self, KvCost};
+use crate::kv::cost::KvCost;
 use crate::kv::paged::layout_of;
 use crate::kv::prefix::ModelIdentity;
 use crate::kv::quant::{KvQuant, QuantizedKvCache};
@@ -86,14 +86,6 @@ pub struct SchedulerConfig {
     /// sequences' own caches alike; prefix-cache blocks hold the same format, so a hit
     /// restores the bits a cold run computes.
     pub kv_quant: Option<KvQuant>,
-}
-
-impl SchedulerConfig {
-    /// Positions behind the newest that windowed layers keep beyond their window (they
-    /// forget what their window no longer sees once the prefix cache has copied it out).
-    pub fn reach_back(&self) -> usize {
-        cost::reach_back(self.prefill_chunk, self.kv.block_size)
-    }
 }
 
 impl Default for SchedulerConfig {
@@ -339,9 +331,7 @@ impl Engine {
         stats: Arc<EngineStats>,
     ) -> Self {
         let eos = tokenizer.eos_token_ids().to_vec();
-        let slots = SharedSlots::new(model.num_layers())
-            .reaching_back(config.reach_back())
-            .quantized(config.kv_quant);
+        let slots = SharedSlots::new(model.num_layers()).quantized(config.kv_quant);
         let prefix = build_prefix_cache(&model_id, model.as_ref(), &config, &stats);
         let prefix = match prefix {
             Ok(p) => p,
@@ -541,7 +531,7 @@ impl Engine {
             Box::new(QuantizedKvCache::new(self.model.num_layers(), quant))
         } else {
             let layers = self.model.num_layers();
-            Box::new(DenseKvCache::new(layers).reaching_back(self.config.reach_back()))
+            Box::new(DenseKvCache::new(layers))
         };
         seq.prefilled = match self.prefix.as_mut() {
             Some(p) => p.admit(&seq.tokens, seq.cache.as_mut(), &mut seq.blocks),

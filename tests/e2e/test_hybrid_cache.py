@@ -9,7 +9,12 @@ Every output is compared with the same prompt's tokens from a daemon without a p
 after a restart and a partial match ending between snapshots give them exactly; `kill -9`
 while snapshots are written never leaves a damaged file nor serves a bad state; and a
 snapshot shaped for another layer layout (another model's, made to pass every other check)
-is rejected, never restored."""
+is rejected, never restored.
+
+A sliding-window model (Gemma 3) goes the same way: its blocks hold only the full-attention
+layers' KV (the files' payloads say so), and the windowed layers' KV before each snapshot
+boundary is in the snapshot, so RAM hits, SSD hits after a restart and a partial match give the
+cold tokens there too."""
 
 import os
 import random
@@ -31,6 +36,10 @@ from test_hybrid import SNAPSHOT
 
 NEXT = "rand-qwen3next-bf16-q4"  # linear layers 0 and 2
 NEXT_WIDE = "rand-qwen3next-deep-linear"  # linear layers 0, 1 and 2: another layout
+# Layers 0 and 2 windowed (16 positions: snapshots every 4 windows, SNAPSHOT), 1 and 3 full.
+GEMMA = "rand-gemma3-bf16-q4"
+# A block file's payload for GEMMA: the two full layers' K and V, 2 heads x BLOCK x 32 in bf16.
+GEMMA_BLOCK_BYTES = 2 * 2 * 2 * BLOCK * 32 * 2
 ENV = {"WUWEI_ACTIVATIONS": "checkpoint", "WUWEI_KV_SNAPSHOT_INTERVAL": str(SNAPSHOT)}
 
 SHARED = _text("hybrid-partial", 8)  # ends between two snapshots (checked below)
@@ -45,8 +54,11 @@ def models(tmp_path_factory):
     root = tmp_path_factory.mktemp("hybrid-cache-models")
     tokenizer = Path(os.environ["WUWEI_TEST_MODELS"]) / "SmolLM2-135M-Instruct"
     script = REPO_ROOT / "tests/reference/make_random_model.py"
-    for name, extra in [(NEXT, []), (NEXT_WIDE, ["--set", "full_attention_interval=4"])]:
-        subprocess.run([sys.executable, str(script), "qwen3_next", str(root / name), "--dtype",
+    made = [("qwen3_next", NEXT, []),
+            ("qwen3_next", NEXT_WIDE, ["--set", "full_attention_interval=4"]),
+            ("gemma3_text", GEMMA, [])]
+    for arch, name, extra in made:
+        subprocess.run([sys.executable, str(script), arch, str(root / name), "--dtype",
                         "bfloat16", "--bits", "4", "--group-size", "32",
                         "--tokenizer", str(tokenizer), *extra], check=True)
     return root
@@ -56,6 +68,7 @@ def models(tmp_path_factory):
 def cold(models, tmp_path_factory):
     """Greedy tokens of every checked (model, prompt) from a daemon without a prefix cache."""
     wanted = [(NEXT, p) for p in (LONG, OTHER, CHECK, LAYOUT)] + [(NEXT_WIDE, LAYOUT)]
+    wanted += [(GEMMA, p) for p in (LONG, OTHER)]
     env = dict(ENV, WUWEI_KV_CACHE="0")
     with running_daemon(tmp_path_factory.mktemp("hybrid-cold"), env, models=models) as url:
         return {(m, p): _complete(url, m, p)[0] for m, p in wanted}
@@ -111,38 +124,43 @@ def _snap_intact(path):
     return zlib.crc32(data[:-4]) == int.from_bytes(data[-4:], "little")
 
 
-def test_ram_and_ssd_hits_and_a_partial_match_give_the_cold_tokens(models, cold, tmp_path):
+@pytest.mark.parametrize("model", [NEXT, GEMMA])
+def test_ram_and_ssd_hits_and_a_partial_match_give_the_cold_tokens(models, cold, tmp_path, model):
     shared = _tokens(models, SHARED)
     # The shared prefix ends between snapshots, past the first one.
     assert SNAPSHOT < shared and shared % SNAPSHOT >= 32, shared
     kv = tmp_path / "kv"
     env = dict(ENV, WUWEI_KV_SSD_DIR=str(kv))
     with running_daemon(_fresh(tmp_path / "one"), env, models=models) as url:
-        tokens, usage, _ = _complete(url, NEXT, LONG)
-        assert _cached_of(usage) == 0 and tokens == cold[(NEXT, LONG)]
+        tokens, usage, _ = _complete(url, model, LONG)
+        assert _cached_of(usage) == 0 and tokens == cold[(model, LONG)]
         n = usage["prompt_tokens"]
         assert _full_hit(n) >= 2 * SNAPSHOT, n
-        tokens, usage, _ = _complete(url, NEXT, LONG)
+        tokens, usage, _ = _complete(url, model, LONG)
         assert _cached_of(usage) == _full_hit(n), usage
-        assert tokens == cold[(NEXT, LONG)], "a RAM hit changed the output"
+        assert tokens == cold[(model, LONG)], "a RAM hit changed the output"
         _settled(url, kv)
     snaps = sorted(kv.rglob("*.snap"))
     # One snapshot per interval the sequence crossed, and the prompt's tail.
     assert len(snaps) >= _full_hit(n) // SNAPSHOT + 1, snaps
     assert all(_snap_intact(p) for p in snaps)
+    if model == GEMMA:
+        # The windowed layers' KV is in the snapshots only.
+        payloads = {int.from_bytes(p.read_bytes()[80:88], "little") for p in kv.rglob("*.kv")}
+        assert payloads == {GEMMA_BLOCK_BYTES}, payloads
 
     with running_daemon(_fresh(tmp_path / "two"), env, models=models) as url:
         _wait_scan(url)
-        tokens, usage, _ = _complete(url, NEXT, LONG)
+        tokens, usage, _ = _complete(url, model, LONG)
         assert _cached_of(usage) == _full_hit(n), usage
-        assert tokens == cold[(NEXT, LONG)], "an SSD hit after a restart changed the output"
+        assert tokens == cold[(model, LONG)], "an SSD hit after a restart changed the output"
         assert _metric(url, "wuwei_prefix_cache_hit_tokens_total", tier="ssd") == _full_hit(n)
         # Blocks match past the first snapshot, the match ends between snapshots (and before
         # LONG's tail): the blocks up to that snapshot (in RAM now) and the snapshot (still
         # only on disk) are reused.
-        tokens, usage, _ = _complete(url, NEXT, OTHER)
+        tokens, usage, _ = _complete(url, model, OTHER)
         assert _cached_of(usage) == shared // SNAPSHOT * SNAPSHOT, (usage, shared)
-        assert tokens == cold[(NEXT, OTHER)], "a partial match changed the output"
+        assert tokens == cold[(model, OTHER)], "a partial match changed the output"
         assert _cache(url)["corrupt_dropped"] == 0
 
 

@@ -165,19 +165,13 @@ pub fn window_start(offset: i32, window: i32) -> i32 {
 /// Buffers grow in steps of this many positions, so that decoding does not reallocate per token.
 pub(crate) const STEP: i32 = 256;
 
-/// The first position a sliding-window layer keeps once `n` positions are written at
-/// `offset`: every position the new queries see, and the newest `reach_back`, never before
-/// what it already forgot (`first`). Shared by `DenseKvCache` and the slot pool.
-pub(crate) fn window_keep_from(
-    offset: i32,
-    n: i32,
-    window: i32,
-    reach_back: i32,
-    first: i32,
-) -> i32 {
-    window_start(offset, window)
-        .min(offset + n - reach_back)
-        .max(first)
+/// The first position a sliding-window layer keeps once positions are written at `offset`:
+/// every position the new queries see, never before what it already forgot (`first`). (No
+/// reader needs more: the prefix cache copies a windowed layer's window out at snapshot
+/// boundaries right after the step that reached one.) Shared by `DenseKvCache` and the slot
+/// pool.
+pub(crate) fn window_keep_from(offset: i32, window: i32, first: i32) -> i32 {
+    window_start(offset, window).max(first)
 }
 
 /// Whether a buffer whose first position is `first` should move its kept positions
@@ -188,8 +182,8 @@ pub(crate) fn moves_forward(first: i32, keep_from: i32, offset: i32) -> bool {
 }
 
 /// One sequence's KV in a growing buffer per layer, as mlx-lm's `KVCache`. A sliding-window
-/// layer (stored through `update_and_fetch_window`) keeps only its window and the positions
-/// `reach_back` asks for, as mlx-lm's `RotatingKVCache` keeps only its window: for Gemma 3
+/// layer (stored through `update_and_fetch_window`) keeps only its window, as mlx-lm's
+/// `RotatingKVCache` does: for Gemma 3
 /// (five of six layers windowed) a 100k-token conversation's KV shrinks ~5x. Its buffer is
 /// then moved forward now and then (a copy of what it keeps, at most once per `STEP`
 /// positions) instead of rotated, so that keys stay in position order as in a full layer.
@@ -198,9 +192,6 @@ pub struct DenseKvCache {
     layers: Vec<Option<(Array, Array)>>,
     /// Per layer, the position index 0 of its buffers holds (0 but for windowed layers).
     first: Vec<i32>,
-    /// Positions behind the newest that windowed layers keep beyond their window, for
-    /// `range` readers (the prefix cache copies each block out a step after it is written).
-    reach_back: i32,
     offset: usize,
     states: RecurrentStates,
 }
@@ -210,16 +201,9 @@ impl DenseKvCache {
         Self {
             layers: (0..num_layers).map(|_| None).collect(),
             first: vec![0; num_layers],
-            reach_back: 0,
             offset: 0,
             states: RecurrentStates::default(),
         }
-    }
-
-    /// Windowed layers keep at least the newest `positions` positions (see `reach_back`).
-    pub fn reaching_back(mut self, positions: usize) -> Self {
-        self.reach_back = positions as i32;
-        self
     }
 
     /// The buffers of `layer` (capacity included) and the position their index 0 holds, if
@@ -316,8 +300,8 @@ impl KvCache for DenseKvCache {
         values: Array,
         window: i32,
     ) -> Result<(Array, Array), Exception> {
-        let (offset, n) = (self.offset as i32, keys.shape()[2]);
-        let keep_from = window_keep_from(offset, n, window, self.reach_back, self.first[layer]);
+        let offset = self.offset as i32;
+        let keep_from = window_keep_from(offset, window, self.first[layer]);
         self.store(
             layer,
             &keys,
@@ -398,11 +382,11 @@ mod tests {
 
     /// A windowed layer returns exactly what a full layer holds of the window, through
     /// prefill chunks, decode steps and a reused prefix, while its buffer stays bounded by
-    /// window + reach + room instead of growing with the sequence.
+    /// window + room instead of growing with the sequence.
     #[test]
-    fn a_windowed_layer_keeps_its_window_and_reach_only() {
-        let (window, reach) = (16, 40);
-        let mut windowed = DenseKvCache::new(1).reaching_back(reach as usize);
+    fn a_windowed_layer_keeps_its_window_only() {
+        let window = 16;
+        let mut windowed = DenseKvCache::new(1);
         let mut full = DenseKvCache::new(1);
         // A reused prefix loads whole, as the prefix cache loads blocks.
         windowed
@@ -433,12 +417,13 @@ mod tests {
             windowed.advance(n as usize);
             full.advance(n as usize);
             let end = windowed.offset() as i32;
-            // What a reader `reach` positions back asks for is still there.
-            let (r, _) = windowed.range(0, end - reach, end).unwrap().unwrap();
-            assert_eq!(floats(&r), floats(&positions(end - reach, reach)));
+            // What the next query sees is still there.
+            let from = window_start(end, window);
+            let (r, _) = windowed.range(0, from, end).unwrap().unwrap();
+            assert_eq!(floats(&r), floats(&positions(from, end - from)));
             let ((buf, _), _) = windowed.layer(0).unwrap();
             assert!(
-                buf.shape()[2] <= 2 * (512 + reach + STEP),
+                buf.shape()[2] <= 2 * (512 + window + STEP),
                 "{} positions buffered at {end}",
                 buf.shape()[2]
             );

@@ -6,14 +6,6 @@
 //! windowed, window 1,024) a 128k-token sequence then costs ~12 GB of bf16 KV instead of
 //! ~65 GB.
 
-/// Positions behind the newest that a sequence's cache keeps in windowed layers beyond their
-/// window: the prefix cache copies a step's blocks out after the next step was queued,
-/// so two steps (a prefill chunk each at most) and a partial block. (One step is not enough:
-/// the first copy of a sequence covers its first two steps — measured, every block was lost.)
-pub fn reach_back(prefill_chunk: usize, block_size: usize) -> usize {
-    2 * prefill_chunk + block_size
-}
-
 /// The sliding-window layers of a model: their share of a position's KV bytes, and the
 /// longest window.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,13 +29,8 @@ pub struct KvCost {
 impl KvCost {
     /// The cost for a model whose position takes `per_token` bytes, `windowed` of them in
     /// sliding-window layers whose caches forget (`None`: none do), with the scheduler's
-    /// prefill chunk and the prefix cache's block size.
-    pub fn new(
-        per_token: u64,
-        windowed: Option<WindowedKv>,
-        prefill_chunk: usize,
-        block_size: usize,
-    ) -> Self {
+    /// prefill chunk.
+    pub fn new(per_token: u64, windowed: Option<WindowedKv>, prefill_chunk: usize) -> Self {
         let Some(w) = windowed.filter(|w| w.bytes_per_token > 0) else {
             return Self {
                 per_token,
@@ -57,7 +44,7 @@ impl KvCost {
         Self {
             per_token,
             windowed_per_token: w.bytes_per_token.min(per_token),
-            window_span: w.window as usize + reach_back(prefill_chunk, block_size) + room,
+            window_span: w.window as usize + room,
         }
     }
 
@@ -102,19 +89,19 @@ mod tests {
             bytes_per_token: 52 * layer,
             window: 1024,
         };
-        KvCost::new(62 * layer, Some(windowed), 512, 32)
+        KvCost::new(62 * layer, Some(windowed), 512)
     }
 
     #[test]
     fn a_long_sequence_pays_for_the_window_of_windowed_layers_only() {
         let cost = gemma3_27b();
-        assert_eq!(cost.window_span, 1024 + 1056 + 512);
+        assert_eq!(cost.window_span, 1024 + 512);
         let layer = 2 * 16 * 128 * 2u64;
         // Short: every position of every layer.
         assert_eq!(cost.bytes(1000), 1000 * 62 * layer);
         // Long: full layers whole, windowed layers their span.
         let long = cost.bytes(128_000);
-        assert_eq!(long, 128_000 * 10 * layer + 2592 * 52 * layer);
+        assert_eq!(long, 128_000 * 10 * layer + 1536 * 52 * layer);
         assert!(long * 5 < 128_000 * 62 * layer);
         // The inverse: the longest sequence within those bytes.
         assert_eq!(cost.positions_within(long), 128_000);
@@ -123,7 +110,7 @@ mod tests {
 
     #[test]
     fn without_windows_a_position_costs_the_same_at_any_length() {
-        let plain = KvCost::new(100, None, 512, 32);
+        let plain = KvCost::new(100, None, 512);
         assert_eq!(plain.bytes(10_000), 1_000_000);
         assert_eq!(plain.positions_within(1_000_050), 10_000);
         assert_eq!(KvCost::default().positions_within(5), usize::MAX);
@@ -135,7 +122,6 @@ mod tests {
                 window: 16,
             }),
             512,
-            32,
         );
         assert_eq!(all.bytes(100_000), all.bytes(all.window_span));
         assert_eq!(all.positions_within(u64::MAX / 2), usize::MAX);

@@ -47,9 +47,6 @@ pub struct SlotPool {
     /// layers).
     first: Vec<Vec<i32>>,
     in_use: Vec<bool>,
-    /// Positions behind the newest that windowed layers keep beyond their window (see
-    /// `DenseKvCache::reaching_back`).
-    reach_back: i32,
 }
 
 /// A pool as the sequences share it (the engine thread is its only user; the lock is never
@@ -64,14 +61,7 @@ impl SharedSlots {
             quant: None,
             first: vec![Vec::new(); num_layers],
             in_use: Vec::new(),
-            reach_back: 0,
         })))
-    }
-
-    /// Windowed layers keep at least the newest `positions` positions of each slot.
-    pub fn reaching_back(self, positions: usize) -> Self {
-        self.lock().reach_back = positions as i32;
-        self
     }
 
     /// KV stored quantized in `quant`'s format (`None`: as computed).
@@ -170,7 +160,7 @@ impl SlotPool {
         self.first[layer].get(slot).copied().unwrap_or(0)
     }
 
-    /// Before `n` positions are written at `offset` into `slot` of a layer with `window`: the
+    /// Before positions are written at `offset` into `slot` of a layer with `window`: the
     /// kept positions move to the row's start when `moves_forward` says so (the rule
     /// `DenseKvCache` follows). Returns the row's first position.
     fn forget(
@@ -178,7 +168,6 @@ impl SlotPool {
         layer: usize,
         slot: usize,
         offset: i32,
-        n: i32,
         window: Option<i32>,
     ) -> Result<i32, Exception> {
         let first = self.first(layer, slot);
@@ -186,7 +175,7 @@ impl SlotPool {
         let Some(window) = window.filter(|_| self.quant.is_none()) else {
             return Ok(first);
         };
-        let keep_from = window_keep_from(offset, n, window, self.reach_back, first);
+        let keep_from = window_keep_from(offset, window, first);
         if !moves_forward(first, keep_from, offset) {
             return Ok(first);
         }
@@ -285,7 +274,7 @@ impl SlotPool {
     ) -> Result<(), Exception> {
         self.check_format(&new)?;
         let n = new[0].shape()[2];
-        let first = self.forget(layer, slot, offset, n, window)?;
+        let first = self.forget(layer, slot, offset, window)?;
         self.reserve(layer, &new, offset + n - first)?;
         let buffers = self.layers[layer].take().expect("reserved");
         let at = [slot as i32, 0, offset - first, 0];
@@ -339,7 +328,7 @@ impl SlotPool {
         self.check_format(&new)?;
         let mut at = Vec::with_capacity(slots.len());
         for (&slot, &offset) in slots.iter().zip(offsets) {
-            at.push(offset - self.forget(layer, slot as usize, offset, 1, window)?);
+            at.push(offset - self.forget(layer, slot as usize, offset, window)?);
         }
         let end = at.iter().max().map_or(0, |i| i + 1);
         self.reserve(layer, &new, end)?;
@@ -785,11 +774,11 @@ mod tests {
     /// positions.
     #[test]
     fn a_windowed_slot_forgets_as_an_own_cache_does() {
-        let (window, reach) = (16, 40);
-        let pool = SharedSlots::new(1).reaching_back(reach);
+        let window = 16;
+        let pool = SharedSlots::new(1);
         let mut other = pool.acquire();
         let mut slot = pool.acquire();
-        let mut dense = DenseKvCache::new(1).reaching_back(reach);
+        let mut dense = DenseKvCache::new(1);
         other
             .update_and_fetch_window(0, ramp(1, 50, 2, -1.0), ramp(1, 50, 2, -1.0), window)
             .unwrap();
@@ -809,8 +798,9 @@ mod tests {
         let end = slot.offset() as i32;
         assert!(pool.lock().first(0, 1) > end - 300, "the row moved forward");
         assert!(slot.range(0, 0, 4).unwrap().is_none(), "forgotten");
-        let (k, _) = slot.range(0, end - reach as i32, end).unwrap().unwrap();
-        let (d, _) = dense.range(0, end - reach as i32, end).unwrap().unwrap();
+        let from = window_start(end, window);
+        let (k, _) = slot.range(0, from, end).unwrap().unwrap();
+        let (d, _) = dense.range(0, from, end).unwrap().unwrap();
         assert_eq!(floats(&k), floats(&d));
         assert_eq!(pool.lock().first(0, 0), 0, "the other slot's row stays");
         let (o, _) = other.range(0, 0, 50).unwrap().unwrap();

@@ -116,7 +116,6 @@ impl Registry {
             self.kv_bytes_per_token(facts, settings),
             windowed,
             sched.prefill_chunk,
-            sched.kv.block_size,
         )
     }
 
