@@ -179,6 +179,15 @@ impl<T> BlockPool<T> {
         true
     }
 
+    /// Gives back `extra` bytes attached to block `hash` (when it is still cached).
+    pub fn detach(&mut self, hash: &BlockHash, extra: usize) {
+        if let Some(entry) = self.entries.get_mut(hash) {
+            let extra = extra.min(entry.bytes);
+            entry.bytes -= extra;
+            self.used_bytes -= extra;
+        }
+    }
+
     /// Evicts the least recently used unreferenced block other than `keep` (the LRU holds
     /// unreferenced blocks only). False when there is none.
     fn evict_one(&mut self, keep: Option<&BlockHash>, evicted: &mut Vec<BlockHash>) -> bool {

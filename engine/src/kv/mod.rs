@@ -251,6 +251,10 @@ pub struct SeqBlocks {
     pending: Vec<(usize, LayerStates)>,
     /// Hybrid models: the prompt's last block boundary (its tail snapshot goes there).
     tail: usize,
+    /// The tail snapshot of an earlier prompt this sequence's hit restored (not one at a
+    /// multiple of the interval): once this prompt's own tail snapshot is stored past it, it
+    /// is dropped from RAM (`publish`).
+    restored_tail: Option<BlockHash>,
 }
 
 /// One model's prefix cache, owned by its engine thread.
@@ -393,6 +397,10 @@ impl PrefixCache {
                 let (found, from_ssd) = self.find_plain(&hashes, blocks);
                 (found, from_ssd, None)
             }
+        };
+        blocks.restored_tail = match (self.interval, found.len()) {
+            (Some(iv), j) if j > 0 && !(j * b).is_multiple_of(iv) => Some(hashes[j - 1]),
+            _ => None,
         };
         let mut filled = fill_cache_from_blocks(cache, &found).map_err(|e| e.to_string());
         if let (Ok(()), Some(snap)) = (&filled, &snapshot) {
@@ -567,6 +575,21 @@ impl PrefixCache {
         self.forget(&evicted);
     }
 
+    /// Drops from RAM the tail snapshot `h` of an earlier turn that a later turn of the same
+    /// conversation extended (its own tail snapshot is stored). Each turn would otherwise
+    /// keep one more snapshot (for Gemma 3 27B a window of 52 layers' KV, ~430 MB; for
+    /// Qwen3-Next ~76 MB) for as long as the conversation's blocks stay in use, that only a
+    /// prompt diverging between the two tails could use; such a prompt restores from the
+    /// interval's snapshot instead. (The SSD tier keeps its copy.)
+    fn drop_superseded(&mut self, h: BlockHash) {
+        if let Some(snap) = self.snapshots.remove(&h) {
+            self.pool.detach(&h, snap.nbytes());
+            self.probe.with(|p| {
+                p.snapshots.remove(&h);
+            });
+        }
+    }
+
     /// Publishes the full blocks of `tokens` that `cache` now holds and this sequence has not
     /// published yet. The sequence keeps a reference on each.
     pub fn publish(&mut self, tokens: &[u32], cache: &dyn KvCache, blocks: &mut SeqBlocks) {
@@ -586,6 +609,11 @@ impl PrefixCache {
             let h = blocks.chain[at / b - 1];
             if !self.snapshots.contains_key(&h) {
                 self.store_snapshot(h, at, states);
+            }
+            if at == blocks.tail && self.snapshots.contains_key(&h) {
+                if let Some(old) = blocks.restored_tail.take() {
+                    self.drop_superseded(old);
+                }
             }
         }
     }
@@ -849,11 +877,17 @@ mod tests {
         }
     }
 
-    /// Prefills `tokens` into `cache` in chunks of 5 (stopping at snapshot boundaries, as the
-    /// scheduler does): layer 0 attends to everything, layer 1 through a window.
-    fn prefill(prefix: &mut PrefixCache, cache: &mut dyn KvCache, tokens: &[u32]) -> SeqBlocks {
+    /// Prefills `tokens` into `cache` after the hit the prefix cache gives (it must be `hit`),
+    /// in chunks of 5 stopping at snapshot boundaries, as the scheduler does: layer 0 attends
+    /// to everything, layer 1 through a window.
+    fn prefill(
+        prefix: &mut PrefixCache,
+        cache: &mut dyn KvCache,
+        tokens: &[u32],
+        hit: usize,
+    ) -> SeqBlocks {
         let mut blocks = SeqBlocks::default();
-        assert_eq!(prefix.admit(tokens, cache, &mut blocks), 0);
+        assert_eq!(prefix.admit(tokens, cache, &mut blocks), hit);
         while cache.offset() < tokens.len() {
             let at = cache.offset();
             let n = (tokens.len() - at)
@@ -895,28 +929,10 @@ mod tests {
                 .with_windows(&[None, Some(WINDOW)]);
             assert_eq!(layout.windowed, 0b10);
             assert_eq!(layout.block_layers().collect::<Vec<_>>(), vec![0]);
-            let config = KvConfig {
-                block_size: 4,
-                ram_bytes: 1 << 22,
-                // Below WINDOW_SNAPSHOT_SPACING windows: the windows set the interval.
-                snapshot_interval: 8,
-                ..KvConfig::default()
-            };
-            let identity = ModelIdentity::from_parts([b"windowed".as_slice()]);
-            let probe = Arc::new(PrefixProbe::default());
-            let windows = [None, Some(WINDOW)];
-            let mut prefix = PrefixCache::new(
-                "t".into(),
-                identity,
-                layout,
-                Vec::new(),
-                &windows,
-                &config,
-                probe,
-            );
+            let mut prefix = windowed_prefix_cache(layout);
             assert_eq!(prefix.interval, Some(24));
             let tokens: Vec<u32> = (0..41).collect();
-            let mut blocks = prefill(&mut prefix, source.as_mut(), &tokens);
+            let mut blocks = prefill(&mut prefix, source.as_mut(), &tokens, 0);
             prefix.release(&mut blocks);
 
             // The same prompt: its tail snapshot (40); a prompt that leaves it at 30: the
@@ -955,6 +971,70 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// A prefix cache for a model whose layer 1 (of 2) is windowed, blocks of 4.
+    fn windowed_prefix_cache(layout: KvLayout) -> PrefixCache {
+        let config = KvConfig {
+            block_size: 4,
+            ram_bytes: 1 << 22,
+            // Below WINDOW_SNAPSHOT_SPACING windows: the windows set the interval.
+            snapshot_interval: 8,
+            ..KvConfig::default()
+        };
+        let identity = ModelIdentity::from_parts([b"windowed".as_slice()]);
+        let probe = Arc::new(PrefixProbe::default());
+        let windows = [None, Some(WINDOW)];
+        PrefixCache::new(
+            "t".into(),
+            identity,
+            layout,
+            Vec::new(),
+            &windows,
+            &config,
+            probe,
+        )
+    }
+
+    /// A conversation's next turn restores the previous turn's tail snapshot and leaves its
+    /// own: the previous one then leaves RAM (its bytes with it), and the previous prompt,
+    /// asked again, restores from the interval's snapshot instead; the interval's snapshots
+    /// stay.
+    #[test]
+    fn a_superseded_tail_snapshot_leaves_ram() {
+        let mut probe = DenseKvCache::new(2);
+        prefill_probe(&mut probe);
+        let layout = paged::layout_of(&probe, 4)
+            .unwrap()
+            .with_windows(&[None, Some(WINDOW)]);
+        let mut prefix = windowed_prefix_cache(layout);
+        let first: Vec<u32> = (0..41).collect();
+        let mut blocks = prefill(&mut prefix, &mut DenseKvCache::new(2), &first, 0);
+        prefix.release(&mut blocks);
+        let tails = |p: &PrefixCache| {
+            let mut at: Vec<usize> = Vec::new();
+            let hashes = chain_hashes(&p.identity, &(0..80).collect::<Vec<u32>>(), 4);
+            for (j, h) in hashes.iter().enumerate() {
+                if p.snapshots.contains_key(h) {
+                    at.push((j + 1) * 4);
+                }
+            }
+            at
+        };
+        assert_eq!(tails(&prefix), vec![24, 40]);
+        let bytes = prefix.stats().bytes;
+        // The next turn: the same tokens and 20 more.
+        let second: Vec<u32> = (0..61).collect();
+        let mut blocks = prefill(&mut prefix, &mut DenseKvCache::new(2), &second, 40);
+        prefix.release(&mut blocks);
+        assert_eq!(tails(&prefix), vec![24, 48, 60]);
+        // Five blocks more (40..60), one snapshot more (48) and one the same size less (40).
+        let block = prefix.layout.block_bytes();
+        let window = prefix.snapshots.values().next().unwrap().nbytes();
+        assert_eq!(prefix.stats().bytes, bytes + 5 * block + window);
+        let mut cache = DenseKvCache::new(2);
+        let mut blocks = SeqBlocks::default();
+        assert_eq!(prefix.admit(&first, &mut cache, &mut blocks), 24);
     }
 
     /// Two positions in both layers: enough for `layout_of`.
