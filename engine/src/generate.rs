@@ -130,6 +130,7 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         req_tx.send(SeqRequest {
             id: "generate".into(),
             prompt,
+            head: 0,
             sampling,
             max_tokens,
             limited_by_context: max_tokens < wanted,

@@ -53,6 +53,9 @@ const POOLED_PROMPT_MAX: usize = 2048;
 pub struct SeqRequest {
     pub id: String,
     pub prompt: Vec<u32>,
+    /// Tokens of the prompt's head (its chat's system prompt and tools; 0: none known): the
+    /// prefix cache of a model that restores only at snapshots takes one there.
+    pub head: usize,
     pub sampling: SamplingParams,
     /// Already clamped to the room left in the context.
     pub max_tokens: usize,
@@ -534,7 +537,12 @@ impl Engine {
             Box::new(DenseKvCache::new(layers))
         };
         seq.prefilled = match self.prefix.as_mut() {
-            Some(p) => p.admit(&seq.tokens, seq.cache.as_mut(), &mut seq.blocks),
+            Some(p) => p.admit(
+                &seq.tokens,
+                seq.req.head,
+                seq.cache.as_mut(),
+                &mut seq.blocks,
+            ),
             None => 0,
         };
         seq.target = seq.tokens.len();

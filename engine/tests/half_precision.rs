@@ -92,6 +92,7 @@ fn engine(model: &Path, prompts: &[Vec<u32>]) -> Vec<Streamed> {
             .send(SeqRequest {
                 id: format!("half-{i}"),
                 prompt: prompt.clone(),
+                head: 0,
                 sampling: SamplingParams::greedy(),
                 max_tokens: MAX_TOKENS,
                 limited_by_context: false,

@@ -137,6 +137,7 @@ impl TestEngine {
             let request = SeqRequest {
                 id: format!("kv8-{}", self.asked),
                 prompt: prompt.clone(),
+                head: 0,
                 sampling: SamplingParams::greedy(),
                 max_tokens: ENGINE_TOKENS,
                 limited_by_context: false,

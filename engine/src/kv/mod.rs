@@ -168,6 +168,13 @@ impl PrefixProbe {
         *self.stats.lock().unwrap()
     }
 
+    /// Whether this model's prefix cache restores only where it took a snapshot (hybrid and
+    /// windowed models): it then also takes one where a chat's head ends.
+    pub fn restores_at_snapshots(&self) -> bool {
+        let guard = self.state.lock().unwrap();
+        guard.as_ref().is_some_and(|s| s.interval.is_some())
+    }
+
     /// Prompt tokens a request would most likely take from the cache.
     pub fn estimate_cached_tokens(&self, prompt: &[u32]) -> usize {
         let (identity, block_size, ssd, interval) = {
@@ -251,6 +258,10 @@ pub struct SeqBlocks {
     pending: Vec<(usize, LayerStates)>,
     /// Hybrid models: the prompt's last block boundary (its tail snapshot goes there).
     tail: usize,
+    /// Hybrid models: the last block boundary within the prompt's head (its chat's system
+    /// prompt and tools; 0: none), where conversations sharing it part ways: a snapshot goes
+    /// there too.
+    head: usize,
     /// The tail snapshot of an earlier prompt this sequence's hit restored (not one at a
     /// multiple of the interval): once this prompt's own tail snapshot is stored past it, it
     /// is dropped from RAM (`publish`).
@@ -380,10 +391,11 @@ impl PrefixCache {
 
     /// Fills `cache` (empty) with the longest cached prefix of `prompt` and returns how many
     /// tokens it holds. At least one prompt token is always left to compute: the first
-    /// sampled token needs its logits.
+    /// sampled token needs its logits. `head`: the tokens of the prompt's head (0: unknown).
     pub fn admit(
         &mut self,
         prompt: &[u32],
+        head: usize,
         cache: &mut dyn KvCache,
         blocks: &mut SeqBlocks,
     ) -> usize {
@@ -391,6 +403,7 @@ impl PrefixCache {
         let usable = prompt.len().saturating_sub(1) / b;
         let hashes = chain_hashes(&self.identity, &prompt[..usable * b], b);
         blocks.tail = usable * b;
+        blocks.head = (head / b * b).min(blocks.tail);
         let (mut found, mut from_ssd, snapshot) = match self.interval {
             Some(_) => self.find_hybrid(&hashes, blocks),
             None => {
@@ -398,8 +411,12 @@ impl PrefixCache {
                 (found, from_ssd, None)
             }
         };
+        // A tail snapshot, not one at the interval or at this prompt's head (which the
+        // conversations sharing that head restore from).
         blocks.restored_tail = match (self.interval, found.len()) {
-            (Some(iv), j) if j > 0 && !(j * b).is_multiple_of(iv) => Some(hashes[j - 1]),
+            (Some(iv), j) if j > 0 && !(j * b).is_multiple_of(iv) && j * b != blocks.head => {
+                Some(hashes[j - 1])
+            }
             _ => None,
         };
         let mut filled = fill_cache_from_blocks(cache, &found).map_err(|e| e.to_string());
@@ -580,13 +597,16 @@ impl PrefixCache {
     /// keep one more snapshot (for Gemma 3 27B a window of 52 layers' KV, ~430 MB; for
     /// Qwen3-Next ~76 MB) for as long as the conversation's blocks stay in use, that only a
     /// prompt diverging between the two tails could use; such a prompt restores from the
-    /// interval's snapshot instead. (The SSD tier keeps its copy.)
+    /// interval's snapshot instead. The SSD tier's copy goes too.
     fn drop_superseded(&mut self, h: BlockHash) {
         if let Some(snap) = self.snapshots.remove(&h) {
             self.pool.detach(&h, snap.nbytes());
             self.probe.with(|p| {
                 p.snapshots.remove(&h);
             });
+        }
+        if let Some(ssd) = &self.ssd {
+            ssd.remove(self.identity, snapshot_key(h));
         }
     }
 
@@ -620,19 +640,19 @@ impl PrefixCache {
 
     /// Hybrid models: the most positions the next prefill chunk of a sequence standing at
     /// `prefilled` may take, so that it stops at the next snapshot boundary: a multiple of
-    /// the interval, or the prompt's last block boundary. That tail snapshot lets the next
-    /// turn of a conversation, whose prompt extends this one, recompute only what is new
-    /// (plus less than a block) instead of up to an interval.
+    /// the interval, the prompt's last block boundary, or its head's. That tail snapshot lets
+    /// the next turn of a conversation, whose prompt extends this one, recompute only what is
+    /// new (plus less than a block) instead of up to an interval; the head's lets another
+    /// conversation with the same system prompt and tools start after them.
     pub fn prefill_limit(&self, prefilled: usize, blocks: &SeqBlocks) -> usize {
         let Some(iv) = self.interval else {
             return usize::MAX;
         };
         let next = iv - prefilled % iv;
-        if blocks.tail > prefilled {
-            next.min(blocks.tail - prefilled)
-        } else {
-            next
-        }
+        [blocks.head, blocks.tail]
+            .into_iter()
+            .filter(|&mark| mark > prefilled)
+            .fold(next, |next, mark| next.min(mark - prefilled))
     }
 
     /// Called right after a step was queued for the sequence: when it then stands at a
@@ -644,7 +664,7 @@ impl PrefixCache {
             return;
         };
         let at = cache.offset();
-        let boundary = at.is_multiple_of(iv) || at == blocks.tail;
+        let boundary = at.is_multiple_of(iv) || at == blocks.tail || at == blocks.head;
         if at == 0 || !boundary || blocks.chain.len() * self.layout.block_size >= at {
             return;
         }
@@ -883,11 +903,11 @@ mod tests {
     fn prefill(
         prefix: &mut PrefixCache,
         cache: &mut dyn KvCache,
-        tokens: &[u32],
+        (tokens, head): (&[u32], usize),
         hit: usize,
     ) -> SeqBlocks {
         let mut blocks = SeqBlocks::default();
-        assert_eq!(prefix.admit(tokens, cache, &mut blocks), hit);
+        assert_eq!(prefix.admit(tokens, head, cache, &mut blocks), hit);
         while cache.offset() < tokens.len() {
             let at = cache.offset();
             let n = (tokens.len() - at)
@@ -932,7 +952,7 @@ mod tests {
             let mut prefix = windowed_prefix_cache(layout);
             assert_eq!(prefix.interval, Some(24));
             let tokens: Vec<u32> = (0..41).collect();
-            let mut blocks = prefill(&mut prefix, source.as_mut(), &tokens, 0);
+            let mut blocks = prefill(&mut prefix, source.as_mut(), (&tokens, 0), 0);
             prefix.release(&mut blocks);
 
             // The same prompt: its tail snapshot (40); a prompt that leaves it at 30: the
@@ -943,7 +963,7 @@ mod tests {
                 for slot in [false, true] {
                     let mut target = fresh(slot);
                     let mut blocks = SeqBlocks::default();
-                    assert_eq!(prefix.admit(prompt, target.as_mut(), &mut blocks), hit);
+                    assert_eq!(prefix.admit(prompt, 0, target.as_mut(), &mut blocks), hit);
                     assert_eq!(target.offset(), hit);
                     let (k, v) = target.range(0, 0, hit as i32).unwrap().unwrap();
                     assert_eq!(floats(&k), stored(&keys(0, 0, hit as i32), quant));
@@ -1009,7 +1029,7 @@ mod tests {
             .with_windows(&[None, Some(WINDOW)]);
         let mut prefix = windowed_prefix_cache(layout);
         let first: Vec<u32> = (0..41).collect();
-        let mut blocks = prefill(&mut prefix, &mut DenseKvCache::new(2), &first, 0);
+        let mut blocks = prefill(&mut prefix, &mut DenseKvCache::new(2), (&first, 0), 0);
         prefix.release(&mut blocks);
         let tails = |p: &PrefixCache| {
             let mut at: Vec<usize> = Vec::new();
@@ -1025,7 +1045,7 @@ mod tests {
         let bytes = prefix.stats().bytes;
         // The next turn: the same tokens and 20 more.
         let second: Vec<u32> = (0..61).collect();
-        let mut blocks = prefill(&mut prefix, &mut DenseKvCache::new(2), &second, 40);
+        let mut blocks = prefill(&mut prefix, &mut DenseKvCache::new(2), (&second, 0), 40);
         prefix.release(&mut blocks);
         assert_eq!(tails(&prefix), vec![24, 48, 60]);
         // Five blocks more (40..60), one snapshot more (48) and one the same size less (40).
@@ -1034,7 +1054,40 @@ mod tests {
         assert_eq!(prefix.stats().bytes, bytes + 5 * block + window);
         let mut cache = DenseKvCache::new(2);
         let mut blocks = SeqBlocks::default();
-        assert_eq!(prefix.admit(&first, &mut cache, &mut blocks), 24);
+        assert_eq!(prefix.admit(&first, 0, &mut cache, &mut blocks), 24);
+    }
+
+    /// A prompt's head (its chat's system prompt) gets a snapshot between the interval's: a
+    /// conversation sharing only the head restores it all, and keeps that snapshot when it
+    /// leaves its own tail.
+    #[test]
+    fn a_head_snapshot_serves_conversations_sharing_the_head() {
+        let mut probe = DenseKvCache::new(2);
+        prefill_probe(&mut probe);
+        let layout = paged::layout_of(&probe, 4)
+            .unwrap()
+            .with_windows(&[None, Some(WINDOW)]);
+        let mut prefix = windowed_prefix_cache(layout);
+        let first: Vec<u32> = (0..41).collect();
+        // The head ends inside block 3 (14 tokens): its snapshot goes at 12.
+        let mut blocks = prefill(&mut prefix, &mut DenseKvCache::new(2), (&first, 14), 0);
+        prefix.release(&mut blocks);
+        let mut other: Vec<u32> = first[..14].to_vec();
+        other.extend(500..530);
+        let mut blocks = prefill(&mut prefix, &mut DenseKvCache::new(2), (&other, 14), 12);
+        prefix.release(&mut blocks);
+        let hashes = chain_hashes(&prefix.identity, &first[..12], 4);
+        assert!(
+            prefix.snapshots.contains_key(&hashes[2]),
+            "the head's snapshot stays"
+        );
+        // Any prompt reaching the head's end restores there, its own head known or not.
+        let mut third: Vec<u32> = first[..14].to_vec();
+        third.extend(700..730);
+        let mut blocks = SeqBlocks::default();
+        let hit = prefix.admit(&third, 0, &mut DenseKvCache::new(2), &mut blocks);
+        assert_eq!(hit, 12, "the head's snapshot serves any prompt reaching it");
+        prefix.release(&mut blocks);
     }
 
     /// Two positions in both layers: enough for `layout_of`.

@@ -102,6 +102,7 @@ impl Registry {
             tokenizer: &served.tokenizer,
             reasoning: served.reasoning,
             thinking: served.reasoning && served.settings.thinking.unwrap_or(true),
+            mark_head: served.stats.prefix.restores_at_snapshots(),
         }
     }
 
@@ -119,6 +120,7 @@ impl Registry {
             tokens: prompt,
             starts_in_reasoning,
             tools,
+            head,
         } = Self::renderer(&served).render(&request.prompt)?;
         if prompt.is_empty() {
             return Err(CoreError::Invalid("the prompt is empty".into()));
@@ -187,6 +189,7 @@ impl Registry {
         let seq = SeqRequest {
             id: request.id,
             prompt,
+            head,
             sampling,
             max_tokens,
             limited_by_context,

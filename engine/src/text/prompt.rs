@@ -14,6 +14,10 @@ pub struct RenderedPrompt {
     pub starts_in_reasoning: bool,
     /// Tools were offered to the model, so its output may hold tool calls.
     pub tools: bool,
+    /// Tokens before the chat's first message that is not a system one (its system prompt
+    /// and tools as the template renders them): where conversations that share a system
+    /// prompt part ways. 0 when not asked for (`PromptRenderer::mark_head`) or not a chat.
+    pub head: usize,
 }
 
 /// One model's way of reading prompts: its tokenizer and chat template, and whether it
@@ -26,6 +30,9 @@ pub struct PromptRenderer<'a> {
     pub reasoning: bool,
     /// The model's default for `enable_thinking` when the request does not set it.
     pub thinking: bool,
+    /// Whether to find where a chat's head ends (`RenderedPrompt::head`): for models whose
+    /// prefix cache restores only where it took a snapshot, which then takes one there.
+    pub mark_head: bool,
 }
 
 impl PromptRenderer<'_> {
@@ -39,6 +46,7 @@ impl PromptRenderer<'_> {
             tokens,
             starts_in_reasoning: false,
             tools: false,
+            head: 0,
         };
         match prompt {
             Prompt::Text(text) => Ok(plain(tok.encode(text, true).map_err(bad)?)),
@@ -115,14 +123,52 @@ impl PromptRenderer<'_> {
                     t.rfind("<think>")
                         .is_some_and(|open| !t[open..].contains("</think>"))
                 };
+                let tokens = tok.encode(&text, false).map_err(bad)?;
+                let head = match prefill {
+                    None if self.mark_head => {
+                        shared_head(tok, &hf, tools_json.as_deref(), &kwargs, &tokens)
+                    }
+                    _ => 0,
+                };
                 Ok(RenderedPrompt {
-                    tokens: tok.encode(&text, false).map_err(bad)?,
+                    tokens,
+                    head,
                     starts_in_reasoning,
                     tools: tools_json.is_some() && *tool_choice != ToolChoice::None,
                 })
             }
         }
     }
+}
+
+/// How many of `tokens` (the rendered chat `hf`) come before its first message that is not a
+/// system one: the chat rendered with that message's content replaced by a marker, cut at the
+/// marker and tokenized, agrees with `tokens` that far. 0 when the template does not show the
+/// marker (or fails).
+fn shared_head(
+    tok: &Tokenizer,
+    hf: &[Value],
+    tools: Option<&[Value]>,
+    kwargs: &Map<String, Value>,
+    tokens: &[u32],
+) -> usize {
+    const MARKER: &str = "\u{1}wuwei-head\u{1}";
+    let is_system = |m: &Value| m.get("role").and_then(Value::as_str) == Some("system");
+    let Some(first) = hf.iter().position(|m| !is_system(m)) else {
+        return 0;
+    };
+    let mut marked = hf.to_vec();
+    marked[first]["content"] = Value::String(MARKER.into());
+    let Ok(text) = tok.apply_chat_template(&marked, tools, true, kwargs) else {
+        return 0;
+    };
+    let Some(at) = text.find(MARKER) else {
+        return 0;
+    };
+    let Ok(head) = tok.encode(&text[..at], false) else {
+        return 0;
+    };
+    head.iter().zip(tokens).take_while(|(a, b)| a == b).count()
 }
 
 /// `messages` for a chat template. Tool-call arguments become objects when they are valid
@@ -249,5 +295,75 @@ mod tests {
         describe_tools_in_system(&mut bare, &tools);
         assert_eq!(bare[0]["role"], "system");
         assert_eq!(bare[1]["role"], "user");
+    }
+
+    /// A chat's head ends where two chats with its system prompt and tools but other first
+    /// messages part ways; without a system prompt it is what the template puts before the
+    /// first message; and it is found only when asked for.
+    #[test]
+    fn the_head_is_what_chats_sharing_a_system_prompt_share() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../.deps/test-models/SmolLM2-135M-Instruct");
+        let tok = Tokenizer::from_dir(&dir).expect("the test model's tokenizer");
+        let message = |role, content: &str| ChatMessage {
+            role: Some(role),
+            content: content.into(),
+            reasoning: None,
+            tool_calls: Vec::new(),
+            tool_call_id: None,
+            name: None,
+        };
+        let chat = |messages: Vec<ChatMessage>| Prompt::Chat {
+            messages,
+            tools: vec![ToolSpec {
+                name: "read_file".into(),
+                description: Some("Reads a file.".into()),
+                parameters: json!({"type": "object", "properties": {"path": {"type": "string"}}}),
+            }],
+            tool_choice: ToolChoice::Auto,
+            template_kwargs: Map::new(),
+            continue_final: false,
+        };
+        let system = "You are a careful coding agent. Follow the project's conventions.";
+        let renderer = |mark_head| PromptRenderer {
+            model: "m",
+            tokenizer: &tok,
+            reasoning: false,
+            thinking: false,
+            mark_head,
+        };
+        let render = |first: &str, mark_head| {
+            let messages = vec![
+                message(Role::System, system),
+                message(Role::User, first),
+                message(Role::Assistant, "Done."),
+                message(Role::User, "Now the tests."),
+            ];
+            renderer(mark_head).render(&chat(messages)).unwrap()
+        };
+        let a = render("Fix the build.", true);
+        let b = render("Write the docs.", true);
+        let shared = a
+            .tokens
+            .iter()
+            .zip(&b.tokens)
+            .take_while(|(x, y)| x == y)
+            .count();
+        assert!(a.head > 20, "{}", a.head);
+        assert_eq!((a.head, b.head), (shared, shared));
+        assert_eq!(render("Fix the build.", false).head, 0);
+        let bare = renderer(true)
+            .render(&chat(vec![message(Role::User, "hi")]))
+            .unwrap();
+        let text = renderer(true)
+            .render(&chat(vec![message(Role::User, "bye")]))
+            .unwrap();
+        let shared = bare
+            .tokens
+            .iter()
+            .zip(&text.tokens)
+            .take_while(|(x, y)| x == y)
+            .count();
+        assert_eq!(bare.head, shared);
     }
 }

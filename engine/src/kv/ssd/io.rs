@@ -74,6 +74,13 @@ pub(super) fn write_one(shared: &Shared, job: WriteJob, last_cap_refresh: &mut I
         shared.counters.dropped.fetch_add(1, Ordering::Relaxed);
         return;
     }
+    if let Payload::Remove = job.payload {
+        let gone = shared.index.lock().unwrap().remove(&job.hash);
+        if let Some(entry) = gone {
+            let _ = fs::remove_file(entry.path);
+        }
+        return;
+    }
     if shared.index.lock().unwrap().files.contains_key(&job.hash) {
         return;
     }
@@ -84,6 +91,7 @@ pub(super) fn write_one(shared: &Shared, job: WriteJob, last_cap_refresh: &mut I
     let (bytes, kind) = match &job.payload {
         Payload::Block(block) => (encode(&job.model, &job.hash, block), Kind::Block),
         Payload::Snapshot(snap) => (encode_snapshot(&job.model, &job.hash, snap), Kind::Snapshot),
+        Payload::Remove => unreachable!("handled above"),
     };
     let cap = shared.cap.load(Ordering::Relaxed);
     if bytes.len() as u64 > cap {

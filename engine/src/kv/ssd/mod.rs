@@ -258,6 +258,8 @@ impl Shared {
 enum Payload {
     Block(Arc<KvBlock>),
     Snapshot(Arc<StateSnapshot>),
+    /// Delete the file (a snapshot the RAM tier dropped as superseded).
+    Remove,
 }
 
 struct WriteJob {
@@ -421,8 +423,15 @@ impl SsdStore {
         self.enqueue_payload(model, key, Payload::Snapshot(snapshot))
     }
 
+    /// Queues the deletion of the file under `key` (after any write queued before); never
+    /// waits.
+    pub fn remove(&self, model: ModelIdentity, key: BlockHash) -> bool {
+        self.enqueue_payload(model, key, Payload::Remove)
+    }
+
     fn enqueue_payload(&self, model: ModelIdentity, hash: BlockHash, payload: Payload) -> bool {
-        if !self.enabled() || self.shared.index.lock().unwrap().files.contains_key(&hash) {
+        let written = self.shared.index.lock().unwrap().files.contains_key(&hash);
+        if !self.enabled() || (written && !matches!(payload, Payload::Remove)) {
             return false;
         }
         // Counted before the send so that the writer never decrements below zero.
