@@ -145,8 +145,8 @@ def main():
     per_tok = lambda row: row[2] / max(1, row[3] * 32)  # noqa: E731 (RAM bytes per cached position)
     summary = (
         f"Model: random Gemma 3 layout, {LAYERS} layers of which {LAYERS - LAYERS // PATTERN} "
-        f"windowed (window {a.window}; snapshots every {max(512, 4 * a.window)} positions and at "
-        f"each prompt's tail), bf16 KV, blocks of 32. After {a.turns} turns: RAM tier "
+        f"windowed (window {a.window}; snapshots every {max(512, 4 * a.window)} positions, at "
+        f"each prompt's tail and at its chat's head), bf16 KV, blocks of 32. After {a.turns} turns: RAM tier "
         f"{mib(last_n[2])} MiB against {mib(last_b[2])} MiB ({last_n[2] / last_b[2]:.2f}x; "
         f"{per_tok(last_n):.0f} against {per_tok(last_b):.0f} bytes per cached position), SSD "
         f"tier {mib(last_n[4])} against {mib(last_b[4])} MiB ({last_n[4] / last_b[4]:.2f}x). "

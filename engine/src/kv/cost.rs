@@ -3,7 +3,7 @@
 //! caches hold: every position of full-attention layers, and of sliding-window layers only
 //! about a window (float caches, in the slot pool and in a sequence's own, forget what no
 //! query sees any more; quantized caches keep everything). For Gemma 3 27B (52 of 62 layers
-//! windowed, window 1,024) a 128k-token sequence then costs ~12 GB of bf16 KV instead of
+//! windowed, window 1,024) a 128k-token sequence then costs ~11 GB of bf16 KV instead of
 //! ~65 GB.
 
 /// The sliding-window layers of a model: their share of a position's KV bytes, and the
