@@ -944,12 +944,7 @@ mod tests {
             let mut source = fresh(false);
             let mut probe = fresh(false);
             prefill_probe(probe.as_mut());
-            let layout = paged::layout_of(probe.as_ref(), 4)
-                .unwrap()
-                .with_windows(&[None, Some(WINDOW)]);
-            assert_eq!(layout.windowed, 0b10);
-            assert_eq!(layout.block_layers().collect::<Vec<_>>(), vec![0]);
-            let mut prefix = windowed_prefix_cache(layout);
+            let mut prefix = windowed_prefix_cache(probe.as_ref());
             assert_eq!(prefix.interval, Some(24));
             let tokens: Vec<u32> = (0..41).collect();
             let mut blocks = prefill(&mut prefix, source.as_mut(), (&tokens, 0), 0);
@@ -993,8 +988,14 @@ mod tests {
         }
     }
 
-    /// A prefix cache for a model whose layer 1 (of 2) is windowed, blocks of 4.
-    fn windowed_prefix_cache(layout: KvLayout) -> PrefixCache {
+    /// A prefix cache for a model whose layer 1 (of 2) is windowed, blocks of 4, storing KV
+    /// as `probe` (which holds some) does.
+    fn windowed_prefix_cache(probe: &dyn KvCache) -> PrefixCache {
+        let layout = paged::layout_of(probe, 4)
+            .unwrap()
+            .with_windows(&[None, Some(WINDOW)]);
+        assert_eq!(layout.windowed, 0b10);
+        assert_eq!(layout.block_layers().collect::<Vec<_>>(), vec![0]);
         let config = KvConfig {
             block_size: 4,
             ram_bytes: 1 << 22,
@@ -1024,10 +1025,7 @@ mod tests {
     fn a_superseded_tail_snapshot_leaves_ram() {
         let mut probe = DenseKvCache::new(2);
         prefill_probe(&mut probe);
-        let layout = paged::layout_of(&probe, 4)
-            .unwrap()
-            .with_windows(&[None, Some(WINDOW)]);
-        let mut prefix = windowed_prefix_cache(layout);
+        let mut prefix = windowed_prefix_cache(&probe);
         let first: Vec<u32> = (0..41).collect();
         let mut blocks = prefill(&mut prefix, &mut DenseKvCache::new(2), (&first, 0), 0);
         prefix.release(&mut blocks);
@@ -1064,10 +1062,7 @@ mod tests {
     fn a_head_snapshot_serves_conversations_sharing_the_head() {
         let mut probe = DenseKvCache::new(2);
         prefill_probe(&mut probe);
-        let layout = paged::layout_of(&probe, 4)
-            .unwrap()
-            .with_windows(&[None, Some(WINDOW)]);
-        let mut prefix = windowed_prefix_cache(layout);
+        let mut prefix = windowed_prefix_cache(&probe);
         let first: Vec<u32> = (0..41).collect();
         // The head ends inside block 3 (14 tokens): its snapshot goes at 12.
         let mut blocks = prefill(&mut prefix, &mut DenseKvCache::new(2), (&first, 14), 0);
