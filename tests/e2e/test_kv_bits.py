@@ -4,8 +4,9 @@ together in the slot pool, which holds that format) stream the greedy text the f
 daemon streams for each alone, and a setting MLX cannot quantize with stops the daemon at
 start with a message that names it; a model that cannot store quantized KV (gpt-oss's attention
 sinks, a head dimension the group size does not divide) serves with float KV under a global
-`kv_bits` instead of failing its requests. (The numbers themselves are checked against mlx-lm's
-`QuantizedKVCache` in engine/tests/arch_parity.rs and kv_quant.rs.)"""
+`kv_bits` instead of failing its requests; and a sliding-window model's prefix hits restore its
+windows quantized, giving the cold run's tokens. (The numbers themselves are checked against
+mlx-lm's `QuantizedKVCache` in engine/tests/arch_parity.rs and kv_quant.rs.)"""
 
 import concurrent.futures as cf
 import os
@@ -126,3 +127,42 @@ def test_models_that_cannot_quantize_their_kv_serve_with_float_kv_under_kv_bits(
                            env=dict(os.environ, WUWEI_ACTIVATIONS="checkpoint"))
         assert r.returncode == 0, r.stderr[-2000:]
         assert r.stdout.rpartition("\nprompt: ")[0] == texts[None, model], model
+
+
+def test_a_windowed_model_reuses_prefixes_with_quantized_kv(tmp_path_factory):
+    """Gemma 3 with 8-bit KV in groups of 32 (its random config's head dimension): the
+    windowed layers' windows go into snapshots as packed words, scales and biases, and come
+    back into the slot pool's quantized rows; a repeated prompt and one that shares only part of
+    it reuse their prefixes and give the tokens a daemon without a prefix cache gives."""
+    from cache_helpers import _cached, _expected_hit, _text as _long
+
+    root = tmp_path_factory.mktemp("kv8-windowed")
+    tokenizer = Path(os.environ["WUWEI_TEST_MODELS"]) / "SmolLM2-135M-Instruct"
+    model = "rand-gemma3-bf16-q4"
+    subprocess.run([sys.executable, str(REPO_ROOT / "tests/reference/make_random_model.py"),
+                    "gemma3_text", str(root / model), "--dtype", "bfloat16", "--bits", "4",
+                    "--group-size", "32", "--tokenizer", str(tokenizer)], check=True)
+    shared = _long("kv8-windowed", 8)
+    prompts = [shared + " " + _long("kv8-first", 3), shared + " The road stayed open."]
+    env = {"WUWEI_ACTIVATIONS": "checkpoint", "WUWEI_KV_BITS": "8", "WUWEI_KV_GROUP_SIZE": "32",
+           "WUWEI_KV_SNAPSHOT_INTERVAL": "64"}
+
+    def complete(url, prompt):
+        body = {"model": model, "prompt": prompt, "max_tokens": 10, "temperature": 0}
+        r = requests.post(f"{url}/v1/completions", json=body, timeout=300)
+        assert r.status_code == 200, r.text
+        return r.json()["choices"][0]["text"], r.json()["usage"]
+
+    with running_daemon(tmp_path_factory.mktemp("kv8-cold"), dict(env, WUWEI_KV_CACHE="0"),
+                        models=root) as url:
+        cold = [complete(url, p)[0] for p in prompts]
+    with running_daemon(tmp_path_factory.mktemp("kv8-hot"), env, models=root) as url:
+        assert complete(url, prompts[0])[0] == cold[0]
+        assert _loaded(url, model)["kv_quantization"] == "affine-q8g32"
+        text, usage = complete(url, prompts[0])
+        assert _cached(usage) == _expected_hit(usage["prompt_tokens"]), usage
+        assert text == cold[0], "a hit with quantized windows changed the output"
+        text, usage = complete(url, prompts[1])
+        # Past the first interval's snapshot, short of the first prompt's tail.
+        assert 64 <= _cached(usage) < usage["prompt_tokens"] - 32, usage
+        assert text == cold[1], "a partial hit with quantized windows changed the output"

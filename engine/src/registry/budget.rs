@@ -419,7 +419,7 @@ mod tests {
         let plan = registry.plan(&facts, &ModelSettings::default());
         let cost = registry.kv_cost(&facts, &ModelSettings::default());
         let span = cost.window_span as u64;
-        assert_eq!(span, 1024 + 1024 + 32 + 512);
+        assert_eq!(span, 1024 + 512);
         assert_eq!(
             plan.kv_reserved_bytes,
             per_token / 2 * 100_000 + per_token / 2 * span
@@ -427,12 +427,12 @@ mod tests {
         // A lone long sequence may grow to the whole context within that reserve.
         assert_eq!(cost.positions_within(plan.kv_reserved_bytes), 100_000);
         let short = ModelSettings {
-            context_length: Some(2000),
+            context_length: Some(1500),
             ..ModelSettings::default()
         };
         assert_eq!(
             registry.plan(&facts, &short).kv_reserved_bytes,
-            per_token * 2000
+            per_token * 1500
         );
         let quantized = ModelSettings {
             kv_bits: Some(8),
