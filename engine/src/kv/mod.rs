@@ -364,11 +364,6 @@ impl PrefixCache {
         self.layout.block_size
     }
 
-    /// The blocks' layout (windowed layers marked).
-    pub fn layout(&self) -> &KvLayout {
-        &self.layout
-    }
-
     /// What a snapshot at position `at` holds: each linear layer's state and each windowed
     /// layer's KV for the positions its window reaches back from `at`, in layer order.
     fn snapshot_layout(&self, at: usize) -> StateLayout {
