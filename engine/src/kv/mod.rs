@@ -218,6 +218,23 @@ fn window_from(at: usize, window: usize) -> usize {
     window_start(at as i32, window as i32) as usize
 }
 
+/// One snapshot of what a sequence's cache held at a boundary, in layer order (the linear
+/// layers' states copied to host bytes now, the windows as they were copied then).
+fn snapshot_of(states: LayerStates) -> Result<StateSnapshot, snapshot::SnapshotError> {
+    let mut snap = StateSnapshot::default();
+    for (layer, noted) in states {
+        match noted {
+            Noted::Window(window) => snap.append(window),
+            Noted::State(arrays) => {
+                for a in &arrays {
+                    snap.push(layer, a)?;
+                }
+            }
+        }
+    }
+    Ok(snap)
+}
+
 /// The longest `j <= run` blocks that end at a snapshot (`has(j)`: block `j - 1` has one):
 /// at a multiple of the interval, or at the end of a prompt (its tail snapshot).
 fn restorable(run: usize, has: impl Fn(usize) -> bool) -> usize {
@@ -256,9 +273,10 @@ pub struct SeqBlocks {
     /// Hybrid models: the recurrent state each time the sequence stood at a snapshot boundary
     /// (that position, each linear layer's state), stored once its blocks are published.
     pending: Vec<(usize, LayerStates)>,
-    /// Hybrid models: the prompt's last block boundary (its tail snapshot goes there).
+    /// Hybrid and windowed models: the prompt's last block boundary (its tail snapshot goes
+    /// there).
     tail: usize,
-    /// Hybrid models: the last block boundary within the prompt's head (its chat's system
+    /// Hybrid and windowed models: the last block boundary within the prompt's head (its chat's system
     /// prompt and tools; 0: none), where conversations sharing it part ways: a snapshot goes
     /// there too.
     head: usize,
@@ -704,21 +722,8 @@ impl PrefixCache {
 
     fn store_snapshot(&mut self, h: BlockHash, at: usize, states: LayerStates) {
         let started = std::time::Instant::now();
-        let mut built = StateSnapshot::default();
-        let mut pushed = Ok(());
-        for (layer, noted) in states {
-            match noted {
-                Noted::Window(w) => built.append(w),
-                Noted::State(arrays) => {
-                    pushed = arrays.iter().try_for_each(|a| built.push(layer, a));
-                    if pushed.is_err() {
-                        break;
-                    }
-                }
-            }
-        }
         let want = self.snapshot_layout(at);
-        let snap = match pushed.map(|()| built) {
+        let snap = match snapshot_of(states) {
             Ok(s) if s.layout == want => Arc::new(s),
             Ok(s) => {
                 if !self.snapshot_warned {

@@ -311,6 +311,30 @@ pub(crate) fn stored_arrays(
     })
 }
 
+/// Puts `layer`'s stored arrays (K's parts then V's, as `layout` stores them) into `cache`:
+/// at its offset (blocks), or (`window`) as the window of a windowed layer ending there
+/// (a snapshot).
+pub(crate) fn load_stored(
+    cache: &mut dyn KvCache,
+    layout: &KvLayout,
+    layer: usize,
+    parts: Vec<Array>,
+    window: bool,
+) -> Result<(), Exception> {
+    if layout.quant.is_some() {
+        let (k, v) = Packed::pair(parts);
+        return match window {
+            true => cache.load_window_quantized(layer, k, v),
+            false => cache.load_layer_quantized(layer, k, v),
+        };
+    }
+    let [k, v]: [Array; 2] = parts.try_into().expect("keys and values");
+    match window {
+        true => cache.load_window(layer, k, v),
+        false => cache.load_layer(layer, k, v),
+    }
+}
+
 /// Copies blocks `first..first + count` (positions `first*B .. (first+count)*B`) out of
 /// `cache`, which must already hold those positions.
 pub fn blocks_from_cache(
@@ -386,22 +410,7 @@ pub fn fill_cache_from_blocks<B: std::ops::Deref<Target = KvBlock>>(
                 .push(unsafe { Array::from_raw_data(scratch.as_ptr().cast(), &shape, part.dtype) });
             base += heads * row;
         }
-        let mut arrays = arrays.into_iter();
-        let mut take = || arrays.next().expect("every part was built");
-        if layout.quant.is_some() {
-            let mut packed = || Packed {
-                w: take(),
-                scales: take(),
-                biases: take(),
-            };
-            let k = packed();
-            let v = packed();
-            cache.load_layer_quantized(layer, k, v)?;
-        } else {
-            let k = take();
-            let v = take();
-            cache.load_layer(layer, k, v)?;
-        }
+        load_stored(cache, &layout, layer, arrays, false)?;
     }
     cache.advance(count * layout.block_size);
     Ok(())

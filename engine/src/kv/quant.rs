@@ -85,6 +85,15 @@ impl Packed {
         Self { w, scales, biases }
     }
 
+    /// Keys and values from their six parts: the keys' words, scales and biases, then the
+    /// values'.
+    pub fn pair(parts: impl IntoIterator<Item = Array>) -> (Self, Self) {
+        let mut it = parts.into_iter();
+        let mut three = || Self::from_parts([(); 3].map(|_| it.next().expect("six parts")));
+        let keys = three();
+        (keys, three())
+    }
+
     pub fn nbytes(&self) -> usize {
         self.arrays().iter().map(|a| a.nbytes()).sum()
     }
@@ -94,9 +103,8 @@ impl Packed {
         self.map(|a| Ok(slice_axis(a, 2, start, end)?))
     }
 
-    /// `self` after `n` positions of zeros (which dequantize to zeros): a window restored into
-    /// a cache that keeps every position from 0.
-    pub fn after_zeros(&self, n: i32) -> Result<Self, Exception> {
+    /// `self` after `n` positions of zeros (which dequantize to zeros).
+    fn after_zeros(&self, n: i32) -> Result<Self, Exception> {
         if n <= 0 {
             return self.map(|a| Ok(a.clone()));
         }
@@ -140,6 +148,18 @@ pub fn dequantize_kv(
 
 /// Buffers grow in steps of this many positions (as `DenseKvCache`'s and mlx-lm's).
 const STEP: i32 = 256;
+
+/// A windowed layer's `keys`/`values` ending at position `end`, after zeros from position 0:
+/// how a window is restored into a cache that keeps every position (no query reads the
+/// zeros).
+pub fn window_from_zero(
+    keys: Packed,
+    values: Packed,
+    end: usize,
+) -> Result<(Packed, Packed), Exception> {
+    let before = end as i32 - keys.w.shape()[2];
+    Ok((keys.after_zeros(before)?, values.after_zeros(before)?))
+}
 
 /// Per-sequence KV stored quantized (mlx-lm's `QuantizedKVCache`).
 pub struct QuantizedKvCache {
@@ -324,8 +344,7 @@ impl KvCache for QuantizedKvCache {
         keys: Packed,
         values: Packed,
     ) -> Result<(), Exception> {
-        let start = self.offset as i32 - keys.w.shape()[2];
-        let whole = (keys.after_zeros(start)?, values.after_zeros(start)?);
+        let whole = window_from_zero(keys, values, self.offset)?;
         self.layers[layer] = None;
         let offset = std::mem::replace(&mut self.offset, 0);
         let stored = self.store_packed(layer, whole);

@@ -28,7 +28,7 @@ use mlx_rs::Array;
 use crate::kv::cache::{
     moves_forward, window_keep_from, window_start, AsAny, KvCache, RecurrentStates,
 };
-use crate::kv::quant::{dequantize_kv, quantize_kv, KvQuant, Packed};
+use crate::kv::quant::{dequantize_kv, quantize_kv, window_from_zero, KvQuant, Packed};
 use crate::mlx_ext::{scatter, slice, slice_axis, slice_update};
 
 /// Capacity grows in steps of this many positions.
@@ -130,13 +130,6 @@ fn packed_parts(keys: Packed, values: Packed) -> Parts {
     let [kw, ks, kb] = keys.into_parts();
     let [vw, vs, vb] = values.into_parts();
     vec![kw, ks, kb, vw, vs, vb]
-}
-
-fn packed_pair(parts: Parts) -> (Packed, Packed) {
-    let mut it = parts.into_iter();
-    let mut three = || [(); 3].map(|_| it.next().expect("three parts"));
-    let keys = Packed::from_parts(three());
-    (keys, Packed::from_parts(three()))
 }
 
 impl SlotPool {
@@ -381,7 +374,7 @@ impl SlotPool {
         start: i32,
         end: i32,
     ) -> Result<(Packed, Packed), Exception> {
-        Ok(packed_pair(self.read_parts(layer, slot, start, end)?))
+        Ok(Packed::pair(self.read_parts(layer, slot, start, end)?))
     }
 
     fn read_parts(
@@ -421,7 +414,7 @@ impl SlotPool {
         slots: &[i32],
         len: i32,
     ) -> Result<(Packed, Packed), Exception> {
-        Ok(packed_pair(self.read_slots_parts(layer, slots, len)?))
+        Ok(Packed::pair(self.read_slots_parts(layer, slots, len)?))
     }
 
     fn read_slots_parts(&self, layer: usize, slots: &[i32], len: i32) -> Result<Parts, Exception> {
@@ -638,8 +631,7 @@ impl KvCache for SlotKvCache {
         values: Packed,
     ) -> Result<(), Exception> {
         self.quantized_or_err()?;
-        let start = self.offset as i32 - keys.w.shape()[2];
-        let (keys, values) = (keys.after_zeros(start)?, values.after_zeros(start)?);
+        let (keys, values) = window_from_zero(keys, values, self.offset)?;
         let mut pool = self.pool.lock();
         pool.write_quantized(layer, self.slot, 0, keys, values)
     }

@@ -16,8 +16,7 @@ use mlx_rs::error::Exception;
 use mlx_rs::Array;
 
 use super::cache::KvCache;
-use super::paged::{host_bytes, KvDtype, KvLayout, PagedError};
-use super::quant::Packed;
+use super::paged::{host_bytes, load_stored, KvDtype, KvLayout, PagedError};
 
 /// One state array's place and form: its layer, dtype and shape.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -105,17 +104,6 @@ pub fn state_layout(
 }
 
 impl StateSnapshot {
-    /// Copies the states (`(layer, arrays)`) to host bytes, evaluating them.
-    pub fn from_states(states: &[(usize, Vec<Array>)]) -> Result<Self, SnapshotError> {
-        let mut snap = Self::default();
-        for (layer, arrays) in states {
-            for a in arrays {
-                snap.push(*layer, a)?;
-            }
-        }
-        Ok(snap)
-    }
-
     /// Appends `a` (one of `layer`'s arrays) as host bytes, evaluating it.
     pub fn push(&mut self, layer: usize, a: &Array) -> Result<(), SnapshotError> {
         let dtype = KvDtype::from_mlx(a.dtype()).ok_or(PagedError::UnsupportedDtype(a.dtype()))?;
@@ -182,18 +170,10 @@ impl StateSnapshot {
             }
         }
         for (layer, arrays) in by_layer {
-            if !blocks.is_windowed(layer) {
-                *cache.state(layer) = Some(arrays);
-                continue;
-            }
-            let mut it = arrays.into_iter();
-            if blocks.quant.is_some() {
-                let mut packed = || Packed::from_parts([(); 3].map(|_| it.next().expect("part")));
-                let (k, v) = (packed(), packed());
-                cache.load_window_quantized(layer, k, v)?;
+            if blocks.is_windowed(layer) {
+                load_stored(cache, blocks, layer, arrays, true)?;
             } else {
-                let (k, v) = (it.next().expect("keys"), it.next().expect("values"));
-                cache.load_window(layer, k, v)?;
+                *cache.state(layer) = Some(arrays);
             }
         }
         Ok(())
@@ -219,7 +199,9 @@ mod tests {
             .as_dtype(Dtype::Bfloat16)
             .unwrap();
         let rec = Array::from_slice(&[0.125f32, -7.0, 8.5, 9.0], &[1, 1, 2, 2]);
-        let snap = StateSnapshot::from_states(&[(1, vec![conv.clone(), rec.clone()])]).unwrap();
+        let mut snap = StateSnapshot::default();
+        snap.push(1, &conv).unwrap();
+        snap.push(1, &rec).unwrap();
         assert_eq!(snap.nbytes(), 6 * 2 + 4 * 4);
         let mut source = DenseKvCache::new(3);
         *source.state(1) = Some(vec![conv.clone(), rec.clone()]);
