@@ -334,7 +334,6 @@ impl Engine {
         stats: Arc<EngineStats>,
     ) -> Self {
         let eos = tokenizer.eos_token_ids().to_vec();
-        let slots = SharedSlots::new(model.num_layers()).quantized(config.kv_quant);
         let prefix = build_prefix_cache(&model_id, model.as_ref(), &config, &stats);
         let prefix = match prefix {
             Ok(p) => p,
@@ -343,6 +342,9 @@ impl Engine {
                 None
             }
         };
+        let slots = SharedSlots::new(model.num_layers())
+            .quantized(config.kv_quant)
+            .with_window_slack(prefix.as_ref().map_or(0, PrefixCache::window_slack));
         Self {
             tokenizer,
             eos,
@@ -534,7 +536,8 @@ impl Engine {
             Box::new(QuantizedKvCache::new(self.model.num_layers(), quant))
         } else {
             let layers = self.model.num_layers();
-            Box::new(DenseKvCache::new(layers))
+            let slack = self.prefix.as_ref().map_or(0, PrefixCache::window_slack);
+            Box::new(DenseKvCache::new(layers).with_window_slack(slack))
         };
         seq.prefilled = match self.prefix.as_mut() {
             Some(p) => p.admit(
@@ -995,6 +998,7 @@ impl Engine {
 
     fn finish(&mut self, mut seq: Sequence, mut reason: FinishReason) {
         if let Some(p) = self.prefix.as_mut() {
+            p.finish(&seq.tokens, seq.cache.as_ref(), &mut seq.blocks);
             p.release(&mut seq.blocks);
         }
         // Text held back (partial UTF-8, a possible stop-string prefix) is released unless a

@@ -18,6 +18,7 @@ cold tokens there too."""
 
 import os
 import random
+import shutil
 import subprocess
 import sys
 import time
@@ -47,6 +48,12 @@ LONG = SHARED + " " + _text("hybrid-ssd-long", 6)
 OTHER = SHARED + " A different ending: the harbor road stayed open all winter."
 CHECK = _text("hybrid-kill-check", 14)
 LAYOUT = _text("hybrid-layout", 12)
+# A conversation's first prompt (its tail, 96, and its reply's end, 160, between snapshots),
+# its reply's length, and what the next turn adds after the reply. The turns go as token ids:
+# a random model's reply is no canonical tokenization of its text.
+TURN = _text("hybrid-turn", 9)
+REPLY_TOKENS = 48
+NEXT_TURN = " Then the next question: " + _text("hybrid-turn-next", 2)
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +78,14 @@ def cold(models, tmp_path_factory):
     wanted += [(GEMMA, p) for p in (LONG, OTHER)]
     env = dict(ENV, WUWEI_KV_CACHE="0")
     with running_daemon(tmp_path_factory.mktemp("hybrid-cold"), env, models=models) as url:
-        return {(m, p): _complete(url, m, p)[0] for m, p in wanted}
+        out = {(m, p): _complete(url, m, p)[0] for m, p in wanted}
+        # A two-turn conversation: the first turn's reply, and the second turn's tokens.
+        first, rest = _ids(models, TURN), _ids(models, NEXT_TURN)
+        for m in (NEXT, GEMMA):
+            reply = _ids_of_pieces(models, _complete(url, m, first, REPLY_TOKENS)[0])
+            out[(m, "reply")] = reply
+            out[(m, "second")] = _complete(url, m, first + reply + rest)[0]
+        return out
 
 
 def _fresh(path):
@@ -80,11 +94,31 @@ def _fresh(path):
     return path
 
 
-def _tokens(models, text):
+def _tokenizer(models):
     from tokenizers import Tokenizer
 
-    tok = Tokenizer.from_file(str(models / NEXT / "tokenizer.json"))
-    return len(tok.encode(text, add_special_tokens=False).ids)
+    return Tokenizer.from_file(str(models / NEXT / "tokenizer.json"))
+
+
+def _ids(models, text):
+    return _tokenizer(models).encode(text, add_special_tokens=False).ids
+
+
+def _tokens(models, text):
+    return len(_ids(models, text))
+
+
+def _ids_of_pieces(models, pieces):
+    """The token ids behind generated tokens' texts (the logprobs' `tokens`), through the
+    byte-level BPE vocabulary's byte-to-character map (GPT-2's)."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1),
+                 *range(ord("®"), ord("ÿ") + 1)]
+    extra = iter(range(256, 512))
+    to_char = {b: chr(b if b in printable else next(extra)) for b in range(256)}
+    tok = _tokenizer(models)
+    ids = [tok.token_to_id("".join(to_char[b] for b in p.encode())) for p in pieces]
+    assert None not in ids, f"a generated token is not a whole token's text: {pieces}"
+    return ids
 
 
 def _full_hit(prompt_tokens):
@@ -166,6 +200,47 @@ def test_ram_and_ssd_hits_and_a_partial_match_give_the_cold_tokens(models, cold,
 
 def _cached_of(usage):
     return usage["prompt_tokens_details"]["cached_tokens"]
+
+
+@pytest.mark.parametrize("model", [NEXT, GEMMA])
+def test_the_next_turn_restores_after_the_reply(models, cold, tmp_path, model):
+    """A sequence ends in a snapshot at the last block boundary its reply crossed (recurrent
+    states; a Gemma's windows, kept by a block of slack), so the conversation's next turn,
+    whose prompt holds the reply, restores after it rather than at the previous prompt's tail,
+    from RAM and from the SSD tier after a restart, and gives the cold tokens. Once that turn's
+    own tail snapshot is stored, the first turn's tail and end snapshots leave the disk."""
+    kv, kv_copy = tmp_path / "kv", tmp_path / "kv-copy"
+    env = dict(ENV, WUWEI_KV_SSD_DIR=str(kv))
+    first, reply = _ids(models, TURN), cold[(model, "reply")]
+    second = first + reply + _ids(models, NEXT_TURN)
+    with running_daemon(_fresh(tmp_path / "one"), env, models=models) as url:
+        pieces, usage, _ = _complete(url, model, first, REPLY_TOKENS)
+        assert _ids_of_pieces(models, pieces) == reply
+        assert usage["completion_tokens"] == REPLY_TOKENS, "the reply must not end early"
+        tail = _full_hit(usage["prompt_tokens"])
+        # Positions computed: the prompt and every reply token but the last.
+        end = (usage["prompt_tokens"] + REPLY_TOKENS - 1) // BLOCK * BLOCK
+        assert end > tail and end % SNAPSHOT and tail % SNAPSHOT, (tail, end)
+        _settled(url, kv)
+        first_turn = set(kv.rglob("*.snap"))
+        # The interval's snapshots, the prompt's tail and the reply's end.
+        assert len(first_turn) == end // SNAPSHOT + 2, (sorted(first_turn), end)
+        shutil.copytree(kv, kv_copy)
+
+        tokens, usage, _ = _complete(url, model, second)
+        assert _cached_of(usage) == end, (usage, tail, end)
+        assert tokens == cold[(model, "second")], "restoring after the reply changed the output"
+        _settled(url, kv)
+        gone = first_turn - set(kv.rglob("*.snap"))
+        assert len(gone) == 2, "the first turn's tail and end snapshots are superseded"
+
+    # The first turn's files only, after a restart.
+    env = dict(ENV, WUWEI_KV_SSD_DIR=str(kv_copy))
+    with running_daemon(_fresh(tmp_path / "two"), env, models=models) as url:
+        _wait_scan(url)
+        tokens, usage, _ = _complete(url, model, second)
+        assert _cached_of(usage) == end, (usage, tail, end)
+        assert tokens == cold[(model, "second")], "an SSD restore after the reply changed the output"
 
 
 # Lives killed -9 below while new prompts' blocks and snapshots are being written.

@@ -166,12 +166,13 @@ pub fn window_start(offset: i32, window: i32) -> i32 {
 pub(crate) const STEP: i32 = 256;
 
 /// The first position a sliding-window layer keeps once positions are written at `offset`:
-/// every position the new queries see, never before what it already forgot (`first`). (No
-/// reader needs more: the prefix cache copies a windowed layer's window out at snapshot
-/// boundaries right after the step that reached one.) Shared by `DenseKvCache` and the slot
-/// pool.
-pub(crate) fn window_keep_from(offset: i32, window: i32, first: i32) -> i32 {
-    window_start(offset, window).max(first)
+/// every position the new queries see and `slack` more before them, never before what it
+/// already forgot (`first`). The prefix cache copies a windowed layer's window out at
+/// snapshot boundaries within a prompt right after the step that reached one; the slack (a
+/// block) lets it copy, when a sequence ends, the window before the last block boundary its
+/// reply crossed (`PrefixCache::finish`). Shared by `DenseKvCache` and the slot pool.
+pub(crate) fn window_keep_from(offset: i32, window: i32, slack: i32, first: i32) -> i32 {
+    window_start(offset - slack, window).max(first)
 }
 
 /// Whether a buffer whose first position is `first` should move its kept positions
@@ -194,6 +195,8 @@ pub struct DenseKvCache {
     first: Vec<i32>,
     offset: usize,
     states: RecurrentStates,
+    /// Positions windowed layers keep beyond their window (`window_keep_from`).
+    slack: i32,
 }
 
 impl DenseKvCache {
@@ -203,7 +206,14 @@ impl DenseKvCache {
             first: vec![0; num_layers],
             offset: 0,
             states: RecurrentStates::default(),
+            slack: 0,
         }
+    }
+
+    /// Windowed layers keep `slack` positions beyond their window (`window_keep_from`).
+    pub fn with_window_slack(mut self, slack: usize) -> Self {
+        self.slack = slack as i32;
+        self
     }
 
     /// The buffers of `layer` (capacity included) and the position their index 0 holds, if
@@ -301,7 +311,7 @@ impl KvCache for DenseKvCache {
         window: i32,
     ) -> Result<(Array, Array), Exception> {
         let offset = self.offset as i32;
-        let keep_from = window_keep_from(offset, window, self.first[layer]);
+        let keep_from = window_keep_from(offset, window, self.slack, self.first[layer]);
         self.store(
             layer,
             &keys,
@@ -432,5 +442,31 @@ mod tests {
         assert!(windowed.nbytes() * 4 < full.nbytes());
         windowed.reset();
         assert_eq!(windowed.layer(0).map(|(_, first)| first), None);
+    }
+
+    /// With a block of slack, a windowed layer decoding one position at a time still holds
+    /// after every step the window before the last block boundary: what the prefix cache
+    /// snapshots when a sequence ends. Without, it does not.
+    #[test]
+    fn slack_keeps_the_window_before_the_last_block_boundary() {
+        // A block that does not divide `STEP`: where the buffer moves does not line up with
+        // block boundaries (after prefill chunks it need not with any block size).
+        let (window, block) = (16, 24);
+        let held_at_every_step = |slack: usize| {
+            let mut cache = DenseKvCache::new(1).with_window_slack(slack);
+            (0..1200).all(|at| {
+                cache
+                    .update_and_fetch_window(0, positions(at, 1), positions(at, 1), window)
+                    .unwrap();
+                cache.advance(1);
+                // The last block boundary at or before the offset: up to a block minus one
+                // behind it.
+                let boundary = (at + 1) / block * block;
+                let from = window_start(boundary, window);
+                cache.range(0, from, boundary).unwrap().is_some()
+            })
+        };
+        assert!(held_at_every_step(block as usize));
+        assert!(!held_at_every_step(0));
     }
 }

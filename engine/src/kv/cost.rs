@@ -29,8 +29,14 @@ pub struct KvCost {
 impl KvCost {
     /// The cost for a model whose position takes `per_token` bytes, `windowed` of them in
     /// sliding-window layers whose caches forget (`None`: none do), with the scheduler's
-    /// prefill chunk.
-    pub fn new(per_token: u64, windowed: Option<WindowedKv>, prefill_chunk: usize) -> Self {
+    /// prefill chunk and the positions such layers keep beyond their window (`slack`: a
+    /// block when the prefix cache snapshots replies' ends, `PrefixCache::window_slack`).
+    pub fn new(
+        per_token: u64,
+        windowed: Option<WindowedKv>,
+        prefill_chunk: usize,
+        slack: usize,
+    ) -> Self {
         let Some(w) = windowed.filter(|w| w.bytes_per_token > 0) else {
             return Self {
                 per_token,
@@ -44,7 +50,7 @@ impl KvCost {
         Self {
             per_token,
             windowed_per_token: w.bytes_per_token.min(per_token),
-            window_span: w.window as usize + room,
+            window_span: w.window as usize + slack + room,
         }
     }
 
@@ -89,19 +95,20 @@ mod tests {
             bytes_per_token: 52 * layer,
             window: 1024,
         };
-        KvCost::new(62 * layer, Some(windowed), 512)
+        KvCost::new(62 * layer, Some(windowed), 512, 32)
     }
 
     #[test]
     fn a_long_sequence_pays_for_the_window_of_windowed_layers_only() {
         let cost = gemma3_27b();
-        assert_eq!(cost.window_span, 1024 + 512);
+        // The window, a block of slack, a chunk's room.
+        assert_eq!(cost.window_span, 1024 + 32 + 512);
         let layer = 2 * 16 * 128 * 2u64;
         // Short: every position of every layer.
         assert_eq!(cost.bytes(1000), 1000 * 62 * layer);
         // Long: full layers whole, windowed layers their span.
         let long = cost.bytes(128_000);
-        assert_eq!(long, 128_000 * 10 * layer + 1536 * 52 * layer);
+        assert_eq!(long, 128_000 * 10 * layer + 1568 * 52 * layer);
         assert!(long * 5 < 128_000 * 62 * layer);
         // The inverse: the longest sequence within those bytes.
         assert_eq!(cost.positions_within(long), 128_000);
@@ -110,7 +117,7 @@ mod tests {
 
     #[test]
     fn without_windows_a_position_costs_the_same_at_any_length() {
-        let plain = KvCost::new(100, None, 512);
+        let plain = KvCost::new(100, None, 512, 32);
         assert_eq!(plain.bytes(10_000), 1_000_000);
         assert_eq!(plain.positions_within(1_000_050), 10_000);
         assert_eq!(KvCost::default().positions_within(5), usize::MAX);
@@ -122,6 +129,7 @@ mod tests {
                 window: 16,
             }),
             512,
+            0,
         );
         assert_eq!(all.bytes(100_000), all.bytes(all.window_span));
         assert_eq!(all.positions_within(u64::MAX / 2), usize::MAX);

@@ -284,6 +284,9 @@ pub struct SeqBlocks {
     /// multiple of the interval): once this prompt's own tail snapshot is stored past it, it
     /// is dropped from RAM (`publish`).
     restored_tail: Option<BlockHash>,
+    /// Hybrid and windowed models: the last block boundary the sequence's reply crossed and
+    /// its linear layers' states there; the sequence's end snapshot goes there (`finish`).
+    reply: Option<(usize, LayerStates)>,
 }
 
 /// One model's prefix cache, owned by its engine thread.
@@ -305,6 +308,10 @@ pub struct PrefixCache {
     /// Snapshots in RAM by the hash of the block they end; their bytes are counted on that
     /// block in the pool, and they go when it is evicted.
     snapshots: HashMap<BlockHash, Arc<StateSnapshot>>,
+    /// A sequence's tail snapshot and its end snapshot, each by the other: the next turn of
+    /// the conversation restores one of them, and once its own tail snapshot is stored both
+    /// are superseded (`drop_superseded`).
+    partners: HashMap<BlockHash, BlockHash>,
     snapshot_warned: bool,
     /// Lookup counters (the pool keeps its own).
     queries: u64,
@@ -367,6 +374,7 @@ impl PrefixCache {
             states,
             windows,
             snapshots: HashMap::new(),
+            partners: HashMap::new(),
             snapshot_warned: false,
             queries: 0,
             hits: 0,
@@ -380,6 +388,16 @@ impl PrefixCache {
 
     pub fn block_size(&self) -> usize {
         self.layout.block_size
+    }
+
+    /// Positions a sequence's windowed layers must keep beyond their window: a block, so
+    /// that when it ends the window before the last block boundary it crossed is still there
+    /// to be snapshotted (`finish`). 0 for models without windowed layers.
+    pub fn window_slack(&self) -> usize {
+        match self.windows.is_empty() {
+            true => 0,
+            false => self.layout.block_size,
+        }
     }
 
     /// What a snapshot at position `at` holds: each linear layer's state and each windowed
@@ -611,15 +629,21 @@ impl PrefixCache {
     /// Qwen3-Next ~76 MB) for as long as the conversation's blocks stay in use, that only a
     /// prompt diverging between the two tails could use; such a prompt restores from the
     /// interval's snapshot instead. The SSD tier's copy goes too.
+    /// The other snapshot of the same turn (its tail's or its end's, `partners`) goes with
+    /// it.
     fn drop_superseded(&mut self, h: BlockHash) {
-        if let Some(snap) = self.snapshots.remove(&h) {
-            self.pool.detach(&h, snap.nbytes());
-            self.probe.with(|p| {
-                p.snapshots.remove(&h);
-            });
-        }
-        if let Some(ssd) = &self.ssd {
-            ssd.remove(self.identity, snapshot_key(h));
+        let partner = self.partners.remove(&h);
+        for h in std::iter::once(h).chain(partner) {
+            self.partners.remove(&h);
+            if let Some(snap) = self.snapshots.remove(&h) {
+                self.pool.detach(&h, snap.nbytes());
+                self.probe.with(|p| {
+                    p.snapshots.remove(&h);
+                });
+            }
+            if let Some(ssd) = &self.ssd {
+                ssd.remove(self.identity, snapshot_key(h));
+            }
         }
     }
 
@@ -677,9 +701,31 @@ impl PrefixCache {
             return;
         };
         let at = cache.offset();
+        let b = self.layout.block_size;
         let boundary = at.is_multiple_of(iv) || at == blocks.tail || at == blocks.head;
-        if at == 0 || !boundary || blocks.chain.len() * self.layout.block_size >= at {
+        if at == 0 || blocks.chain.len() * b >= at {
             return;
+        }
+        if !boundary {
+            // Past the prompt: the reply's block boundaries, the last of which gets the end
+            // snapshot. The linear layers' states are kept as they are (arrays, not copies);
+            // the windows are copied only at the end, from the slack their layers keep.
+            if at > blocks.tail && at.is_multiple_of(b) {
+                let linear = (0..self.layout.layers).filter(|&l| self.layout.is_linear(l));
+                let mut states = Vec::new();
+                for layer in linear {
+                    match cache.state(layer) {
+                        Some(s) => states.push((layer, Noted::State(s.clone()))),
+                        None => return,
+                    }
+                }
+                blocks.reply = Some((at, states));
+            }
+            return;
+        }
+        // A snapshot at the interval past the reply's earlier boundaries serves instead.
+        if at > blocks.tail {
+            blocks.reply = None;
         }
         let mut states = Vec::new();
         let mut windows = self.windows.iter().peekable();
@@ -702,6 +748,51 @@ impl PrefixCache {
             }
         }
         blocks.pending.push((at, states));
+    }
+
+    /// When a sequence ends (its reply complete): its last blocks are published and a
+    /// snapshot goes at the last block boundary its reply crossed, so that the conversation's
+    /// next turn, whose prompt holds this reply, restores after it instead of at this
+    /// prompt's tail and recomputes only what is new. Plain models need nothing: their reply's
+    /// blocks are published as it is generated.
+    pub fn finish(&mut self, tokens: &[u32], cache: &dyn KvCache, blocks: &mut SeqBlocks) {
+        // Blocks a step still in flight completes (its token is known).
+        self.publish(tokens, cache, blocks);
+        let b = self.layout.block_size;
+        let Some((at, mut states)) = blocks.reply.take() else {
+            return;
+        };
+        if blocks.chain.len() * b < at {
+            return;
+        }
+        let h = blocks.chain[at / b - 1];
+        if self.snapshots.contains_key(&h) {
+            return;
+        }
+        for &(layer, window) in &self.windows {
+            match self.copy_window(cache, layer, at, window) {
+                Ok(w) => states.push((layer, Noted::Window(w))),
+                Err(e) => {
+                    tracing::debug!(model = %self.model, error = %e, "the reply's window is gone; no end snapshot");
+                    return;
+                }
+            }
+        }
+        // Layer order, as a snapshot holds them.
+        states.sort_by_key(|&(layer, _)| layer);
+        self.store_snapshot(h, at, states);
+        // This prompt's tail snapshot: the next turn needs one of the two, and neither once
+        // it has stored its own tail.
+        let tail = blocks.tail;
+        let own_tail =
+            tail > 0 && !tail.is_multiple_of(self.interval.unwrap_or(1)) && tail != blocks.head;
+        if own_tail && self.snapshots.contains_key(&h) {
+            let t = blocks.chain[tail / b - 1];
+            if self.snapshots.contains_key(&t) {
+                self.partners.insert(h, t);
+                self.partners.insert(t, h);
+            }
+        }
     }
 
     /// Windowed `layer`'s KV that queries from `at` on can see, as host bytes.
@@ -814,6 +905,7 @@ impl PrefixCache {
             self.pool.release(&h);
         }
         blocks.pending.clear();
+        blocks.reply = None;
     }
 
     /// Blocks the pool evicted: gone from the probe, and their snapshots with them.
@@ -823,6 +915,9 @@ impl PrefixCache {
         }
         for h in evicted {
             self.snapshots.remove(h);
+            if let Some(p) = self.partners.remove(h) {
+                self.partners.remove(&p);
+            }
         }
         self.probe.with(|s| {
             for h in evicted {
@@ -1029,16 +1124,8 @@ mod tests {
         let first: Vec<u32> = (0..41).collect();
         let mut blocks = prefill(&mut prefix, &mut DenseKvCache::new(2), (&first, 0), 0);
         prefix.release(&mut blocks);
-        let tails = |p: &PrefixCache| {
-            let mut at: Vec<usize> = Vec::new();
-            let hashes = chain_hashes(&p.identity, &(0..80).collect::<Vec<u32>>(), 4);
-            for (j, h) in hashes.iter().enumerate() {
-                if p.snapshots.contains_key(h) {
-                    at.push((j + 1) * 4);
-                }
-            }
-            at
-        };
+        let along: Vec<u32> = (0..80).collect();
+        let tails = |p: &PrefixCache| snapshots_at(p, &along);
         assert_eq!(tails(&prefix), vec![24, 40]);
         let bytes = prefix.stats().bytes;
         // The next turn: the same tokens and 20 more.
@@ -1083,6 +1170,91 @@ mod tests {
         let hit = prefix.admit(&third, 0, &mut DenseKvCache::new(2), &mut blocks);
         assert_eq!(hit, 12, "the head's snapshot serves any prompt reaching it");
         prefix.release(&mut blocks);
+    }
+
+    /// Decodes `n` tokens after `tokens` as the scheduler does: each step writes one position
+    /// (the last token), notes the state, and the sampled token (the next number) joins
+    /// `tokens` before the step's blocks are published.
+    fn decode(
+        prefix: &mut PrefixCache,
+        cache: &mut dyn KvCache,
+        tokens: &mut Vec<u32>,
+        blocks: &mut SeqBlocks,
+        n: usize,
+    ) {
+        for _ in 0..n {
+            let at = cache.offset() as i32;
+            let (k0, k1) = (keys(0, at, 1), keys(1, at, 1));
+            cache
+                .update_and_fetch(0, k0.clone(), k0.negative().unwrap())
+                .unwrap();
+            let v1 = k1.negative().unwrap();
+            cache.update_and_fetch_window(1, k1, v1, WINDOW).unwrap();
+            cache.advance(1);
+            prefix.note_state(cache, blocks);
+            tokens.push(*tokens.last().unwrap() + 1);
+            prefix.publish(tokens, cache, blocks);
+        }
+    }
+
+    /// Where a prefix cache holds snapshots along `tokens`.
+    fn snapshots_at(p: &PrefixCache, tokens: &[u32]) -> Vec<usize> {
+        let hashes = chain_hashes(&p.identity, tokens, 4);
+        let mut at = Vec::new();
+        for (j, h) in hashes.iter().enumerate() {
+            if p.snapshots.contains_key(h) {
+                at.push((j + 1) * 4);
+            }
+        }
+        at
+    }
+
+    /// When a sequence ends, a snapshot goes at the last block boundary its reply crossed
+    /// (the window there kept by the caches' slack): the next turn, whose prompt holds the
+    /// reply, restores after it — the windowed layer exactly as a cold run had it — and once
+    /// that turn's own tail snapshot is stored, the earlier turn's tail and end snapshots go;
+    /// the interval's stay.
+    #[test]
+    fn a_reply_ends_in_a_snapshot_the_next_turn_restores() {
+        let mut probe = DenseKvCache::new(2);
+        prefill_probe(&mut probe);
+        assert_eq!(windowed_prefix_cache(&probe).window_slack(), 4);
+        for slot in [false, true] {
+            let mut prefix = windowed_prefix_cache(&probe);
+            let mut cache: Box<dyn KvCache> = match slot {
+                true => Box::new(SharedSlots::new(2).with_window_slack(4).acquire()),
+                false => Box::new(DenseKvCache::new(2).with_window_slack(4)),
+            };
+            let mut tokens: Vec<u32> = (0..41).collect();
+            let mut blocks = prefill(&mut prefix, cache.as_mut(), (&tokens, 0), 0);
+            // The reply: positions 41..55, crossing 44, 48 (the interval's) and 52.
+            decode(&mut prefix, cache.as_mut(), &mut tokens, &mut blocks, 14);
+            assert_eq!(snapshots_at(&prefix, &tokens), vec![24, 40, 48]);
+            prefix.finish(&tokens, cache.as_ref(), &mut blocks);
+            prefix.release(&mut blocks);
+            assert_eq!(snapshots_at(&prefix, &tokens), vec![24, 40, 48, 52]);
+
+            // The next turn: the reply and more.
+            let mut next = tokens.clone();
+            next.extend(900..910);
+            let mut target = DenseKvCache::new(2);
+            let mut blocks = SeqBlocks::default();
+            assert_eq!(prefix.admit(&next, 0, &mut target, &mut blocks), 52);
+            let from = 52 + 1 - WINDOW;
+            let (k, v) = target.range(1, from, 52).unwrap().unwrap();
+            let want = keys(1, from, WINDOW - 1);
+            assert_eq!(floats(&k), floats(&want), "slot {slot}");
+            assert_eq!(floats(&v), floats(&want.negative().unwrap()));
+            prefix.release(&mut blocks);
+            let mut blocks = prefill(&mut prefix, &mut DenseKvCache::new(2), (&next, 0), 52);
+            prefix.release(&mut blocks);
+            assert_eq!(
+                snapshots_at(&prefix, &next),
+                vec![24, 48, 64],
+                "slot {slot}"
+            );
+            assert!(prefix.partners.is_empty());
+        }
     }
 
     /// Two positions in both layers: enough for `layout_of`.

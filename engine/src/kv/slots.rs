@@ -47,6 +47,8 @@ pub struct SlotPool {
     /// layers).
     first: Vec<Vec<i32>>,
     in_use: Vec<bool>,
+    /// Positions windowed layers keep beyond their window (`window_keep_from`).
+    slack: i32,
 }
 
 /// A pool as the sequences share it (the engine thread is its only user; the lock is never
@@ -61,12 +63,19 @@ impl SharedSlots {
             quant: None,
             first: vec![Vec::new(); num_layers],
             in_use: Vec::new(),
+            slack: 0,
         })))
     }
 
     /// KV stored quantized in `quant`'s format (`None`: as computed).
     pub fn quantized(self, quant: Option<KvQuant>) -> Self {
         self.lock().quant = quant;
+        self
+    }
+
+    /// Windowed layers keep `slack` positions beyond their window (`window_keep_from`).
+    pub fn with_window_slack(self, slack: usize) -> Self {
+        self.lock().slack = slack as i32;
         self
     }
 
@@ -168,7 +177,7 @@ impl SlotPool {
         let Some(window) = window.filter(|_| self.quant.is_none()) else {
             return Ok(first);
         };
-        let keep_from = window_keep_from(offset, window, first);
+        let keep_from = window_keep_from(offset, window, self.slack, first);
         if !moves_forward(first, keep_from, offset) {
             return Ok(first);
         }

@@ -112,10 +112,17 @@ impl Registry {
             None => facts.windowed_kv,
         };
         let sched = &self.config.scheduler;
+        // The block windowed layers keep for the prefix cache's end snapshots
+        // (`PrefixCache::window_slack`).
+        let slack = match sched.kv.enabled {
+            true => sched.kv.block_size,
+            false => 0,
+        };
         KvCost::new(
             self.kv_bytes_per_token(facts, settings),
             windowed,
             sched.prefill_chunk,
+            slack,
         )
     }
 
@@ -130,7 +137,15 @@ impl Registry {
         };
         // Room for one sequence of `kv_tokens` (or several sharing them).
         let kv = self.kv_cost(facts, settings).bytes(kv_tokens);
-        let states = facts.state_bytes_per_sequence * self.config.scheduler.max_running as u64;
+        // A running sequence's recurrent state, and with the prefix cache the state it keeps
+        // at its reply's last block boundary for its end snapshot (`PrefixCache::finish`).
+        let held = if self.config.scheduler.kv.enabled {
+            2
+        } else {
+            1
+        };
+        let states =
+            held * facts.state_bytes_per_sequence * self.config.scheduler.max_running as u64;
         let budget = self.budget();
         let mode = match self.config.weights_mode {
             WeightsMode::Auto => {
@@ -419,7 +434,8 @@ mod tests {
         let plan = registry.plan(&facts, &ModelSettings::default());
         let cost = registry.kv_cost(&facts, &ModelSettings::default());
         let span = cost.window_span as u64;
-        assert_eq!(span, 1024 + 512);
+        // The window, the prefix cache's block of slack, a prefill chunk's room.
+        assert_eq!(span, 1024 + 32 + 512);
         assert_eq!(
             plan.kv_reserved_bytes,
             per_token / 2 * 100_000 + per_token / 2 * span
