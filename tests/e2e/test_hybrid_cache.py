@@ -35,6 +35,9 @@ from cache_helpers import (
 from test_half_precision import _complete
 from test_hybrid import SNAPSHOT
 
+sys.path.insert(0, str(REPO_ROOT / "tests/reference"))
+from token_pieces import ids_of_pieces  # noqa: E402
+
 NEXT = "rand-qwen3next-bf16-q4"  # linear layers 0 and 2
 NEXT_WIDE = "rand-qwen3next-deep-linear"  # linear layers 0, 1 and 2: another layout
 # Layers 0 and 2 windowed (16 positions: snapshots every 4 windows, SNAPSHOT), 1 and 3 full.
@@ -109,14 +112,8 @@ def _tokens(models, text):
 
 
 def _ids_of_pieces(models, pieces):
-    """The token ids behind generated tokens' texts (the logprobs' `tokens`), through the
-    byte-level BPE vocabulary's byte-to-character map (GPT-2's)."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1),
-                 *range(ord("®"), ord("ÿ") + 1)]
-    extra = iter(range(256, 512))
-    to_char = {b: chr(b if b in printable else next(extra)) for b in range(256)}
-    tok = _tokenizer(models)
-    ids = [tok.token_to_id("".join(to_char[b] for b in p.encode())) for p in pieces]
+    """The token ids behind generated tokens' texts (the logprobs' `tokens`)."""
+    ids = ids_of_pieces(_tokenizer(models), pieces)
     assert None not in ids, f"a generated token is not a whole token's text: {pieces}"
     return ids
 

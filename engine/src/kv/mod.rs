@@ -442,14 +442,10 @@ impl PrefixCache {
                 (found, from_ssd, None)
             }
         };
-        // A tail snapshot, not one at the interval or at this prompt's head (which the
-        // conversations sharing that head restore from).
-        blocks.restored_tail = match (self.interval, found.len()) {
-            (Some(iv), j) if j > 0 && !(j * b).is_multiple_of(iv) && j * b != blocks.head => {
-                Some(hashes[j - 1])
-            }
-            _ => None,
-        };
+        // A tail (or end) snapshot, not one at the interval or at this prompt's head (which
+        // the conversations sharing that head restore from).
+        let j = found.len();
+        blocks.restored_tail = self.supersedable(j * b, blocks.head).then(|| hashes[j - 1]);
         let mut filled = fill_cache_from_blocks(cache, &found).map_err(|e| e.to_string());
         if let (Ok(()), Some(snap)) = (&filled, &snapshot) {
             let expected = self.snapshot_layout(found.len() * b);
@@ -629,6 +625,13 @@ impl PrefixCache {
     /// Qwen3-Next ~76 MB) for as long as the conversation's blocks stay in use, that only a
     /// prompt diverging between the two tails could use; such a prompt restores from the
     /// interval's snapshot instead. The SSD tier's copy goes too.
+    /// Whether a snapshot at `at` is one a conversation's next turn supersedes (a prompt's
+    /// tail or a sequence's end): not one at the interval, nor at the prompt's `head`.
+    fn supersedable(&self, at: usize, head: usize) -> bool {
+        self.interval
+            .is_some_and(|iv| at > 0 && !at.is_multiple_of(iv) && at != head)
+    }
+
     /// The other snapshot of the same turn (its tail's or its end's, `partners`) goes with
     /// it.
     fn drop_superseded(&mut self, h: BlockHash) {
@@ -784,9 +787,7 @@ impl PrefixCache {
         // This prompt's tail snapshot: the next turn needs one of the two, and neither once
         // it has stored its own tail.
         let tail = blocks.tail;
-        let own_tail =
-            tail > 0 && !tail.is_multiple_of(self.interval.unwrap_or(1)) && tail != blocks.head;
-        if own_tail && self.snapshots.contains_key(&h) {
+        if self.supersedable(tail, blocks.head) && self.snapshots.contains_key(&h) {
             let t = blocks.chain[tail / b - 1];
             if self.snapshots.contains_key(&t) {
                 self.partners.insert(h, t);
