@@ -117,6 +117,21 @@ def test_json_schema_outputs_validate_over_seeds(client, model_id):
     assert len({c.message.content for c in choices}) > 1
 
 
+def test_completions_take_a_json_schema(client, model_id):
+    """The legacy completions endpoint takes `response_format` too (as vLLM does): the text
+    continues the prompt within the schema."""
+    fmt = {"type": "json_schema", "json_schema": {"name": "profile", "schema": PROFILE}}
+    choices = parallel(
+        lambda s: client.completions.create(
+            model=model_id, prompt="A person and their pet as JSON:", seed=s, max_tokens=96,
+            temperature=1.0, extra_body={"response_format": fmt}).choices[0],
+        range(4),
+    )
+    for c in choices:
+        assert c.finish_reason == "stop", f"{c.finish_reason} {c.text!r}"
+        validate(json.loads(c.text), PROFILE)
+
+
 def test_json_object(client, model_id):
     messages = [{"role": "user", "content": "Give a JSON object with a name and an age."}]
     choices = parallel(

@@ -147,6 +147,9 @@ request_with_common_fields! {
         echo: Option<bool>,
         suffix: Option<String>,
         best_of: Option<i64>,
+        // As chat's (`json_object`, or `json_schema` with its schema): the completion is
+        // constrained to it (an extension of OpenAI's API that vLLM also accepts).
+        response_format: Option<Value>,
     }
 }
 
@@ -606,6 +609,10 @@ pub fn completion_request(
         },
         _ => return Err(bad_prompt()),
     };
+    let constraint = match &req.response_format {
+        Some(format) => constraint_from(format, "response_format", &["json_schema", "schema"])?,
+        None => None,
+    };
     let sampling = sampling_from(&common)?;
     // OpenAI's legacy default.
     let max_tokens = max_tokens_from("max_tokens", common.max_tokens)?.or(Some(16));
@@ -641,7 +648,7 @@ pub fn completion_request(
             stop,
             logprobs,
             reasoning_budget: None,
-            constraint: None,
+            constraint,
         },
         options,
     ))
