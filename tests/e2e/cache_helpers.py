@@ -205,6 +205,23 @@ def _wait_until(ready, deadline, what, poll, futures=None):
         time.sleep(poll)
 
 
+def _writing(pid):
+    """Whether the daemon has a temp file open (a block or snapshot file being written and
+    fsynced, not yet renamed): its open files, read from /proc, which a kill -9 then
+    interrupts. (Listing the cache folder for temp files is slower than a small file's write.)"""
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return False
+    for fd in fds:
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{fd}").endswith(".tmp"):
+                return True
+        except OSError:
+            pass
+    return False
+
+
 def _kill_9(proc, kv, pool):
     """Kills the daemon with -9 and stops its requests; whether it died with a file half
     written (a temp file left in `kv`)."""

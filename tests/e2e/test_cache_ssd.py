@@ -17,7 +17,7 @@ import requests
 from cache_helpers import (  # noqa: F401  (reference: a fixture)
     BLOCK, _cache, _cached, _complete, _expected_hit, _intact, _kill_9, _killable_daemon,
     _metric, _send_all, _switch, _text, _wait_cache, _wait_scan, _wait_until, _wait_writes,
-    reference,
+    _writing, reference,
 )
 from conftest import running_daemon
 
@@ -136,8 +136,8 @@ def test_a_hanging_disk_read_falls_back_to_recomputation(tmp_path, reference):
 
 
 # Daemon lives killed -9 in the test below: the first three at random, then alternately
-# within a few ms of a half-written block and while the writer is busy; more (up to twice as
-# many) until one kill lands mid-write.
+# while the daemon has a block file open (half written) and while the writer is busy; more
+# (up to twice as many) until one kill lands mid-write.
 LIVES = 8
 
 
@@ -159,8 +159,8 @@ def test_kill_9_during_writes_never_serves_a_bad_block(tmp_path, reference):
 
     # Heavy writing, killed at random: every life sends new prompts (every block of them goes
     # to disk) plus the check prompts (read back), and is killed -9 at a random moment: in the
-    # first lives while the prompts are being read; then alternately within a few ms of a
-    # temp file showing up (a block half written: the crash window that matters), and from
+    # first lives while the prompts are being read; then alternately while the daemon has a
+    # temp file open (a block half written: the crash window that matters), and from
     # just after the first new block file appears (the writer busy from then on) until well
     # after.
     rng = random.Random(9)
@@ -177,10 +177,10 @@ def test_kill_9_during_writes_never_serves_a_bad_block(tmp_path, reference):
             if i < 3:
                 time.sleep(rng.uniform(0.0, 0.5))
             elif i % 2:
-                # Until a temp file appears (or every request is done: then kill anyway).
-                temp = lambda: list(kv.rglob("*.tmp"))  # noqa: E731
-                _wait_until(temp, deadline, "no block was written", 0.001, futures)
-                time.sleep(rng.uniform(0.0, 0.005))
+                # While the daemon has a temp file open (or once every request is done: then
+                # kill anyway).
+                writing = lambda: _writing(proc.pid)  # noqa: E731
+                _wait_until(writing, deadline, "no block was written", 0.0005, futures)
             else:
                 new_block = lambda: set(kv.rglob("*.kv")) - before  # noqa: E731
                 _wait_until(new_block, deadline, "no block was written", 0.01)

@@ -30,7 +30,7 @@ import pytest
 from conftest import REPO_ROOT, running_daemon
 from cache_helpers import (
     BLOCK, _cache, _intact, _kill_9, _killable_daemon, _metric, _send_all, _text, _wait_scan,
-    _wait_until,
+    _wait_until, _writing,
 )
 from test_half_precision import _complete
 from test_hybrid import SNAPSHOT
@@ -258,8 +258,8 @@ def test_kill_9_while_snapshots_are_written_never_serves_a_bad_state(models, col
 
     # Each life sends new prompts at once (the writer stays busy with their blocks and
     # snapshots) plus the check prompt (read back), and is killed -9: the first at a random
-    # moment, then alternately within a few ms of a temp file showing up and a few ms after a
-    # new snapshot file appears.
+    # moment, then alternately while the daemon has a temp file open and a few ms after a new
+    # snapshot file appears.
     rng = random.Random(16)
     interrupted = 0  # lives killed while a file was half written (a temp file remained)
     lives = 0
@@ -275,10 +275,9 @@ def test_kill_9_while_snapshots_are_written_never_serves_a_bad_state(models, col
             if i == 0:
                 time.sleep(rng.uniform(0.0, 0.5))
             elif i % 2:
-                # Within a few ms of a temp file showing up: a file half written.
-                temp = lambda: list(kv.rglob("*.tmp"))  # noqa: E731
-                _wait_until(temp, deadline, "nothing was written", 0.001, futures)
-                time.sleep(rng.uniform(0.0, 0.005))
+                # While the daemon has a temp file open: a file half written.
+                writing = lambda: _writing(proc.pid)  # noqa: E731
+                _wait_until(writing, deadline, "nothing was written", 0.0005, futures)
             else:
                 new_snap = lambda: set(kv.rglob("*.snap")) - before  # noqa: E731
                 _wait_until(new_snap, deadline, "no snapshot was written", 0.001, futures)
