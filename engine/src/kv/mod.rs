@@ -619,12 +619,6 @@ impl PrefixCache {
         self.forget(&evicted);
     }
 
-    /// Drops from RAM the tail snapshot `h` of an earlier turn that a later turn of the same
-    /// conversation extended (its own tail snapshot is stored). Each turn would otherwise
-    /// keep one more snapshot (for Gemma 3 27B a window of 52 layers' KV, ~430 MB; for
-    /// Qwen3-Next ~76 MB) for as long as the conversation's blocks stay in use, that only a
-    /// prompt diverging between the two tails could use; such a prompt restores from the
-    /// interval's snapshot instead. The SSD tier's copy goes too.
     /// Whether a snapshot at `at` is one a conversation's next turn supersedes (a prompt's
     /// tail or a sequence's end): not one at the interval, nor at the prompt's `head`.
     fn supersedable(&self, at: usize, head: usize) -> bool {
@@ -632,8 +626,13 @@ impl PrefixCache {
             .is_some_and(|iv| at > 0 && !at.is_multiple_of(iv) && at != head)
     }
 
-    /// The other snapshot of the same turn (its tail's or its end's, `partners`) goes with
-    /// it.
+    /// Drops from RAM the tail snapshot `h` of an earlier turn that a later turn of the same
+    /// conversation extended (its own tail snapshot is stored). Each turn would otherwise
+    /// keep one more snapshot (for Gemma 3 27B a window of 52 layers' KV, ~430 MB; for
+    /// Qwen3-Next ~76 MB) for as long as the conversation's blocks stay in use, that only a
+    /// prompt diverging between the two tails could use; such a prompt restores from the
+    /// interval's snapshot instead. The SSD tier's copy goes too, and so does the other
+    /// snapshot of the same turn (its tail's or its end's, `partners`).
     fn drop_superseded(&mut self, h: BlockHash) {
         let partner = self.partners.remove(&h);
         for h in std::iter::once(h).chain(partner) {
@@ -714,15 +713,9 @@ impl PrefixCache {
             // snapshot. The linear layers' states are kept as they are (arrays, not copies);
             // the windows are copied only at the end, from the slack their layers keep.
             if at > blocks.tail && at.is_multiple_of(b) {
-                let linear = (0..self.layout.layers).filter(|&l| self.layout.is_linear(l));
-                let mut states = Vec::new();
-                for layer in linear {
-                    match cache.state(layer) {
-                        Some(s) => states.push((layer, Noted::State(s.clone()))),
-                        None => return,
-                    }
+                if let Some(states) = self.linear_states(cache) {
+                    blocks.reply = Some((at, states));
                 }
-                blocks.reply = Some((at, states));
             }
             return;
         }
@@ -730,27 +723,43 @@ impl PrefixCache {
         if at > blocks.tail {
             blocks.reply = None;
         }
-        let mut states = Vec::new();
-        let mut windows = self.windows.iter().peekable();
-        for layer in 0..self.layout.layers {
-            if let Some(&(_, window)) = windows.next_if(|&&(l, _)| l == layer) {
-                match self.copy_window(cache, layer, at, window) {
-                    Ok(w) => states.push((layer, Noted::Window(w))),
-                    Err(e) => {
-                        tracing::warn!(model = %self.model, error = %e, "cannot copy a window of KV; not snapshotted");
-                        return;
-                    }
-                }
-            } else if self.layout.is_linear(layer) {
-                // MLX arrays are immutable values: the cache replaces its state each step, so
-                // holding these is a copy of the state at this position.
-                match cache.state(layer) {
-                    Some(s) => states.push((layer, Noted::State(s.clone()))),
-                    None => return,
-                }
+        let Some(states) = self.linear_states(cache) else {
+            return;
+        };
+        match self.with_windows(cache, at, states) {
+            Ok(states) => blocks.pending.push((at, states)),
+            Err(e) => {
+                tracing::warn!(model = %self.model, error = %e, "cannot copy a window of KV; not snapshotted")
             }
         }
-        blocks.pending.push((at, states));
+    }
+
+    /// The linear layers' recurrent states as `cache` holds them now (`None`: a layer has
+    /// none). MLX arrays are immutable values: the cache replaces its state each step, so
+    /// holding these is a copy of the state at this position.
+    fn linear_states(&self, cache: &mut dyn KvCache) -> Option<LayerStates> {
+        (0..self.layout.layers)
+            .filter(|&l| self.layout.is_linear(l))
+            .map(|l| Some((l, Noted::State(cache.state(l).as_ref()?.clone()))))
+            .collect()
+    }
+
+    /// `states` and each windowed layer's window before `at`, copied out of `cache` now, in
+    /// layer order (as a snapshot holds them).
+    fn with_windows(
+        &self,
+        cache: &dyn KvCache,
+        at: usize,
+        mut states: LayerStates,
+    ) -> Result<LayerStates, snapshot::SnapshotError> {
+        for &(layer, window) in &self.windows {
+            states.push((
+                layer,
+                Noted::Window(self.copy_window(cache, layer, at, window)?),
+            ));
+        }
+        states.sort_by_key(|&(layer, _)| layer);
+        Ok(states)
     }
 
     /// When a sequence ends (its reply complete): its last blocks are published and a
@@ -762,7 +771,7 @@ impl PrefixCache {
         // Blocks a step still in flight completes (its token is known).
         self.publish(tokens, cache, blocks);
         let b = self.layout.block_size;
-        let Some((at, mut states)) = blocks.reply.take() else {
+        let Some((at, states)) = blocks.reply.take() else {
             return;
         };
         if blocks.chain.len() * b < at {
@@ -772,17 +781,13 @@ impl PrefixCache {
         if self.snapshots.contains_key(&h) {
             return;
         }
-        for &(layer, window) in &self.windows {
-            match self.copy_window(cache, layer, at, window) {
-                Ok(w) => states.push((layer, Noted::Window(w))),
-                Err(e) => {
-                    tracing::debug!(model = %self.model, error = %e, "the reply's window is gone; no end snapshot");
-                    return;
-                }
+        let states = match self.with_windows(cache, at, states) {
+            Ok(states) => states,
+            Err(e) => {
+                tracing::debug!(model = %self.model, error = %e, "the reply's window is gone; no end snapshot");
+                return;
             }
-        }
-        // Layer order, as a snapshot holds them.
-        states.sort_by_key(|&(layer, _)| layer);
+        };
         self.store_snapshot(h, at, states);
         // This prompt's tail snapshot: the next turn needs one of the two, and neither once
         // it has stored its own tail.
