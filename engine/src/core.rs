@@ -109,6 +109,9 @@ pub struct SamplingParams {
     pub presence_penalty: f32,
     pub frequency_penalty: f32,
     pub seed: Option<u64>,
+    /// OpenAI's `logit_bias`: added to these tokens' logits before any penalty or filter
+    /// (token ids unique and ascending; empty: none).
+    pub logit_bias: Vec<(u32, f32)>,
 }
 
 impl Default for SamplingParams {
@@ -122,6 +125,7 @@ impl Default for SamplingParams {
             presence_penalty: 0.0,
             frequency_penalty: 0.0,
             seed: None,
+            logit_bias: Vec::new(),
         }
     }
 }
@@ -148,6 +152,8 @@ pub struct SamplingRequest {
     pub presence_penalty: Option<f32>,
     pub frequency_penalty: Option<f32>,
     pub seed: Option<u64>,
+    /// Per-token additive biases (a request's own: no model default); ids unique, ascending.
+    pub logit_bias: Vec<(u32, f32)>,
 }
 
 impl SamplingRequest {
@@ -182,6 +188,7 @@ impl SamplingRequest {
             p.top_k = k;
         }
         p.seed = self.seed.or(defaults.seed);
+        p.logit_bias = self.logit_bias.clone();
         p
     }
 }

@@ -149,6 +149,54 @@ def test_logprobs(client, model_id):
     assert "".join(i.token for i in content) == r.choices[0].message.content
 
 
+def _tokenizer():
+    import os
+    from pathlib import Path
+
+    from tokenizers import Tokenizer
+
+    folder = Path(os.environ["WUWEI_TEST_MODELS"]) / "SmolLM2-135M-Instruct"
+    return Tokenizer.from_file(str(folder / "tokenizer.json"))
+
+
+def test_logit_bias_bans_and_forces_tokens(client, model_id):
+    import sys
+
+    from conftest import REPO_ROOT
+
+    sys.path.insert(0, str(REPO_ROOT / "tests/reference"))
+    from token_pieces import ids_of_pieces
+
+    tok = _tokenizer()
+    plain = chat(client, model_id, "Name a fruit.", temperature=0, max_tokens=6, logprobs=True)
+    pieces = [t.token for t in plain.choices[0].logprobs.content]
+    [first] = ids_of_pieces(tok, pieces[:1])
+    assert first is not None, pieces
+    # -100 bans the greedy first token: the reply starts otherwise.
+    banned = chat(client, model_id, "Name a fruit.", temperature=0, max_tokens=6, logprobs=True,
+                  logit_bias={str(first): -100})
+    assert banned.choices[0].logprobs.content[0].token != pieces[0]
+    # +100 forces one token at every step, sampled or not, streamed or not, in both endpoints.
+    [forced] = tok.encode(" banana", add_special_tokens=False).ids
+    for temperature in (0, 1.0):
+        r = chat(client, model_id, "Name a fruit.", temperature=temperature, max_tokens=4,
+                 logit_bias={forced: 100})
+        assert r.choices[0].message.content == " banana" * 4
+    streamed = "".join(
+        c.choices[0].delta.content or ""
+        for c in chat(client, model_id, "Name a fruit.", temperature=0.7, max_tokens=3,
+                      logit_bias={str(forced): 100}, stream=True)
+        if c.choices
+    )
+    assert streamed == " banana" * 3
+    r = client.completions.create(model=model_id, prompt="My favourite fruit is", max_tokens=3,
+                                  temperature=0, logit_bias={str(forced): 100})
+    assert r.choices[0].text == " banana" * 3
+    # Unbiased, the same request answers as before: nothing stays behind in the engine.
+    again = chat(client, model_id, "Name a fruit.", temperature=0, max_tokens=6)
+    assert again.choices[0].message.content == plain.choices[0].message.content
+
+
 def test_tool_round_trip_messages_are_accepted(client, model_id):
     tools = [
         {
@@ -270,6 +318,11 @@ def _bad_inputs(model_id):
         ("completions several prompts", p, json.dumps({"prompt": ["a", "b"]}).encode(), 400, "prompt"),
         ("completions negative token", p, json.dumps({"prompt": [1, -2]}).encode(), 400, "prompt"),
         ("completions echo", p, json.dumps({"prompt": "a", "echo": True}).encode(), 400, "echo"),
+        ("logit_bias not an object", c, _chat_body(model_id, logit_bias=[1]), 400, "logit_bias"),
+        ("logit_bias key not a token id", c, _chat_body(model_id, logit_bias={"abc": 1}), 400, "logit_bias.abc"),
+        ("logit_bias above 100", c, _chat_body(model_id, logit_bias={"5": 101}), 400, "logit_bias.5"),
+        ("logit_bias not a number", p, json.dumps({"prompt": "a", "logit_bias": {"5": "x"}}).encode(), 400, "logit_bias.5"),
+        ("logit_bias past the vocabulary", c, _chat_body(model_id, logit_bias={"99999999": 1}), 400, None),
     ]
 
 

@@ -159,6 +159,17 @@ impl Registry {
                 retry_after_secs: 2,
             });
         }
+        let vocab = served.tokenizer.vocab_size();
+        if let Some(&(bad, _)) = request
+            .sampling
+            .logit_bias
+            .iter()
+            .find(|b| b.0 as usize >= vocab)
+        {
+            return Err(CoreError::Invalid(format!(
+                "logit_bias names token id {bad}, outside the vocabulary of '{id}' ({vocab} tokens)"
+            )));
+        }
         let sampling = request.sampling.resolve(&served.sampling);
         let format = output_parser::choose(
             served.settings.tool_parser,

@@ -73,14 +73,18 @@ impl Sampler {
     }
 }
 
-/// For each penalised token: the repetition factor (1: none) and the amount subtracted
-/// afterwards (presence + frequency × count).
-fn penalties(p: &SamplingParams, context: &[u32], generated: usize) -> Vec<(u32, f32, f32)> {
-    let mut out: BTreeMap<u32, (f32, f32)> = BTreeMap::new();
+/// For each token whose logit is changed: the bias added first (`logit_bias`), the
+/// repetition factor (1: none), and the amount subtracted afterwards (presence + frequency ×
+/// count). vLLM's order: logit biases, then penalties, then temperature and filters.
+fn penalties(p: &SamplingParams, context: &[u32], generated: usize) -> Vec<Penalty> {
+    let mut out: BTreeMap<u32, Penalty> = BTreeMap::new();
+    for &(t, bias) in &p.logit_bias {
+        out.entry(t).or_insert_with(|| Penalty::none(t)).bias = bias;
+    }
     if p.repetition_penalty != 1.0 {
         let start = context.len().saturating_sub(REPETITION_CONTEXT);
         for &t in &context[start..] {
-            out.entry(t).or_insert((1.0, 0.0)).0 = p.repetition_penalty;
+            out.entry(t).or_insert_with(|| Penalty::none(t)).factor = p.repetition_penalty;
         }
     }
     if p.presence_penalty != 0.0 || p.frequency_penalty != 0.0 {
@@ -89,11 +93,32 @@ fn penalties(p: &SamplingParams, context: &[u32], generated: usize) -> Vec<(u32,
             *counts.entry(t).or_default() += 1;
         }
         for (t, n) in counts {
-            out.entry(t).or_insert((1.0, 0.0)).1 =
+            out.entry(t).or_insert_with(|| Penalty::none(t)).subtracted =
                 p.presence_penalty + p.frequency_penalty * n as f32;
         }
     }
-    out.into_iter().map(|(t, (f, s))| (t, f, s)).collect()
+    out.into_values().collect()
+}
+
+/// How one token's logit `v` is changed: `rep(v + bias) - subtracted`, where `rep` divides a
+/// positive value by `factor` and multiplies a negative one (mlx-lm's repetition penalty).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Penalty {
+    pub token: u32,
+    pub bias: f32,
+    pub factor: f32,
+    pub subtracted: f32,
+}
+
+impl Penalty {
+    fn none(token: u32) -> Self {
+        Self {
+            token,
+            bias: 0.0,
+            factor: 1.0,
+            subtracted: 0.0,
+        }
+    }
 }
 
 /// What to sample for one row of a step's logits.
@@ -106,8 +131,8 @@ pub struct Row {
     pub min_p: f32,
     /// Drawn from the sequence's generator; where in the kept mass the sample falls.
     pub uniform: f32,
-    /// `(token, repetition factor, subtracted)`, token ids unique.
-    pub penalties: Vec<(u32, f32, f32)>,
+    /// Logit changes (biases and penalties), token ids unique.
+    pub penalties: Vec<Penalty>,
     /// `Some(k)`: the chosen token's log-probability and the `k` most likely tokens.
     pub logprobs: Option<usize>,
     /// A constrained sequence's allowed tokens; the others get probability 0.
@@ -351,16 +376,18 @@ fn in_row_order(parts: Vec<Array>, order: &[usize]) -> Result<Array> {
     all.take_axis(Array::from_slice(&inverse, &[order.len() as i32]), 0)
 }
 
-/// Applies each row's penalties to its float32 logits, in one gather and one scatter.
+/// Applies each row's biases and penalties to its float32 logits, in one gather and one
+/// scatter.
 fn penalise(f: &Array, rows: &[Row], vocab: usize) -> Result<Array> {
     let mut idx = Vec::new();
-    let (mut factor, mut sub) = (Vec::new(), Vec::new());
+    let (mut bias, mut factor, mut sub) = (Vec::new(), Vec::new(), Vec::new());
     for (r, row) in rows.iter().enumerate() {
-        for &(t, fac, s) in &row.penalties {
-            if (t as usize) < vocab {
-                idx.push((r * vocab + t as usize) as i32);
-                factor.push(fac);
-                sub.push(s);
+        for p in &row.penalties {
+            if (p.token as usize) < vocab {
+                idx.push((r * vocab + p.token as usize) as i32);
+                bias.push(p.bias);
+                factor.push(p.factor);
+                sub.push(p.subtracted);
             }
         }
     }
@@ -369,10 +396,11 @@ fn penalise(f: &Array, rows: &[Row], vocab: usize) -> Result<Array> {
     }
     let m = idx.len() as i32;
     let idx = Array::from_slice(&idx, &[m]);
+    let bias = Array::from_slice(&bias, &[m]);
     let factor = Array::from_slice(&factor, &[m]);
     let sub = Array::from_slice(&sub, &[m]);
     let flat = f.reshape(&[-1])?;
-    let v = flat.take_axis(&idx, 0)?;
+    let v = flat.take_axis(&idx, 0)?.add(&bias)?;
     // mlx-lm's repetition penalty: positive logits divided, negative ones multiplied.
     let penalised = select(
         v.gt(Array::from_f32(0.0))?,
@@ -586,9 +614,15 @@ mod tests {
         // -2*2 - 1 = -5, token 1 untouched at 3: greedy picks 1.
         let mut s = Sampler::new(p);
         let row = s.row(&[0, 0, 2], 2, Some(3));
+        let pen = |token, factor, subtracted| Penalty {
+            token,
+            bias: 0.0,
+            factor,
+            subtracted,
+        };
         assert_eq!(
             row.penalties,
-            vec![(0, 2.0, 1.0), (2, 2.0, 1.0)],
+            vec![pen(0, 2.0, 1.0), pen(2, 2.0, 1.0)],
             "token 0 counted once among the generated, token 2 once"
         );
         let logits = Array::from_slice(&[4.0f32, 3.0, -2.0], &[1, 3]);
@@ -599,6 +633,43 @@ mod tests {
         let z = (1f32.exp() + 3f32.exp() + (-5f32).exp()).ln();
         assert!((lp - (3.0 - z)).abs() < 1e-5);
         assert_eq!(top.iter().map(|t| t.0).collect::<Vec<_>>(), vec![1, 0, 2]);
+    }
+
+    #[test]
+    fn logit_bias_is_added_before_the_penalties_and_bans_or_forces_tokens() {
+        let logits = [4.0f32, 3.0, -2.0, 0.5];
+        let biased = |bias: Vec<(u32, f32)>, temperature: f32| SamplingParams {
+            logit_bias: bias,
+            ..params(temperature)
+        };
+        // -100 bans the best token, greedy or sampled; +100 forces one, at any temperature.
+        assert_eq!(draws(biased(vec![(0, -100.0)], 0.0), &logits, 1), vec![1]);
+        assert!(draws(biased(vec![(0, -100.0)], 1.5), &logits, 200)
+            .iter()
+            .all(|&t| t != 0));
+        assert!(draws(biased(vec![(2, 100.0)], 1.5), &logits, 200)
+            .iter()
+            .all(|&t| t == 2));
+        // A bias only the host knows of does not hold back the pipelined decode loop.
+        assert!(!Sampler::new(biased(vec![(2, 100.0)], 1.0)).has_penalties());
+        // With penalties: rep(v + bias) - subtracted. Context [0, 1], token 1 generated: token
+        // 0 -> 4 / 2 = 2; token 1 -> (3 + 3) / 2 - 1 (its frequency) = 2; token 3 -> 0.5 +
+        // 2.6 = 3.1, the best.
+        let mut p = biased(vec![(1, 3.0), (3, 2.6)], 0.0);
+        p.repetition_penalty = 2.0;
+        p.frequency_penalty = 1.0;
+        let mut s = Sampler::new(p);
+        let row = s.row(&[0, 1], 1, Some(4));
+        let l = Array::from_slice(&logits, &[1, 4]);
+        let choice = sample(&l, &[row]).unwrap().read().unwrap().remove(0);
+        assert_eq!(choice.token, 3);
+        let (lp, _) = choice.logprobs.unwrap();
+        let z = [2f32, 2.0, -2.0, 3.1]
+            .iter()
+            .map(|v| v.exp())
+            .sum::<f32>()
+            .ln();
+        assert!((lp - (3.1 - z)).abs() < 1e-5, "{lp}");
     }
 
     #[test]
@@ -636,6 +707,10 @@ mod tests {
             SamplingParams {
                 repetition_penalty: 1.3,
                 ..params(0.9)
+            },
+            SamplingParams {
+                logit_bias: vec![(5, 4.0), (9, -100.0)],
+                ..params(0.0)
             },
         ];
         // The rows each sequence would sample next (the same uniform in both runs).

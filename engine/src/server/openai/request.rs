@@ -13,6 +13,8 @@ use crate::core::{
 
 /// Most stop strings accepted (OpenAI allows 4; local clients send a few more).
 const MAX_STOP_STRINGS: usize = 16;
+/// Most biased tokens per request (OpenAI documents no limit; this is generous).
+const MAX_LOGIT_BIAS: usize = 1024;
 /// Most alternatives per token (OpenAI's limit).
 const MAX_TOP_LOGPROBS: i64 = 20;
 
@@ -31,6 +33,7 @@ struct CommonFields {
     frequency_penalty: Option<f64>,
     seed: Option<i64>,
     stop: Option<Value>,
+    logit_bias: Option<Value>,
     n: Option<i64>,
     stream: Option<bool>,
     stream_options: Option<StreamOptions>,
@@ -54,6 +57,7 @@ macro_rules! request_with_common_fields {
             frequency_penalty: Option<f64>,
             seed: Option<i64>,
             stop: Option<Value>,
+            logit_bias: Option<Value>,
             n: Option<i64>,
             stream: Option<bool>,
             stream_options: Option<StreamOptions>,
@@ -73,6 +77,7 @@ macro_rules! request_with_common_fields {
                     frequency_penalty: self.frequency_penalty,
                     seed: self.seed,
                     stop: self.stop.take(),
+                    logit_bias: self.logit_bias.take(),
                     n: self.n,
                     stream: self.stream,
                     stream_options: self.stream_options.take(),
@@ -228,7 +233,55 @@ fn sampling_from(common: &CommonFields) -> Result<SamplingRequest, ApiError> {
         frequency_penalty: narrow(common.frequency_penalty),
         // Negative seeds are valid in OpenAI's API; any 64 bits do.
         seed: common.seed.map(|s| s as u64),
+        logit_bias: logit_bias_from(&common.logit_bias)?,
     })
+}
+
+/// OpenAI's `logit_bias`: `{"<token id>": bias}`, each bias in [-100, 100]. Ids past the
+/// model's vocabulary are refused when the model is known (admission).
+fn logit_bias_from(value: &Option<Value>) -> Result<Vec<(u32, f32)>, ApiError> {
+    let map = match value {
+        None | Some(Value::Null) => return Ok(Vec::new()),
+        Some(Value::Object(map)) => map,
+        Some(_) => {
+            return Err(ApiError::invalid(
+                "logit_bias",
+                "`logit_bias` must be an object mapping token ids to biases",
+            ))
+        }
+    };
+    if map.len() > MAX_LOGIT_BIAS {
+        return Err(ApiError::invalid(
+            "logit_bias",
+            format!("at most {MAX_LOGIT_BIAS} tokens may be biased"),
+        ));
+    }
+    let mut biases = Vec::with_capacity(map.len());
+    for (key, bias) in map {
+        let param = format!("logit_bias.{key}");
+        let token: u32 = key.trim().parse().map_err(|_| {
+            ApiError::invalid(
+                &param,
+                format!("`logit_bias` keys must be token ids (got '{key}')"),
+            )
+        })?;
+        let bias = bias.as_f64().filter(|b| (-100.0..=100.0).contains(b));
+        let Some(bias) = bias else {
+            return Err(ApiError::invalid(
+                &param,
+                "a `logit_bias` value must be a number from -100 to 100",
+            ));
+        };
+        biases.push((token, bias as f32));
+    }
+    biases.sort_by_key(|&(t, _)| t);
+    if let Some(w) = biases.windows(2).find(|w| w[0].0 == w[1].0) {
+        return Err(ApiError::invalid(
+            "logit_bias",
+            format!("token id {} is biased twice", w[0].0),
+        ));
+    }
+    Ok(biases)
 }
 
 fn max_tokens_from(param: &str, value: Option<i64>) -> Result<Option<usize>, ApiError> {
