@@ -150,11 +150,19 @@ struct Sequence {
     /// Tokens sampled on the device that the host has not read yet (at most two: the step in
     /// flight and the one being built).
     pending: usize,
+    /// Whether it no longer looks for a sequence ahead of it to share its prompt's prefill
+    /// with (`share_prefills`): it has started computing, or found none, or took its blocks.
+    sharing_settled: bool,
 }
 
 impl Sequence {
     fn prefilling(&self) -> bool {
         self.prefilled < self.target
+    }
+
+    /// Started from what the prefix cache gave it and computed nothing of its own yet.
+    fn untouched(&self) -> bool {
+        self.generated == 0 && self.prefilled == self.cached && self.prefilling()
     }
 
     /// KV positions it holds once its pending tokens are read.
@@ -508,6 +516,7 @@ impl Engine {
             target: 0,
             admitted: self.started,
             pending: 0,
+            sharing_settled: false,
             req,
         };
         self.place(&mut seq);
@@ -521,6 +530,7 @@ impl Engine {
     /// Runs a paused sequence again: its KV is rebuilt as on start, and it samples where it
     /// stopped.
     fn resume(&mut self, mut seq: Sequence) -> Sequence {
+        seq.sharing_settled = true;
         self.place(&mut seq);
         tracing::debug!(id = %seq.req.id, model = %self.model_id, tokens = seq.target, from_cache = seq.prefilled, "resumed");
         seq
@@ -549,6 +559,65 @@ impl Engine {
             None => 0,
         };
         seq.target = seq.tokens.len();
+    }
+
+    /// Sequences whose prompt starts as another running one's does — the choices of one
+    /// request, agents sharing a system prompt and tools, requests sent together — would each
+    /// compute that part. Steps give prefill chunks to one sequence after another anyway, so a
+    /// sequence that has computed nothing of its own waits while one ahead of it computes the
+    /// shared blocks (at most a step later than it could have started), then takes them from
+    /// the prefix cache, where each step publishes the blocks it completed. Returns which
+    /// sequences wait this step.
+    fn share_prefills(&mut self, running: &mut [Sequence]) -> Vec<bool> {
+        let mut waits = vec![false; running.len()];
+        let Some(b) = self.prefix.as_ref().map(PrefixCache::block_size) else {
+            return waits;
+        };
+        for i in 0..running.len() {
+            let seq = &running[i];
+            if seq.sharing_settled {
+                continue;
+            }
+            if !seq.untouched() {
+                running[i].sharing_settled = true;
+                continue;
+            }
+            // Ahead of it: those that have started computing, and those placed before it. Its
+            // last prompt token is always computed (its logits give the first sample).
+            let own = &seq.tokens[..seq.target - 1];
+            let sharer = running
+                .iter()
+                .enumerate()
+                .filter(|&(j, a)| j != i && (j < i || !a.untouched()))
+                .map(|(j, a)| (common_prefix(&a.tokens, own) / b * b, j))
+                .max();
+            let Some((shared, j)) = sharer.filter(|&(shared, _)| shared >= seq.prefilled + b)
+            else {
+                running[i].sharing_settled = true;
+                continue;
+            };
+            let ahead = &running[j];
+            if ahead.prefilling() && ahead.blocks.published(b) < shared {
+                waits[i] = true;
+                continue;
+            }
+            // The blocks are in the cache (or the one ahead could not publish them all):
+            // place it again, taking what the cache holds now.
+            let seq = &mut running[i];
+            let before = seq.cached;
+            if let Some(p) = self.prefix.as_mut() {
+                p.release(&mut seq.blocks);
+            }
+            seq.blocks = SeqBlocks::default();
+            seq.cache = no_cache();
+            self.place(seq);
+            seq.cached = seq.prefilled;
+            seq.sharing_settled = true;
+            let gained = seq.cached.saturating_sub(before);
+            metrics::add_prompt_tokens(&self.model_id, gained, gained);
+            tracing::debug!(id = %seq.req.id, model = %self.model_id, from_cache = seq.cached, gained, "took a prefix another sequence computed");
+        }
+        waits
     }
 
     /// While the running sequences together outgrow the KV budget (each decode step adds a
@@ -658,12 +727,13 @@ impl Engine {
         }
 
         // Each sequence's input for this step, and where its tokens come from.
+        let waits = self.share_prefills(running);
         let mut budget = self.config.prefill_chunk;
         let mut inputs: Vec<Input> = Vec::new();
         let mut pieces: Vec<TokenSource> = Vec::new();
         for (i, seq) in running.iter().enumerate() {
             if seq.prefilling() {
-                if budget == 0 {
+                if budget == 0 || waits[i] {
                     continue;
                 }
                 let mut len = (seq.target - seq.prefilled).min(budget);
@@ -1081,6 +1151,11 @@ impl Engine {
 /// KV positions the running sequences hold after this step: a decoding sequence's cache
 /// takes its newest token in the step; a prefilling one is counted whole.
 /// The cache of a sequence that holds no KV (not placed yet, or paused).
+/// How many leading tokens `a` and `b` share.
+fn common_prefix(a: &[u32], b: &[u32]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
+}
+
 fn no_cache() -> Box<dyn KvCache> {
     Box::new(DenseKvCache::new(0))
 }

@@ -44,6 +44,31 @@ def test_ram_hit_output_equals_uncached(tmp_path, reference):
         assert _metric(url, "wuwei_kv_blocks_used") > 0
 
 
+def test_requests_sent_together_compute_their_shared_prompt_once(tmp_path, reference):
+    """Requests sent at once whose prompts start alike (the n choices of one request, agents
+    sharing a system prompt and tools) compute that part once: each waits while the first
+    computes it, then takes its blocks from the cache. Outputs stay the cache-less daemon's."""
+    mode = "dequantized"
+    base = _text("sent together", 60)
+    branch = base + " " + _text("a branch", 6)
+    expected = reference(mode, [base, branch])
+    env = {"WUWEI_KV_SSD_DIR": str(tmp_path / "kv"), "WUWEI_WEIGHTS": mode}
+    with running_daemon(tmp_path, env) as url:
+        prompts = [base, branch, base, base]
+        with cf.ThreadPoolExecutor(len(prompts)) as pool:
+            results = list(pool.map(lambda p: _complete(url, p), prompts))
+        assert [tokens for tokens, _ in results] == [expected[0], expected[1], expected[0], expected[0]]
+        computed = _metric(url, "wuwei_prompt_tokens_total") - _metric(
+            url, "wuwei_cached_prompt_tokens_total")
+        longest = results[1][1]["prompt_tokens"]
+        assert longest > 800
+        # Whichever ran first: the longest prompt once, and less than two blocks of each other
+        # (its last partial block, and where it parts from the one it shared with). Computed
+        # apart, the four would have taken ~3.3x the longest.
+        assert computed <= longest + 3 * 2 * BLOCK, (computed, [u for _, u in results])
+        assert sum(_cached(u) > 0 for _, u in results) == 3
+
+
 def test_multi_turn_computes_only_new_tokens(tmp_path):
     env = {"WUWEI_KV_SSD_DIR": str(tmp_path / "kv")}
     questions = [

@@ -16,6 +16,7 @@ layers' KV (the files' payloads say so), and the windowed layers' KV before each
 boundary is in the snapshot, so RAM hits, SSD hits after a restart and a partial match give the
 cold tokens there too."""
 
+import concurrent.futures as cf
 import os
 import random
 import shutil
@@ -193,6 +194,26 @@ def test_ram_and_ssd_hits_and_a_partial_match_give_the_cold_tokens(models, cold,
         assert _cached_of(usage) == shared // SNAPSHOT * SNAPSHOT, (usage, shared)
         assert tokens == cold[(model, OTHER)], "a partial match changed the output"
         assert _cache(url)["corrupt_dropped"] == 0
+
+
+@pytest.mark.parametrize("model", [NEXT, GEMMA])
+def test_requests_sent_together_share_their_prompt(models, cold, tmp_path, model):
+    """Sent at once, a prompt, its repeat and one sharing its start compute the shared part
+    once: the later ones wait for the first's snapshots and restore there."""
+    env = dict(ENV, WUWEI_KV_SSD_DIR=str(tmp_path / "kv"))
+    with running_daemon(_fresh(tmp_path / "one"), env, models=models) as url:
+        prompts = [LONG, OTHER, LONG]
+        with cf.ThreadPoolExecutor(len(prompts)) as pool:
+            results = list(pool.map(lambda p: _complete(url, model, p), prompts))
+        assert [r[0] for r in results] == [cold[(model, p)] for p in prompts]
+        n_long, n_other = (results[i][1]["prompt_tokens"] for i in (0, 1))
+        restorable = _tokens(models, SHARED) // SNAPSHOT * SNAPSHOT
+        computed = _metric(url, "wuwei_prompt_tokens_total") - _metric(
+            url, "wuwei_cached_prompt_tokens_total")
+        # Either of the two computes all of its prompt, the other from the last snapshot
+        # they share, the repeat less than a block. Apart: 2 x LONG + OTHER.
+        assert computed <= n_long + n_other - restorable + BLOCK, (
+            computed, [r[1] for r in results])
 
 
 def _cached_of(usage):

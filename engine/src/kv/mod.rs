@@ -289,6 +289,13 @@ pub struct SeqBlocks {
     reply: Option<(usize, LayerStates)>,
 }
 
+impl SeqBlocks {
+    /// Positions of the sequence's blocks published so far (or restored from the cache).
+    pub fn published(&self, block_size: usize) -> usize {
+        self.chain.len() * block_size
+    }
+}
+
 /// One model's prefix cache, owned by its engine thread.
 pub struct PrefixCache {
     model: String,
