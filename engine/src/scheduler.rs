@@ -165,6 +165,14 @@ impl Sequence {
         self.generated == 0 && self.prefilled == self.cached && self.prefilling()
     }
 
+    /// Whether blocks up to `position` are still to be published: its prompt is not all
+    /// computed, or its last chunk's step has not been read yet (whose completion publishes
+    /// them).
+    fn will_publish(&self, block_size: usize, position: usize) -> bool {
+        self.blocks.published(block_size) < position
+            && (self.prefilling() || (self.generated == 0 && self.pending > 0))
+    }
+
     /// KV positions it holds once its pending tokens are read.
     fn positions(&self) -> usize {
         self.tokens.len() + self.pending
@@ -565,9 +573,10 @@ impl Engine {
     /// request, agents sharing a system prompt and tools, requests sent together — would each
     /// compute that part. Steps give prefill chunks to one sequence after another anyway, so a
     /// sequence that has computed nothing of its own waits while one ahead of it computes the
-    /// shared blocks (at most a step later than it could have started), then takes them from
-    /// the prefix cache, where each step publishes the blocks it completed. Returns which
-    /// sequences wait this step.
+    /// blocks they share (at most a step or two later than it could have started), then is
+    /// placed again if the prefix cache now holds more of its prompt than it took when it was
+    /// admitted: each completed step publishes its blocks there. Returns which sequences wait
+    /// this step.
     fn share_prefills(&mut self, running: &mut [Sequence]) -> Vec<bool> {
         let mut waits = vec![false; running.len()];
         let Some(b) = self.prefix.as_ref().map(PrefixCache::block_size) else {
@@ -582,28 +591,25 @@ impl Engine {
                 running[i].sharing_settled = true;
                 continue;
             }
-            // Ahead of it: those that have started computing, and those placed before it. Its
-            // last prompt token is always computed (its logits give the first sample).
+            // Ahead of it: those that have started computing, and those placed before it.
+            // Its last prompt token is always computed (its logits give the first sample).
             let own = &seq.tokens[..seq.target - 1];
-            let sharer = running
-                .iter()
-                .enumerate()
-                .filter(|&(j, a)| j != i && (j < i || !a.untouched()))
-                .map(|(j, a)| (common_prefix(&a.tokens, own) / b * b, j))
-                .max();
-            let Some((shared, j)) = sharer.filter(|&(shared, _)| shared >= seq.prefilled + b)
-            else {
-                running[i].sharing_settled = true;
-                continue;
-            };
-            let ahead = &running[j];
-            if ahead.prefilling() && ahead.blocks.published(b) < shared {
-                waits[i] = true;
+            let wanted = seq.prefilled + b;
+            waits[i] = running.iter().enumerate().any(|(j, ahead)| {
+                if j == i || (j > i && ahead.untouched()) {
+                    return false;
+                }
+                let shared = common_prefix(&ahead.tokens, own) / b * b;
+                shared >= wanted && ahead.will_publish(b, shared)
+            });
+            if waits[i] {
                 continue;
             }
-            // The blocks are in the cache (or the one ahead could not publish them all):
-            // place it again, taking what the cache holds now.
+            running[i].sharing_settled = true;
             let seq = &mut running[i];
+            if self.stats.prefix.estimate_cached_tokens(&seq.tokens) <= seq.prefilled {
+                continue;
+            }
             let before = seq.cached;
             if let Some(p) = self.prefix.as_mut() {
                 p.release(&mut seq.blocks);
@@ -612,7 +618,6 @@ impl Engine {
             seq.cache = no_cache();
             self.place(seq);
             seq.cached = seq.prefilled;
-            seq.sharing_settled = true;
             let gained = seq.cached.saturating_sub(before);
             metrics::add_prompt_tokens(&self.model_id, gained, gained);
             tracing::debug!(id = %seq.req.id, model = %self.model_id, from_cache = seq.cached, gained, "took a prefix another sequence computed");

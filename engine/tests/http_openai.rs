@@ -986,7 +986,8 @@ fn bad_inputs() -> Vec<BadInput> {
             400,
             Some("top_logprobs"),
         ),
-        ("n > 1", c, chat(json!({"n": 2})), 400, Some("n")),
+        ("n above 16", c, chat(json!({"n": 17})), 400, Some("n")),
+        ("n zero", c, chat(json!({"n": 0})), 400, Some("n")),
         (
             "unknown response_format",
             c,

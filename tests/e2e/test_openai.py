@@ -197,6 +197,62 @@ def test_logit_bias_bans_and_forces_tokens(client, model_id):
     assert again.choices[0].message.content == plain.choices[0].message.content
 
 
+def _prompt_tokens_computed(base_url):
+    import re
+
+    text = requests.get(f"{base_url}/metrics", timeout=10).text
+    total = {}
+    for name in ("wuwei_prompt_tokens_total", "wuwei_cached_prompt_tokens_total"):
+        total[name] = sum(float(v) for v in re.findall(rf"^{name}(?:{{[^}}]*}})? (\S+)$", text, re.M))
+    return total["wuwei_prompt_tokens_total"] - total["wuwei_cached_prompt_tokens_total"]
+
+
+def test_n_choices(client, base_url, model_id):
+    question = "Write one sentence about the sea. " * 40
+    args = dict(temperature=1.0, seed=99, max_tokens=10)
+    before = _prompt_tokens_computed(base_url)
+    r = chat(client, model_id, question, n=4, **args)
+    computed = _prompt_tokens_computed(base_url) - before
+    assert [c.index for c in r.choices] == [0, 1, 2, 3]
+    texts = [c.message.content for c in r.choices]
+    assert len(set(texts)) >= 2, texts
+    assert all(c.finish_reason in ("stop", "length") for c in r.choices)
+    # The prompt once in the usage, every choice's tokens; and computed once (the later choices
+    # take its blocks from the prefix cache).
+    alone = chat(client, model_id, question, **args)
+    assert r.usage.prompt_tokens == alone.usage.prompt_tokens > 300
+    assert r.usage.completion_tokens >= 4 and r.usage.completion_tokens <= 40
+    assert computed <= r.usage.prompt_tokens + 4 * 32, computed
+    # Seeded: choice 0 samples as the request alone does, and the whole response repeats.
+    assert texts[0] == alone.choices[0].message.content
+    again = chat(client, model_id, question, n=4, **args)
+    assert [c.message.content for c in again.choices] == texts
+    # Streamed: every choice's deltas under its index, a finish for each, one usage frame.
+    streamed, finishes, usage = {}, {}, None
+    for chunk in chat(client, model_id, question, n=4, stream=True,
+                      stream_options={"include_usage": True}, **args):
+        if chunk.usage:
+            usage = chunk.usage
+        for c in chunk.choices:
+            streamed[c.index] = streamed.get(c.index, "") + (c.delta.content or "")
+            if c.finish_reason:
+                finishes[c.index] = c.finish_reason
+    assert [streamed[i] for i in range(4)] == texts
+    assert sorted(finishes) == [0, 1, 2, 3]
+    assert usage.completion_tokens == r.usage.completion_tokens
+    # Greedy choices are all the greedy answer; completions take n too.
+    greedy = chat(client, model_id, "Say hello.", n=2, temperature=0)
+    assert greedy.choices[0].message.content == greedy.choices[1].message.content
+    done = client.completions.create(model=model_id, prompt="Once upon a time", n=3, **args)
+    assert [c.index for c in done.choices] == [0, 1, 2]
+    parts = {}
+    for chunk in client.completions.create(model=model_id, prompt="Once upon a time", n=3,
+                                           stream=True, **args):
+        for c in chunk.choices:
+            parts[c.index] = parts.get(c.index, "") + c.text
+    assert [parts[i] for i in range(3)] == [c.text for c in done.choices]
+
+
 def test_tool_round_trip_messages_are_accepted(client, model_id):
     tools = [
         {
@@ -304,7 +360,9 @@ def _bad_inputs(model_id):
         ("max_tokens negative", c, _chat_body(model_id, max_tokens=-5), 400, "max_tokens"),
         ("max_tokens fractional", c, _chat_body(model_id, max_tokens=1.5), 400, "max_tokens"),
         ("top_logprobs too many", c, _chat_body(model_id, logprobs=True, top_logprobs=21), 400, "top_logprobs"),
-        ("n > 1", c, _chat_body(model_id, n=2), 400, "n"),
+        ("n zero", c, _chat_body(model_id, n=0), 400, "n"),
+        ("n above 16", c, _chat_body(model_id, n=17), 400, "n"),
+        ("best_of not n", p, json.dumps({"prompt": "a", "n": 2, "best_of": 3}).encode(), 400, "best_of"),
         ("unknown response_format", c, _chat_body(model_id, response_format={"type": "yaml"}), 400, "response_format.type"),
         ("json_schema without schema", c, _chat_body(model_id, response_format={"type": "json_schema", "json_schema": {"name": "x"}}), 400, "response_format.json_schema.schema"),
         ("stop a number", c, _chat_body(model_id, stop=5), 400, "stop"),

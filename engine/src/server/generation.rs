@@ -6,9 +6,10 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::body::Bytes;
-use futures_util::Stream;
+use futures_util::{Stream, StreamExt};
 use rand::Rng;
 use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
 
 use super::errors::ApiError;
 use super::AppState;
@@ -37,8 +38,9 @@ pub fn random_id(prefix: &str) -> String {
 pub trait StreamEncoder: Send + 'static {
     /// Frames sent before the first event.
     fn opening(&mut self) -> Vec<Bytes>;
-    fn on_event(&mut self, event: Event) -> Vec<Bytes>;
-    /// The channel closed without a final event.
+    /// An event of choice `choice` (0 unless a request asked for several, OpenAI's `n`).
+    fn on_event(&mut self, choice: usize, event: Event) -> Vec<Bytes>;
+    /// Every choice's channel closed; not every one ended in a final event.
     fn on_closed(&mut self) -> Vec<Bytes>;
     /// A final event was handled; nothing more will be sent.
     fn is_done(&self) -> bool;
@@ -52,12 +54,19 @@ pub trait StreamEncoder: Send + 'static {
     }
 }
 
-/// The frames of a generation. Owns the receiver: when the client disconnects, the response
-/// body drops this stream, the receiver with it, and the scheduler cancels the generation.
+/// The frames of a generation's choices (one unless OpenAI's `n` asked for more). Owns the
+/// receivers: when the client disconnects, the response body drops this stream, the
+/// receivers with it, and the scheduler cancels every choice.
 pub fn event_stream<E: StreamEncoder>(
-    events: mpsc::Receiver<Event>,
+    choices: Vec<mpsc::Receiver<Event>>,
     mut encoder: E,
 ) -> impl Stream<Item = Bytes> + Send + 'static {
+    let events = futures_util::stream::select_all(
+        choices
+            .into_iter()
+            .enumerate()
+            .map(|(i, rx)| ReceiverStream::new(rx).map(move |event| (i, event))),
+    );
     let queue: VecDeque<Bytes> = encoder.opening().into();
     futures_util::stream::unfold(
         (events, encoder, queue, false),
@@ -70,12 +79,12 @@ pub fn event_stream<E: StreamEncoder>(
                     return None;
                 }
                 let next = match encoder.idle_after() {
-                    Some(after) => tokio::time::timeout(after, events.recv()).await.ok(),
-                    None => Some(events.recv().await),
+                    Some(after) => tokio::time::timeout(after, events.next()).await.ok(),
+                    None => Some(events.next().await),
                 };
                 match next {
                     None => queue.extend(encoder.on_idle()),
-                    Some(Some(event)) => queue.extend(encoder.on_event(event)),
+                    Some(Some((choice, event))) => queue.extend(encoder.on_event(choice, event)),
                     Some(None) => {
                         closed = true;
                         queue.extend(encoder.on_closed());
@@ -84,6 +93,39 @@ pub fn event_stream<E: StreamEncoder>(
             }
         },
     )
+}
+
+/// Submits a request `n` times, as the choices of one response (OpenAI's `n`): choice `i`
+/// samples with the request's seed plus `i`, so that seeded choices differ and repeat. The
+/// engine computes their shared prompt once (the later ones take its blocks from the prefix
+/// cache). If one is refused, those already submitted are dropped, which cancels them.
+pub async fn submit_choices(
+    state: &AppState,
+    request: GenerateRequest,
+    n: usize,
+) -> Result<Vec<Generation>, ApiError> {
+    if n <= 1 {
+        return Ok(vec![submit(state, request).await?]);
+    }
+    let mut generations = Vec::with_capacity(n);
+    for i in 0..n {
+        let mut choice = request.clone();
+        choice.id = format!("{}/{i}", request.id);
+        choice.sampling.seed = request.sampling.seed.map(|s| s.wrapping_add(i as u64));
+        generations.push(submit(state, choice).await?);
+    }
+    Ok(generations)
+}
+
+/// The usage of a response's choices: their prompt once (as the first choice read it),
+/// their completions together.
+pub fn combined_usage<'a>(usages: impl IntoIterator<Item = &'a Usage>) -> Usage {
+    let mut usages = usages.into_iter();
+    let mut total = usages.next().copied().unwrap_or_default();
+    for u in usages {
+        total.completion_tokens += u.completion_tokens;
+    }
+    total
 }
 
 pub async fn submit(state: &AppState, request: GenerateRequest) -> Result<Generation, ApiError> {
@@ -116,6 +158,11 @@ impl RequestLog {
 
     pub fn saw_output(&mut self) {
         self.first_token.get_or_insert_with(Instant::now);
+    }
+
+    /// The first output came at `at` (measured elsewhere).
+    pub fn saw_output_at(&mut self, at: Instant) {
+        self.first_token.get_or_insert(at);
     }
 
     pub fn finished(&self, usage: &Usage, finish: &str) {
@@ -158,23 +205,50 @@ pub struct Collected {
     pub finish: Option<(FinishReason, Usage)>,
 }
 
+/// Collects every choice of a generation (concurrently); the first that fails fails the
+/// response, and dropping the others cancels them.
 pub async fn collect(
-    generation: &mut Generation,
+    generations: Vec<Generation>,
     log: &mut RequestLog,
-) -> Result<Collected, ApiError> {
+) -> Result<Vec<Collected>, ApiError> {
+    let outcomes =
+        futures_util::future::try_join_all(generations.into_iter().map(|g| collect_one(g.events)))
+            .await;
+    match outcomes {
+        Ok(choices) => {
+            if let Some(first) = choices.iter().filter_map(|(_, t)| *t).min() {
+                log.saw_output_at(first);
+            }
+            Ok(choices.into_iter().map(|(c, _)| c).collect())
+        }
+        Err((error, message)) => {
+            log.failed(&message);
+            Err(error)
+        }
+    }
+}
+
+/// One choice's events, until its final one; with when its first output came.
+async fn collect_one(
+    mut events: mpsc::Receiver<Event>,
+) -> Result<(Collected, Option<Instant>), (ApiError, String)> {
     let mut c = Collected::default();
-    while let Some(event) = generation.events.recv().await {
+    let mut first_output = None;
+    let mut saw_output = || {
+        first_output.get_or_insert_with(Instant::now);
+    };
+    while let Some(event) = events.recv().await {
         match event {
             Event::Text(t) => {
-                log.saw_output();
+                saw_output();
                 c.text.push_str(&t);
             }
             Event::Reasoning(r) => {
-                log.saw_output();
+                saw_output();
                 c.reasoning.push_str(&r);
             }
             Event::ToolCallStart { index, id, name } => {
-                log.saw_output();
+                saw_output();
                 if c.tool_calls.len() <= index {
                     c.tool_calls.resize(index + 1, Default::default());
                 }
@@ -190,18 +264,14 @@ pub async fn collect(
             Event::KeepAlive => {}
             Event::Finished { reason, usage } => {
                 if reason == FinishReason::Cancelled {
-                    log.failed("cancelled");
-                    return Err(ApiError::from(CoreError::Stopped));
+                    return Err((ApiError::from(CoreError::Stopped), "cancelled".into()));
                 }
                 c.finish = Some((reason, usage));
-                return Ok(c);
+                return Ok((c, first_output));
             }
-            Event::Error(message) => {
-                log.failed(&message);
-                return Err(ApiError::internal(message));
-            }
+            Event::Error(message) => return Err((ApiError::internal(message.clone()), message)),
         }
     }
-    log.failed("generation ended without finishing");
-    Err(ApiError::internal("generation ended without finishing"))
+    let message = "generation ended without finishing";
+    Err((ApiError::internal(message), message.into()))
 }

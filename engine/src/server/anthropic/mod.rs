@@ -52,7 +52,7 @@ pub async fn messages(
     let mut generation = submit(&state, request).await?;
     let encoder = MessageStream::new(id, &generation, started);
     if stream {
-        let mut response = sse_response(event_stream(generation.events, encoder));
+        let mut response = sse_response(event_stream(vec![generation.events], encoder));
         if let Ok(v) = HeaderValue::from_str(&random_id("req_")) {
             response.headers_mut().insert("request-id", v);
         }

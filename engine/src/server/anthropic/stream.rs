@@ -159,7 +159,7 @@ impl StreamEncoder for MessageStream {
         framed(MessageStream::opening(self))
     }
 
-    fn on_event(&mut self, event: Event) -> Vec<Bytes> {
+    fn on_event(&mut self, _choice: usize, event: Event) -> Vec<Bytes> {
         framed(MessageStream::on_event(self, event))
     }
 

@@ -15,7 +15,8 @@ use serde_json::Value;
 
 use super::errors::{ApiError, ApiJson};
 use super::generation::{
-    collect, event_stream, random_id, submit, unix_now, Collected, RequestLog, StreamEncoder,
+    collect, event_stream, random_id, submit_choices, unix_now, Collected, RequestLog,
+    StreamEncoder,
 };
 use super::sse::sse_response;
 use super::AppState;
@@ -60,11 +61,11 @@ pub async fn completions(
 struct Endpoint<E> {
     name: &'static str,
     stream: fn(Head, ResponseOptions, RequestLog) -> E,
-    whole: fn(&Head, ResponseOptions, Collected, &RequestLog) -> Value,
+    whole: fn(&Head, ResponseOptions, Vec<Collected>, &RequestLog) -> Value,
 }
 
-/// What both endpoints do with a translated request: submit it, then stream its events or
-/// collect them into one response object.
+/// What both endpoints do with a translated request: submit it (once per choice), then
+/// stream its events or collect them into one response object.
 async fn generate<E: StreamEncoder>(
     state: &AppState,
     request: GenerateRequest,
@@ -73,17 +74,18 @@ async fn generate<E: StreamEncoder>(
     endpoint: Endpoint<E>,
 ) -> Result<Response, ApiError> {
     let id = request.id.clone();
-    let mut generation = submit(state, request).await?;
+    let generations = submit_choices(state, request, options.n).await?;
     let head = Head {
         id,
         created: unix_now(),
-        model: generation.model.clone(),
+        model: generations[0].model.clone(),
     };
     let mut log = RequestLog::new(&head.id, &head.model, endpoint.name, started);
     if options.stream {
         let encoder = (endpoint.stream)(head, options, log);
-        return Ok(sse_response(event_stream(generation.events, encoder)));
+        let events = generations.into_iter().map(|g| g.events).collect();
+        return Ok(sse_response(event_stream(events, encoder)));
     }
-    let collected = collect(&mut generation, &mut log).await?;
+    let collected = collect(generations, &mut log).await?;
     Ok(Json((endpoint.whole)(&head, options, collected, &log)).into_response())
 }

@@ -13,6 +13,8 @@ use crate::core::{
 
 /// Most stop strings accepted (OpenAI allows 4; local clients send a few more).
 const MAX_STOP_STRINGS: usize = 16;
+/// Most choices per request (`n`; each is a sequence of the running batch).
+const MAX_CHOICES: usize = 16;
 /// Most biased tokens per request (OpenAI documents no limit; this is generous).
 const MAX_LOGIT_BIAS: usize = 1024;
 /// Most alternatives per token (OpenAI's limit).
@@ -164,6 +166,8 @@ pub struct ResponseOptions {
     pub stream: bool,
     pub include_usage: bool,
     pub logprobs: bool,
+    /// Choices to generate (`n`).
+    pub n: usize,
 }
 
 fn check_range(
@@ -326,12 +330,13 @@ fn stop_from(value: &Option<Value>) -> Result<Vec<String>, ApiError> {
     Ok(stops.into_iter().filter(|s| !s.is_empty()).collect())
 }
 
-fn check_n(n: Option<i64>) -> Result<(), ApiError> {
+fn check_n(n: Option<i64>) -> Result<usize, ApiError> {
     match n {
-        None | Some(1) => Ok(()),
-        Some(n) => Err(ApiError::unsupported(
+        None => Ok(1),
+        Some(n) if (1..=MAX_CHOICES as i64).contains(&n) => Ok(n as usize),
+        Some(n) => Err(ApiError::invalid(
             "n",
-            format!("only n=1 is supported (got {n})"),
+            format!("`n` must be between 1 and {MAX_CHOICES} (got {n})"),
         )),
     }
 }
@@ -537,7 +542,7 @@ pub fn chat_request(
     id: &str,
 ) -> Result<(GenerateRequest, ResponseOptions), ApiError> {
     let common = req.take_common();
-    check_n(common.n)?;
+    let n = check_n(common.n)?;
     let constraint = match &req.response_format {
         Some(format) => constraint_from(format, "response_format", &["json_schema", "schema"])?,
         None => None,
@@ -588,6 +593,7 @@ pub fn chat_request(
                 .and_then(|o| o.include_usage)
                 .unwrap_or(false),
         logprobs: logprobs.is_some(),
+        n,
     };
     let request = GenerateRequest {
         id: id.to_string(),
@@ -614,11 +620,12 @@ pub fn completion_request(
     id: &str,
 ) -> Result<(GenerateRequest, ResponseOptions), ApiError> {
     let common = req.take_common();
-    check_n(common.n)?;
-    if req.best_of.is_some_and(|b| b != 1) {
+    let n = check_n(common.n)?;
+    // `best_of` choices ranked server-side, `n` of them returned: only the plain case.
+    if req.best_of.is_some_and(|b| b != n as i64) {
         return Err(ApiError::unsupported(
             "best_of",
-            "only best_of=1 is supported",
+            "only best_of equal to n is supported",
         ));
     }
     if req.echo == Some(true) {
@@ -690,6 +697,7 @@ pub fn completion_request(
                 .and_then(|o| o.include_usage)
                 .unwrap_or(false),
         logprobs: logprobs.is_some(),
+        n,
     };
     Ok((
         GenerateRequest {

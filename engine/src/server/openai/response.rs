@@ -3,7 +3,7 @@
 
 use serde_json::{json, Map, Value};
 
-use super::super::generation::{Collected, RequestLog};
+use super::super::generation::{combined_usage, Collected, RequestLog};
 use super::request::ResponseOptions;
 use crate::core::{FinishReason, TokenLogprob, Usage};
 
@@ -16,86 +16,111 @@ pub struct Head {
     pub model: String,
 }
 
-/// The `chat.completion` object of a finished generation.
+/// The `chat.completion` object of a finished generation, a choice per collected one.
 pub fn chat_completion(
     head: &Head,
     options: ResponseOptions,
-    c: Collected,
+    collected: Vec<Collected>,
     log: &RequestLog,
 ) -> Value {
-    let (reason, usage) = c
-        .finish
-        .clone()
-        .unwrap_or((FinishReason::Eos, Usage::default()));
-    let saw_tools = !c.tool_calls.is_empty();
-    let finish = finish_reason_str(&reason, saw_tools);
-    log.finished(&usage, finish);
-    let mut message = json!({
-        "role": "assistant",
-        "content": if c.text.is_empty() && saw_tools { Value::Null } else { Value::String(c.text) },
+    let (choices, usage) = choices_and_usage(collected, log, |index, c, finish| {
+        let saw_tools = !c.tool_calls.is_empty();
+        let mut message = json!({
+            "role": "assistant",
+            "content": if c.text.is_empty() && saw_tools { Value::Null } else { Value::String(c.text) },
+        });
+        if !c.reasoning.is_empty() {
+            message["reasoning_content"] = Value::String(c.reasoning);
+        }
+        if saw_tools {
+            message["tool_calls"] = c
+                .tool_calls
+                .iter()
+                .map(|(id, name, arguments)| {
+                    json!({"id": id, "type": "function", "function": {"name": name, "arguments": arguments}})
+                })
+                .collect();
+        }
+        let logprobs = if options.logprobs {
+            chat_logprobs_json(&c.logprobs)
+        } else {
+            Value::Null
+        };
+        json!({
+            "index": index,
+            "message": message,
+            "logprobs": logprobs,
+            "finish_reason": finish,
+        })
     });
-    if !c.reasoning.is_empty() {
-        message["reasoning_content"] = Value::String(c.reasoning);
-    }
-    if saw_tools {
-        message["tool_calls"] = c
-            .tool_calls
-            .iter()
-            .map(|(id, name, arguments)| {
-                json!({"id": id, "type": "function", "function": {"name": name, "arguments": arguments}})
-            })
-            .collect();
-    }
-    let logprobs = if options.logprobs {
-        chat_logprobs_json(&c.logprobs)
-    } else {
-        Value::Null
-    };
     json!({
         "id": head.id,
         "object": "chat.completion",
         "created": head.created,
         "model": head.model,
         "system_fingerprint": Value::Null,
-        "choices": [{
-            "index": 0,
-            "message": message,
-            "logprobs": logprobs,
-            "finish_reason": finish,
-        }],
+        "choices": choices,
         "usage": usage_json(&usage),
     })
 }
 
-/// The `text_completion` object of a finished generation.
+/// The `text_completion` object of a finished generation, a choice per collected one.
 pub fn text_completion(
     head: &Head,
     options: ResponseOptions,
-    c: Collected,
+    collected: Vec<Collected>,
     log: &RequestLog,
 ) -> Value {
-    let (reason, usage) = c
-        .finish
-        .clone()
-        .unwrap_or((FinishReason::Eos, Usage::default()));
-    let finish = finish_reason_str(&reason, false);
-    log.finished(&usage, finish);
-    // A raw prompt has no reasoning markup of its own; whatever came out is the text.
-    let text = format!("{}{}", c.reasoning, c.text);
+    let (choices, usage) = choices_and_usage(collected, log, |index, c, finish| {
+        // A raw prompt has no reasoning markup of its own; whatever came out is the text.
+        let text = format!("{}{}", c.reasoning, c.text);
+        let logprobs = if options.logprobs {
+            completion_logprobs_json(&c.logprobs, 0)
+        } else {
+            Value::Null
+        };
+        json!({"text": text, "index": index, "logprobs": logprobs, "finish_reason": finish})
+    });
     json!({
         "id": head.id,
         "object": "text_completion",
         "created": head.created,
         "model": head.model,
         "system_fingerprint": Value::Null,
-        "choices": [{
-            "text": text,
-            "index": 0,
-            "logprobs": if options.logprobs { completion_logprobs_json(&c.logprobs, 0) } else { Value::Null },
-            "finish_reason": finish,
-        }],
+        "choices": choices,
         "usage": usage_json(&usage),
     })
+}
+
+/// Each collected choice as `choice(index, collected, finish reason)` builds it, and the
+/// response's usage; logs the request as finished (with the first choice's finish reason).
+fn choices_and_usage(
+    collected: Vec<Collected>,
+    log: &RequestLog,
+    choice: impl Fn(usize, Collected, &'static str) -> Value,
+) -> (Vec<Value>, Usage) {
+    let ended: Vec<(FinishReason, Usage)> = collected
+        .iter()
+        .map(|c| {
+            c.finish
+                .clone()
+                .unwrap_or((FinishReason::Eos, Usage::default()))
+        })
+        .collect();
+    let usage = combined_usage(ended.iter().map(|(_, u)| u));
+    let finishes: Vec<&'static str> = collected
+        .iter()
+        .zip(&ended)
+        .map(|(c, (reason, _))| finish_reason_str(reason, !c.tool_calls.is_empty()))
+        .collect();
+    log.finished(&usage, finishes.first().copied().unwrap_or("stop"));
+    let choices = collected
+        .into_iter()
+        .zip(finishes)
+        .enumerate()
+        .map(|(i, (c, finish))| choice(i, c, finish))
+        .collect();
+    (choices, usage)
 }
 
 pub fn finish_reason_str(reason: &FinishReason, saw_tool_calls: bool) -> &'static str {

@@ -71,7 +71,7 @@ pub async fn create(
     );
     if stream {
         return Ok(sse_response(event_stream(
-            generation.events,
+            vec![generation.events],
             ResponseStream::new(run),
         )));
     }

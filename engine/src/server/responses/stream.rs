@@ -133,7 +133,7 @@ impl StreamEncoder for ResponseStream {
         frames(self.run.assembler.opening())
     }
 
-    fn on_event(&mut self, event: Event) -> Vec<Bytes> {
+    fn on_event(&mut self, _choice: usize, event: Event) -> Vec<Bytes> {
         if matches!(event, Event::KeepAlive) {
             return vec![keep_alive_frame()];
         }
