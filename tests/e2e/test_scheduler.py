@@ -5,6 +5,7 @@ import concurrent.futures as cf
 import re
 import time
 
+import pytest
 import requests
 
 from conftest import running_daemon
@@ -51,22 +52,25 @@ def _metric(base_url, name):
     return total
 
 
-def test_closed_stream_is_cancelled_and_freed(base_url, client, model_id):
+@pytest.mark.parametrize("n", [1, 3])
+def test_closed_stream_is_cancelled_and_freed(base_url, client, model_id, n):
+    """A client that closes a stream cancels its generation, every choice of it (`n`)."""
     before = _metric(base_url, "wuwei_cancellations_total")
     stream = client.chat.completions.create(
         model=model_id,
         messages=[{"role": "user", "content": "Write a very long story about a dragon."}],
         max_tokens=2000,
-        temperature=0,
+        temperature=0.8,
+        n=n,
         stream=True,
     )
     for i, _chunk in enumerate(stream):
-        if i >= 3:
+        if i >= 3 * n:
             break
     stream.close()
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
-        cancelled = _metric(base_url, "wuwei_cancellations_total") > before
+        cancelled = _metric(base_url, "wuwei_cancellations_total") >= before + n
         idle = _metric(base_url, "wuwei_requests_running") == 0
         freed = _metric(base_url, "wuwei_kv_cache_bytes") == 0
         if cancelled and idle and freed:
