@@ -219,3 +219,46 @@ def test_an_enforced_tool_choice_is_written_in_the_familys_syntax(openai_client,
     assert message.stop_reason == "tool_use", message
     [use] = [b for b in message.content if b.type == "tool_use"]
     valid(use.name, use.input)
+
+
+def test_the_next_turn_reuses_a_tool_call_turn(models, tmp_path_factory, anthropic_recorder):
+    """Qwen3-Coder's XML calls (Qwen3.5's and 3.6's format) round-trip: the next turn of an
+    agent loop, its history sent back as Claude Code (Anthropic) or an OpenAI SDK client sends
+    it, renders the model's reply token for token through the chat template, so the prefix
+    cache serves the whole of it (block size 1: the counts are exact to the token). A
+    conversion that rewrote the call (arguments reordered or re-serialized) would recompute
+    every reply of every turn."""
+    from openai import OpenAI
+
+    family = "qwen3-coder"
+    env = {"WUWEI_KV_BLOCK_SIZE": "1"}
+    with running_daemon(tmp_path_factory.mktemp("tool-turn-reuse"), env, models=models) as url:
+        anthropic = make_anthropic_client(url, anthropic_recorder)
+        tools = [{"name": WEATHER["name"], "description": WEATHER["description"],
+                  "input_schema": WEATHER["parameters"]}]
+        first = anthropic.messages.create(model=family, messages=QUESTION, max_tokens=64,
+                                          tools=tools, extra_body={"temperature": 0})
+        [use] = [b for b in first.content if b.type == "tool_use"]
+        history = QUESTION + [
+            {"role": "assistant", "content": [b.model_dump(exclude_none=True) for b in first.content]},
+            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": use.id,
+                                          "content": "Sunny, 21 C"}]}]
+        second = anthropic.messages.create(model=family, messages=history, max_tokens=64,
+                                           tools=tools, extra_body={"temperature": 0})
+        asked = first.usage.input_tokens + (first.usage.cache_read_input_tokens or 0)
+        # All of the reply but its last token, which is sampled and never read into the KV.
+        assert second.usage.cache_read_input_tokens >= asked + first.usage.output_tokens - 1, (
+            first.usage, second.usage)
+
+        openai = OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=120)
+        kwargs = dict(model=family, temperature=0, max_tokens=64,
+                      tools=[{"type": "function", "function": WEATHER}])
+        first = openai.chat.completions.create(messages=QUESTION, **kwargs)
+        message = first.choices[0].message
+        [call] = message.tool_calls
+        history = QUESTION + [message.model_dump(exclude_none=True),
+                              {"role": "tool", "tool_call_id": call.id, "content": "Sunny, 21 C"}]
+        second = openai.chat.completions.create(messages=history, **kwargs)
+        cached = second.usage.prompt_tokens_details.cached_tokens
+        assert cached >= first.usage.prompt_tokens + first.usage.completion_tokens - 1, (
+            first.usage, second.usage)
