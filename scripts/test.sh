@@ -25,6 +25,11 @@ trap 'printf "\n== done or stopped after %dm%02ds\n" $((SECONDS / 60)) $((SECOND
 step "cargo fmt --check"
 cargo fmt --all -- --check
 
+# Every proc macro builds unoptimized in the dev profile (Cargo.toml lists them by name: a new
+# dependency's would quietly build at opt-level 2 and slow CI's clean build).
+step "proc macros unoptimized"
+.venv/bin/python scripts/check_proc_macros.py
+
 # Clippy lints every workspace crate as it is built for the tests below, with warnings as
 # errors: clippy-driver as the workspace's rustc wrapper, as `cargo clippy` itself runs it
 # (CLIPPY_ARGS is how cargo-clippy hands it its flags). The builds below cover every target
