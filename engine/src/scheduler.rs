@@ -574,7 +574,7 @@ impl Engine {
     /// compute that part. Steps give prefill chunks to one sequence after another anyway, so a
     /// sequence that has computed nothing of its own waits while one ahead of it computes the
     /// blocks they share (at most a step or two later than it could have started), then is
-    /// placed again if the prefix cache now holds more of its prompt than it took when it was
+    /// placed again if the RAM tier now holds more of its prompt than it took when it was
     /// admitted: each completed step publishes its blocks there. Returns which sequences wait
     /// this step.
     fn share_prefills(&mut self, running: &mut [Sequence]) -> Vec<bool> {
@@ -607,7 +607,8 @@ impl Engine {
             }
             running[i].sharing_settled = true;
             let seq = &mut running[i];
-            if self.stats.prefix.estimate_cached_tokens(&seq.tokens) <= seq.prefilled {
+            let more = self.prefix.as_ref().map_or(0, |p| p.ram_hit(&seq.tokens));
+            if more <= seq.prefilled {
                 continue;
             }
             let before = seq.cached;
@@ -1153,14 +1154,12 @@ impl Engine {
     }
 }
 
-/// KV positions the running sequences hold after this step: a decoding sequence's cache
-/// takes its newest token in the step; a prefilling one is counted whole.
-/// The cache of a sequence that holds no KV (not placed yet, or paused).
 /// How many leading tokens `a` and `b` share.
 fn common_prefix(a: &[u32], b: &[u32]) -> usize {
     a.iter().zip(b).take_while(|(x, y)| x == y).count()
 }
 
+/// The cache of a sequence that holds no KV (not placed yet, or paused).
 fn no_cache() -> Box<dyn KvCache> {
     Box::new(DenseKvCache::new(0))
 }

@@ -427,6 +427,22 @@ impl PrefixCache {
         self.pool.stats()
     }
 
+    /// Prompt tokens the RAM tier alone would give `prompt` now (a hybrid or windowed model's:
+    /// up to a snapshot in RAM), taking nothing. The scheduler asks when another sequence may
+    /// have published blocks since this one was placed: the disk it already read (or found
+    /// stalled) is not worth a second try.
+    pub fn ram_hit(&self, prompt: &[u32]) -> usize {
+        let b = self.layout.block_size;
+        let usable = prompt.len().saturating_sub(1) / b;
+        let hashes = chain_hashes(&self.identity, &prompt[..usable * b], b);
+        let run = self.pool.longest_prefix(&hashes);
+        let j = match self.interval {
+            Some(_) => restorable(run, |j| self.snapshots.contains_key(&hashes[j - 1])),
+            None => run,
+        };
+        j * b
+    }
+
     /// Fills `cache` (empty) with the longest cached prefix of `prompt` and returns how many
     /// tokens it holds. At least one prompt token is always left to compute: the first
     /// sampled token needs its logits. `head`: the tokens of the prompt's head (0: unknown).
