@@ -226,7 +226,8 @@ def test_the_next_turn_restores_after_the_reply(models, cold, tmp_path, model):
     states; a Gemma's windows, kept by a block of slack), so the conversation's next turn,
     whose prompt holds the reply, restores after it rather than at the previous prompt's tail,
     from RAM and from the SSD tier after a restart, and gives the cold tokens. Once that turn's
-    own tail snapshot is stored, the first turn's tail and end snapshots leave the disk."""
+    own tail snapshot is stored, the first turn's tail and end snapshots leave the disk, after
+    a restart too."""
     kv, kv_copy = tmp_path / "kv", tmp_path / "kv-copy"
     env = dict(ENV, WUWEI_KV_SSD_DIR=str(kv))
     first, reply = _ids(models, TURN), cold[(model, "reply")]
@@ -256,9 +257,14 @@ def test_the_next_turn_restores_after_the_reply(models, cold, tmp_path, model):
     env = dict(ENV, WUWEI_KV_SSD_DIR=str(kv_copy))
     with running_daemon(_fresh(tmp_path / "two"), env, models=models) as url:
         _wait_scan(url)
+        before = set(kv_copy.rglob("*.snap"))
         tokens, usage, _ = _complete(url, model, second)
         assert _cached_of(usage) == end, (usage, tail, end)
         assert tokens == cold[(model, "second")], "an SSD restore after the reply changed the output"
+        # The pairing of the first turn's tail and end snapshots was not kept over the
+        # restart; both lie on the second turn's chain before its own tail: both go.
+        _settled(url, kv_copy)
+        assert len(before - set(kv_copy.rglob("*.snap"))) == 2
 
 
 # Lives killed -9 below while new prompts' blocks and snapshots are being written.

@@ -695,7 +695,32 @@ impl PrefixCache {
             if at == blocks.tail && self.snapshots.contains_key(&h) {
                 if let Some(old) = blocks.restored_tail.take() {
                     self.drop_superseded(old);
+                    self.drop_superseded_before(old, blocks);
                 }
+            }
+        }
+    }
+
+    /// A sequence that restored an earlier turn's tail or end snapshot `restored` and has
+    /// stored its own tail: the tail and end snapshots of that conversation's earlier turns
+    /// lie on its chain before `restored`. `partners` knows the other one of the restored
+    /// turn, but not after a restart (it lives in RAM), and a daemon killed before a turn's
+    /// snapshots were superseded left them on disk: every supersedable snapshot there (neither
+    /// at the interval nor at the prompt's head), in RAM or on disk, goes too.
+    fn drop_superseded_before(&mut self, restored: BlockHash, blocks: &SeqBlocks) {
+        let b = self.layout.block_size;
+        let Some(end) = blocks.chain.iter().position(|h| *h == restored) else {
+            return;
+        };
+        for j in 1..=end {
+            let h = blocks.chain[j - 1];
+            let stored = self.snapshots.contains_key(&h)
+                || self
+                    .ssd
+                    .as_ref()
+                    .is_some_and(|d| d.contains(&snapshot_key(h)));
+            if stored && self.supersedable(j * b, blocks.head) {
+                self.drop_superseded(h);
             }
         }
     }
