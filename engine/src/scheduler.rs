@@ -626,6 +626,34 @@ impl Engine {
         waits
     }
 
+    /// How many prompt tokens each sequence reads this step (0: none). The step's prefill
+    /// budget goes first to prompts it finishes, in order, then to the others, in order: a
+    /// short request that arrives while a long prompt is being read starts answering a step
+    /// later, not once the long prompt is read (which it delays by its own few tokens).
+    fn prefill_lengths(&self, running: &[Sequence], waits: &[bool]) -> Vec<usize> {
+        let mut lengths = vec![0; running.len()];
+        let mut budget = self.config.prefill_chunk;
+        for finishing_first in [true, false] {
+            for (i, seq) in running.iter().enumerate() {
+                if budget == 0 || !seq.prefilling() || waits[i] || lengths[i] > 0 {
+                    continue;
+                }
+                let mut len = (seq.target - seq.prefilled).min(budget);
+                // Hybrid models: chunks stop at snapshot boundaries, where the prefix cache
+                // snapshots the recurrent state.
+                if let Some(p) = self.prefix.as_ref() {
+                    len = len.min(p.prefill_limit(seq.prefilled, &seq.blocks));
+                }
+                if finishing_first && seq.prefilled + len < seq.target {
+                    continue;
+                }
+                lengths[i] = len;
+                budget -= len;
+            }
+        }
+        lengths
+    }
+
     /// While the running sequences together outgrow the KV budget (each decode step adds a
     /// position per sequence, and admission does not reserve room for growth), the most
     /// recently started one is paused: its KV is freed and it waits first in line to resume.
@@ -734,21 +762,15 @@ impl Engine {
 
         // Each sequence's input for this step, and where its tokens come from.
         let waits = self.share_prefills(running);
-        let mut budget = self.config.prefill_chunk;
+        let lengths = self.prefill_lengths(running, &waits);
         let mut inputs: Vec<Input> = Vec::new();
         let mut pieces: Vec<TokenSource> = Vec::new();
         for (i, seq) in running.iter().enumerate() {
             if seq.prefilling() {
-                if budget == 0 || waits[i] {
+                let len = lengths[i];
+                if len == 0 {
                     continue;
                 }
-                let mut len = (seq.target - seq.prefilled).min(budget);
-                // Hybrid models: chunks stop at snapshot boundaries, where the prefix cache
-                // snapshots the recurrent state.
-                if let Some(p) = self.prefix.as_ref() {
-                    len = len.min(p.prefill_limit(seq.prefilled, &seq.blocks));
-                }
-                budget -= len;
                 pieces.push(TokenSource::Host(
                     seq.tokens[seq.prefilled..seq.prefilled + len].to_vec(),
                 ));

@@ -82,6 +82,41 @@ def test_closed_stream_is_cancelled_and_freed(base_url, client, model_id, n):
     )
 
 
+def _first_token_at(base_url, model_id, prompt):
+    """When (monotonic) the first content of a streamed greedy answer to `prompt` arrived."""
+    body = {"model": model_id, "messages": [{"role": "user", "content": prompt}],
+            "max_tokens": 4, "temperature": 0, "stream": True}
+    with requests.post(f"{base_url}/v1/chat/completions", json=body, stream=True,
+                       timeout=600) as r:
+        assert r.status_code == 200, r.text
+        for line in r.iter_lines():
+            if line.startswith(b"data: {") and b'"content":"' in line and b'"content":""' not in line:
+                return time.monotonic()
+    raise AssertionError("no content")
+
+
+def test_a_short_request_is_not_held_behind_a_long_prompt(base_url, model_id):
+    """A step's prefill budget goes first to prompts it finishes: a short request sent while a
+    long prompt is being read answers steps before it, instead of after it."""
+    import random
+
+    rng = random.Random()
+    long_prompt = " ".join(f"{rng.choice(PROMPTS)} {rng.randrange(10**6)}" for _ in range(260))
+    before = _metric(base_url, "wuwei_prompt_tokens_total")
+    with cf.ThreadPoolExecutor(2) as pool:
+        long = pool.submit(_first_token_at, base_url, model_id, long_prompt)
+        # Once its first chunk is read (and so more than one step is left of it).
+        deadline = time.monotonic() + 120
+        while _metric(base_url, "wuwei_prompt_tokens_total") < before + 512:
+            assert time.monotonic() < deadline and not long.done()
+            time.sleep(0.05)
+        short = pool.submit(_first_token_at, base_url, model_id, "Say hi.")
+        long_at, short_at = long.result(), short.result()
+    assert _metric(base_url, "wuwei_prompt_tokens_total") - before > 3 * 512, "a long prompt"
+    # Before, the short one's first token came in the long one's last step.
+    assert short_at + 2.0 < long_at, (long_at - short_at)
+
+
 def test_prompt_longer_than_context_is_400_with_both_numbers(base_url, model_id):
     body = {"model": model_id, "messages": [{"role": "user", "content": "word " * 9000}], "max_tokens": 4}
     r = requests.post(f"{base_url}/v1/chat/completions", json=body, timeout=60)
