@@ -627,25 +627,26 @@ impl Engine {
     }
 
     /// How many prompt tokens each sequence reads this step (0: none). The step's prefill
-    /// budget goes first to prompts it finishes, in order, then to the others, in order: a
+    /// budget goes first to prompts whose rest fits in it, in order, then to the others: a
     /// short request that arrives while a long prompt is being read starts answering a step
     /// later, not once the long prompt is read (which it delays by its own few tokens).
     fn prefill_lengths(&self, running: &[Sequence], waits: &[bool]) -> Vec<usize> {
         let mut lengths = vec![0; running.len()];
         let mut budget = self.config.prefill_chunk;
-        for finishing_first in [true, false] {
+        for short_first in [true, false] {
             for (i, seq) in running.iter().enumerate() {
                 if budget == 0 || !seq.prefilling() || waits[i] || lengths[i] > 0 {
                     continue;
                 }
-                let mut len = (seq.target - seq.prefilled).min(budget);
+                let rest = seq.target - seq.prefilled;
+                if short_first && rest > budget {
+                    continue;
+                }
                 // Hybrid models: chunks stop at snapshot boundaries, where the prefix cache
-                // snapshots the recurrent state.
+                // snapshots the recurrent state (a short prompt may then take two steps).
+                let mut len = rest.min(budget);
                 if let Some(p) = self.prefix.as_ref() {
                     len = len.min(p.prefill_limit(seq.prefilled, &seq.blocks));
-                }
-                if finishing_first && seq.prefilled + len < seq.target {
-                    continue;
                 }
                 lengths[i] = len;
                 budget -= len;
