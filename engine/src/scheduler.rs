@@ -558,6 +558,16 @@ impl Engine {
         seq.target = seq.tokens.len();
     }
 
+    /// Gives back what `place` gave a sequence: its blocks' references and its KV (dropping
+    /// the cache gives its slot, or its own buffers, back).
+    fn unplace(&mut self, seq: &mut Sequence) {
+        if let Some(p) = self.prefix.as_mut() {
+            p.release(&mut seq.blocks);
+        }
+        seq.blocks = SeqBlocks::default();
+        seq.cache = no_cache();
+    }
+
     /// While the running sequences together outgrow the KV budget (each decode step adds a
     /// position per sequence, and admission does not reserve room for growth), the most
     /// recently started one is paused: its KV is freed and it waits first in line to resume.
@@ -578,12 +588,7 @@ impl Engine {
                 .expect("not empty");
             let mut seq = running.swap_remove(newest);
             held -= self.seq_bytes(&seq);
-            if let Some(p) = self.prefix.as_mut() {
-                p.release(&mut seq.blocks);
-            }
-            seq.blocks = SeqBlocks::default();
-            // Dropping the cache gives its slot (or own buffers) back.
-            seq.cache = no_cache();
+            self.unplace(&mut seq);
             seq.prefilled = 0;
             self.stats.waiting.fetch_add(1, Ordering::Relaxed);
             metrics::add_preemption(&self.model_id);

@@ -184,8 +184,7 @@ impl PrefixProbe {
             };
             (s.identity, s.block_size, s.ssd.clone(), s.interval)
         };
-        let usable = prompt.len().saturating_sub(1) / block_size * block_size;
-        let hashes = chain_hashes(&identity, &prompt[..usable], block_size);
+        let hashes = prompt_hashes(&identity, prompt, block_size);
         let ram = {
             let guard = self.state.lock().unwrap();
             let s = guard.as_ref().expect("set above");
@@ -233,6 +232,13 @@ fn snapshot_of(states: LayerStates) -> Result<StateSnapshot, snapshot::SnapshotE
         }
     }
     Ok(snap)
+}
+
+/// The hashes of the blocks of `prompt` a cache hit may cover: its full blocks, leaving at
+/// least one token to compute (the first sample needs its logits).
+fn prompt_hashes(identity: &ModelIdentity, prompt: &[u32], block_size: usize) -> Vec<BlockHash> {
+    let usable = prompt.len().saturating_sub(1) / block_size;
+    chain_hashes(identity, &prompt[..usable * block_size], block_size)
 }
 
 /// The longest `j <= run` blocks that end at a snapshot (`has(j)`: block `j - 1` has one):
@@ -432,15 +438,13 @@ impl PrefixCache {
     /// have published blocks since this one was placed: the disk it already read (or found
     /// stalled) is not worth a second try.
     pub fn ram_hit(&self, prompt: &[u32]) -> usize {
-        let b = self.layout.block_size;
-        let usable = prompt.len().saturating_sub(1) / b;
-        let hashes = chain_hashes(&self.identity, &prompt[..usable * b], b);
+        let hashes = prompt_hashes(&self.identity, prompt, self.layout.block_size);
         let run = self.pool.longest_prefix(&hashes);
         let j = match self.interval {
             Some(_) => restorable(run, |j| self.snapshots.contains_key(&hashes[j - 1])),
             None => run,
         };
-        j * b
+        j * self.layout.block_size
     }
 
     /// Fills `cache` (empty) with the longest cached prefix of `prompt` and returns how many
@@ -454,9 +458,8 @@ impl PrefixCache {
         blocks: &mut SeqBlocks,
     ) -> usize {
         let b = self.layout.block_size;
-        let usable = prompt.len().saturating_sub(1) / b;
-        let hashes = chain_hashes(&self.identity, &prompt[..usable * b], b);
-        blocks.tail = usable * b;
+        let hashes = prompt_hashes(&self.identity, prompt, b);
+        blocks.tail = hashes.len() * b;
         blocks.head = (head / b * b).min(blocks.tail);
         let (mut found, mut from_ssd, snapshot) = match self.interval {
             Some(_) => self.find_hybrid(&hashes, blocks),
@@ -713,13 +716,16 @@ impl PrefixCache {
             return;
         };
         for j in 1..=end {
+            if !self.supersedable(j * b, blocks.head) {
+                continue;
+            }
             let h = blocks.chain[j - 1];
             let stored = self.snapshots.contains_key(&h)
                 || self
                     .ssd
                     .as_ref()
                     .is_some_and(|d| d.contains(&snapshot_key(h)));
-            if stored && self.supersedable(j * b, blocks.head) {
+            if stored {
                 self.drop_superseded(h);
             }
         }

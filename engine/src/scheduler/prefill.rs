@@ -2,8 +2,8 @@
 //! (short prompts first), and sequences whose prompt starts as another's waiting for its
 //! blocks instead of computing them twice.
 
-use super::{no_cache, Engine, Sequence};
-use crate::kv::{PrefixCache, SeqBlocks};
+use super::{Engine, Sequence};
+use crate::kv::PrefixCache;
 use crate::metrics;
 
 impl Sequence {
@@ -48,28 +48,33 @@ impl Engine {
             // Its last prompt token is always computed (its logits give the first sample).
             let own = &seq.tokens[..seq.target - 1];
             let wanted = seq.prefilled + b;
-            waits[i] = running.iter().enumerate().any(|(j, ahead)| {
+            let (mut shares, mut wait) = (false, false);
+            for (j, ahead) in running.iter().enumerate() {
                 if j == i || (j > i && ahead.untouched()) {
-                    return false;
+                    continue;
                 }
                 let shared = common_prefix(&ahead.tokens, own) / b * b;
-                shared >= wanted && ahead.will_publish(b, shared)
-            });
-            if waits[i] {
+                if shared >= wanted {
+                    shares = true;
+                    wait |= ahead.will_publish(b, shared);
+                }
+            }
+            if wait {
+                waits[i] = true;
                 continue;
             }
             running[i].sharing_settled = true;
+            // Alone, it took at admission all the cache holds for it: no second lookup.
+            if !shares {
+                continue;
+            }
             let seq = &mut running[i];
             let more = self.prefix.as_ref().map_or(0, |p| p.ram_hit(&seq.tokens));
             if more <= seq.prefilled {
                 continue;
             }
             let before = seq.cached;
-            if let Some(p) = self.prefix.as_mut() {
-                p.release(&mut seq.blocks);
-            }
-            seq.blocks = SeqBlocks::default();
-            seq.cache = no_cache();
+            self.unplace(seq);
             self.place(seq);
             seq.cached = seq.prefilled;
             let gained = seq.cached.saturating_sub(before);
