@@ -60,8 +60,8 @@ impl Choices {
         }
     }
 
-    /// A frame of this response holding `choices`.
-    fn frame(&self, choices: Value) -> Bytes {
+    /// A chunk of this response holding `choices` (and `usage`, when the client asked for it).
+    fn chunk(&self, choices: Value, usage: Value) -> Value {
         let mut chunk = json!({
             "id": self.id,
             "object": self.object,
@@ -71,9 +71,14 @@ impl Choices {
             "choices": choices,
         });
         if self.options.include_usage {
-            chunk["usage"] = Value::Null;
+            chunk["usage"] = usage;
         }
-        data_frame(&chunk)
+        chunk
+    }
+
+    /// A frame of this response holding `choices`.
+    fn frame(&self, choices: Value) -> Bytes {
+        data_frame(&self.chunk(choices, Value::Null))
     }
 
     fn state(&mut self, choice: usize) -> &mut ChoiceState {
@@ -98,15 +103,7 @@ impl Choices {
         self.log.finished(&total, first);
         let mut frames = Vec::new();
         if self.options.include_usage {
-            frames.push(data_frame(&json!({
-                "id": self.id,
-                "object": self.object,
-                "created": self.created,
-                "model": self.model,
-                "system_fingerprint": Value::Null,
-                "choices": [],
-                "usage": usage_json(&total),
-            })));
+            frames.push(data_frame(&self.chunk(json!([]), usage_json(&total))));
         }
         frames.push(done_frame());
         frames
