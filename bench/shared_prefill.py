@@ -18,6 +18,7 @@ usage: .venv/bin/python bench/shared_prefill.py --old-bin OLD [--bin target/debu
 """
 import argparse
 import concurrent.futures as cf
+import contextlib
 import json
 import os
 import random
@@ -63,6 +64,15 @@ def computed(url):
     return metric(url, "wuwei_prompt_tokens_total") - metric(url, "wuwei_cached_prompt_tokens_total")
 
 
+def chat_chunks(url, body):
+    """The chunks (parsed) of a streamed chat request, as they arrive."""
+    with requests.post(f"{url}/v1/chat/completions", json=body, stream=True, timeout=1800) as r:
+        r.raise_for_status()
+        for line in r.iter_lines():
+            if line.startswith(b"data: ") and line != b"data: [DONE]":
+                yield json.loads(line[6:])
+
+
 def stream(url, messages, n=1):
     """One streamed chat request: (seconds to first content, seconds to the end, prompt tokens)."""
     started = time.monotonic()
@@ -71,16 +81,11 @@ def stream(url, messages, n=1):
             "stream": True, "stream_options": {"include_usage": True}}
     if n > 1:
         body["n"] = n
-    with requests.post(f"{url}/v1/chat/completions", json=body, stream=True, timeout=900) as r:
-        r.raise_for_status()
-        for line in r.iter_lines():
-            if not line.startswith(b"data: ") or line == b"data: [DONE]":
-                continue
-            chunk = json.loads(line[6:])
-            if chunk.get("usage"):
-                usage = chunk["usage"]
-            if first is None and any(c["delta"].get("content") for c in chunk["choices"]):
-                first = time.monotonic() - started
+    for chunk in chat_chunks(url, body):
+        if chunk.get("usage"):
+            usage = chunk["usage"]
+        if first is None and any(c["delta"].get("content") for c in chunk["choices"]):
+            first = time.monotonic() - started
     return first, time.monotonic() - started, usage["prompt_tokens"]
 
 
@@ -94,44 +99,49 @@ def together(url, requests_):
     return wall, results, computed(url) - before
 
 
-def serve(binary, folder):
-    port = free_port()
-    env = dict(os.environ, WUWEI_KV_SSD_DIR=str(folder / "kv"), WUWEI_LOG="warn")
-    for var in ("WUWEI_CONFIG", "WUWEI_API_KEY"):
-        env.pop(var, None)
-    proc = subprocess.Popen(
-        [binary, "serve", "--port", str(port), "--models", str(ROOT / ".deps/test-models")],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 300
-    while True:
+@contextlib.contextmanager
+def served(binary):
+    """`binary serve` on a free port with a fresh SSD folder (nothing cached), warmed up by
+    one request; its URL. Stopped on exit."""
+    with tempfile.TemporaryDirectory() as tmp:
+        port = free_port()
+        env = dict(os.environ, WUWEI_KV_SSD_DIR=str(Path(tmp) / "kv"), WUWEI_LOG="warn")
+        for var in ("WUWEI_CONFIG", "WUWEI_API_KEY"):
+            env.pop(var, None)
+        proc = subprocess.Popen(
+            [binary, "serve", "--port", str(port), "--models", str(ROOT / ".deps/test-models")],
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        url = f"http://127.0.0.1:{port}"
         try:
-            requests.post(f"{url}/v1/chat/completions", timeout=120, json={
-                "model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2})
-            return proc, url
-        except requests.RequestException:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"{binary} did not start")
-            time.sleep(0.5)
+            deadline = time.monotonic() + 300
+            while True:
+                try:
+                    requests.post(f"{url}/v1/chat/completions", timeout=120, json={
+                        "model": MODEL, "messages": [{"role": "user", "content": "hi"}],
+                        "max_tokens": 2})
+                    break
+                except requests.RequestException:
+                    if proc.poll() is not None or time.monotonic() > deadline:
+                        raise RuntimeError(f"{binary} did not start")
+                    time.sleep(0.5)
+            yield url
+        finally:
+            proc.terminate()
+            proc.wait(timeout=60)
 
 
 def run(binary, new, a, round_):
     """Both scenarios on a fresh daemon (empty prefix cache); distinct prompts per round."""
-    with tempfile.TemporaryDirectory() as tmp:
-        proc, url = serve(binary, Path(tmp))
-        try:
-            system = {"role": "system", "content": system_prompt(a.system_words, seed=round_)}
-            agents = [([system, {"role": "user", "content": task(i)}], 1) for i in range(a.agents)]
-            rows = {"agents": together(url, agents)}
-            # A prompt of its own: nothing of it is in the cache from the first scenario.
-            other = {"role": "system", "content": system_prompt(a.system_words, seed=500 + round_)}
-            question = [other, {"role": "user", "content": task(1000 + round_)}]
-            asked = [(question, a.choices)] if new else [(question, 1)] * a.choices
-            rows["choices"] = together(url, asked)
-            return rows
-        finally:
-            proc.terminate()
-            proc.wait(timeout=60)
+    with served(binary) as url:
+        system = {"role": "system", "content": system_prompt(a.system_words, seed=round_)}
+        agents = [([system, {"role": "user", "content": task(i)}], 1) for i in range(a.agents)]
+        rows = {"agents": together(url, agents)}
+        # A prompt of its own: nothing of it is in the cache from the first scenario.
+        other = {"role": "system", "content": system_prompt(a.system_words, seed=500 + round_)}
+        question = [other, {"role": "user", "content": task(1000 + round_)}]
+        asked = [(question, a.choices)] if new else [(question, 1)] * a.choices
+        rows["choices"] = together(url, asked)
+        return rows
 
 
 def main():

@@ -16,57 +16,47 @@ import concurrent.futures as cf
 import random
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-import requests
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 from hybrid_turns import WORDS  # noqa: E402
 from report import write_section  # noqa: E402
-from shared_prefill import MODEL, metric, serve  # noqa: E402
+from shared_prefill import MODEL, chat_chunks, metric, served  # noqa: E402
 
 
-def first_content(url, prompt):
+def first_token(url, prompt):
     """(when its first token arrived, monotonic; prompt tokens) of a streamed greedy answer."""
     body = {"model": MODEL, "messages": [{"role": "user", "content": prompt}], "max_tokens": 8,
             "temperature": 0, "stream": True, "stream_options": {"include_usage": True}}
     first, tokens = None, None
-    with requests.post(f"{url}/v1/chat/completions", json=body, stream=True, timeout=1800) as r:
-        r.raise_for_status()
-        for line in r.iter_lines():
-            # The first token: content, or the finish of an answer that ended at once.
-            if first is None and line.startswith(b"data: {") and (
-                    (b'"content":"' in line and b'"content":""' not in line)
-                    or b'"finish_reason":"' in line):
-                first = time.monotonic()
-            if b'"usage":{' in line:
-                tokens = int(line.split(b'"prompt_tokens":')[1].split(b",")[0])
+    for chunk in chat_chunks(url, body):
+        # The first token: content, or the finish of an answer that ended at once.
+        if first is None and any(c["delta"].get("content") or c.get("finish_reason")
+                                 for c in chunk["choices"]):
+            first = time.monotonic()
+        if chunk.get("usage"):
+            tokens = chunk["usage"]["prompt_tokens"]
     return first, tokens
 
 
 def run(binary, words, round_):
     rng = random.Random(round_)
     long_prompt = "Summarize these notes: " + " ".join(rng.choice(WORDS) for _ in range(words))
-    with tempfile.TemporaryDirectory() as tmp:
-        proc, url = serve(binary, Path(tmp))
-        try:
-            before = metric(url, "wuwei_prompt_tokens_total")
-            with cf.ThreadPoolExecutor(2) as pool:
-                started = time.monotonic()
-                long = pool.submit(first_content, url, long_prompt)
-                while metric(url, "wuwei_prompt_tokens_total") < before + 512:
-                    time.sleep(0.02)
-                sent = time.monotonic()
-                short = pool.submit(first_content, url, "What is the capital of France?")
-                (long_at, long_tokens), (short_at, _) = long.result(), short.result()
-            return {"long_ttft": long_at - started, "short_ttft": short_at - sent,
-                    "long_tokens": long_tokens, "sent_after": sent - started}
-        finally:
-            proc.terminate()
-            proc.wait(timeout=60)
+    with served(binary) as url:
+        before = metric(url, "wuwei_prompt_tokens_total")
+        with cf.ThreadPoolExecutor(2) as pool:
+            started = time.monotonic()
+            long = pool.submit(first_token, url, long_prompt)
+            while metric(url, "wuwei_prompt_tokens_total") < before + 512:
+                time.sleep(0.02)
+            sent = time.monotonic()
+            short = pool.submit(first_token, url, "What is the capital of France?")
+            (long_at, long_tokens), (short_at, _) = long.result(), short.result()
+        return {"long_ttft": long_at - started, "short_ttft": short_at - sent,
+                "long_tokens": long_tokens, "sent_after": sent - started}
 
 
 def main():
